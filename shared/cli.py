@@ -1,0 +1,80 @@
+"""The ``edgefleet`` command: a thin dispatcher over subcommands that each side registers.
+
+Subcommands come from the ``edgefleet.commands`` entry-point group (see pyproject.toml),
+so this module never imports `agent` or `fleet`. A registrar adds its subparser and sets
+``handler`` (a callable taking the parsed namespace and returning an exit code); it must
+import its heavy dependencies inside the handler, so ``edgefleet --help`` stays fast and a
+device without the fleet extra still runs ``edgefleet agent``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
+
+from shared import __version__
+
+Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
+
+_ORDER = ["agent", "fleet", "model", "keys", "sim", "demo"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser, with every installed subcommand registered."""
+    parser = argparse.ArgumentParser(
+        prog="edgefleet",
+        description="Deploy ML models to fleets of edge devices and keep them healthy.",
+    )
+    parser.add_argument("--version", action="version", version=f"edgefleet {__version__}")
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="log verbosity (default: INFO)",
+    )
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
+    found = sorted(
+        entry_points(group="edgefleet.commands"),
+        key=lambda ep: (_ORDER.index(ep.name) if ep.name in _ORDER else len(_ORDER), ep.name),
+    )
+    for ep in found:
+        try:
+            register: Registrar = ep.load()
+        except ImportError as e:  # an extra that is not installed on this machine
+            logging.getLogger(__name__).debug("command %s unavailable: %s", ep.name, e)
+            continue
+        register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``edgefleet`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stdout,
+    )
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(handler(args))
+    except KeyboardInterrupt:
+        return 130
+    except CLIError as e:
+        print(f"edgefleet: error: {e}", file=sys.stderr)
+        return 2
+
+
+class CLIError(Exception):
+    """An error a command reports to the user as one line, without a traceback."""
+
+
+if __name__ == "__main__":
+    sys.exit(main())

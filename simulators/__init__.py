@@ -1,0 +1,1 @@
+"""Simulated devices and fleets that run the real agent code, for tests, demos and benchmarks."""

@@ -1,0 +1,59 @@
+"""Fixtures shared by every test: a real Mosquitto, real models, real databases."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from simulators.models import TrainedModel, train_wine_classifier
+from tests.support import pg
+from tests.support.mosquitto import MosquittoBroker
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[MosquittoBroker]:
+    """A Mosquitto of this test's own on a free port; the test may stop and restart it."""
+    broker = MosquittoBroker(tmp_path / "mosquitto")
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoBroker]:
+    """One Mosquitto for the session, for tests that only publish and subscribe.
+
+    Tests that share it must use `unique_id` in their device ids so they cannot collide.
+    """
+    broker = MosquittoBroker(tmp_path_factory.mktemp("mosquitto-shared"))
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def unique_id() -> str:
+    """A short id unique to this test, for device ids and topics."""
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture(scope="session")
+def wine_model(tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
+    """A real ONNX classifier trained once per session on scikit-learn's wine data."""
+    return train_wine_classifier(tmp_path_factory.mktemp("models") / "wine.onnx")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Each fleet-store test runs on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'fleet.db'}"
+        return
+    reason = pg.unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    with pg.fresh_database() as url:
+        yield url

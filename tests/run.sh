@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The whole test suite: lint, types, tests. Works on a fresh machine; `.ci/run` calls it.
+# Extra arguments go to pytest (e.g. `tests/run.sh -k outbox -x`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+EXTRAS=dev NEED_MOSQUITTO=1 source packaging/dev/bootstrap.sh
+
+echo "== ruff" && ruff check .
+echo "== mypy" && mypy agent fleet shared simulators
+echo "== pytest" && pytest -q -p no:cacheprovider "$@"

@@ -1,0 +1,105 @@
+"""Wire messages round-trip, ignore unknown fields, and reject what does not fit the topic."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from shared.messages import (
+    DriftMessage,
+    EventKind,
+    EventMessage,
+    LatencyPercentiles,
+    MessageError,
+    ModelRef,
+    StateMessage,
+    TelemetryMessage,
+    decode_device_message,
+    encode,
+)
+from shared.topics import Channel
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+EXAMPLES = [
+    (Channel.STATE, StateMessage(device_id="d1", seq=1, ts=NOW, online=True, tags=["a"])),
+    (
+        Channel.TELEMETRY,
+        TelemetryMessage(
+            device_id="d1",
+            seq=2,
+            ts=NOW,
+            interval_s=10,
+            inferences=5,
+            errors=0,
+            inferences_total=5,
+            errors_total=0,
+            cpu_percent=1.5,
+            rss_bytes=10,
+            disk_free_bytes=100,
+            outbox_depth=0,
+            latency=LatencyPercentiles(p50_ms=1, p95_ms=2, p99_ms=3),
+        ),
+    ),
+    (
+        Channel.EVENTS,
+        EventMessage(
+            device_id="d1",
+            seq=3,
+            ts=NOW,
+            kind=EventKind.FAILED,
+            reason="bad",
+            model=ModelRef(name="m", version="1.0.0"),
+        ),
+    ),
+    (
+        Channel.DRIFT,
+        DriftMessage(device_id="d1", seq=4, ts=NOW, window_start=NOW, window_end=NOW, count=0),
+    ),
+]
+
+
+@pytest.mark.parametrize(("channel", "message"), EXAMPLES)
+def test_device_messages_round_trip(channel: Channel, message: object) -> None:
+    assert decode_device_message(channel, "d1", encode(message)) == message  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("channel", "message"), EXAMPLES)
+def test_every_message_names_its_schema(channel: Channel, message: object) -> None:
+    assert json.loads(encode(message))["schema"] == f"edgefleet/v1/{channel.value}"  # type: ignore[arg-type]
+
+
+def test_unknown_fields_are_ignored_so_newer_agents_share_a_fleet() -> None:
+    raw = json.loads(encode(EXAMPLES[0][1]))
+    raw["field_from_the_future"] = {"x": 1}
+    decoded = decode_device_message(Channel.STATE, "d1", json.dumps(raw).encode())
+    assert decoded == EXAMPLES[0][1]
+
+
+def test_a_message_on_another_kinds_topic_is_rejected() -> None:
+    with pytest.raises(MessageError, match="on the telemetry topic"):
+        decode_device_message(Channel.TELEMETRY, "d1", encode(EXAMPLES[0][1]))
+
+
+def test_a_message_for_another_device_is_rejected() -> None:
+    with pytest.raises(MessageError, match="device_id 'd1'"):
+        decode_device_message(Channel.STATE, "d2", encode(EXAMPLES[0][1]))
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"",
+        b"not json",
+        b"[]",
+        b"{}",
+        b'{"schema": "edgefleet/v1/state"}',
+        b"\xff\xfe",
+        b'{"schema":"edgefleet/v1/state","device_id":"d1","seq":-1,"online":true}',
+    ],
+)
+def test_garbage_is_a_message_error(payload: bytes) -> None:
+    with pytest.raises(MessageError):
+        decode_device_message(Channel.STATE, "d1", payload)
