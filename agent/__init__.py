@@ -1,0 +1,5 @@
+"""The edgefleet device agent. Never imports `fleet`; depends only on the `agent` extra."""
+
+from shared import __version__
+
+__all__ = ["__version__"]

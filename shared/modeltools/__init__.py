@@ -1,0 +1,1 @@
+"""Tooling for model files: packaging, quantization, offline signing. Runs off-device."""
