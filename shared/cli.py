@@ -43,10 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     for ep in found:
         try:
             register: Registrar = ep.load()
+            register(subparsers)
         except ImportError as e:  # an extra that is not installed on this machine
             logging.getLogger(__name__).debug("command %s unavailable: %s", ep.name, e)
-            continue
-        register(subparsers)
     return parser
 
 
