@@ -1,0 +1,208 @@
+"""The director's signed desired state: which target one device should run, signed online.
+
+Wire format (``edgefleet/v1/desired-state``)::
+
+    {"signed": {"schema": ..., "device_id", "seq", "target": {name, sha256, length, version},
+                "expires_at", "rollout_id", "rollback", "issued_at"},
+     "signatures": [{"keyid": ..., "sig": <hex Ed25519 signature>}]}
+
+A signature covers the canonical JSON (`shared.signing.canonical`) of the ``signed`` object
+*exactly as received*, so fields a newer director adds are covered too, and an older
+device that ignores them still verifies the signature.
+
+`verify_desired` is pure: bytes, trusted keys, the device's last accepted sequence number
+and a reference time in; a validated `DesiredBody` or an `UpdateRejected` out. Checks run
+in this order, and the first failure wins: shape, signature, body schema, device, sequence,
+expiry.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, Final, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from securesystemslib.exceptions import UnverifiedSignatureError, VerificationError
+
+from shared.signing.canonical import canonical_bytes
+from shared.signing.errors import (
+    BadSignature,
+    Expired,
+    Malformed,
+    ReplayedOrOlder,
+    UnknownKey,
+    WrongDevice,
+)
+from shared.signing.tufapi import Signature, Signer, SSlibKey
+from shared.topics import DEVICE_ID_PATTERN
+
+logger = logging.getLogger(__name__)
+
+DESIRED_STATE_SCHEMA: Final = "edgefleet/v1/desired-state"
+# A desired state is a few hundred bytes; anything far larger is not one.
+MAX_ENVELOPE_BYTES: Final = 64 * 1024
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True)
+
+
+class DesiredTarget(_Wire):
+    """The artifact the device should run, as the director claims it (TUF must agree)."""
+
+    name: str = Field(min_length=1, max_length=200)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    length: int = Field(ge=0)
+    version: str = Field(min_length=1, max_length=100)
+
+
+class DesiredBody(_Wire):
+    """The signed part of a desired state."""
+
+    schema_: Literal["edgefleet/v1/desired-state"] = Field(
+        default=DESIRED_STATE_SCHEMA, alias="schema"
+    )
+    device_id: str = Field(pattern=DEVICE_ID_PATTERN)
+    seq: int = Field(ge=0)
+    target: DesiredTarget
+    expires_at: AwareDatetime
+    rollout_id: str | None = None
+    rollback: bool = False
+    issued_at: AwareDatetime
+
+
+class DirectorSignature(_Wire):
+    """One signature over the canonical JSON of the body."""
+
+    keyid: str = Field(min_length=1)
+    sig: str = Field(pattern=r"^[0-9a-f]+$")
+
+
+class SignedDesiredState(_Wire):
+    """The envelope the fleet publishes (retained) on a device's ``desired`` topic."""
+
+    signed: DesiredBody
+    signatures: list[DirectorSignature]
+
+    def to_bytes(self) -> bytes:
+        """The JSON bytes to publish."""
+        return self.model_dump_json(by_alias=True).encode()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The envelope as a JSON-ready dict (to embed in another message)."""
+        doc: dict[str, Any] = self.model_dump(mode="json", by_alias=True)
+        return doc
+
+
+def sign_desired(body: DesiredBody, signer: Signer) -> SignedDesiredState:
+    """Sign ``body`` with the director key ``signer``."""
+    payload = canonical_bytes(body.model_dump(mode="json", by_alias=True))
+    signature = signer.sign(payload)
+    return SignedDesiredState(
+        signed=body,
+        signatures=[DirectorSignature(keyid=signature.keyid, sig=signature.signature)],
+    )
+
+
+def verify_desired(
+    envelope_bytes: bytes,
+    *,
+    trusted_director_keys: Mapping[str, SSlibKey],
+    device_id: str,
+    last_seq: int | None,
+    now: datetime,
+) -> DesiredBody:
+    """Verify a desired-state envelope for this device and return its body.
+
+    ``trusted_director_keys`` maps key id to key (from the provisioning bundle);
+    ``last_seq`` is the sequence number of the last desired state this device accepted
+    (None if none yet); ``now`` is the reference time for expiry.
+
+    Raises (all `UpdateRejected`): `Malformed` (not an envelope, or a body that does not
+    validate), `UnknownKey` (no signature by a trusted key), `BadSignature` (a trusted
+    key's signature does not verify), `WrongDevice`, `ReplayedOrOlder` (seq ≤ last_seq),
+    `Expired` (``expires_at`` ≤ ``now``).
+    """
+    raw_body, signatures = _split_envelope(envelope_bytes)
+    _verify_signatures(canonical_bytes(raw_body), signatures, trusted_director_keys)
+    try:
+        body = DesiredBody.model_validate(raw_body)
+    except ValidationError as e:
+        raise Malformed(f"desired state body is invalid: {_describe(e)}") from e
+    if body.device_id != device_id:
+        raise WrongDevice(
+            f"desired state is for device {body.device_id!r}, this device is {device_id!r}"
+        )
+    if last_seq is not None and body.seq <= last_seq:
+        raise ReplayedOrOlder(
+            f"desired state seq {body.seq} is not newer than the last accepted {last_seq}"
+        )
+    if body.expires_at <= now:
+        raise Expired(
+            f"desired state seq {body.seq} expired at {body.expires_at.isoformat()}, "
+            f"now is {now.isoformat()}"
+        )
+    return body
+
+
+def trusted_keys(keys: list[SSlibKey]) -> dict[str, SSlibKey]:
+    """Index director public keys by key id, as `verify_desired` wants them."""
+    return {key.keyid: key for key in keys}
+
+
+def _split_envelope(envelope_bytes: bytes) -> tuple[dict[str, Any], list[DirectorSignature]]:
+    if len(envelope_bytes) > MAX_ENVELOPE_BYTES:
+        raise Malformed(
+            f"desired state is {len(envelope_bytes)} bytes, at most {MAX_ENVELOPE_BYTES} expected"
+        )
+    try:
+        doc = json.loads(envelope_bytes)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise Malformed(f"desired state is not JSON: {e}") from e
+    if not isinstance(doc, dict):
+        raise Malformed(f"desired state is a JSON {type(doc).__name__}, expected an object")
+    raw_body = doc.get("signed")
+    if not isinstance(raw_body, dict):
+        raise Malformed("desired state has no 'signed' object")
+    raw_sigs = doc.get("signatures")
+    if not isinstance(raw_sigs, list) or not raw_sigs:
+        raise Malformed("desired state has no 'signatures' list")
+    try:
+        signatures = [DirectorSignature.model_validate(s) for s in raw_sigs]
+    except ValidationError as e:
+        raise Malformed(f"desired state signature is invalid: {_describe(e)}") from e
+    return raw_body, signatures
+
+
+def _verify_signatures(
+    payload: bytes, signatures: list[DirectorSignature], trusted: Mapping[str, SSlibKey]
+) -> None:
+    # One valid signature by a trusted director key suffices (threshold 1); a trusted
+    # key whose signature fails is a forgery or corruption, not an unknown signer.
+    known = [s for s in signatures if s.keyid in trusted]
+    if not known:
+        found = ", ".join(s.keyid[:12] for s in signatures)
+        expected = ", ".join(k[:12] for k in trusted) or "none"
+        raise UnknownKey(
+            f"desired state is signed by unknown key(s) {found}; trusted director keys: {expected}"
+        )
+    failures = []
+    for sig in known:
+        try:
+            trusted[sig.keyid].verify_signature(Signature(sig.keyid, sig.sig), payload)
+        except (UnverifiedSignatureError, VerificationError) as e:
+            failures.append(f"{sig.keyid[:12]}: {e}")
+            continue
+        return
+    raise BadSignature(f"desired state signature does not verify ({'; '.join(failures)})")
+
+
+def _describe(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors()[:5]:
+        where = ".".join(str(p) for p in item["loc"]) or "body"
+        parts.append(f"{where}: {item['msg']}")
+    return "; ".join(parts)
