@@ -66,6 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(handler(args))
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `edgefleet ... | head` closed the pipe: not an error
+        return 0
     except CLIError as e:
         print(f"edgefleet: error: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,132 @@
+"""``edgefleet model package`` and ``edgefleet model inspect`` as a user runs them."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from shared.cli import CLIError, main
+from shared.manifest import ModelManifest
+from shared.modeltools import package
+from simulators.models import TrainedModel
+
+
+def _model_cli_loads() -> bool:
+    # shared.modeltools.cli also imports the quantize and sign tools, written separately.
+    import importlib
+
+    try:
+        for tool in ("quantize", "sign"):
+            importlib.import_module(f"shared.modeltools.{tool}")
+    except ImportError:
+        return False
+    return True
+
+
+def _run(argv: list[str]) -> int:
+    """Run through ``edgefleet``'s main when the model command loads, else our own parser."""
+    if _model_cli_loads():
+        return main(argv)
+    parser = argparse.ArgumentParser(prog="edgefleet")
+    model = parser.add_subparsers().add_parser("model")
+    package.add_command(model.add_subparsers())
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except CLIError as e:  # what shared.cli.main does
+        print(f"edgefleet: error: {e}", file=sys.stderr)
+        return 2
+
+
+def test_package_then_inspect(
+    wine_model: TrainedModel,
+    reference_npy: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code = _run(
+        [
+            "model", "package", str(wine_model.path),
+            "--name", "wine", "--version", "1.2.0-rc.1",
+            "--reference", str(reference_npy), "--golden", "8", "--tolerance", "1e-3",
+            "--metric", "accuracy=0.97", "--metric", "f1=0.95",
+            "--training-data", str(reference_npy), "--min-agent-version", "0.1.0",
+            "--out", str(tmp_path),
+        ]
+    )  # fmt: skip
+    out = capsys.readouterr().out.splitlines()
+    assert code == 0
+    built = tmp_path / "wine-1.2.0-rc.1.efpkg"
+    assert out[0] == str(built)
+    assert out[1] == f"sha256 {hashlib.sha256(built.read_bytes()).hexdigest()}"
+    assert out[2].split() == ["size", str(built.stat().st_size)]
+
+    assert _run(["model", "inspect", str(built)]) == 0
+    shown = capsys.readouterr().out
+    assert f"package {built}" in shown
+    assert "model.onnx" in shown
+    assert '"version": "1.2.0-rc.1"' in shown
+    assert '"accuracy": 0.97' in shown
+
+    assert _run(["model", "inspect", "--json", str(built)]) == 0
+    manifest = ModelManifest.model_validate_json(capsys.readouterr().out)
+    assert manifest.metrics == {"accuracy": 0.97, "f1": 0.95}
+    assert manifest.min_agent_version == "0.1.0"
+    assert manifest.golden is not None
+    assert manifest.golden.count == 8
+    assert manifest.golden.tolerance.atol == 1e-3
+
+
+@pytest.mark.parametrize(
+    ("extra", "complaint"),
+    [
+        (["--version", "1.2"], "version '1.2' is not a semantic version"),
+        (
+            ["--version", "1.0.0", "--metric", "accuracy"],
+            "--metric 'accuracy': expected NAME=NUMBER",
+        ),
+        (["--version", "1.0.0", "--golden", "-1"], "--golden -1: expected a count >= 0"),
+        (["--version", "1.0.0", "--reference", "/nonexistent/ref.npy"], "cannot read reference"),
+    ],
+)
+def test_package_errors_are_one_clear_line(
+    wine_model: TrainedModel,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    extra: list[str],
+    complaint: str,
+) -> None:
+    argv = ["model", "package", str(wine_model.path), "--name", "wine", "--out", str(tmp_path)]
+    assert _run(argv + extra) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith("edgefleet: error: ")
+    assert complaint in err[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_packaging_an_unloadable_file_names_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"garbage")
+    code = _run(["model", "package", str(broken), "--name", "b", "--version", "1.0.0"])
+    assert code == 2
+    assert "broken.onnx: the onnx runtime cannot load it" in capsys.readouterr().err
+
+
+def test_inspecting_a_tampered_package_fails(
+    package_copy: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with tarfile.open(package_copy) as tar:
+        offset = tar.getmember("model.onnx").offset_data
+    raw = bytearray(package_copy.read_bytes())
+    raw[offset + 10] ^= 0xFF
+    package_copy.write_bytes(bytes(raw))
+    assert _run(["model", "inspect", str(package_copy)]) == 2
+    assert "differs from the manifest's" in capsys.readouterr().err
