@@ -1,0 +1,376 @@
+"""The I/O shell around the update state machine.
+
+For each event: compute `step`, persist the new state atomically, *then* carry out the
+effects through the ports below. Effects report back by queueing new events. One worker
+thread takes events from one queue, so effects never race each other; other threads
+(MQTT callbacks, the inference path) only `submit`.
+
+Invariant: the state file always holds a state whose effects are either done or safe to
+redo, so a crash at any instant is resolved at the next start: the runner runs
+`ModelStore.recover`, loads the persisted state and feeds it `Resumed`.
+
+The one exception to "persist every step": a probation sample that changes nothing but
+counters is not written, because a restart restarts probation anyway (and an fsync per
+inference would wear an SD card).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+
+from pydantic import ValidationError
+
+from agent.atomic import atomic_write_json
+from agent.store import ModelStore, StoreError
+from agent.update.machine import DEFAULT_POLICY, Phase, UpdatePolicy, UpdateState, step
+from agent.update.types import (
+    Activate,
+    Activated,
+    ActivationFailed,
+    Budget,
+    Cleanup,
+    Commit,
+    DesiredReceived,
+    DesiredTarget,
+    DownloadDone,
+    DownloadFailed,
+    DownloadProgress,
+    Effect,
+    EnsureActive,
+    Event,
+    GoldenResult,
+    InstalledModel,
+    ProbationSample,
+    Report,
+    Resumed,
+    RollBack,
+    RunGolden,
+    Stage,
+    Staged,
+    StageFailed,
+    StartDownload,
+    Tick,
+    Verified,
+    Verify,
+    VerifyFailed,
+)
+from shared.messages import utcnow
+from shared.signing.errors import TransportError, UpdateRejected
+
+log = logging.getLogger(__name__)
+
+
+# --- ports ------------------------------------------------------------------------------
+
+
+class Downloader(Protocol):
+    def download(
+        self,
+        target: DesiredTarget,
+        dest: Path,
+        resume_from: int,
+        progress: Callable[[int], None],
+    ) -> None:
+        """Write the target's artifact to ``dest``, continuing a partial one.
+
+        Raises `TransportError` when the network failed (retried later) and
+        `UpdateRejected` when the peer sent bad data (too long, wrong hash).
+        """
+        ...
+
+
+class Verifier(Protocol):
+    def verify(self, target: DesiredTarget, artifact: Path, active: InstalledModel | None) -> None:
+        """Check the artifact against the signed target and refuse downgrades.
+
+        Raises `UpdateRejected`.
+        """
+        ...
+
+
+class PackageExtractor(Protocol):
+    def extract(self, artifact: Path, dest: Path) -> None:
+        """Unpack a verified package into the empty directory ``dest``.
+
+        Raises `UpdateRejected` for a malformed package, `OSError`.
+        """
+        ...
+
+
+class ModelActivator(Protocol):
+    def load(self, model_dir: Path | None) -> None:
+        """Swap the model that serves inferences (None: serve none). Raises on failure."""
+        ...
+
+
+@dataclass(frozen=True)
+class GoldenOutcome:
+    passed: bool
+    detail: str = ""
+
+
+class GoldenChecker(Protocol):
+    def check(self, model_dir: Path) -> GoldenOutcome:
+        """Run the package's golden samples through the loaded model."""
+        ...
+
+
+class EventSink(Protocol):
+    def report(self, report: Report) -> None:
+        """Send a deployment event to the fleet (through the outbox)."""
+        ...
+
+
+# --- runner -----------------------------------------------------------------------------
+
+
+class UpdateRunner:
+    """Runs the update machine: persists, then performs effects, one event at a time."""
+
+    def __init__(
+        self,
+        *,
+        state_path: Path,
+        store: ModelStore,
+        downloads_dir: Path,
+        downloader: Downloader,
+        verifier: Verifier,
+        extractor: PackageExtractor,
+        activator: ModelActivator,
+        golden: GoldenChecker,
+        sink: EventSink,
+        policy: UpdatePolicy = DEFAULT_POLICY,
+        clock: Callable[[], datetime] = utcnow,
+        tick_s: float = 1.0,
+    ) -> None:
+        self._state_path = state_path
+        self._store = store
+        self._downloads = downloads_dir
+        self._downloader = downloader
+        self._verifier = verifier
+        self._extractor = extractor
+        self._activator = activator
+        self._golden = golden
+        self._sink = sink
+        self._policy = policy
+        self._clock = clock
+        self._tick_s = tick_s
+        self._queue: queue.Queue[Event | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        downloads_dir.mkdir(parents=True, exist_ok=True)
+        store.recover()
+        self._state = self._load_state()
+        self._queue.put(Resumed())
+
+    @property
+    def state(self) -> UpdateState:
+        return self._state
+
+    def submit(self, event: Event) -> None:
+        """Queue an event (thread-safe)."""
+        self._queue.put(event)
+
+    def desired(self, target: DesiredTarget) -> None:
+        """Queue a verified desired state."""
+        self.submit(DesiredReceived(target=target))
+
+    def record_inference(self, ok: bool, latency_ms: float) -> None:
+        """Called by the inference path after each inference; cheap outside probation."""
+        if self._state.phase is Phase.PROBATION:
+            self.submit(ProbationSample(ok=ok, latency_ms=latency_ms))
+
+    def run_pending(self, max_events: int = 10_000) -> int:
+        """Handle queued events (and the ones they cause) in the calling thread.
+
+        For tests and for a caller that drives the loop itself; do not mix with `start`.
+        Returns how many events were handled.
+        """
+        handled = 0
+        while handled < max_events:
+            try:
+                event = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if event is not None:
+                self.handle(event)
+                handled += 1
+        return handled
+
+    def start(self) -> None:
+        """Start the worker thread; it ticks every ``tick_s`` when no event arrives."""
+        self._thread = threading.Thread(target=self._loop, name="update-runner", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Let the worker finish the event in hand, then stop it."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout_s)
+            self._thread = None
+
+    def handle(self, event: Event) -> None:
+        """One turn: step, persist, perform. Effects may queue further events."""
+        before = self._state
+        new, effects = step(before, event, self._clock(), policy=self._policy)
+        sample_only = (
+            isinstance(event, ProbationSample) and not effects and new.phase is before.phase
+        )
+        if new != before and not sample_only:
+            atomic_write_json(self._state_path, new)
+        self._state = new
+        if new.phase is not before.phase:
+            log.info("update %s -> %s on %s", before.phase, new.phase, event.kind)
+        for effect in effects:
+            self._perform(effect)
+        if new.phase is Phase.STAGED:
+            self.submit(Tick(now=self._clock()))
+
+    # --- internals ----------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                event = self._queue.get(timeout=self._tick_s)
+            except queue.Empty:
+                event = Tick(now=self._clock())
+            if event is None:
+                return
+            try:
+                self.handle(event)
+            except Exception:
+                # The state on disk is consistent (persisted before effects); keep serving.
+                log.exception("update runner failed handling %s", event.kind)
+
+    def _load_state(self) -> UpdateState:
+        try:
+            return UpdateState.model_validate_json(self._state_path.read_bytes())
+        except FileNotFoundError:
+            pass
+        except (OSError, ValidationError) as e:
+            log.error("update state %s is unreadable, starting fresh: %s", self._state_path, e)
+        return UpdateState(active=self._model_ref(self._store.active()))
+
+    def _model_ref(self, sha256: str | None) -> InstalledModel | None:
+        if sha256 is None:
+            return None
+        try:
+            manifest = self._store.manifest(sha256)
+        except StoreError:
+            return None
+        return InstalledModel(name=manifest.name, version=manifest.version, sha256=sha256)
+
+    def _artifact(self, sha256: str) -> Path:
+        return self._downloads / f"{sha256}.efpkg"
+
+    def _perform(self, effect: Effect) -> None:
+        log.debug("effect %s", effect.kind)
+        match effect:
+            case Report():
+                self._report(effect)
+            case StartDownload(target=target, resume_from=resume_from):
+                self._download(target, resume_from)
+            case Verify(target=target):
+                self._verify(target)
+            case Stage(target=target):
+                self._stage(target)
+            case Activate(target=target):
+                self._activate(target)
+            case RunGolden(target=target):
+                self._run_golden(target)
+            case RollBack(restore=restore):
+                self._restore(restore)
+            case EnsureActive(model=model):
+                self._ensure_active(model)
+            case Commit(model=model):
+                self._artifact(model.sha256).unlink(missing_ok=True)
+                removed = self._store.gc()
+                log.debug("store gc removed %s", removed)
+            case Cleanup(sha256=sha):
+                self._artifact(sha).unlink(missing_ok=True)
+                if sha not in (self._store.active(), self._store.previous()):
+                    self._store.remove(sha)
+
+    def _report(self, report: Report) -> None:
+        try:
+            self._sink.report(report)
+        except Exception:
+            log.exception("could not report %s", report.event)
+
+    def _download(self, target: DesiredTarget, resume_from: int) -> None:
+        sha = target.sha256
+
+        def progress(n: int) -> None:
+            self.submit(DownloadProgress(sha256=sha, downloaded_bytes=n))
+
+        try:
+            self._downloader.download(target, self._artifact(sha), resume_from, progress)
+        except (TransportError, OSError) as e:
+            self.submit(DownloadFailed(sha256=sha, transient=True, reason=str(e)))
+        except UpdateRejected as e:
+            self.submit(DownloadFailed(sha256=sha, transient=False, reason=str(e)))
+        else:
+            self.submit(DownloadDone(sha256=sha))
+
+    def _verify(self, target: DesiredTarget) -> None:
+        try:
+            self._verifier.verify(target, self._artifact(target.sha256), self._state.active)
+        except (UpdateRejected, OSError) as e:
+            self.submit(VerifyFailed(sha256=target.sha256, reason=str(e)))
+        else:
+            self.submit(Verified(sha256=target.sha256))
+
+    def _stage(self, target: DesiredTarget) -> None:
+        artifact = self._artifact(target.sha256)
+        try:
+            self._store.stage(target.sha256, lambda d: self._extractor.extract(artifact, d))
+            manifest = self._store.manifest(target.sha256)
+        except (StoreError, UpdateRejected, OSError) as e:
+            self.submit(StageFailed(sha256=target.sha256, reason=str(e)))
+            return
+        budget = Budget.model_validate(manifest.probation.model_dump())
+        self.submit(Staged(sha256=target.sha256, budget=budget))
+
+    def _activate(self, target: DesiredTarget) -> None:
+        try:
+            self._store.activate(target.sha256)
+            self._activator.load(self._store.path(target.sha256))
+        except Exception as e:
+            self.submit(ActivationFailed(sha256=target.sha256, reason=str(e)))
+        else:
+            self.submit(Activated(sha256=target.sha256))
+
+    def _run_golden(self, target: DesiredTarget) -> None:
+        try:
+            outcome = self._golden.check(self._store.path(target.sha256))
+        except Exception as e:
+            outcome = GoldenOutcome(passed=False, detail=f"golden check raised: {e}")
+        self.submit(
+            GoldenResult(sha256=target.sha256, passed=outcome.passed, detail=outcome.detail)
+        )
+
+    def _restore(self, model: InstalledModel | None) -> None:
+        sha = model.sha256 if model else None
+        try:
+            self._store.ensure_active(sha)
+            self._activator.load(self._store.path(sha) if sha else None)
+        except Exception:
+            # Nothing better to fall back to; recover() at the next start re-checks.
+            log.exception("could not restore model %s", sha)
+
+    def _ensure_active(self, model: InstalledModel | None) -> None:
+        sha = model.sha256 if model else None
+        try:
+            self._store.ensure_active(sha)
+            self._activator.load(self._store.path(sha) if sha else None)
+        except Exception as e:
+            if self._state.phase is Phase.PROBATION and sha is not None:
+                self.submit(ActivationFailed(sha256=sha, reason=str(e)))
+            else:
+                log.exception("could not load model %s at startup", sha)
