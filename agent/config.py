@@ -1,0 +1,243 @@
+"""The agent's configuration: one frozen model, loaded from a TOML file plus environment.
+
+Precedence: built-in defaults < the TOML file < ``EDGEFLEET_AGENT_*`` environment
+variables. A variable names a field in upper case, ``__`` separating sections:
+``EDGEFLEET_AGENT_DEVICE_ID``, ``EDGEFLEET_AGENT_BROKER__URL``,
+``EDGEFLEET_AGENT_MODEL__RUNTIME__INTRA_OP_THREADS``. List fields (``TAGS``) take a
+comma-separated string or a JSON array.
+
+Invariant: a loaded `AgentConfig` is valid as a whole; a bad file or variable raises
+`ConfigError` naming the file (or variable) and the field, never a half-built config.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from agent.runtime import RuntimeOptions
+from shared.topics import TopicError, validate_device_id
+
+ENV_PREFIX = "EDGEFLEET_AGENT_"
+DEFAULT_DATA_DIR = Path("/var/lib/edgefleet-agent")
+
+
+class ConfigError(ValueError):
+    """A configuration file or environment variable that does not describe a valid agent."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class BrokerConfig(_Section):
+    """How to reach the MQTT broker."""
+
+    url: str = Field(default="mqtt://127.0.0.1:1883", description="mqtt://host[:port] or mqtts://")
+    client_id: str | None = Field(default=None, description="default: the device id")
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    keepalive_s: int = Field(default=30, ge=5, le=65535)
+    protocol: Literal["3.1.1", "5"] = "3.1.1"
+    reconnect_min_s: float = Field(default=0.5, gt=0)
+    reconnect_max_s: float = Field(default=30.0, gt=0)
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    max_inflight: int = Field(default=20, ge=1, le=1000, description="unacked QoS-1 messages")
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts"):
+            raise ValueError(f"expected an mqtt:// or mqtts:// URL, found {url!r}")
+        if not parts.hostname:
+            raise ValueError(f"no host in broker URL {url!r}")
+        try:
+            _ = parts.port
+        except ValueError:
+            raise ValueError(f"bad port in broker URL {url!r}") from None
+        return url
+
+    @property
+    def tls(self) -> bool:
+        return urlsplit(self.url).scheme == "mqtts"
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or ""
+
+    @property
+    def port(self) -> int:
+        return urlsplit(self.url).port or (8883 if self.tls else 1883)
+
+
+class ModelConfig(_Section):
+    """The model the agent serves at start, before any update arrives."""
+
+    path: Path | None = Field(default=None, description=".onnx or .tflite; none = no model yet")
+    name: str = "model"
+    version: str = "0"
+    runtime: RuntimeOptions = Field(default_factory=RuntimeOptions)
+
+
+class ApiConfig(_Section):
+    """The local HTTP inference API."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=8470, ge=0, le=65535, description="0 = any free port")
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+
+
+class OutboxConfig(_Section):
+    """The durable queue of QoS-1 messages waiting for the broker."""
+
+    max_messages: int = Field(default=100_000, ge=10)
+    max_db_bytes: int | None = Field(
+        default=None, ge=65536, description="cap on the SQLite file; none = the disk is the cap"
+    )
+    synchronous: Literal["normal", "full"] = Field(
+        default="normal",
+        description="SQLite synchronous mode; see agent.outbox for what each one risks",
+    )
+
+
+class AgentConfig(_Section):
+    """Everything one agent needs. Frozen: pass it in, never mutate it."""
+
+    device_id: str
+    hardware: str = Field(default="generic", min_length=1, max_length=100)
+    tags: list[str] = Field(default_factory=list)
+    data_dir: Path = DEFAULT_DATA_DIR
+    broker: BrokerConfig = Field(default_factory=BrokerConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    api: ApiConfig = Field(default_factory=ApiConfig)
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    telemetry_interval_s: float = Field(default=10.0, gt=0)
+
+    @field_validator("device_id")
+    @classmethod
+    def _check_device_id(cls, device_id: str) -> str:
+        try:
+            return validate_device_id(device_id)
+        except TopicError as e:
+            raise ValueError(str(e)) from None
+
+    @field_validator("tags", mode="before")
+    @classmethod
+    def _split_tags(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [t.strip() for t in text.split(",") if t.strip()]
+        return value
+
+
+def env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    """The nested dict that ``EDGEFLEET_AGENT_*`` variables describe (values stay strings)."""
+    result: dict[str, Any] = {}
+    for key, value in env.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        path = [p.lower() for p in key[len(ENV_PREFIX) :].split("__")]
+        if not all(path):
+            continue
+        node = result
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"{key}: {part} is set both as a value and as a section")
+            node = child
+        node[path[-1]] = value
+    return result
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(path: Path | None, env: Mapping[str, str]) -> AgentConfig:
+    """Load the config from ``path`` (optional) overlaid with ``env``.
+
+    Relative paths in the file (model, certificates, data_dir) are resolved against the
+    file's directory, so a config and its files can move together.
+
+    Raises `ConfigError` naming the file or variable and the field for: a missing or
+    unreadable file, bad TOML, an unknown field, or a value out of range.
+    """
+    source = str(path) if path else "environment"
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read the config file: {e.strerror}") from e
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML: {e}") from e
+        data = _resolve_paths(data, path.parent)
+    overrides = env_overrides(env)
+    if overrides:
+        source = f"{source} + {ENV_PREFIX}* environment" if path else source
+    try:
+        return AgentConfig.model_validate(_merge(data, overrides))
+    except ValidationError as e:
+        raise ConfigError(f"{source}: {_describe(e)}") from e
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{source}: tags: not a JSON array: {e}") from e
+
+
+_BROKER_PATH_FIELDS = ("ca_file", "cert_file", "key_file")
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    def fix(value: Any) -> Any:
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            return str(base / value)
+        return value
+
+    data = dict(data)
+    if "data_dir" in data:
+        data["data_dir"] = fix(data["data_dir"])
+    if isinstance(data.get("model"), dict) and "path" in data["model"]:
+        data["model"] = {**data["model"], "path": fix(data["model"]["path"])}
+    if isinstance(data.get("broker"), dict):
+        broker = dict(data["broker"])
+        for key in _BROKER_PATH_FIELDS:
+            if key in broker:
+                broker[key] = fix(broker[key])
+        data["broker"] = broker
+    return data
+
+
+def _describe(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors()[:5]:
+        where = ".".join(str(p) for p in item["loc"]) or "config"
+        found = item.get("input")
+        shown = "" if isinstance(found, dict) else f" (found {found!r})"
+        message = item["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {message}{shown}")
+    return "; ".join(parts)
+
+
+def redacted(config: AgentConfig) -> dict[str, Any]:
+    """The effective config as plain data, secrets masked, for ``check-config``."""
+    return config.model_dump(mode="json")

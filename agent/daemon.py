@@ -1,0 +1,337 @@
+"""The agent: outbox, link, model host, metrics, telemetry and the local API in one object.
+
+`Agent` holds no global state and installs no signal handlers, so a simulator can run
+hundreds of them in one process. `run_forever` is the service shell around one agent:
+signals, sd_notify and the exit code.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import platform
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping
+from types import FrameType
+from typing import Any
+
+import psutil
+from pydantic import BaseModel, ConfigDict
+
+from agent.config import AgentConfig
+from agent.inference_api import InferenceApi
+from agent.link import DesiredHandler, Link
+from agent.metrics import InferenceMetrics
+from agent.model_host import ActiveModel, ModelHost
+from agent.outbox import Outbox
+from agent.runtime import RuntimeLoadError, load_runtime
+from agent.runtime.base import Tensors
+from agent.systemd import SystemdNotifier
+from agent.telemetry import TelemetryCollector
+from shared import __version__
+from shared.messages import (
+    DeviceMessage,
+    EventKind,
+    EventMessage,
+    ModelRef,
+    PlatformInfo,
+    StateMessage,
+    encode,
+)
+from shared.topics import Channel, device_topic
+
+log = logging.getLogger(__name__)
+
+OUTBOX_FILE = "outbox.sqlite3"
+
+
+class AgentStatus(BaseModel):
+    """A snapshot of one agent, for the CLI, the health endpoint and simulators."""
+
+    model_config = ConfigDict(frozen=True)
+
+    device_id: str
+    connected: bool
+    outbox_depth: int
+    outbox_dropped_total: int
+    active_model: ModelRef | None
+    uptime_s: float
+    api_port: int | None
+
+
+def available_runtimes() -> list[str]:
+    """The model runtimes importable here, as the birth message reports them."""
+    found = ["onnx"] if importlib.util.find_spec("onnxruntime") else []
+    if importlib.util.find_spec("ai_edge_litert") or importlib.util.find_spec("tflite_runtime"):
+        found.append("tflite")
+    return found
+
+
+def _platform_info() -> PlatformInfo:
+    return PlatformInfo(
+        machine=platform.machine(),
+        system=platform.system(),
+        python=platform.python_version(),
+        cpu_count=os.cpu_count() or 0,
+        memory_bytes=psutil.virtual_memory().total,
+    )
+
+
+class Agent:
+    """One device's agent. `start` once, then `stop` once; not restartable."""
+
+    def __init__(self, config: AgentConfig, *, on_desired: DesiredHandler | None = None) -> None:
+        self.config = config
+        self.metrics = InferenceMetrics()
+        self.model_host = ModelHost(self.metrics)
+        self._on_desired = on_desired
+        self._stop = threading.Event()
+        self._started_at = time.monotonic()
+        self._runtimes = available_runtimes()
+        self._platform = _platform_info()
+        self._outbox: Outbox | None = None
+        self._link: Link | None = None
+        self._api: InferenceApi | None = None
+        self._telemetry_thread: threading.Thread | None = None
+
+    @property
+    def device_id(self) -> str:
+        return self.config.device_id
+
+    @property
+    def outbox(self) -> Outbox:
+        """The outbox; raises RuntimeError before `start`."""
+        if self._outbox is None:
+            raise RuntimeError(f"agent {self.device_id} is not started")
+        return self._outbox
+
+    @property
+    def api_port(self) -> int | None:
+        """The port the inference API listens on, or None when it is disabled."""
+        return self._api.port if self._api else None
+
+    @property
+    def connected(self) -> bool:
+        return self._link is not None and self._link.connected
+
+    @property
+    def status(self) -> AgentStatus:
+        active = self.model_host.active
+        return AgentStatus(
+            device_id=self.device_id,
+            connected=self.connected,
+            outbox_depth=self._outbox.depth if self._outbox else 0,
+            outbox_dropped_total=self._outbox.dropped_total if self._outbox else 0,
+            active_model=active.ref if active else None,
+            uptime_s=time.monotonic() - self._started_at,
+            api_port=self.api_port,
+        )
+
+    def start(self) -> None:
+        """Open the outbox, load the configured model, bind the API, start the threads.
+
+        Returns at once; the link connects in the background. Raises `OutboxError` if
+        the outbox cannot be opened and OSError if the API port cannot be bound. A
+        model that fails to load is reported (log and a ``failed`` event), not raised,
+        so the device can still receive an update.
+        """
+        config = self.config
+        self._started_at = time.monotonic()
+        self._outbox = Outbox(
+            config.data_dir / OUTBOX_FILE,
+            max_messages=config.outbox.max_messages,
+            max_db_bytes=config.outbox.max_db_bytes,
+            synchronous=config.outbox.synchronous,
+        )
+        self._load_initial_model()
+        if config.api.enabled:
+            self._api = InferenceApi(
+                self.model_host,
+                bind_host=config.api.host,
+                port=config.api.port,
+                max_body_bytes=config.api.max_body_bytes,
+                health=self._health,
+                name=f"edgefleet-api-{self.device_id}",
+            )
+        self._link = Link(
+            config=config.broker,
+            device_id=self.device_id,
+            outbox=self._outbox,
+            state=self._state_message,
+            on_desired=self._on_desired,
+        )
+        collector = TelemetryCollector(
+            device_id=self.device_id,
+            metrics=self.metrics,
+            outbox=self._outbox,
+            data_dir=config.data_dir,
+            active_model=self._active_ref,
+        )
+        self._telemetry_thread = threading.Thread(
+            target=self._telemetry_loop,
+            args=(collector,),
+            name=f"edgefleet-telemetry-{self.device_id}",
+            daemon=True,
+        )
+        if self._api:
+            self._api.start()
+        self._link.start()
+        self._telemetry_thread.start()
+        log.info("agent %s started", self.device_id)
+
+    def stop(self, timeout_s: float = 5.0) -> bool:
+        """Stop serving, publish ``online: false``, flush the outbox (bounded), close.
+
+        Returns True if the offline state and the whole outbox reached the broker.
+        """
+        self._stop.set()
+        if self._api:
+            self._api.stop()
+        flushed = self._link.stop(timeout_s) if self._link else False
+        if self._telemetry_thread and self._telemetry_thread.is_alive():
+            self._telemetry_thread.join(1.0)
+        if self._outbox:
+            self._outbox.close()
+        log.info("agent %s stopped (flushed: %s)", self.device_id, flushed)
+        return flushed
+
+    def healthy(self) -> bool:
+        """True while every background thread runs (gates the systemd watchdog)."""
+        telemetry = self._telemetry_thread
+        link_alive = self._link is not None and self._link.alive
+        return link_alive and telemetry is not None and telemetry.is_alive()
+
+    def infer(self, inputs: Mapping[str, Any]) -> tuple[ModelRef, Tensors]:
+        """Run the active model; see `ModelHost.infer` for what it raises."""
+        return self.model_host.infer(dict(inputs))
+
+    def enqueue(self, channel: Channel, build: Callable[[int], DeviceMessage]) -> int | None:
+        """Store ``build(seq)`` in the outbox for ``channel`` and wake the link.
+
+        Returns the seq, or None if the outbox could not store it (counted as dropped).
+        """
+        seq = self.outbox.enqueue(
+            device_topic(self.device_id, channel), channel.value, lambda s: encode(build(s))
+        )
+        if self._link:
+            self._link.wake()
+        return seq
+
+    def publish_event(
+        self,
+        kind: EventKind,
+        *,
+        model: ModelRef | None = None,
+        desired_seq: int | None = None,
+        rollout_id: str | None = None,
+        reason: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> int | None:
+        """Queue one deployment event at QoS 1; returns its seq (None if not stored)."""
+        return self.enqueue(
+            Channel.EVENTS,
+            lambda seq: EventMessage(
+                device_id=self.device_id,
+                seq=seq,
+                kind=kind,
+                model=model,
+                desired_seq=desired_seq,
+                rollout_id=rollout_id,
+                reason=reason,
+                detail=detail or {},
+            ),
+        )
+
+    def _load_initial_model(self) -> None:
+        model = self.config.model
+        if model.path is None:
+            return
+        try:
+            runtime = load_runtime(model.path, options=model.runtime)
+        except RuntimeLoadError as e:
+            log.error("agent %s serves no model: %s", self.device_id, e)
+            self.publish_event(EventKind.FAILED, reason=f"initial model did not load: {e}")
+            return
+        ref = ModelRef(name=model.name, version=model.version)
+        self.model_host.swap(ActiveModel(runtime=runtime, ref=ref))
+        log.info("agent %s serves %s %s (%s)", self.device_id, ref.name, ref.version, model.path)
+
+    def _active_ref(self) -> ModelRef | None:
+        active = self.model_host.active
+        return active.ref if active else None
+
+    def _state_message(self, seq: int, online: bool, reason: str | None) -> StateMessage:
+        return StateMessage(
+            device_id=self.device_id,
+            seq=seq,
+            online=online,
+            agent_version=__version__,
+            hardware=self.config.hardware,
+            platform=self._platform,
+            tags=list(self.config.tags),
+            runtimes=self._runtimes,
+            active_model=self._active_ref(),
+            reason=reason,
+        )
+
+    def _health(self) -> dict[str, Any]:
+        status = self.status
+        return {
+            "status": "ok",
+            "device_id": status.device_id,
+            "model_loaded": status.active_model is not None,
+            "model": status.active_model.model_dump() if status.active_model else None,
+            "connected": status.connected,
+            "outbox_depth": status.outbox_depth,
+        }
+
+    def _telemetry_loop(self, collector: TelemetryCollector) -> None:
+        while not self._stop.wait(self.config.telemetry_interval_s):
+            try:
+                self.enqueue(Channel.TELEMETRY, collector.collect)
+            except Exception:
+                # Telemetry must never take the agent down; the next interval tries again.
+                log.exception("agent %s: telemetry failed", self.device_id)
+
+
+def run_forever(
+    config: AgentConfig,
+    *,
+    env: Mapping[str, str] | None = None,
+    stop_timeout_s: float = 10.0,
+) -> int:
+    """Run one agent as a service until SIGTERM or SIGINT; returns the exit code.
+
+    Sends READY=1 once started, WATCHDOG=1 at half of WATCHDOG_USEC while every
+    background thread is alive, and STOPPING=1 on a signal. Returns 0 after a clean
+    stop, 1 if the agent could not start.
+    """
+    notifier = SystemdNotifier(env)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    agent = Agent(config)
+    try:
+        agent.start()
+    except Exception as e:  # OutboxError, OSError binding the API: both fatal at start
+        log.error("agent %s cannot start: %s", config.device_id, e)
+        return 1
+    port = agent.api_port
+    notifier.ready(f"serving on port {port}" if port else "running")
+    watchdog_s = notifier.watchdog_interval_s()
+    next_watchdog = time.monotonic()
+    while not stop.wait(min(watchdog_s or 1.0, 1.0)):
+        if watchdog_s is not None and time.monotonic() >= next_watchdog and agent.healthy():
+            notifier.watchdog()
+            next_watchdog = time.monotonic() + watchdog_s
+    notifier.stopping()
+    agent.stop(stop_timeout_s)
+    return 0

@@ -1,0 +1,183 @@
+"""The local HTTP inference API, on the standard library (no web framework on a device).
+
+``POST /v1/predict`` with ``{"inputs": {"input": [[...]]}, "request_id": "..."}``
+returns ``{"request_id", "model": {"name", "version"}, "outputs": {...}, "latency_ms"}``.
+``GET /v1/health`` returns 200 with whether a model is loaded. Errors are JSON
+``{"error": {"code", "message"}}``: 400 bad JSON or inputs, 404 unknown path, 413 a body
+over ``max_body_bytes``, 503 no model loaded, 500 the runtime failed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import numpy as np
+
+from agent.model_host import InputError, ModelHost, NoModelLoadedError
+from agent.runtime import InferenceError
+
+log = logging.getLogger(__name__)
+
+MAX_REQUEST_ID_CHARS = 200
+
+
+class ApiError(Exception):
+    """A request the API answers with an error status."""
+
+    def __init__(self, status: HTTPStatus, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
+
+
+def predict(host: ModelHost, body: bytes) -> dict[str, Any]:
+    """Answer one predict request body; raises `ApiError` for every failure."""
+    try:
+        request = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ApiError(HTTPStatus.BAD_REQUEST, "bad_json", f"the body is not JSON: {e}") from e
+    if not isinstance(request, dict) or not isinstance(request.get("inputs"), dict):
+        raise ApiError(
+            HTTPStatus.BAD_REQUEST,
+            "bad_request",
+            'expected {"inputs": {"<name>": [[...]]}, "request_id": optional string}',
+        )
+    request_id = request.get("request_id") or uuid.uuid4().hex
+    if not isinstance(request_id, str) or len(request_id) > MAX_REQUEST_ID_CHARS:
+        raise ApiError(
+            HTTPStatus.BAD_REQUEST,
+            "bad_request",
+            f"request_id must be a string of at most {MAX_REQUEST_ID_CHARS} characters",
+        )
+    started = time.perf_counter()
+    try:
+        model, outputs = host.infer(request["inputs"])
+    except NoModelLoadedError as e:
+        raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, "no_model", str(e)) from e
+    except InputError as e:
+        raise ApiError(HTTPStatus.BAD_REQUEST, "bad_inputs", str(e)) from e
+    except InferenceError as e:
+        raise ApiError(HTTPStatus.INTERNAL_SERVER_ERROR, "inference_failed", str(e)) from e
+    return {
+        "request_id": request_id,
+        "model": {"name": model.name, "version": model.version},
+        "outputs": outputs,
+        "latency_ms": (time.perf_counter() - started) * 1000.0,
+    }
+
+
+def _handler_class(
+    host: ModelHost, max_body_bytes: int, health: Callable[[], dict[str, Any]]
+) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive: local apps call in tight loops
+        server_version = "edgefleet-agent"
+        # Headers and body go out in two writes; without this, Nagle's algorithm and the
+        # client's delayed ACK add ~40 ms to every keep-alive request.
+        disable_nagle_algorithm = True
+
+        def do_GET(self) -> None:
+            if self.path.split("?")[0] == "/v1/health":
+                self._reply(HTTPStatus.OK, health())
+            else:
+                self._error(ApiError(HTTPStatus.NOT_FOUND, "not_found", f"no {self.path}"))
+
+        def do_POST(self) -> None:
+            if self.path.split("?")[0] != "/v1/predict":
+                self._error(ApiError(HTTPStatus.NOT_FOUND, "not_found", f"no {self.path}"))
+                self.close_connection = True
+                return
+            try:
+                self._reply(HTTPStatus.OK, predict(host, self._body()))
+            except ApiError as e:
+                self._error(e)
+
+        def _body(self) -> bytes:
+            try:
+                length = int(self.headers.get("Content-Length", ""))
+            except ValueError:
+                self.close_connection = True
+                raise ApiError(
+                    HTTPStatus.LENGTH_REQUIRED, "length_required", "send a Content-Length"
+                ) from None
+            if length > max_body_bytes:
+                # The body stays unread, so this connection cannot carry another request.
+                self.close_connection = True
+                raise ApiError(
+                    HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                    "too_large",
+                    f"the body is {length} bytes; the limit is {max_body_bytes}",
+                )
+            return self.rfile.read(length)
+
+        def _error(self, error: ApiError) -> None:
+            self._reply(error.status, {"error": {"code": error.code, "message": str(error)}})
+
+        def _reply(self, status: HTTPStatus, document: dict[str, Any]) -> None:
+            payload = json.dumps(document, default=_jsonable).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            if self.close_connection:
+                self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            log.debug("%s " + format, self.address_string(), *args)
+
+    return Handler
+
+
+class InferenceApi:
+    """The HTTP server on its own thread; `port` is the bound port (useful with port 0)."""
+
+    def __init__(
+        self,
+        host: ModelHost,
+        *,
+        bind_host: str,
+        port: int,
+        max_body_bytes: int,
+        health: Callable[[], dict[str, Any]],
+        name: str = "edgefleet-api",
+    ) -> None:
+        """Bind the socket now (so the port is known); raises OSError if it cannot."""
+        self._server = ThreadingHTTPServer(
+            (bind_host, port), _handler_class(host, max_body_bytes, health)
+        )
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _serve(self) -> None:
+        # The poll interval bounds how long `stop` waits; 0.2 s keeps idle wake-ups rare.
+        self._server.serve_forever(poll_interval=0.2)
+
+    def stop(self) -> None:
+        """Stop accepting requests and close the socket."""
+        if self._thread.is_alive():
+            self._server.shutdown()
+        self._server.server_close()

@@ -1,0 +1,341 @@
+"""The agent's MQTT link (paho-mqtt v2): birth, will, outbox replay, desired state.
+
+One thread, named ``edgefleet-link-<device>``, owns the paho client and everything
+about a connection: it connects, runs paho's network loop, sends outbox rows, reads
+acknowledgements and reconnects with jittered exponential backoff. Other threads only
+store rows in the outbox and call `Link.wake`; nothing about a connection is shared.
+
+Ordering and duplicates. Each connection gets a *new* paho client with a clean
+session, so paho never retries a message on its own after a reconnect: the outbox is
+the only retry mechanism. On every connect the link publishes the retained birth, then
+replays the outbox from its oldest row in id (= seq) order, keeping at most
+``max_inflight`` messages unacknowledged. A row is deleted only on its PUBACK. So a
+subscriber sees every message at least once and in seq order, except that messages
+sent but not acknowledged before a connection dropped are sent again after the
+reconnect; the fleet drops those duplicates by ``(device_id, seq)``. Had we kept one
+paho client, its own in-flight resend on reconnect would interleave with the replay and
+break the order.
+
+State topic seqs. The will is configured before the connection exists, so the link
+allocates the birth's seq and then the will's: on the state topic, seqs order
+birth < will < next birth, and a fleet may keep the state with the highest seq.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import ssl
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from agent.config import BrokerConfig
+from agent.outbox import Outbox
+from shared.messages import StateMessage, encode
+from shared.topics import Channel, device_topic
+
+log = logging.getLogger(__name__)
+
+# state(seq, online, reason) -> the StateMessage to publish on the state topic.
+StateBuilder = Callable[[int, bool, str | None], StateMessage]
+DesiredHandler = Callable[[bytes], None]
+
+_LOOP_TIMEOUT_S = 0.1
+
+
+def backoff_s(attempt: int, *, min_s: float, max_s: float, rng: random.Random) -> float:
+    """The wait before reconnect ``attempt`` (0-based): exponential, capped, half jittered.
+
+    Half of the delay is fixed and half random ("equal jitter"), so a fleet that lost
+    its broker at once does not come back at once, yet no device retries in a hot loop.
+    """
+    ceiling: float = min(max_s, min_s * float(2 ** min(attempt, 32)))
+    return ceiling / 2 + rng.uniform(0, ceiling / 2)
+
+
+class Link:
+    """The device's connection to the broker. `start` once, `stop` once."""
+
+    def __init__(
+        self,
+        *,
+        config: BrokerConfig,
+        device_id: str,
+        outbox: Outbox,
+        state: StateBuilder,
+        on_desired: DesiredHandler | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._config = config
+        self._device_id = device_id
+        self._outbox = outbox
+        self._state = state
+        self.on_desired = on_desired
+        self._rng = rng or random.Random()
+        self._state_topic = device_topic(device_id, Channel.STATE)
+        self._desired_topic = device_topic(device_id, Channel.DESIRED)
+        self._thread = threading.Thread(
+            target=self._run, name=f"edgefleet-link-{device_id}", daemon=True
+        )
+        self._stop = threading.Event()
+        self._stop_deadline = 0.0
+        self._dirty = threading.Event()
+        self._flushed = False
+        # Per connection; touched only by the link thread (paho calls back on it).
+        self._connected = False
+        self._refused = False
+        self._inflight: dict[int, int] = {}
+        self._acks: deque[tuple[int, ReasonCode]] = deque()
+        self._last_sent_id = 0
+        self._birth_seq = 0
+        self._shutdown_mid: int | None = None
+        self._shutdown_acked = False
+        self.connects_total = 0
+
+    @property
+    def connected(self) -> bool:
+        """True between a successful CONNACK and the loss of that connection."""
+        return self._connected
+
+    @property
+    def alive(self) -> bool:
+        """True while the link thread runs (it ends only after `stop`)."""
+        return self._thread.is_alive()
+
+    def start(self) -> None:
+        """Start connecting in the background; returns at once."""
+        self._thread.start()
+
+    def wake(self) -> None:
+        """Tell the link that the outbox has new rows (safe from any thread)."""
+        self._dirty.set()
+
+    def stop(self, timeout_s: float = 5.0) -> bool:
+        """Publish the retained offline state, flush the outbox, disconnect.
+
+        Waits at most ``timeout_s``. Returns True if the offline state and every stored
+        message were acknowledged before the disconnect; False if the broker was not
+        reachable or time ran out (what is left stays in the outbox for the next start).
+        """
+        self._stop_deadline = time.monotonic() + timeout_s
+        self._stop.set()
+        self._dirty.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s + 1.0)
+        return self._flushed
+
+    def _run(self) -> None:
+        attempt = 0
+        while not self._stop.is_set():
+            if self._session():
+                attempt = 0
+            if self._stop.is_set():
+                break
+            delay = backoff_s(
+                attempt,
+                min_s=self._config.reconnect_min_s,
+                max_s=self._config.reconnect_max_s,
+                rng=self._rng,
+            )
+            attempt += 1
+            log.debug("%s: reconnecting in %.2fs", self._device_id, delay)
+            self._stop.wait(delay)
+
+    def _session(self) -> bool:
+        """One connection from connect to loss; True if the broker accepted it."""
+        birth_seq = self._outbox.allocate_seq()
+        will_seq = self._outbox.allocate_seq()
+        client = self._new_client(will_seq)
+        self._connected = False
+        self._refused = False
+        self._inflight.clear()
+        self._acks.clear()
+        self._last_sent_id = 0
+        self._birth_seq = birth_seq
+        self._shutdown_mid = None
+        self._shutdown_acked = False
+        try:
+            if self._config.protocol == "5":
+                client.connect(
+                    self._config.host,
+                    self._config.port,
+                    self._config.keepalive_s,
+                    clean_start=True,
+                )
+            else:
+                client.connect(self._config.host, self._config.port, self._config.keepalive_s)
+        except (OSError, ssl.SSLError, ValueError) as e:
+            log.debug("%s: cannot connect to %s: %s", self._device_id, self._config.url, e)
+            return False
+        connect_deadline = time.monotonic() + self._config.connect_timeout_s
+        accepted = False
+        while True:
+            rc = client.loop(_LOOP_TIMEOUT_S)
+            self._handle_acks()
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or self._refused:
+                break
+            if self._connected:
+                accepted = True
+                if self._dirty.is_set():
+                    self._dirty.clear()
+                    self._pump(client)
+            elif time.monotonic() > connect_deadline:
+                log.warning("%s: no CONNACK from %s in time", self._device_id, self._config.url)
+                self._disconnect(client)
+                break
+            if self._stop.is_set() and self._shutdown_step(client):
+                break
+        if self._connected:
+            log.info("%s: lost the connection to %s", self._device_id, self._config.url)
+        self._connected = False
+        return accepted
+
+    def _shutdown_step(self, client: mqtt.Client) -> bool:
+        """Advance a graceful stop by one loop turn; True once the connection is closed."""
+        if not self._connected:
+            self._disconnect(client)
+            return True
+        if self._shutdown_mid is None:
+            self._shutdown_mid = self._publish_state(client, online=False, reason="shutdown")
+        drained = self._outbox.depth == 0 and not self._inflight
+        if (self._shutdown_acked and drained) or time.monotonic() > self._stop_deadline:
+            self._flushed = self._shutdown_acked and drained
+            self._disconnect(client)
+            return True
+        return False
+
+    def _new_client(self, will_seq: int) -> mqtt.Client:
+        config = self._config
+        v5 = config.protocol == "5"
+        client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=config.client_id or self._device_id,
+            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
+            clean_session=None if v5 else True,
+        )
+        client.connect_timeout = config.connect_timeout_s
+        client.max_inflight_messages_set(config.max_inflight + 4)
+        client.max_queued_messages_set(0)
+        if config.tls:
+            client.tls_set(
+                ca_certs=str(config.ca_file) if config.ca_file else None,
+                certfile=str(config.cert_file) if config.cert_file else None,
+                keyfile=str(config.key_file) if config.key_file else None,
+            )
+        if config.username is not None:
+            password = config.password.get_secret_value() if config.password else None
+            client.username_pw_set(config.username, password)
+        will = self._state(will_seq, False, "will")
+        client.will_set(self._state_topic, encode(will), qos=1, retain=True)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        return client
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason_code.is_failure:
+            log.warning(
+                "%s: broker %s refused the connection: %s",
+                self._device_id,
+                self._config.url,
+                reason_code,
+            )
+            self._refused = True
+            return
+        self.connects_total += 1
+        self._connected = True
+        log.info("%s: connected to %s", self._device_id, self._config.url)
+        self._publish_state(client, online=True, reason=None, seq=self._birth_seq)
+        client.subscribe(self._desired_topic, qos=1)
+        self._dirty.set()
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        self._connected = False
+
+    def _on_publish(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        self._acks.append((mid, reason_code))
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        if message.topic != self._desired_topic or self.on_desired is None:
+            return
+        try:
+            self.on_desired(bytes(message.payload))
+        except Exception:
+            # A failing consumer must not take the link down with it.
+            log.exception("%s: the desired-state handler failed", self._device_id)
+
+    def _handle_acks(self) -> None:
+        while self._acks:
+            mid, reason_code = self._acks.popleft()
+            if mid == self._shutdown_mid:
+                self._shutdown_acked = True
+            message_id = self._inflight.pop(mid, None)
+            if message_id is None:
+                continue
+            if reason_code.is_failure:
+                # Retrying cannot help (not authorised, quota); keeping it would block
+                # everything behind it, so it is dropped like a broker that discards it.
+                log.warning(
+                    "%s: broker rejected outbox message %d: %s",
+                    self._device_id,
+                    message_id,
+                    reason_code,
+                )
+            self._outbox.ack(message_id)
+            self._dirty.set()
+
+    def _pump(self, client: mqtt.Client) -> None:
+        room = self._config.max_inflight - len(self._inflight)
+        if room <= 0:
+            return
+        for message in self._outbox.peek(self._last_sent_id, room):
+            info = client.publish(message.topic, message.payload, qos=1)
+            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                return  # the connection is gone; the replay starts over on the next one
+            self._inflight[info.mid] = message.id
+            self._last_sent_id = message.id
+
+    def _publish_state(
+        self, client: mqtt.Client, *, online: bool, reason: str | None, seq: int | None = None
+    ) -> int:
+        message = self._state(self._outbox.allocate_seq() if seq is None else seq, online, reason)
+        return client.publish(self._state_topic, encode(message), qos=1, retain=True).mid
+
+    def _disconnect(self, client: mqtt.Client) -> None:
+        # A clean DISCONNECT: the broker discards the will, our retained state stands.
+        client.disconnect()
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            if client.loop(_LOOP_TIMEOUT_S) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                break
+        log.info("%s: disconnected from %s", self._device_id, self._config.url)

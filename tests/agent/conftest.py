@@ -1,0 +1,159 @@
+"""Helpers for the agent tests: configs, a recording MQTT subscriber, a durable broker."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from agent.config import AgentConfig
+from tests.support.mosquitto import MosquittoBroker
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class Received:
+    topic: str
+    payload: bytes
+    retain: bool
+
+    @property
+    def doc(self) -> dict[str, Any]:
+        document: dict[str, Any] = json.loads(self.payload)
+        return document
+
+
+class Subscriber:
+    """A plain paho subscriber that records everything it receives.
+
+    With ``session`` set it connects with a persistent session (clean_session False)
+    under that client id, so a broker with persistence queues QoS-1 messages for it
+    across its own restart and across the subscriber's reconnects.
+    """
+
+    def __init__(self, port: int, topics: list[str], *, session: str | None = None) -> None:
+        self.received: list[Received] = []
+        self._cond = threading.Condition()
+        self._client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=session or "",
+            clean_session=session is None,
+        )
+        self._client.reconnect_delay_set(0.05, 0.3)  # type: ignore[arg-type]  # floats work
+        self._subscribed = threading.Event()
+        topics_qos = [(t, 1) for t in topics]
+        self._client.on_connect = lambda c, u, f, rc, p: c.subscribe(topics_qos)
+        self._client.on_subscribe = lambda c, u, mid, rcs, p: self._subscribed.set()
+        self._client.on_message = self._on_message
+        self._client.connect("127.0.0.1", port, keepalive=5)
+        self._client.loop_start()
+        assert self._subscribed.wait(5), "subscriber never got its SUBACK"
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        with self._cond:
+            self.received.append(Received(message.topic, bytes(message.payload), message.retain))
+            self._cond.notify_all()
+
+    def on(self, channel: str) -> list[Received]:
+        with self._cond:
+            return [r for r in self.received if r.topic.endswith("/" + channel)]
+
+    def wait_for(
+        self, predicate: Callable[[list[Received]], bool], timeout_s: float = 10.0
+    ) -> list[Received]:
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while not predicate(self.received):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    kinds = [(r.topic.rsplit("/", 1)[-1], r.retain) for r in self.received]
+                    raise AssertionError(f"condition not met in {timeout_s}s; got {kinds}")
+                self._cond.wait(left)
+            return list(self.received)
+
+    def close(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+
+@pytest.fixture
+def subscribers() -> Iterator[list[Subscriber]]:
+    """Subscribers a test opens are closed after it."""
+    opened: list[Subscriber] = []
+    yield opened
+    for s in opened:
+        s.close()
+
+
+@pytest.fixture
+def durable_mosquitto(tmp_path: Path) -> Iterator[MosquittoBroker]:
+    """A Mosquitto that keeps sessions and queued messages across its own restart."""
+    store = tmp_path / "mosquitto-store"
+    store.mkdir()
+    # `user root` stops mosquitto dropping to a user that cannot write the test's tmp dir.
+    extra = f"persistence true\npersistence_location {store}/\n"
+    if os.geteuid() == 0:
+        extra += "user root\n"
+    broker = MosquittoBroker(tmp_path / "mosquitto", extra_config=extra)
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+def agent_config(
+    tmp_path: Path, server: MosquittoBroker, device_id: str, **fields: Any
+) -> AgentConfig:
+    """A test agent's config: fast reconnects and telemetry, API on a free port."""
+    broker_fields = {"url": server.url, "reconnect_min_s": 0.05, "reconnect_max_s": 0.3}
+    broker_fields.update(fields.pop("broker", {}))
+    document: dict[str, Any] = {
+        "device_id": device_id,
+        "data_dir": str(tmp_path / f"data-{device_id}"),
+        "broker": broker_fields,
+        "api": {"port": 0},
+        "telemetry_interval_s": 60,
+        **fields,
+    }
+    return AgentConfig.model_validate(document)
+
+
+def toml_config(
+    path: Path,
+    broker: MosquittoBroker,
+    device_id: str,
+    *,
+    model: Path | None,
+    api_port: int = 0,
+    **top: Any,
+) -> Path:
+    """Write a TOML config for an agent process and return its path."""
+    lines = [
+        f'device_id = "{device_id}"',
+        f'data_dir = "{path.parent / ("data-" + device_id)}"',
+        'hardware = "test-rig"',
+        'tags = ["test"]',
+    ]
+    lines += [f"{key} = {json.dumps(value)}" for key, value in top.items()]
+    lines += [
+        "[broker]",
+        f'url = "{broker.url}"',
+        "reconnect_min_s = 0.05",
+        "reconnect_max_s = 0.3",
+        "keepalive_s = 5",
+        "[api]",
+        f"port = {api_port}",
+    ]
+    if model is not None:
+        lines += ["[model]", f'path = "{model}"', 'name = "wine"', 'version = "1.0.0"']
+    path.write_text("\n".join(lines) + "\n")
+    return path
