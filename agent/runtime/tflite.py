@@ -1,17 +1,36 @@
 """TFLite backend on LiteRT (`ai-edge-litert`), or the older `tflite-runtime` wheel.
 
-A TFLite interpreter holds its tensors in place and is not thread-safe, so `predict`
-serialises calls with a lock; on the small CPUs we target one interpreter with
-``intra_op_threads`` threads is already the fastest arrangement.
+Invariants:
+
+- Tensors are named by the model's signature when it has exactly one (a converted
+  SavedModel's ``input`` / ``probabilities``), otherwise by their tensor names.
+- Quantized models speak floats. An input or output stored as int8/uint8/int16 with a
+  quantization scale is exposed as float32: `predict` quantizes float inputs with the
+  tensor's (scale, zero_point), clipping to the integer range, and dequantizes outputs.
+  An operator posting JSON floats to the inference API therefore gets the same
+  contract from a float and an int8 model. ``raw=True`` turns this off, for callers
+  (benchmarks, tools) that want the stored integer tensors.
+- Inputs are checked (names, rank, fixed dimensions, numeric type) before the
+  interpreter sees them, so a bad request fails with `InferenceError` naming the tensor,
+  what was expected and what was found. The leading (batch) dimension may vary: the
+  interpreter is resized on a new batch size.
+- A TFLite interpreter holds its tensors in place and is not thread-safe, so `predict`
+  serialises calls with a lock; on the small CPUs we target one interpreter with
+  ``intra_op_threads`` threads is already the fastest arrangement. The other
+  `RuntimeOptions` (inter-op threads, graph optimisation, execution mode) are ONNX
+  Runtime settings and do not apply here.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from agent.runtime.base import InferenceError, RuntimeLoadError, RuntimeOptions, Tensors
 from shared.tensors import TensorSpec
@@ -21,68 +40,194 @@ try:
 except ImportError:  # pragma: no cover - depends on which wheel the device has
     from tflite_runtime.interpreter import Interpreter
 
+logger = logging.getLogger(__name__)
 
-def _spec(detail: dict[str, Any]) -> TensorSpec:
+_QUANTIZED_DTYPES = (np.int8, np.uint8, np.int16)
+_RANGE = {
+    np.dtype(t): (np.float32(np.iinfo(t).min), np.float32(np.iinfo(t).max))
+    for t in _QUANTIZED_DTYPES
+}
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """Affine quantization of one tensor: ``real = (stored - zero_point) * scale``."""
+
+    scale: float
+    zero_point: int
+
+
+@dataclass(frozen=True)
+class _Port:
+    """One input or output tensor as the interpreter stores it."""
+
+    name: str
+    index: int
+    dtype: np.dtype[Any]
+    shape: tuple[int, ...]  # -1 where any size is allowed
+    quantization: Quantization | None
+
+    def spec(self, *, raw: bool) -> TensorSpec:
+        dtype = self.dtype.name if raw or self.quantization is None else "float32"
+        return TensorSpec(
+            name=self.name, dtype=dtype, shape=[d if d >= 0 else None for d in self.shape]
+        )
+
+
+def _port(name: str, detail: dict[str, Any]) -> _Port:
     signature = detail.get("shape_signature")
     dims = signature if signature is not None and len(signature) else detail["shape"]
-    return TensorSpec(
-        name=str(detail["name"]),
-        dtype=np.dtype(detail["dtype"]).name,
-        shape=[int(d) if d >= 0 else None for d in dims],
+    dtype = np.dtype(detail["dtype"])
+    scale, zero_point = detail.get("quantization", (0.0, 0))
+    quantization = (
+        Quantization(float(scale), int(zero_point))
+        if dtype.type in _QUANTIZED_DTYPES and scale > 0
+        else None
+    )
+    return _Port(
+        name=name,
+        index=int(detail["index"]),
+        dtype=dtype,
+        shape=tuple(int(d) for d in dims),
+        quantization=quantization,
     )
 
 
+def _ports(interpreter: Any) -> tuple[list[_Port], list[_Port]]:
+    """Inputs and outputs, named by the single signature if there is one."""
+    inputs = interpreter.get_input_details()
+    outputs = interpreter.get_output_details()
+    signatures = interpreter.get_signature_list()
+    if len(signatures) == 1:
+        runner = interpreter.get_signature_runner(next(iter(signatures)))
+        by_index_in = {int(d["index"]): n for n, d in runner.get_input_details().items()}
+        by_index_out = {int(d["index"]): n for n, d in runner.get_output_details().items()}
+        return (
+            [_port(by_index_in.get(int(d["index"]), str(d["name"])), d) for d in inputs],
+            [_port(by_index_out.get(int(d["index"]), str(d["name"])), d) for d in outputs],
+        )
+    return [_port(str(d["name"]), d) for d in inputs], [_port(str(d["name"]), d) for d in outputs]
+
+
+def quantize(
+    values: NDArray[Any], quantization: Quantization, dtype: np.dtype[Any]
+) -> NDArray[Any]:
+    """Float values to the stored integer type: round half to even, clip to the type's range."""
+    low, high = _RANGE[dtype]
+    # In-place ufuncs: at batch 1 the Python-level overhead of np.clip/np.round dominates.
+    stored: NDArray[np.float32] = np.divide(
+        values, np.float32(quantization.scale), dtype=np.float32
+    )
+    np.rint(stored, out=stored)
+    stored += np.float32(quantization.zero_point)
+    np.maximum(stored, low, out=stored)
+    np.minimum(stored, high, out=stored)
+    return stored.astype(dtype)
+
+
+def dequantize(stored: NDArray[Any], quantization: Quantization) -> NDArray[np.float32]:
+    """Stored integers back to float32."""
+    real = stored.astype(np.float32)
+    real -= np.float32(quantization.zero_point)
+    real *= np.float32(quantization.scale)
+    return real
+
+
 class TfliteRuntime:
-    """A `.tflite` model in a LiteRT interpreter."""
+    """A `.tflite` model in a LiteRT interpreter. `predict` is thread-safe.
+
+    Raises `RuntimeLoadError` from the constructor if LiteRT cannot load the file.
+    """
 
     runtime = "tflite"
 
-    def __init__(self, path: Path, options: RuntimeOptions) -> None:
+    def __init__(self, path: Path, options: RuntimeOptions, *, raw: bool = False) -> None:
         threads = options.intra_op_threads or None
         try:
             self._interpreter = Interpreter(model_path=str(path), num_threads=threads)
             self._interpreter.allocate_tensors()
+            self._in, self._out = _ports(self._interpreter)
         except Exception as e:  # LiteRT raises ValueError/RuntimeError for bad files
             raise RuntimeLoadError(f"{path}: TFLite cannot load it: {e}") from e
+        self._path = path
+        self._raw = raw
         self._lock = threading.Lock()
-        self._input_details = self._interpreter.get_input_details()
-        self._output_details = self._interpreter.get_output_details()
-        self._inputs = [_spec(d) for d in self._input_details]
-        self._outputs = [_spec(d) for d in self._output_details]
-        self._current_shapes = {d["index"]: tuple(d["shape"]) for d in self._input_details}
+        self._current_shapes = {
+            p.index: tuple(int(d) for d in self._interpreter.get_tensor(p.index).shape)
+            for p in self._in
+        }
+        logger.debug("loaded %s with %s threads, raw=%s", path, threads, raw)
 
     @property
     def inputs(self) -> list[TensorSpec]:
-        return self._inputs
+        return [p.spec(raw=self._raw) for p in self._in]
 
     @property
     def outputs(self) -> list[TensorSpec]:
-        return self._outputs
+        return [p.spec(raw=self._raw) for p in self._out]
+
+    @property
+    def quantization(self) -> dict[str, Quantization]:
+        """The (scale, zero_point) of each quantized input and output, by tensor name."""
+        return {p.name: p.quantization for p in (*self._in, *self._out) if p.quantization}
 
     def predict(self, inputs: Tensors) -> Tensors:
-        missing = [d["name"] for d in self._input_details if d["name"] not in inputs]
-        if missing:
-            raise InferenceError(f"missing inputs {missing}; the model takes {self._names()}")
+        """Run the model; raises `InferenceError` on bad inputs or an interpreter failure."""
+        prepared = self._prepare(inputs)
         with self._lock:
             try:
-                for detail in self._input_details:
-                    value = np.asarray(inputs[detail["name"]], dtype=detail["dtype"])
-                    if self._current_shapes[detail["index"]] != value.shape:
+                for port, value in zip(self._in, prepared, strict=True):
+                    if self._current_shapes[port.index] != value.shape:
                         # A new batch size: resize once, then reuse for same-sized calls.
-                        self._interpreter.resize_tensor_input(detail["index"], value.shape)
+                        self._interpreter.resize_tensor_input(port.index, value.shape)
                         self._interpreter.allocate_tensors()
-                        self._current_shapes[detail["index"]] = value.shape
-                    self._interpreter.set_tensor(detail["index"], value)
+                        self._current_shapes[port.index] = value.shape
+                    self._interpreter.set_tensor(port.index, value)
                 self._interpreter.invoke()
-                return {
-                    str(d["name"]): np.array(self._interpreter.get_tensor(d["index"]))
-                    for d in self._output_details
-                }
+                stored = [np.array(self._interpreter.get_tensor(p.index)) for p in self._out]
             except (ValueError, RuntimeError) as e:
-                raise InferenceError(f"tflite: {e}") from e
+                raise InferenceError(f"{self._path.name}: TFLite failed: {e}") from e
+        return {
+            port.name: value
+            if self._raw or port.quantization is None
+            else dequantize(value, port.quantization)
+            for port, value in zip(self._out, stored, strict=True)
+        }
 
-    def _names(self) -> list[str]:
-        return [str(d["name"]) for d in self._input_details]
+    def _prepare(self, inputs: Tensors) -> list[NDArray[Any]]:
+        names = [p.name for p in self._in]
+        missing = [n for n in names if n not in inputs]
+        unexpected = sorted(set(inputs) - set(names))
+        if missing or unexpected:
+            raise InferenceError(
+                f"{self._path.name}: the model takes inputs {names}; "
+                f"missing {missing}, unexpected {unexpected}"
+            )
+        return [self._convert(port, inputs[port.name]) for port in self._in]
+
+    def _convert(self, port: _Port, value: Any) -> NDArray[Any]:
+        quantize_floats = port.quantization is not None and not self._raw
+        wanted = np.dtype(np.float32) if quantize_floats else port.dtype
+        try:
+            array = np.asarray(value, dtype=wanted)
+        except (TypeError, ValueError) as e:
+            raise InferenceError(
+                f"input {port.name!r}: expected {wanted.name} values, got {e}"
+            ) from e
+        if array.ndim != len(port.shape) or any(
+            want >= 0 and got != want
+            for axis, (want, got) in enumerate(zip(port.shape, array.shape, strict=True))
+            if axis > 0
+        ):
+            expected = [d if d >= 0 else None for d in port.shape]
+            raise InferenceError(
+                f"input {port.name!r}: expected shape {expected} (first axis = batch), "
+                f"got {list(array.shape)}"
+            )
+        if quantize_floats:
+            assert port.quantization is not None
+            return quantize(array, port.quantization, port.dtype)
+        return array
 
     def close(self) -> None:
         del self._interpreter
