@@ -1,0 +1,63 @@
+"""The app factory: one FastAPI app per call, with its own engine, registry and context."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from prometheus_client import CollectorRegistry
+from sqlalchemy import Engine
+
+from fleet.api import devices, health
+from fleet.api.deps import AppContext, IngestStatus
+from fleet.errors import (
+    AuthenticationError,
+    FleetError,
+    InvalidRequestError,
+    NotFoundError,
+    PermissionDeniedError,
+)
+from fleet.settings import FleetSettings
+from fleet.store.engine import create_all, make_engine
+from shared import __version__
+
+HTTP_STATUS: dict[type[FleetError], int] = {
+    NotFoundError: 404,
+    AuthenticationError: 401,
+    PermissionDeniedError: 403,
+    InvalidRequestError: 422,
+}
+
+
+def create_app(
+    settings: FleetSettings,
+    *,
+    engine: Engine | None = None,
+    registry: CollectorRegistry | None = None,
+    ingester: IngestStatus | None = None,
+) -> FastAPI:
+    """A fleet API app. Without ``engine`` it makes one from settings and creates tables.
+
+    Raises `ValueError` for an unsupported ``settings.database_url``.
+    """
+    if engine is None:
+        engine = make_engine(settings.database_url)
+        create_all(engine)
+    app = FastAPI(title="edgefleet", version=__version__)
+    app.state.context = AppContext(
+        settings=settings,
+        engine=engine,
+        registry=registry or CollectorRegistry(),
+        ingester=ingester,
+    )
+    app.include_router(health.router)
+    app.include_router(devices.router)
+    app.add_exception_handler(FleetError, _fleet_error)  # type: ignore[arg-type]
+    return app
+
+
+def _fleet_error(_request: Request, error: FleetError) -> JSONResponse:
+    status = next((s for cls, s in HTTP_STATUS.items() if isinstance(error, cls)), 400)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(
+        {"error": {"code": error.code, "message": str(error)}}, status_code=status, headers=headers
+    )

@@ -1,0 +1,33 @@
+"""The fleet's domain errors. Services raise these; the API maps each to one HTTP status."""
+
+from __future__ import annotations
+
+
+class FleetError(Exception):
+    """Base of errors the fleet reports to a client; ``code`` is stable for scripts."""
+
+    code = "fleet_error"
+
+
+class NotFoundError(FleetError):
+    """The named thing does not exist."""
+
+    code = "not_found"
+
+
+class AuthenticationError(FleetError):
+    """No credentials, or credentials that match no token."""
+
+    code = "unauthenticated"
+
+
+class PermissionDeniedError(FleetError):
+    """A valid token whose role does not allow the operation."""
+
+    code = "forbidden"
+
+
+class InvalidRequestError(FleetError):
+    """Arguments that are well-formed but make no sense together (e.g. since > until)."""
+
+    code = "invalid_request"

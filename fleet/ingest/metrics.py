@@ -1,0 +1,78 @@
+"""The ingester's Prometheus metrics, on a registry the caller owns (one per app)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from fleet.ingest.writer import WriteResult
+
+
+class IngestMetrics:
+    """Counters of what the ingester received, stored, skipped and dead-lettered."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.received = Counter(
+            "edgefleet_ingest_received", "MQTT messages received", registry=registry
+        )
+        self.persisted = Counter(
+            "edgefleet_ingest_persisted",
+            "device messages stored (state: applied to the registry)",
+            ["channel"],
+            registry=registry,
+        )
+        self.duplicates = Counter(
+            "edgefleet_ingest_duplicates",
+            "device messages already stored (or states older than the stored one)",
+            ["channel"],
+            registry=registry,
+        )
+        self.dead_lettered = Counter(
+            "edgefleet_ingest_dead_lettered",
+            "invalid payloads kept in dead_letter",
+            registry=registry,
+        )
+        self.ignored = Counter(
+            "edgefleet_ingest_ignored",
+            "fleet-to-device messages seen and skipped",
+            registry=registry,
+        )
+        self.db_retries = Counter(
+            "edgefleet_ingest_db_retries",
+            "batches retried after a database error",
+            registry=registry,
+        )
+        self.batch_seconds = Histogram(
+            "edgefleet_ingest_batch_seconds",
+            "time to write one batch",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=registry,
+        )
+        self.queue_depth = Gauge(
+            "edgefleet_ingest_queue_depth", "messages waiting for the writer", registry=registry
+        )
+        self.connected = Gauge(
+            "edgefleet_ingest_broker_connected",
+            "1 while connected to the broker",
+            registry=registry,
+        )
+
+    def record(self, result: WriteResult) -> None:
+        for channel, n in result.persisted.items():
+            self.persisted.labels(channel.value).inc(n)
+        for channel, n in result.duplicates.items():
+            self.duplicates.labels(channel.value).inc(n)
+        self.dead_lettered.inc(result.dead_lettered)
+
+    def value(self, name: str, **labels: str) -> float:
+        """A sample's current value, 0 if never set (name with its _total suffix)."""
+        return self.registry.get_sample_value(name, labels) or 0.0
+
+    def total(self, name: str) -> float:
+        """The sum of a labelled counter over all its labels."""
+        return sum(
+            sample.value
+            for metric in self.registry.collect()
+            for sample in metric.samples
+            if sample.name == name
+        )

@@ -1,0 +1,230 @@
+"""The MQTT side of ingest: subscribe, queue, and a writer thread that persists batches.
+
+Threads: paho's network thread only timestamps each message and puts it on a bounded
+queue (a full queue blocks it, which pushes back on the broker instead of growing
+memory); one writer thread decodes, batches (``ingest_batch_size`` messages or
+``ingest_flush_interval_s``, whichever comes first) and writes. A batch the database
+cannot take is retried with capped exponential backoff and is not dropped; only at
+`stop` does the writer give up, after ``stop_timeout_s``, and it logs what it lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import ssl
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Final, Literal
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from sqlalchemy import Engine
+
+from fleet.ingest.decode import Accepted, Ignored, Rejected, decode
+from fleet.ingest.metrics import IngestMetrics
+from fleet.ingest.writer import BatchWriter, TransientStoreError
+from fleet.settings import FleetSettings
+from shared.topics import device_filter, shared_filter
+
+logger = logging.getLogger(__name__)
+
+Raw = tuple[str, bytes, bool, datetime]
+_STOP: Final = None
+SESSION_EXPIRY_S = 24 * 3600  # MQTT 5 persistent session: how long the broker keeps it
+
+
+class Ingester:
+    """Subscribes to every device topic and persists what arrives; `start` / `stop`."""
+
+    def __init__(
+        self,
+        settings: FleetSettings,
+        engine: Engine,
+        metrics: IngestMetrics,
+        *,
+        client_id: str | None = None,
+    ) -> None:
+        self._settings = settings
+        self._writer = BatchWriter(engine)
+        self._metrics = metrics
+        self._queue: queue.Queue[Raw | None] = queue.Queue(maxsize=settings.ingest_queue_size)
+        metrics.queue_depth.set_function(self._queue.qsize)
+        self._client_id = (
+            client_id or settings.broker_client_id or f"edgefleet-fleet-{uuid.uuid4().hex[:12]}"
+        )
+        self._client = self._make_client()
+        self._thread: threading.Thread | None = None
+        self._connected = threading.Event()
+        self._idle = threading.Event()
+        self._give_up_at: float | None = None
+        topic = device_filter()
+        if settings.shared_subscription:
+            topic = shared_filter(settings.subscription_group, topic)
+        self.subscription = topic
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout_s: float) -> bool:
+        """True once subscribed to the broker, False if ``timeout_s`` passed first."""
+        return self._connected.wait(timeout_s)
+
+    def start(self) -> None:
+        """Start the writer thread and connect in the background (the broker may be down)."""
+        self._thread = threading.Thread(target=self._run_writer, name="fleet-ingest-writer")
+        self._thread.start()
+        s = self._settings
+        clean_start: bool | Literal[3] = mqtt.MQTT_CLEAN_START_FIRST_ONLY
+        properties = None
+        if s.broker_protocol == "5" and s.broker_persistent_session:
+            clean_start = False
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = SESSION_EXPIRY_S
+        self._client.connect_async(
+            s.broker_host,
+            s.broker_port,
+            keepalive=s.broker_keepalive_s,
+            clean_start=clean_start,
+            properties=properties,
+        )
+        self._client.loop_start()
+
+    def stop(self, stop_timeout_s: float = 10.0) -> None:
+        """Disconnect, write what is queued, and join the writer thread."""
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._connected.clear()
+        self._metrics.connected.set(0)
+        if self._thread is not None:
+            self._give_up_at = time.monotonic() + stop_timeout_s
+            self._queue.put(_STOP)
+            self._thread.join()
+            self._thread = None
+
+    def _make_client(self) -> mqtt.Client:
+        s = self._settings
+        v5 = s.broker_protocol == "5"
+        client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=self._client_id,
+            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+            clean_session=None if v5 else not s.broker_persistent_session,
+        )
+        if s.broker_username is not None:
+            password = s.broker_password.get_secret_value() if s.broker_password else None
+            client.username_pw_set(s.broker_username, password)
+        if s.broker_tls:
+            client.tls_set(
+                ca_certs=str(s.broker_ca_file) if s.broker_ca_file else None,
+                certfile=str(s.broker_cert_file) if s.broker_cert_file else None,
+                keyfile=str(s.broker_key_file) if s.broker_key_file else None,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        _userdata: Any,
+        _flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        _properties: Properties | None,
+    ) -> None:
+        if reason_code.is_failure:
+            logger.warning(
+                "broker %s refused the connection: %s", self._settings.broker_url, reason_code
+            )
+            return
+        # Subscriptions do not survive a clean session, so every (re)connect subscribes.
+        client.subscribe(self.subscription, qos=1)
+        self._connected.set()
+        self._metrics.connected.set(1)
+        logger.info(
+            "ingester connected to %s, subscribed to %s",
+            self._settings.broker_url,
+            self.subscription,
+        )
+
+    def _on_disconnect(
+        self,
+        _client: mqtt.Client,
+        _userdata: Any,
+        _flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode,
+        _properties: Properties | None,
+    ) -> None:
+        self._connected.clear()
+        self._metrics.connected.set(0)
+        log = logger.warning if reason_code.is_failure else logger.info
+        log("ingester disconnected from %s: %s", self._settings.broker_url, reason_code)
+
+    def _on_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:
+            topic = repr(msg._topic)  # kept verbatim for the dead letter
+        self._metrics.received.inc()
+        self._queue.put((topic, bytes(msg.payload), bool(msg.retain), datetime.now(UTC)))
+
+    def _run_writer(self) -> None:
+        stopping = False
+        flush_s = self._settings.ingest_flush_interval_s
+        size = self._settings.ingest_batch_size
+        while not stopping:
+            batch: list[Accepted | Rejected] = []
+            deadline: float | None = None
+            while len(batch) < size:
+                timeout = flush_s if deadline is None else deadline - time.monotonic()
+                if timeout <= 0:
+                    break
+                try:
+                    raw = self._queue.get(timeout=timeout)
+                except queue.Empty:
+                    break
+                if raw is _STOP:
+                    stopping = True
+                    break
+                decoded = decode(raw[0], raw[1], raw[3], retained=raw[2])
+                if isinstance(decoded, Ignored):
+                    self._metrics.ignored.inc()
+                    continue
+                if isinstance(decoded, Rejected):
+                    logger.warning(
+                        "dead-lettering a message on %s: %s", decoded.topic, decoded.error
+                    )
+                batch.append(decoded)
+                if deadline is None:
+                    deadline = time.monotonic() + flush_s
+            if batch:
+                self._write_with_retry(batch)
+
+    def _write_with_retry(self, batch: list[Accepted | Rejected]) -> None:
+        backoff_s = 0.05
+        while True:
+            started = time.perf_counter()
+            try:
+                result = self._writer.write(batch)
+            except TransientStoreError as e:
+                self._metrics.db_retries.inc()
+                if self._give_up_at is not None and time.monotonic() > self._give_up_at:
+                    logger.error("stopping with %d messages not stored: %s", len(batch), e)
+                    return
+                logger.warning("retrying a batch of %d in %.2fs: %s", len(batch), backoff_s, e)
+                time.sleep(backoff_s * random.uniform(0.5, 1.0))
+                backoff_s = min(backoff_s * 2, self._settings.ingest_retry_max_s)
+                continue
+            self._metrics.batch_seconds.observe(time.perf_counter() - started)
+            self._metrics.record(result)
+            return

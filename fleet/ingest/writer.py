@@ -1,0 +1,257 @@
+"""Persist a batch of decoded messages: one transaction, one bulk insert per table.
+
+Invariants:
+- a (device_id, seq) already stored is skipped (ON CONFLICT DO NOTHING), and counted as
+  a duplicate, so QoS 1 redelivery and several replicas never store a message twice;
+- a state message only changes the registry if its seq is newer than the stored one,
+  checked in the UPDATE itself so two replicas cannot race;
+- device rows are touched in device-id order, so concurrent writers on PostgreSQL take
+  row locks in the same order and do not deadlock;
+- `write` raises `TransientStoreError` (the database is away or busy: retry the whole
+  batch), and otherwise never raises for a bad row: a row the database refuses is
+  dead-lettered on its own and the rest of the batch is stored.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Table, bindparam, or_, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
+
+from fleet.ingest.decode import Accepted, Rejected
+from fleet.ingest.rows import drift_row, event_row, seen_at, state_values, telemetry_row
+from fleet.store.tables import DeadLetter, Device, DriftWindowRow, EventRow, TelemetryRow
+from shared.messages import DriftMessage, EventMessage, StateMessage, TelemetryMessage, encode
+from shared.topics import Channel, device_topic
+
+logger = logging.getLogger(__name__)
+
+_DEVICE: Table = Device.__table__  # type: ignore[attr-defined]
+_TELEMETRY: Table = TelemetryRow.__table__  # type: ignore[attr-defined]
+_EVENTS: Table = EventRow.__table__  # type: ignore[attr-defined]
+_DRIFT: Table = DriftWindowRow.__table__  # type: ignore[attr-defined]
+_DEAD: Table = DeadLetter.__table__  # type: ignore[attr-defined]
+
+Item = Accepted | Rejected
+
+# What a database driver raises for a value it cannot store (an int beyond 64 bits, a NUL
+# in a PostgreSQL string): the row is at fault, not the database.
+_REFUSED = (SQLAlchemyError, ArithmeticError, ValueError, TypeError)
+
+
+class TransientStoreError(Exception):
+    """The database could not take the batch right now (down, locked, deadlock): retry."""
+
+
+@dataclass
+class WriteResult:
+    """What one batch did to the store."""
+
+    persisted: Counter[Channel] = field(default_factory=Counter)
+    duplicates: Counter[Channel] = field(default_factory=Counter)
+    dead_lettered: int = 0
+
+    def add(self, other: WriteResult) -> None:
+        self.persisted.update(other.persisted)
+        self.duplicates.update(other.duplicates)
+        self.dead_lettered += other.dead_lettered
+
+
+class BatchWriter:
+    """Writes batches of `Accepted` and `Rejected` items to one database."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        dialect = engine.dialect.name
+        self._insert: Callable[[Table], Any] = (
+            postgresql.insert if dialect == "postgresql" else sqlite.insert
+        )
+
+    def write(self, batch: Sequence[Item]) -> WriteResult:
+        """Store ``batch`` in one transaction; raises `TransientStoreError` to be retried."""
+        if not batch:
+            return WriteResult()
+        try:
+            with self._engine.begin() as conn:
+                return self._write(conn, batch)
+        except (OperationalError, InterfaceError) as e:
+            raise TransientStoreError(f"database unavailable: {e}") from e
+        except DBAPIError as e:
+            if e.connection_invalidated:
+                raise TransientStoreError(f"database connection lost: {e}") from e
+            logger.warning("database refused a batch of %d, storing one by one: %s", len(batch), e)
+            return self._write_one_by_one(batch)
+        except _REFUSED as e:
+            logger.warning("database refused a batch of %d, storing one by one: %s", len(batch), e)
+            return self._write_one_by_one(batch)
+
+    def _write_one_by_one(self, batch: Sequence[Item]) -> WriteResult:
+        result = WriteResult()
+        for item in batch:
+            try:
+                with self._engine.begin() as conn:
+                    result.add(self._write(conn, [item]))
+            except (OperationalError, InterfaceError) as e:
+                raise TransientStoreError(f"database unavailable: {e}") from e
+            except DBAPIError as e:
+                if e.connection_invalidated:
+                    raise TransientStoreError(f"database connection lost: {e}") from e
+                self._dead_letter_refused(item, e, result)
+            except _REFUSED as e:
+                self._dead_letter_refused(item, e, result)
+        return result
+
+    def _dead_letter_refused(self, item: Item, error: Exception, result: WriteResult) -> None:
+        if isinstance(item, Rejected):
+            raise TransientStoreError(f"cannot store a dead letter: {error}") from error
+        reason = error.__cause__ or error
+        refused = _as_rejected(item, f"database refused the message: {reason}")
+        with self._engine.begin() as conn:
+            result.add(self._write(conn, [refused]))
+
+    def _write(self, conn: Connection, batch: Sequence[Item]) -> WriteResult:
+        result = WriteResult()
+        accepted = [item for item in batch if isinstance(item, Accepted)]
+        dead = [item for item in batch if isinstance(item, Rejected)]
+        if accepted:
+            self._touch_devices(conn, accepted)
+            for channel, (table, rows) in _rows_by_table(accepted).items():
+                stored = self._insert_new(conn, table, rows)
+                result.persisted[channel] += stored
+                result.duplicates[channel] += len(rows) - stored
+            applied, stale = self._apply_states(conn, accepted)
+            result.persisted[Channel.STATE] += applied
+            result.duplicates[Channel.STATE] += stale
+        if dead:
+            conn.execute(
+                self._insert(_DEAD),
+                [
+                    {
+                        "received_at": d.received_at,
+                        "topic": d.topic,
+                        "payload": d.payload,
+                        "error": d.error,
+                    }
+                    for d in dead
+                ],
+            )
+            result.dead_lettered = len(dead)
+        return result
+
+    def _insert_new(self, conn: Connection, table: Table, rows: list[dict[str, Any]]) -> int:
+        """Insert rows whose (device_id, seq) is new; returns how many were new."""
+        unique = list({(r["device_id"], r["seq"]): r for r in reversed(rows)}.values())
+        statement = (
+            self._insert(table)
+            .on_conflict_do_nothing(index_elements=["device_id", "seq"])
+            .returning(table.c.seq)
+        )
+        return len(conn.execute(statement, unique).all())
+
+    def _touch_devices(self, conn: Connection, accepted: list[Accepted]) -> None:
+        first: dict[str, datetime] = {}
+        last: dict[str, datetime] = {}
+        for a in accepted:
+            device_id = a.message.device_id
+            seen = seen_at(a.message.ts, a.received_at, retained=a.retained)
+            first[device_id] = min(first.get(device_id, a.received_at), a.received_at)
+            last[device_id] = max(last.get(device_id, seen), seen)
+        order = sorted(first)
+        conn.execute(
+            self._insert(_DEVICE).on_conflict_do_nothing(index_elements=["device_id"]),
+            [
+                {
+                    "device_id": d,
+                    "online": False,
+                    "first_seen": first[d],
+                    "last_seen": last[d],
+                    "agent_version": "",
+                    "hardware": "",
+                    "tags": [],
+                    "platform": {},
+                    "runtimes": [],
+                }
+                for d in order
+            ],
+        )
+        conn.execute(
+            update(_DEVICE)
+            .where(
+                _DEVICE.c.device_id == bindparam("b_device_id"),
+                or_(_DEVICE.c.last_seen.is_(None), _DEVICE.c.last_seen < bindparam("b_seen")),
+            )
+            .values(last_seen=bindparam("b_seen")),
+            [{"b_device_id": d, "b_seen": last[d]} for d in order],
+        )
+
+    def _apply_states(self, conn: Connection, accepted: list[Accepted]) -> tuple[int, int]:
+        """Apply the newest state per device if newer than stored; (applied, stale)."""
+        newest: dict[str, StateMessage] = {}
+        stale = 0
+        for a in accepted:
+            message = a.message
+            if not isinstance(message, StateMessage):
+                continue
+            held = newest.get(message.device_id)
+            if held is None or message.seq > held.seq:
+                stale += held is not None
+                newest[message.device_id] = message
+            else:
+                stale += 1
+        applied = 0
+        for device_id in sorted(newest):
+            message = newest[device_id]
+            outcome = conn.execute(
+                update(_DEVICE)
+                .where(
+                    _DEVICE.c.device_id == device_id,
+                    or_(
+                        _DEVICE.c.last_state_seq.is_(None),
+                        _DEVICE.c.last_state_seq < message.seq,
+                    ),
+                )
+                .values(**state_values(message))
+            )
+            if outcome.rowcount:
+                applied += 1
+                logger.info(
+                    "device %s is %s (state seq %d)",
+                    device_id,
+                    "online" if message.online else "offline",
+                    message.seq,
+                )
+            else:
+                stale += 1
+        return applied, stale
+
+
+def _rows_by_table(accepted: list[Accepted]) -> dict[Channel, tuple[Table, list[dict[str, Any]]]]:
+    tables: dict[Channel, tuple[Table, list[dict[str, Any]]]] = {}
+    for a in accepted:
+        m = a.message
+        if isinstance(m, TelemetryMessage):
+            tables.setdefault(Channel.TELEMETRY, (_TELEMETRY, []))[1].append(
+                telemetry_row(m, a.received_at)
+            )
+        elif isinstance(m, EventMessage):
+            tables.setdefault(Channel.EVENTS, (_EVENTS, []))[1].append(event_row(m, a.received_at))
+        elif isinstance(m, DriftMessage):
+            tables.setdefault(Channel.DRIFT, (_DRIFT, []))[1].append(drift_row(m, a.received_at))
+    return tables
+
+
+def _as_rejected(item: Accepted, error: str) -> Rejected:
+    message: StateMessage | TelemetryMessage | EventMessage | DriftMessage = item.message
+    return Rejected(
+        topic=device_topic(message.device_id, item.channel),
+        payload=encode(message),
+        received_at=item.received_at,
+        error=error,
+    )

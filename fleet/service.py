@@ -1,0 +1,114 @@
+"""The fleet service in one process: ingester thread(s) plus the uvicorn API thread.
+
+``FleetService(settings).start()`` returns once the API accepts connections (so
+``api_port=0`` resolves to a real port) and the ingester is connecting; `stop` shuts
+the API, then the ingester (which writes what it has queued), then the engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import uvicorn
+from prometheus_client import CollectorRegistry
+from sqlalchemy import Engine
+
+from fleet.api.app import create_app
+from fleet.api.auth import bootstrap_admin_token
+from fleet.ingest.metrics import IngestMetrics
+from fleet.ingest.subscriber import Ingester
+from fleet.settings import FleetSettings
+from fleet.store.engine import create_all, make_engine
+
+logger = logging.getLogger(__name__)
+
+
+class FleetService:
+    """Runs one fleet replica in-process; the demo, the CLI and the tests use it."""
+
+    def __init__(self, settings: FleetSettings, *, ingest: bool = True) -> None:
+        self.settings = settings
+        self._ingest = ingest
+        self.registry = CollectorRegistry()
+        self.metrics = IngestMetrics(self.registry)
+        self.bootstrap_admin_token: str | None = None
+        self._engine: Engine | None = None
+        self._ingester: Ingester | None = None
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._port: int | None = None
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            raise RuntimeError("the fleet service is not started")
+        return self._engine
+
+    @property
+    def ingester(self) -> Ingester | None:
+        return self._ingester
+
+    @property
+    def port(self) -> int:
+        """The port the API listens on (the real one when settings asked for 0)."""
+        if self._port is None:
+            raise RuntimeError("the fleet service is not started")
+        return self._port
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.settings.api_host}:{self.port}"
+
+    def start(self, timeout_s: float = 15.0) -> None:
+        """Create tables, bootstrap the admin token, start ingest and the API.
+
+        Raises `RuntimeError` if the API does not come up within ``timeout_s``.
+        """
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self._engine = make_engine(self.settings.database_url)
+        create_all(self._engine)
+        self.bootstrap_admin_token = bootstrap_admin_token(self._engine, self.settings)
+        if self._ingest:
+            self._ingester = Ingester(self.settings, self._engine, self.metrics)
+            self._ingester.start()
+        app = create_app(
+            self.settings, engine=self._engine, registry=self.registry, ingester=self._ingester
+        )
+        config = uvicorn.Config(
+            app,
+            host=self.settings.api_host,
+            port=self.settings.api_port,
+            log_level="warning",
+            lifespan="off",
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, name="fleet-api", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(
+                    f"the fleet API did not start on {self.settings.api_host}:"
+                    f"{self.settings.api_port} within {timeout_s}s"
+                )
+            time.sleep(0.01)
+        self._port = int(self._server.servers[0].sockets[0].getsockname()[1])
+        logger.info("fleet API listening on %s", self.base_url)
+
+    def stop(self) -> None:
+        """Stop the API, then ingest (flushing its queue); safe to call twice."""
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+        self._server = None
+        if self._ingester is not None:
+            self._ingester.stop()
+            self._ingester = None
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None

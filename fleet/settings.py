@@ -1,0 +1,121 @@
+"""The fleet service's settings: one frozen model, from arguments and the environment.
+
+Environment variables start with ``EDGEFLEET_FLEET_`` (``EDGEFLEET_FLEET_API_PORT=9000``);
+nested values use ``__``. Settings are passed in explicitly (the API reads them through
+an overridable dependency), never read from a module global.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Values people paste from examples; a console guarded by one of these is not guarded.
+PLACEHOLDER_SECRETS = frozenset(
+    {"changeme", "change-me", "change_me", "changethis", "secret", "password", "admin", "token"}
+)
+MIN_TOKEN_CHARS = 16
+BROKER_SCHEMES = {"mqtt": 1883, "mqtts": 8883}
+
+
+class FleetSettings(BaseSettings):
+    """Everything the fleet service needs to run; see the module docstring for env names."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="EDGEFLEET_FLEET_", env_nested_delimiter="__", frozen=True, extra="forbid"
+    )
+
+    data_dir: Path = Field(default=Path("./var/fleet"), description="SQLite file and state")
+    database_url: str = Field(
+        default="", description="SQLAlchemy URL; default sqlite:///<data_dir>/fleet.db"
+    )
+
+    broker_url: str = "mqtt://127.0.0.1:1883"
+    broker_ca_file: Path | None = None
+    broker_cert_file: Path | None = None
+    broker_key_file: Path | None = None
+    broker_username: str | None = None
+    broker_password: SecretStr | None = None
+    broker_protocol: Literal["3.1.1", "5"] = Field(
+        default="3.1.1", description="3.1.1 works on every broker the design allows"
+    )
+    broker_keepalive_s: int = Field(default=30, ge=5)
+    broker_client_id: str | None = Field(
+        default=None, description="stable MQTT client id; default: random per start"
+    )
+    broker_persistent_session: bool = Field(
+        default=False,
+        description="keep the session across reconnects, so the broker queues QoS 1 messages"
+        " while this replica is away (needs broker_client_id)",
+    )
+    # Mosquitto honours $share for MQTT 5 and 3.1.1 clients; amqtt (the demo's embedded
+    # broker) has no shared subscriptions, hence the switch.
+    shared_subscription: bool = True
+    subscription_group: str = Field(default="edgefleet", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+
+    admin_token: SecretStr | None = None
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8080, ge=0, le=65535, description="0 picks a free port")
+
+    ingest_batch_size: int = Field(default=500, ge=1, le=50_000)
+    ingest_flush_interval_s: float = Field(default=0.2, gt=0)
+    ingest_queue_size: int = Field(default=20_000, ge=1)
+    ingest_retry_max_s: float = Field(default=30.0, gt=0, description="cap of DB retry backoff")
+    offline_after_s: float = Field(
+        default=300.0, gt=0, description="a device silent this long is shown offline"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_database_url(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("database_url"):
+            data_dir = Path(data.get("data_dir") or "./var/fleet")
+            data["database_url"] = f"sqlite:///{data_dir / 'fleet.db'}"
+        return data
+
+    @model_validator(mode="after")
+    def _persistent_session_needs_client_id(self) -> FleetSettings:
+        if self.broker_persistent_session and not self.broker_client_id:
+            raise ValueError("broker_persistent_session needs a stable broker_client_id")
+        return self
+
+    @field_validator("admin_token")
+    @classmethod
+    def _refuse_placeholder_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        token = value.get_secret_value()
+        if token.strip().lower() in PLACEHOLDER_SECRETS:
+            raise ValueError("admin_token is a placeholder value; set a real random token")
+        if len(token) < MIN_TOKEN_CHARS:
+            raise ValueError(
+                f"admin_token must be at least {MIN_TOKEN_CHARS} characters, found {len(token)}"
+            )
+        return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _check_broker_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in BROKER_SCHEMES or not parts.hostname:
+            raise ValueError(
+                f"broker_url must look like mqtt://host:port or mqtts://host:port, found {value!r}"
+            )
+        return value
+
+    @property
+    def broker_host(self) -> str:
+        return urlsplit(self.broker_url).hostname or "127.0.0.1"
+
+    @property
+    def broker_port(self) -> int:
+        parts = urlsplit(self.broker_url)
+        return parts.port or BROKER_SCHEMES[parts.scheme]
+
+    @property
+    def broker_tls(self) -> bool:
+        return urlsplit(self.broker_url).scheme == "mqtts"

@@ -1,0 +1,29 @@
+"""The fleet's database: tables (SQLModel) and the engine factory for SQLite and PostgreSQL."""
+
+from fleet.store.engine import create_all, make_engine, normalise_url
+from fleet.store.tables import (
+    ApiToken,
+    DeadLetter,
+    Device,
+    DevicePublic,
+    DriftWindowRow,
+    EventRow,
+    TelemetryPublic,
+    TelemetryRow,
+    TokenRole,
+)
+
+__all__ = [
+    "ApiToken",
+    "DeadLetter",
+    "Device",
+    "DevicePublic",
+    "DriftWindowRow",
+    "EventRow",
+    "TelemetryPublic",
+    "TelemetryRow",
+    "TokenRole",
+    "create_all",
+    "make_engine",
+    "normalise_url",
+]

@@ -1,0 +1,79 @@
+"""The engine factory: one function for SQLite (the default) and PostgreSQL.
+
+SQLite runs in WAL mode with a busy timeout so the API can read while the ingester
+writes, and so two processes on one file wait for each other instead of failing.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlmodel import SQLModel
+
+import fleet.store.tables  # noqa: F401  (registers the tables on SQLModel.metadata)
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+def normalise_url(url: str) -> str:
+    """The URL with PostgreSQL pointed at the psycopg 3 driver.
+
+    ``postgresql://`` and ``postgres://`` would otherwise pick psycopg2, which the fleet
+    extra does not install. Raises `ValueError` for a backend other than SQLite or
+    PostgreSQL.
+    """
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    backend = make_url(url).get_backend_name()
+    if backend not in ("sqlite", "postgresql"):
+        raise ValueError(f"database_url must be sqlite:// or postgresql://, found {backend!r}")
+    return url
+
+
+def make_engine(
+    url: str, *, sqlite_busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS, **kwargs: Any
+) -> Engine:
+    """An engine for ``url``; creates the directory of a SQLite file if needed.
+
+    ``sqlite_busy_timeout_ms`` is how long a SQLite writer waits for another one before
+    the database reports itself locked (a transient error the ingester retries).
+
+    Raises `ValueError` for an unsupported backend (see `normalise_url`).
+    """
+    url = normalise_url(url)
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        connect_args = {"check_same_thread": False, "timeout": sqlite_busy_timeout_ms / 1000}
+        engine = create_engine(url, connect_args=connect_args, **kwargs)
+
+        def configure(dbapi_connection: sqlite3.Connection, _record: object) -> None:
+            _configure_sqlite(dbapi_connection, sqlite_busy_timeout_ms)
+
+        event.listen(engine, "connect", configure)
+        return engine
+    return create_engine(url, pool_pre_ping=True, **kwargs)
+
+
+def create_all(engine: Engine) -> None:
+    """Create the tables that do not exist yet (migrations are future work: Alembic)."""
+    SQLModel.metadata.create_all(engine)
+
+
+def _configure_sqlite(dbapi_connection: sqlite3.Connection, busy_timeout_ms: int) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        # WAL makes NORMAL durable across application crashes; only an OS crash can lose
+        # the last transactions, which QoS 1 redelivery and the device outbox cover.
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+    finally:
+        cursor.close()

@@ -1,0 +1,199 @@
+"""Ingest throughput: a bare paho subscriber versus the fleet ingester persisting to SQLite.
+
+Run: ``.venv/bin/python tests/benchmarks/ingest_bench.py [--messages 50000] [--runs 3]``.
+Starts its own Mosquitto; a publisher process sends N valid telemetry messages from
+``--devices`` device ids at QoS 1 while the consumer is away on a persistent session, so
+the broker queues them; the consumer is then timed from reconnecting until its last
+message is counted (bare) or persisted (ingester), which measures the consumer and not
+the publisher. The median of ``--runs`` runs is printed with the ratio.
+To profile the writer path, run `decode` + `BatchWriter.write` under cProfile in one
+thread (pyinstrument only samples the thread that started it, not the writer thread).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def make_payloads(messages: int, devices: int) -> list[tuple[str, bytes]]:
+    from shared.messages import LatencyPercentiles, TelemetryMessage, encode, utcnow
+    from shared.topics import Channel, device_topic
+
+    now = utcnow()
+    out = []
+    for i in range(messages):
+        device_id = f"bench-{i % devices:04d}"
+        message = TelemetryMessage(
+            device_id=device_id,
+            seq=i // devices,
+            ts=now,
+            interval_s=10,
+            inferences=i,
+            errors=0,
+            inferences_total=i,
+            errors_total=0,
+            latency=LatencyPercentiles(p50_ms=1.0, p95_ms=2.0, p99_ms=3.0),
+            cpu_percent=10.0,
+            rss_bytes=50_000_000,
+            disk_free_bytes=10**9,
+            outbox_depth=0,
+        )
+        out.append((device_topic(device_id, Channel.TELEMETRY), encode(message)))
+    return out
+
+
+def publish_all(port: int, payloads: list[tuple[str, bytes]]) -> None:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2)
+    client.max_inflight_messages_set(1000)
+    client.max_queued_messages_set(0)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    infos = [client.publish(topic, payload, qos=1) for topic, payload in payloads]
+    for info in infos:
+        info.wait_for_publish(timeout=120)
+    client.disconnect()
+    client.loop_stop()
+
+
+def publish_and_wait(port: int, payloads: list[tuple[str, bytes]]) -> None:
+    publisher = multiprocessing.Process(target=publish_all, args=(port, payloads))
+    publisher.start()
+    publisher.join()
+
+
+def drain_rate(count: int, started: float, done: Callable[[], bool]) -> float:
+    """Messages per second from ``started`` until ``done()``."""
+    deadline = started + 600
+    while not done():
+        if time.perf_counter() > deadline:
+            raise TimeoutError("consumer did not finish within 600s")
+        time.sleep(0.002)
+    return count / (time.perf_counter() - started)
+
+
+def bare_run(port: int, payloads: list[tuple[str, bytes]], client_id: str) -> float:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    count = 0
+    subscribed = threading.Event()
+
+    def on_message(_c: object, _u: object, _m: object) -> None:
+        nonlocal count
+        count += 1
+
+    def make() -> mqtt.Client:
+        client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            clean_session=False,
+        )
+        client.on_message = on_message
+        client.on_subscribe = lambda *_args: subscribed.set()
+        return client
+
+    client = make()
+    client.connect("127.0.0.1", port)
+    client.subscribe("edgefleet/v1/devices/+/+", qos=1)
+    client.loop_start()
+    subscribed.wait(10)
+    client.disconnect()
+    client.loop_stop()
+    publish_and_wait(port, payloads)
+    client = make()
+    started = time.perf_counter()
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        return drain_rate(len(payloads), started, lambda: count >= len(payloads))
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def ingester_run(
+    port: int, payloads: list[tuple[str, bytes]], workdir: Path, client_id: str
+) -> float:
+    from prometheus_client import CollectorRegistry
+
+    from fleet.ingest import Ingester, IngestMetrics
+    from fleet.settings import FleetSettings
+    from fleet.store import create_all, make_engine
+
+    # A persistent session without $share: the broker queues all N while the ingester
+    # is away, so the run times the ingester draining them, not the publisher.
+    settings = FleetSettings(
+        data_dir=workdir,
+        broker_url=f"mqtt://127.0.0.1:{port}",
+        shared_subscription=False,
+        broker_client_id=client_id,
+        broker_persistent_session=True,
+    )
+    engine = make_engine(settings.database_url)
+    create_all(engine)
+    subscriber = Ingester(settings, engine, IngestMetrics(CollectorRegistry()))
+    subscriber.start()
+    if not subscriber.wait_connected(10):
+        raise RuntimeError("ingester did not connect")
+    time.sleep(0.3)  # SUBACK
+    subscriber.stop()
+    publish_and_wait(port, payloads)
+    metrics = IngestMetrics(CollectorRegistry())
+    ingester = Ingester(settings, engine, metrics)
+    started = time.perf_counter()
+    ingester.start()
+    n = len(payloads)
+    try:
+        return drain_rate(
+            n, started, lambda: metrics.total("edgefleet_ingest_persisted_total") >= n
+        )
+    finally:
+        ingester.stop()
+        engine.dispose()
+
+
+def main() -> int:
+    sys.path.insert(0, str(ROOT))
+    from tests.support.mosquitto import MosquittoBroker
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=50_000)
+    parser.add_argument("--devices", type=int, default=100)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+
+    payloads = make_payloads(args.messages, args.devices)
+    with tempfile.TemporaryDirectory(prefix="ingest-bench-") as tmp:
+        broker = MosquittoBroker(Path(tmp) / "mosquitto")
+        broker.start()
+        try:
+            bare = [bare_run(broker.port, payloads, f"bench-bare-{i}") for i in range(args.runs)]
+            ingest = [
+                ingester_run(broker.port, payloads, Path(tmp) / f"run{i}", f"bench-ingest-{i}")
+                for i in range(args.runs)
+            ]
+        finally:
+            broker.stop()
+    bare_median, ingest_median = statistics.median(bare), statistics.median(ingest)
+    print(f"messages: {args.messages:,} from {args.devices} devices, QoS 1, median of {args.runs}")
+    print(f"bare paho subscriber : {bare_median:10,.0f} msg/s  runs {[round(r) for r in bare]}")
+    print(f"fleet ingester+SQLite: {ingest_median:10,.0f} msg/s  runs {[round(r) for r in ingest]}")
+    print(f"ingester / bare      : {ingest_median / bare_median:10.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""BatchWriter on SQLite and PostgreSQL: dedupe, state ordering, refused rows, retries."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import Engine, func, select
+from sqlmodel import Session
+
+from fleet.ingest.decode import Accepted, DeviceMessage, Rejected, decode
+from fleet.ingest.writer import BatchWriter, TransientStoreError
+from fleet.store import DeadLetter, Device, EventRow, TelemetryRow, create_all, make_engine
+from shared.messages import encode
+from shared.topics import Channel, device_topic
+from tests.fleet.factories import event, state, telemetry
+
+NOW = datetime(2026, 3, 1, 12, 30, tzinfo=UTC)
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = make_engine(database_url)
+    create_all(engine)
+    yield engine
+    engine.dispose()
+
+
+def item(
+    channel: Channel, message: DeviceMessage, *, retained: bool = False
+) -> Accepted | Rejected:
+    topic = device_topic(message.device_id, channel)
+    decoded = decode(topic, encode(message), NOW, retained=retained)
+    assert isinstance(decoded, Accepted | Rejected)
+    return decoded
+
+
+def count(engine: Engine, table: type) -> int:
+    with Session(engine) as s:
+        return int(s.scalar(select(func.count()).select_from(table)) or 0)
+
+
+def device(engine: Engine, device_id: str) -> Device:
+    with Session(engine) as s:
+        row = s.get(Device, device_id)
+        assert row is not None
+        return row
+
+
+def test_a_batch_lands_in_its_tables_and_registers_the_device(engine: Engine) -> None:
+    result = BatchWriter(engine).write(
+        [
+            item(Channel.STATE, state("d1", 1)),
+            item(Channel.TELEMETRY, telemetry("d1", 2)),
+            item(Channel.EVENTS, event("d1", 3)),
+        ]
+    )
+    assert result.persisted == {Channel.STATE: 1, Channel.TELEMETRY: 1, Channel.EVENTS: 1}
+    d = device(engine, "d1")
+    assert (d.online, d.hardware, d.tags, d.model_name, d.last_state_seq) == (
+        True,
+        "rpi4",
+        ["lab", "line-1"],
+        "wine",
+        1,
+    )
+    assert d.last_seen == NOW
+    with Session(engine) as s:
+        row = s.get(TelemetryRow, ("d1", 2))
+        assert row is not None
+        assert row.rss_bytes == 5_000_000_000  # beyond 32 bits
+        assert row.ts.tzinfo is not None
+        assert row.latency_p99_ms == 3.0
+        assert s.get(EventRow, ("d1", 3)) is not None
+
+
+def test_the_same_seq_twice_is_stored_once_and_counted_as_duplicate(engine: Engine) -> None:
+    writer = BatchWriter(engine)
+    first = writer.write([item(Channel.TELEMETRY, telemetry("d1", 7))] * 2)
+    again = writer.write(
+        [item(Channel.TELEMETRY, telemetry("d1", 7)), item(Channel.TELEMETRY, telemetry("d1", 8))]
+    )
+    assert first.persisted[Channel.TELEMETRY] == 1
+    assert first.duplicates[Channel.TELEMETRY] == 1
+    assert again.persisted[Channel.TELEMETRY] == 1
+    assert again.duplicates[Channel.TELEMETRY] == 1
+    assert count(engine, TelemetryRow) == 2
+
+
+def test_an_older_state_arriving_late_does_not_overwrite_a_newer_one(engine: Engine) -> None:
+    writer = BatchWriter(engine)
+    writer.write([item(Channel.STATE, state("d1", 10, hardware="jetson"))])
+    late = writer.write([item(Channel.STATE, state("d1", 4, hardware="rpi3"))])
+    assert late.duplicates[Channel.STATE] == 1
+    assert device(engine, "d1").hardware == "jetson"
+
+
+def test_a_will_turns_the_device_offline_and_keeps_what_the_birth_said(engine: Engine) -> None:
+    writer = BatchWriter(engine)
+    writer.write([item(Channel.STATE, state("d1", 1))])
+    writer.write([item(Channel.STATE, state("d1", 2, online=False))])
+    d = device(engine, "d1")
+    assert (d.online, d.offline_reason, d.hardware, d.tags) == (
+        False,
+        "will",
+        "rpi4",
+        ["lab", "line-1"],
+    )
+
+
+def test_a_retained_state_does_not_count_as_fresh_contact(engine: Engine) -> None:
+    BatchWriter(engine).write([item(Channel.STATE, state("d1", 1), retained=True)])
+    assert device(engine, "d1").last_seen == state("d1", 1).ts
+
+
+def test_a_row_the_database_refuses_is_dead_lettered_and_the_rest_lands(engine: Engine) -> None:
+    huge = item(Channel.TELEMETRY, telemetry("d1", 2**63))  # valid JSON, beyond BIGINT
+    result = BatchWriter(engine).write(
+        [
+            item(Channel.TELEMETRY, telemetry("d1", 1)),
+            huge,
+            item(Channel.TELEMETRY, telemetry("d1", 2)),
+        ]
+    )
+    assert result.persisted[Channel.TELEMETRY] == 2
+    assert result.dead_lettered == 1
+    with Session(engine) as s:
+        letter = s.exec(select(DeadLetter)).one()[0]  # type: ignore[call-overload]
+        assert "database refused" in letter.error
+        assert str(2**63).encode() in letter.payload
+
+
+def test_rejected_payloads_are_kept_verbatim(engine: Engine) -> None:
+    garbage = b"\x00\xffnot json"
+    rejected = decode(device_topic("d1", Channel.EVENTS), garbage, NOW)
+    assert BatchWriter(engine).write([rejected]).dead_lettered == 1  # type: ignore[list-item]
+    with Session(engine) as s:
+        letter = s.exec(select(DeadLetter)).one()[0]  # type: ignore[call-overload]
+        assert (letter.payload, letter.topic, letter.received_at) == (
+            garbage,
+            device_topic("d1", Channel.EVENTS),
+            NOW,
+        )
+
+
+def test_a_locked_database_is_a_transient_error_and_the_batch_lands_on_retry(tmp_path) -> None:
+    path = tmp_path / "locked.db"
+    engine = make_engine(f"sqlite:///{path}", sqlite_busy_timeout_ms=50)
+    create_all(engine)
+    locker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    locker.execute("BEGIN EXCLUSIVE")
+    writer = BatchWriter(engine)
+    batch = [item(Channel.TELEMETRY, telemetry("d1", 1))]
+    with pytest.raises(TransientStoreError, match="locked"):
+        writer.write(batch)
+    threading.Timer(0.3, lambda: locker.execute("COMMIT")).start()
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            writer.write(batch)
+            break
+        except TransientStoreError:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    assert count(engine, TelemetryRow) == 1
+    locker.close()
+    engine.dispose()
