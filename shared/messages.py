@@ -13,8 +13,10 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
+from shared.drift.window import WindowSketch
+from shared.signing.director import DesiredBody, DirectorSignature
 from shared.topics import DEVICE_ID_PATTERN, Channel
 
 SCHEMA_PREFIX = "edgefleet/v1/"
@@ -139,22 +141,40 @@ class DriftMessage(DeviceMessage):
     window_start: datetime
     window_end: datetime
     count: int = Field(ge=0)
-    # Filled by the drift monitor: per-feature sketches (see shared.drift).
-    sketch: dict[str, Any] = Field(default_factory=dict)
+    # Counts in the bins of the model package's reference profile (see shared.drift);
+    # None only from agents that predate drift sketches.
+    sketch: WindowSketch | None = None
+
+    @field_validator("sketch", mode="before")
+    @classmethod
+    def _empty_sketch_is_none(cls, value: object) -> object:
+        # Agents before drift sketches sent an empty object here.
+        return None if value == {} else value
 
 
 class DesiredMessage(WireModel):
-    """Fleet→device: the state this device should converge to (retained)."""
+    """Fleet→device (retained): the director's signed desired state, as it is on the wire.
 
-    schema_: Literal["edgefleet/v1/desired"] = Field(default="edgefleet/v1/desired", alias="schema")
-    device_id: str = Field(pattern=DEVICE_ID_PATTERN)
-    seq: int = Field(ge=0)
-    model: ModelRef | None = None
-    rollout_id: str | None = None
-    rollback: bool = False
-    expires_at: datetime | None = None
-    # The director's signed envelope arrives with the signed-updates work.
-    signed: dict[str, Any] | None = None
+    The payload on ``edgefleet/v1/devices/{d}/desired`` *is* the director's envelope
+    (`shared.signing.director.SignedDesiredState`): ``{"signed": <body>, "signatures":
+    [...]}``; the body carries ``"schema": "edgefleet/v1/desired-state"``, the device id,
+    a growing ``seq``, the target (name, sha256, length, version), ``expires_at``,
+    ``rollout_id`` and ``rollback``. This model only types that shape (for the AsyncAPI
+    document and for subscribers that want to read it): it does not check signatures.
+    A device must verify the raw bytes with `shared.signing.director.verify_desired`,
+    because the signature covers the body exactly as received.
+    """
+
+    signed: DesiredBody
+    signatures: list[DirectorSignature] = Field(min_length=1)
+
+    @property
+    def device_id(self) -> str:
+        return self.signed.device_id
+
+    @property
+    def seq(self) -> int:
+        return self.signed.seq
 
 
 class AlertMessage(WireModel):
@@ -215,7 +235,7 @@ def decode_device_message(
 
 
 def decode_desired(payload: bytes) -> DesiredMessage:
-    """Validate a desired-state payload; raises `MessageError`."""
+    """Validate the shape of a desired-state payload (not its signature); raises `MessageError`."""
     try:
         return DesiredMessage.model_validate_json(payload)
     except ValidationError as e:

@@ -1,0 +1,126 @@
+"""The agent's monitor: windows close by count and by time, late labels join, bad batches drop."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from agent.drift_monitor import DriftMonitor
+from shared.drift import build_profile
+from tests.drift.conftest import classify, make_inputs
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def rows(seed: int, n: int):
+    x = make_inputs(np.random.default_rng(seed), n)
+    return x, classify(x)
+
+
+def test_window_closes_by_count_with_every_row_folded(profile) -> None:
+    monitor = DriftMonitor(profile, window_count=300, window_s=3600, fold_rows=64, clock=Clock())
+    for i in range(299):
+        monitor.observe(*rows(i, 1))
+    assert monitor.maybe_close() is None
+    monitor.observe(*rows(999, 1))
+    sketch = monitor.maybe_close()
+    assert sketch is not None
+    assert sketch.count == 300
+    assert all(sum(f.counts) + f.missing == 300 for f in sketch.inputs.values())
+    assert monitor.maybe_close() is None  # the next window is empty
+
+
+def test_window_closes_by_time_from_its_first_row(profile) -> None:
+    clock = Clock()
+    monitor = DriftMonitor(profile, window_s=60, window_count=10**6, clock=clock)
+    clock.now = 500.0
+    assert monitor.maybe_close() is None  # nothing seen: no window at all
+    monitor.observe(*rows(1, 10))
+    assert monitor.window_opened_at == 500.0
+    clock.now = 559.0
+    assert monitor.maybe_close() is None
+    clock.now = 560.0
+    sketch = monitor.maybe_close()
+    assert sketch is not None
+    assert sketch.count == 10
+    assert monitor.window_opened_at is None
+
+
+def test_late_labels_join_their_predictions_by_request_id(profile) -> None:
+    monitor = DriftMonitor(profile, window_count=10**6, label_memory=3, clock=Clock())
+    x, outputs = rows(1, 4)
+    monitor.observe(x, outputs, request_ids=["a", "b", "c", "d"])  # "a" is forgotten (LRU of 3)
+    truth = outputs["label"]
+    assert monitor.record_label("b", int(truth[1]))
+    assert monitor.record_label("c", int((truth[2] + 1) % 3))
+    assert not monitor.record_label("a", 0)
+    assert not monitor.record_label("zzz", 0)
+    assert not monitor.record_label("b", 0)  # a label joins once
+    sketch = monitor.close()
+    assert sketch is not None
+    assert sketch.labelled == 2
+    assert sketch.classification is not None
+    confusion = np.array(sketch.classification.confusion)
+    assert confusion.sum() == 2
+    assert np.trace(confusion) == 1
+    assert monitor.unmatched_labels == 3
+
+
+def test_a_malformed_batch_is_dropped_without_losing_the_good_ones(profile) -> None:
+    monitor = DriftMonitor(profile, fold_rows=1000, clock=Clock())
+    monitor.observe(*rows(1, 5))
+    bad_x, bad_out = rows(2, 3)
+    monitor.observe(bad_x[:, :2], bad_out)
+    monitor.observe(*rows(3, 7))
+    sketch = monitor.close()
+    assert sketch is not None
+    assert sum(sketch.inputs["temperature"].counts) == 12
+    assert monitor.rejected_rows == 3
+
+
+def test_reservoir_is_capped_and_off_by_default(profile) -> None:
+    off = DriftMonitor(profile, clock=Clock())
+    off.observe(*rows(1, 50))
+    assert off.reservoir() == {}
+    on = DriftMonitor(profile, reservoir_size=20, fold_rows=16, seed=1, clock=Clock())
+    for i in range(30):
+        on.observe(*rows(i, 5))
+    sample = on.reservoir()["input"]
+    assert sample.shape == (20, 3)
+    on.close()
+    assert on.last_reservoir["input"].shape == (20, 3)
+    assert on.reservoir() == {}
+
+
+def test_monitor_folds_a_real_onnx_models_inputs_and_outputs(wine_model) -> None:
+    session = ort.InferenceSession(str(wine_model.path))
+    label, probabilities = session.run(None, {"input": wine_model.x_train})
+    profile = build_profile(
+        wine_model.x_train,
+        {"label": label, "probabilities": probabilities},
+        feature_names=wine_model.feature_names,
+        labels=wine_model.y_train,
+    )
+    monitor = DriftMonitor(profile, window_count=len(wine_model.x_test), fold_rows=8)
+    for i, row in enumerate(wine_model.x_test):
+        out = session.run(None, {"input": row[None, :]})
+        monitor.observe(
+            {"input": row[None, :]},
+            {"label": out[0], "probabilities": out[1]},
+            request_ids=[str(i)],
+        )
+    for i, y in enumerate(wine_model.y_test):
+        assert monitor.record_label(str(i), int(y))
+    sketch = monitor.maybe_close()
+    assert sketch is not None
+    assert sketch.count == sketch.labelled == len(wine_model.x_test)
+    assert sketch.classification is not None
+    confusion = np.array(sketch.classification.confusion)
+    assert np.trace(confusion) / confusion.sum() == pytest.approx(wine_model.accuracy)
