@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,21 @@ from tests.support.mosquitto import MosquittoBroker
 def mosquitto(tmp_path: Path) -> Iterator[MosquittoBroker]:
     """A Mosquitto of this test's own on a free port; the test may stop and restart it."""
     broker = MosquittoBroker(tmp_path / "mosquitto")
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def durable_mosquitto(tmp_path: Path) -> Iterator[MosquittoBroker]:
+    """A Mosquitto that keeps sessions and queued messages across its own restart."""
+    store = tmp_path / "mosquitto-store"
+    store.mkdir()
+    # `user root` stops mosquitto dropping to a user that cannot write the test's tmp dir.
+    extra = f"persistence true\npersistence_location {store}/\n"
+    if os.geteuid() == 0:
+        extra += "user root\n"
+    broker = MosquittoBroker(tmp_path / "mosquitto", extra_config=extra)
     broker.start()
     yield broker
     broker.stop()

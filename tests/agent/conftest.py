@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -93,21 +92,6 @@ def subscribers() -> Iterator[list[Subscriber]]:
     yield opened
     for s in opened:
         s.close()
-
-
-@pytest.fixture
-def durable_mosquitto(tmp_path: Path) -> Iterator[MosquittoBroker]:
-    """A Mosquitto that keeps sessions and queued messages across its own restart."""
-    store = tmp_path / "mosquitto-store"
-    store.mkdir()
-    # `user root` stops mosquitto dropping to a user that cannot write the test's tmp dir.
-    extra = f"persistence true\npersistence_location {store}/\n"
-    if os.geteuid() == 0:
-        extra += "user root\n"
-    broker = MosquittoBroker(tmp_path / "mosquitto", extra_config=extra)
-    broker.start()
-    yield broker
-    broker.stop()
 
 
 def agent_config(

@@ -1,0 +1,79 @@
+"""End-to-end fixtures: a fleet service and agents on one real Mosquitto."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+
+from fleet.service import FleetService
+from fleet.settings import FleetSettings
+
+T = TypeVar("T")
+
+
+def eventually(probe: Callable[[], T | None], *, timeout_s: float = 15.0, what: str = "") -> T:
+    """Poll ``probe`` until it returns something truthy; fail naming ``what`` on timeout."""
+    deadline = time.monotonic() + timeout_s
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(0.1)
+    pytest.fail(f"timed out after {timeout_s}s waiting for {what}; last saw {last!r}")
+
+
+class Console:
+    """The fleet's REST API as an operator uses it."""
+
+    def __init__(self, service: FleetService) -> None:
+        assert service.bootstrap_admin_token
+        self.client = httpx.Client(
+            base_url=service.base_url,
+            headers={"Authorization": f"Bearer {service.bootstrap_admin_token}"},
+            timeout=10,
+        )
+
+    def device(self, device_id: str) -> dict[str, Any] | None:
+        response = self.client.get(f"/v1/devices/{device_id}")
+        if response.status_code == 404:
+            return None
+        response.raise_for_status()
+        result: dict[str, Any] = response.json()
+        return result
+
+    def telemetry(self, device_id: str) -> list[dict[str, Any]]:
+        response = self.client.get(f"/v1/devices/{device_id}/telemetry")
+        response.raise_for_status()
+        items: list[dict[str, Any]] = response.json()["items"]
+        return items
+
+
+@pytest.fixture
+def start_fleet(database_url: str, tmp_path: Path) -> Iterator[Callable[..., FleetService]]:
+    """Start a fleet service on this test's database and a given broker; stopped after."""
+    started: list[FleetService] = []
+
+    def start(broker_url: str, **overrides: Any) -> FleetService:
+        values: dict[str, Any] = {
+            "database_url": database_url,
+            "broker_url": broker_url,
+            "data_dir": tmp_path / "fleet",
+            "api_port": 0,
+            "ingest_flush_interval_s": 0.05,
+        } | overrides
+        service = FleetService(FleetSettings(**values))
+        started.append(service)
+        service.start()
+        assert service.ingester is not None
+        assert service.ingester.wait_connected(10), "the fleet's ingester did not connect"
+        return service
+
+    yield start
+    for service in started:
+        service.stop()
