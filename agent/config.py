@@ -19,9 +19,18 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from agent.runtime import RuntimeOptions
+from agent.update.machine import UpdatePolicy
 from shared.topics import TopicError, validate_device_id
 
 ENV_PREFIX = "EDGEFLEET_AGENT_"
@@ -111,6 +120,42 @@ class OutboxConfig(_Section):
     )
 
 
+class UpdateConfig(_Section):
+    """Signed model updates: where the image repository is and what the device trusts.
+
+    ``trust_dir`` holds the provisioning bundle (``trusted_root.json``, the pinned TUF
+    root, and ``director_pub.json``, the director keys). With updates enabled the agent
+    serves the model from its store, and ``model.path`` is only the factory model that
+    a fresh device installs into the store on its first start.
+    """
+
+    enabled: bool = False
+    repository_url: str | None = Field(default=None, description="http(s):// image repository")
+    trust_dir: Path | None = Field(default=None, description="the provisioning bundle")
+    device_token: SecretStr | None = Field(
+        default=None, description="sent as a Bearer token to the repository; none = no auth"
+    )
+    max_download_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
+    download_timeout_s: float = Field(default=30.0, gt=0)
+    tick_s: float = Field(default=1.0, gt=0, description="how often the update runner wakes")
+    policy: UpdatePolicy = Field(default_factory=UpdatePolicy)
+
+    @field_validator("repository_url")
+    @classmethod
+    def _check_repository_url(cls, url: str | None) -> str | None:
+        if url is not None and urlsplit(url).scheme not in ("http", "https"):
+            raise ValueError(f"expected an http:// or https:// URL, found {url!r}")
+        return url
+
+    @model_validator(mode="after")
+    def _complete_when_enabled(self) -> UpdateConfig:
+        if self.enabled:
+            missing = [n for n in ("repository_url", "trust_dir") if getattr(self, n) is None]
+            if missing:
+                raise ValueError(f"updates are enabled but {', '.join(missing)} is not set")
+        return self
+
+
 class AgentConfig(_Section):
     """Everything one agent needs. Frozen: pass it in, never mutate it."""
 
@@ -122,6 +167,7 @@ class AgentConfig(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    update: UpdateConfig = Field(default_factory=UpdateConfig)
     telemetry_interval_s: float = Field(default=10.0, gt=0)
 
     @field_validator("device_id")
@@ -224,6 +270,8 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
             if key in broker:
                 broker[key] = fix(broker[key])
         data["broker"] = broker
+    if isinstance(data.get("update"), dict) and "trust_dir" in data["update"]:
+        data["update"] = {**data["update"], "trust_dir": fix(data["update"]["trust_dir"])}
     return data
 
 

@@ -24,13 +24,13 @@ from pydantic import BaseModel, ConfigDict
 from agent.config import AgentConfig
 from agent.inference_api import InferenceApi
 from agent.link import DesiredHandler, Link
-from agent.metrics import InferenceMetrics
 from agent.model_host import ActiveModel, ModelHost
 from agent.outbox import Outbox
 from agent.runtime import RuntimeLoadError, load_runtime
 from agent.runtime.base import Tensors
 from agent.systemd import SystemdNotifier
 from agent.telemetry import TelemetryCollector
+from agent.update.wiring import ProbationMetrics, UpdateService
 from shared import __version__
 from shared.messages import (
     DeviceMessage,
@@ -85,9 +85,10 @@ class Agent:
 
     def __init__(self, config: AgentConfig, *, on_desired: DesiredHandler | None = None) -> None:
         self.config = config
-        self.metrics = InferenceMetrics()
+        self.metrics = ProbationMetrics()
         self.model_host = ModelHost(self.metrics)
         self._on_desired = on_desired
+        self._updates: UpdateService | None = None
         self._stop = threading.Event()
         self._started_at = time.monotonic()
         self._runtimes = available_runtimes()
@@ -107,6 +108,11 @@ class Agent:
         if self._outbox is None:
             raise RuntimeError(f"agent {self.device_id} is not started")
         return self._outbox
+
+    @property
+    def updates(self) -> UpdateService | None:
+        """The signed-update service, when ``update.enabled`` (after `start`)."""
+        return self._updates
 
     @property
     def api_port(self) -> int | None:
@@ -131,12 +137,17 @@ class Agent:
         )
 
     def start(self) -> None:
-        """Open the outbox, load the configured model, bind the API, start the threads.
+        """Open the outbox, load the model, bind the API, start the threads.
+
+        With updates enabled the model comes from the model store (a fresh device first
+        installs ``model.path`` there as its factory model) and the update runner resumes
+        whatever update a stop or a crash interrupted; otherwise ``model.path`` is served.
 
         Returns at once; the link connects in the background. Raises `OutboxError` if
-        the outbox cannot be opened and OSError if the API port cannot be bound. A
-        model that fails to load is reported (log and a ``failed`` event), not raised,
-        so the device can still receive an update.
+        the outbox cannot be opened, OSError if the API port cannot be bound, and
+        `KeyFileError`/`TufError` if the provisioning bundle cannot be read. A model that
+        fails to load is reported (log and a ``failed`` event), not raised, so the
+        device can still receive an update.
         """
         config = self.config
         self._started_at = time.monotonic()
@@ -146,7 +157,12 @@ class Agent:
             max_db_bytes=config.outbox.max_db_bytes,
             synchronous=config.outbox.synchronous,
         )
-        self._load_initial_model()
+        on_desired = self._on_desired
+        if config.update.enabled:
+            updates = self._start_updates()
+            on_desired = _both(updates.on_desired, self._on_desired)
+        else:
+            self._load_initial_model()
         if config.api.enabled:
             self._api = InferenceApi(
                 self.model_host,
@@ -161,7 +177,7 @@ class Agent:
             device_id=self.device_id,
             outbox=self._outbox,
             state=self._state_message,
-            on_desired=self._on_desired,
+            on_desired=on_desired,
         )
         collector = TelemetryCollector(
             device_id=self.device_id,
@@ -178,6 +194,8 @@ class Agent:
         )
         if self._api:
             self._api.start()
+        if self._updates:
+            self._updates.start()
         self._link.start()
         self._telemetry_thread.start()
         log.info("agent %s started", self.device_id)
@@ -190,6 +208,9 @@ class Agent:
         self._stop.set()
         if self._api:
             self._api.stop()
+        if self._updates:
+            # Before the link, so the events of the step in hand still get flushed.
+            self._updates.stop(timeout_s)
         flushed = self._link.stop(timeout_s) if self._link else False
         if self._telemetry_thread and self._telemetry_thread.is_alive():
             self._telemetry_thread.join(1.0)
@@ -245,6 +266,17 @@ class Agent:
             ),
         )
 
+    def _start_updates(self) -> UpdateService:
+        updates = UpdateService(self.config, host=self.model_host, publisher=self)
+        self._updates = updates
+        self.metrics.observer = updates.record_inference
+        try:
+            updates.load_active()
+        except Exception as e:  # StoreError, Malformed, RuntimeLoadError: resume repairs it
+            log.error("agent %s: the active model did not load: %s", self.device_id, e)
+            self.publish_event(EventKind.FAILED, reason=f"active model did not load: {e}")
+        return updates
+
     def _load_initial_model(self) -> None:
         model = self.config.model
         if model.path is None:
@@ -295,6 +327,17 @@ class Agent:
             except Exception:
                 # Telemetry must never take the agent down; the next interval tries again.
                 log.exception("agent %s: telemetry failed", self.device_id)
+
+
+def _both(first: DesiredHandler, second: DesiredHandler | None) -> DesiredHandler:
+    if second is None:
+        return first
+
+    def handler(payload: bytes) -> None:
+        first(payload)
+        second(payload)
+
+    return handler
 
 
 def run_forever(

@@ -1,0 +1,322 @@
+"""The signed-update path of one agent: desired states in, a verified model serving out.
+
+`UpdateService` owns the model store, the TUF client and the `UpdateRunner` with its real
+ports (`agent.update.ports`). The agent gives it the raw payloads of its ``desired``
+topic (`on_desired`, called on the MQTT link thread: it verifies the signature, which is
+fast, and only queues work) and each inference's outcome (`record_inference`).
+
+Layout under the agent's ``data_dir``::
+
+    store/              the two-slot model store (`agent.store`)
+    downloads/          artifacts being downloaded (``<sha256>.efpkg.part``) or verified
+    tuf/                the TUF metadata cache (the trust anchor stays in ``trust_dir``)
+    update-state.json   the runner's persisted state
+
+Invariants:
+- a desired state reaches the runner only after `verify_desired` accepted it against the
+  pinned director keys, this device's id, the persisted last accepted seq and the clock;
+  a rejected one becomes a ``rejected`` event and changes no model;
+- at startup the store is recovered first, a fresh device installs its factory model
+  (``model.path``) into the store, so a rollback always has a verified model to go back
+  to, and the model the persisted state names is loaded before the runner resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from agent.config import AgentConfig
+from agent.metrics import InferenceMetrics
+from agent.model_host import ModelHost
+from agent.runtime import RuntimeLoadError, load_runtime
+from agent.store import ModelStore, StoreError
+from agent.trust import TrustedRepository
+from agent.update.machine import UpdateState
+from agent.update.ports import (
+    ArtifactVerifier,
+    EventPublisher,
+    GoldenRunner,
+    OutboxEventSink,
+    PackageUnpacker,
+    RuntimeActivator,
+    TufDownloader,
+)
+from agent.update.runner import UpdateRunner
+from agent.update.types import DesiredRejected, DesiredTarget
+from shared.manifest import MANIFEST_FILE, ModelManifest, Version, VersionError
+from shared.messages import utcnow
+from shared.modeltools.package import PACKAGE_SUFFIX, PackageError, extract_package
+from shared.signing.bundle import DIRECTOR_KEYS_FILE, TRUSTED_ROOT_FILE, load_director_keys
+from shared.signing.director import DesiredBody, verify_desired
+from shared.signing.errors import UpdateRejected
+
+log = logging.getLogger(__name__)
+
+STORE_DIR = "store"
+DOWNLOADS_DIR = "downloads"
+TUF_DIR = "tuf"
+STATE_FILE = "update-state.json"
+FACTORY_VERSION = "0.0.0"
+_BEGINNING = datetime.min.replace(tzinfo=UTC)
+
+
+class ProbationMetrics(InferenceMetrics):
+    """Inference metrics that also tell an observer about each inference (probation).
+
+    `ModelHost` records every inference here, whichever door it came in by (the HTTP
+    API, `Agent.infer`, the simulators), so probation sees them all.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.observer: Callable[[bool, float], None] | None = None
+
+    def record(self, latency_s: float) -> None:
+        super().record(latency_s)
+        if self.observer is not None:
+            self.observer(True, latency_s * 1000.0)
+
+    def record_error(self) -> None:
+        super().record_error()
+        if self.observer is not None:
+            self.observer(False, 0.0)
+
+
+class UpdateService:
+    """Signed updates for one agent. Construct, `start`, then `stop` once."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        host: ModelHost,
+        publisher: EventPublisher,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        """Recover the store, install the factory model on a fresh device, load the state.
+
+        Raises `KeyFileError` if the director keys cannot be read, `TufError` if the
+        pinned root cannot, `OSError` if the data directory is not writable, ValueError
+        if the config does not enable updates completely.
+        """
+        settings = config.update
+        if settings.trust_dir is None or settings.repository_url is None:
+            raise ValueError("update.trust_dir and update.repository_url must be set")
+        self._device_id = config.device_id
+        self._clock = clock
+        data = config.data_dir
+        self._director_keys = load_director_keys(settings.trust_dir / DIRECTOR_KEYS_FILE)
+        headers = (
+            {"Authorization": f"Bearer {settings.device_token.get_secret_value()}"}
+            if settings.device_token
+            else {}
+        )
+        repository = TrustedRepository(
+            data / TUF_DIR,
+            settings.trust_dir / TRUSTED_ROOT_FILE,
+            settings.repository_url,
+            headers=headers,
+        )
+        self.store = ModelStore(data / STORE_DIR)
+        self.store.recover()
+        state_path = data / STATE_FILE
+        if self.store.active() is None and not state_path.exists():
+            install_factory_model(self.store, config)
+        options = config.model.runtime
+        self._activator = RuntimeActivator(host, options)
+        self._host = host
+        self.runner = UpdateRunner(
+            state_path=state_path,
+            store=self.store,
+            downloads_dir=data / DOWNLOADS_DIR,
+            downloader=TufDownloader(
+                repository,
+                max_download_bytes=settings.max_download_bytes,
+                headers=headers,
+                timeout_s=settings.download_timeout_s,
+            ),
+            verifier=ArtifactVerifier(repository),
+            extractor=PackageUnpacker(),
+            activator=self._activator,
+            golden=GoldenRunner(host, options),
+            sink=OutboxEventSink(publisher),
+            policy=settings.policy,
+            clock=clock,
+            tick_s=settings.tick_s,
+        )
+        self._last_rejected: str | None = None
+
+    @property
+    def state(self) -> UpdateState:
+        return self.runner.state
+
+    def load_active(self) -> None:
+        """Serve the model the persisted state says is active (before the runner resumes).
+
+        Raises `StoreError`, `Malformed` or `RuntimeLoadError` if it cannot be loaded;
+        the runner's resume then repairs or rolls back.
+        """
+        active = self.runner.state.active
+        if active is not None and self.store.has(active.sha256):
+            sha: str | None = active.sha256
+        else:
+            sha = self.store.active()
+        if sha is not None:
+            self._activator.load(self.store.path(sha))
+
+    def start(self) -> None:
+        self.runner.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self.runner.stop(timeout_s)
+
+    def record_inference(self, ok: bool, latency_ms: float) -> None:
+        """Feed one inference to probation; costs an attribute read outside probation."""
+        self.runner.record_inference(ok, latency_ms)
+
+    def on_desired(self, payload: bytes) -> None:
+        """Verify a payload of the ``desired`` topic and queue it (safe on the link thread).
+
+        Never raises: a rejected desired state is reported on the events topic, except
+        a redelivery of the desired state accepted last (the retained copy on every
+        reconnect, a QoS 1 duplicate), which is ignored.
+        """
+        last_seq = self.runner.state.last_desired_seq
+        try:
+            # Signature, shape and device first, so a redelivery is recognised as such
+            # even after its expiry.
+            signed = verify_desired(
+                payload,
+                trusted_director_keys=self._director_keys,
+                device_id=self._device_id,
+                last_seq=None,
+                now=_BEGINNING,
+            )
+            if signed.seq == last_seq and self._is_current(signed):
+                log.debug("desired seq %s again: already accepted", signed.seq)
+                return
+            body = verify_desired(
+                payload,
+                trusted_director_keys=self._director_keys,
+                device_id=self._device_id,
+                last_seq=last_seq if last_seq >= 0 else None,
+                now=self._clock(),
+            )
+        except UpdateRejected as e:
+            self._reject(payload, str(e))
+            return
+        log.info(
+            "desired seq %s: %s %s (%s)",
+            body.seq,
+            body.target.name,
+            body.target.version,
+            body.target.sha256[:12],
+        )
+        self.runner.desired(desired_target(body))
+
+    def _is_current(self, body: DesiredBody) -> bool:
+        state = self.runner.state
+        known = [t for t in (state.target, state.pending) if t and t.desired_seq == body.seq]
+        return not known or any(t.sha256 == body.target.sha256 for t in known)
+
+    def _reject(self, payload: bytes, reason: str) -> None:
+        digest = hashlib.sha256(payload).hexdigest()
+        if digest == self._last_rejected:
+            return  # the same retained message again after a reconnect: reported already
+        self._last_rejected = digest
+        log.warning("desired state rejected: %s", reason)
+        self.runner.submit(DesiredRejected(reason=reason, desired_seq=_claimed_seq(payload)))
+
+
+def desired_target(body: DesiredBody) -> DesiredTarget:
+    """The runner's view of a verified desired state."""
+    return DesiredTarget(
+        desired_seq=body.seq,
+        name=body.target.name,
+        version=body.target.version,
+        sha256=body.target.sha256,
+        length=body.target.length,
+        rollout_id=body.rollout_id,
+        rollback=body.rollback,
+    )
+
+
+def _claimed_seq(payload: bytes) -> int | None:
+    """The seq a rejected payload claims (unverified: for the report only)."""
+    try:
+        seq = json.loads(payload)["signed"]["seq"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return seq if isinstance(seq, int) and seq >= 0 else None
+
+
+def install_factory_model(store: ModelStore, config: AgentConfig) -> str | None:
+    """Put the configured factory model into an empty store and make it active.
+
+    ``model.path`` may be a model package (``.efpkg``, stored under its own sha256) or
+    a bare ``.onnx``/``.tflite`` file, for which a manifest is written (stored under the
+    model file's sha256; version ``model.version`` if it is semver, else 0.0.0, so any
+    signed update counts as an upgrade). Returns the stored sha256, or None when there is
+    no factory model or it cannot be installed (logged: the device waits for an update).
+    """
+    path = config.model.path
+    if path is None:
+        return None
+    try:
+        if path.suffix == PACKAGE_SUFFIX:
+            sha256 = _sha256_file(path)
+            store.stage(sha256, lambda d: _extract(path, d))
+        else:
+            sha256 = _sha256_file(path)
+            manifest = _factory_manifest(path, config)
+            store.stage(sha256, lambda d: _fill_bare(path, manifest, d))
+        store.activate(sha256)
+    except (StoreError, PackageError, RuntimeLoadError, OSError, ValueError) as e:
+        log.error("cannot install the factory model %s: %s", path, e)
+        return None
+    log.info("installed factory model %s as %s", path, sha256[:12])
+    return sha256
+
+
+def _extract(package: Path, dest: Path) -> None:
+    extract_package(package, dest)
+
+
+def _factory_manifest(path: Path, config: AgentConfig) -> ModelManifest:
+    runtime = load_runtime(path, options=config.model.runtime)
+    try:
+        inputs, outputs = list(runtime.inputs), list(runtime.outputs)
+    finally:
+        runtime.close()
+    try:
+        version = str(Version.parse(config.model.version))
+    except VersionError:
+        version = FACTORY_VERSION
+    data = path.read_bytes()
+    return ModelManifest(
+        name=config.model.name,
+        version=version,
+        runtime=runtime.runtime,  # type: ignore[arg-type]  # "onnx" or "tflite"
+        model_file=f"model{path.suffix.lower()}",
+        inputs=inputs,
+        outputs=outputs,
+        sha256=hashlib.sha256(data).hexdigest(),
+        size_bytes=len(data),
+        created_at=datetime.fromtimestamp(path.stat().st_mtime, UTC),
+    )
+
+
+def _fill_bare(path: Path, manifest: ModelManifest, dest: Path) -> None:
+    shutil.copyfile(path, dest / manifest.model_file)
+    (dest / MANIFEST_FILE).write_bytes(manifest.model_dump_json(by_alias=True).encode())
+
+
+def _sha256_file(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()

@@ -1,0 +1,84 @@
+"""Fixtures: real packages (session), a fleet rig per test, in-process agents stopped after."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from agent.config import AgentConfig
+from agent.daemon import Agent
+from shared.manifest import ProbationBudget
+from simulators.models import TrainedModel, train_wine_classifier
+from tests.agent.conftest import Subscriber
+from tests.support.mosquitto import MosquittoBroker
+from tests.update_e2e.support import Pkg, Rig, build, repackage
+
+
+@dataclass(frozen=True)
+class Packages:
+    factory: Pkg  # 1.0.0, what a fresh device ships with
+    upgrade: Pkg  # 1.1.0, a good update
+    older: Pkg  # 0.9.0, a downgrade
+    wrong_golden: Pkg  # 1.2.0, another model's outputs against 1.1.0's golden samples
+    unloadable: Pkg  # 1.3.0, a model file the runtime cannot load
+    slow: Pkg  # 1.4.0, a latency budget no model can keep
+
+
+@pytest.fixture(scope="session")
+def packages(tmp_path_factory: pytest.TempPathFactory, wine_model: TrainedModel) -> Packages:
+    out = tmp_path_factory.mktemp("packages")
+    other = train_wine_classifier(out / "other.onnx", seed=7, max_iter=20)
+    factory = build(wine_model.path, "1.0.0", out)
+    upgrade = build(wine_model.path, "1.1.0", out)
+    return Packages(
+        factory=factory,
+        upgrade=upgrade,
+        older=repackage(factory, out, version="0.9.0"),
+        wrong_golden=repackage(upgrade, out, version="1.2.0", model_bytes=other.path.read_bytes()),
+        unloadable=repackage(upgrade, out, version="1.3.0", model_bytes=b"this is no onnx model"),
+        slow=repackage(
+            upgrade,
+            out,
+            version="1.4.0",
+            probation=ProbationBudget(max_latency_p95_ms=0.001, min_inferences=5, duration_s=30),
+        ),
+    )
+
+
+@pytest.fixture
+def rig(tmp_path: Path, mosquitto: MosquittoBroker) -> Iterator[Rig]:
+    fleet = Rig(tmp_path / "fleet", mosquitto)
+    yield fleet
+    fleet.close()
+
+
+@pytest.fixture
+def start_agent() -> Iterator[Callable[[AgentConfig], Agent]]:
+    started: list[Agent] = []
+
+    def start(config: AgentConfig) -> Agent:
+        agent = Agent(config)
+        agent.start()
+        started.append(agent)
+        return agent
+
+    yield start
+    for agent in started:
+        agent.stop(2.0)
+
+
+@pytest.fixture
+def events_of(mosquitto: MosquittoBroker) -> Iterator[Callable[[str], Subscriber]]:
+    opened: list[Subscriber] = []
+
+    def subscribe(device_id: str) -> Subscriber:
+        sub = Subscriber(mosquitto.port, [f"edgefleet/v1/devices/{device_id}/events"])
+        opened.append(sub)
+        return sub
+
+    yield subscribe
+    for sub in opened:
+        sub.close()

@@ -1,0 +1,178 @@
+"""Power loss during updates: the agent PROCESS is SIGKILLed at random instants and restarted.
+
+Across a series of updates (alternating between two large models, so a download takes a
+moment over loopback), the agent is killed several times per update, at random instants
+after it came up, which spreads the kills over download, verify, staging, activation and
+probation. After every kill the store's active model must be complete and verify, and
+every update must end committed or rolled back with the store holding no half install.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.store import ModelStore
+from agent.update.machine import Phase
+from agent.update.wiring import STATE_FILE, STORE_DIR
+from shared.manifest import ProbationBudget
+from simulators.models import TrainedModel
+from tests.agent.conftest import REPO, Subscriber
+from tests.support.mosquitto import MosquittoBroker
+from tests.update_e2e.support import Pkg, Rig, build, padded_model
+
+pytestmark = pytest.mark.slow
+
+PAD_BYTES = 24 * 1024 * 1024
+UPDATES = 10
+KILLS_PER_UPDATE = 5
+MAX_KILL_DELAY_S = 1.2
+
+
+def write_config(path: Path, rig: Rig, broker: MosquittoBroker, device: str, factory: Pkg) -> Path:
+    path.write_text(
+        f"""device_id = "{device}"
+data_dir = "{path.parent / "data"}"
+telemetry_interval_s = 60
+[broker]
+url = "{broker.url}"
+reconnect_min_s = 0.05
+reconnect_max_s = 0.3
+keepalive_s = 5
+[api]
+port = 0
+[model]
+path = "{factory.path}"
+name = "wine"
+version = "{factory.version}"
+[update]
+enabled = true
+repository_url = "{rig.server.url}"
+trust_dir = "{rig.trust_dir}"
+tick_s = 0.05
+[update.policy]
+max_download_attempts = 100
+retry_base_s = 0.05
+retry_max_s = 0.2
+"""
+    )
+    return path
+
+
+class Births:
+    """Counts the agent's retained births (online state messages)."""
+
+    def __init__(self, broker: MosquittoBroker, device: str) -> None:
+        self.sub = Subscriber(broker.port, [f"edgefleet/v1/devices/{device}/state"])
+
+    def count(self) -> int:
+        return sum(1 for r in self.sub.on("state") if json.loads(r.payload)["online"])
+
+    def wait_beyond(self, n: int, timeout_s: float = 20) -> None:
+        self.sub.wait_for(lambda _: self.count() > n, timeout_s)
+
+
+def read_state(data: Path) -> dict[str, Any]:
+    state: dict[str, Any] = json.loads((data / STATE_FILE).read_text())
+    return state
+
+
+def check_store(store_root: Path) -> str:
+    """The store as a crash left it: its active model is complete and verifies."""
+    store = ModelStore(store_root)
+    active = store.active()
+    assert active is not None, "no active model after a kill"
+    store.verify(active)
+    return active
+
+
+def test_agent_killed_at_random_instants_converges_every_update(
+    tmp_path: Path, mosquitto: MosquittoBroker, wine_model: TrainedModel, unique_id: str
+) -> None:
+    rng = random.Random(int(unique_id, 16))
+    big = padded_model(wine_model.path, tmp_path / "big.onnx", PAD_BYTES)
+    probation = ProbationBudget(min_inferences=5, duration_s=0.5)
+    model_a = build(big, "1.0.0", tmp_path / "pkgs", probation)
+    model_b = build(big, "2.0.0", tmp_path / "pkgs", probation)
+    rig = Rig(tmp_path / "fleet", mosquitto)
+    rig.add(model_a)
+    rig.add(model_b)
+    device = f"pl-{unique_id}"
+    (tmp_path / "agent").mkdir()
+    config = write_config(tmp_path / "agent" / "agent.toml", rig, mosquitto, device, model_a)
+    data = tmp_path / "agent" / "data"
+    log = (tmp_path / "agent.log").open("ab")
+    births = Births(mosquitto, device)
+    by_sha = {model_a.sha256: model_a, model_b.sha256: model_b}
+    process: subprocess.Popen[bytes] | None = None
+
+    def start() -> subprocess.Popen[bytes]:
+        seen = births.count()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "agent", "run", "--config", str(config)],
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        births.wait_beyond(seen)
+        return proc
+
+    phases_at_kill: Counter[str] = Counter()
+    outcomes: Counter[str] = Counter()
+    try:
+        process = start()
+        for seq in range(1, UPDATES + 1):
+            active = check_store(data / STORE_DIR)
+            current = by_sha[active]
+            target = model_b if current is model_a else model_a
+            rollback = target is model_a
+            rig.publish(device, rig.sign(device, target, seq, rollback=rollback))
+            for _ in range(KILLS_PER_UPDATE):
+                time.sleep(MAX_KILL_DELAY_S * rng.random() ** 1.5)
+                process.send_signal(signal.SIGKILL)
+                process.wait(10)
+                check_store(data / STORE_DIR)
+                state = read_state(data)
+                phases_at_kill[state["phase"] if state["last_desired_seq"] == seq else "idle"] += 1
+                process = start()
+            deadline = time.monotonic() + 30
+            while True:
+                state = read_state(data)
+                settled = state["phase"] in ("committed", "rolled_back", "failed")
+                if state["last_desired_seq"] == seq and settled:
+                    break
+                assert time.monotonic() < deadline, f"update {seq} stuck in {state['phase']}"
+                time.sleep(0.1)
+            phase = Phase(state["phase"])
+            outcomes[phase.value] += 1
+            assert phase in (Phase.COMMITTED, Phase.ROLLED_BACK), state.get("last_error")
+            active = check_store(data / STORE_DIR)
+            expected = target if phase is Phase.COMMITTED else current
+            assert active == expected.sha256, f"update {seq} {phase}: wrong active model"
+            store = ModelStore(data / STORE_DIR)
+            assert set(store.models()) <= {store.active(), store.previous()}, "half install left"
+    finally:
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            process.wait(10)
+        births.sub.close()
+        rig.close()
+        log.close()
+    print(f"kills by persisted phase: {dict(phases_at_kill)}; outcomes: {dict(outcomes)}")
+    assert sum(phases_at_kill.values()) >= 50
+    assert outcomes[Phase.COMMITTED.value] >= 1
+    spread = {
+        p
+        for p in phases_at_kill
+        if p in ("downloading", "verifying", "staged", "activating", "probation")
+    }
+    assert len(spread) >= 3, f"kills did not spread over the update: {dict(phases_at_kill)}"
