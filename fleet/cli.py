@@ -29,7 +29,32 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="store_true",
         help="plain subscription, for brokers without $share (one replica only)",
     )
+    serve.add_argument(
+        "--keys-dir",
+        type=Path,
+        help="signing keys (`edgefleet keys init`); passphrase from $EDGEFLEET_KEY_PASSPHRASE",
+    )
+    serve.add_argument(
+        "--repository-dir", type=Path, help="TUF image repository (default KEYS_DIR/repository)"
+    )
+    serve.add_argument("--models-dir", type=Path, help="model packages (default DATA_DIR/models)")
+    serve.add_argument(
+        "--lab-mode",
+        action="store_true",
+        help="the fleet holds the release key and publishes models itself",
+    )
     serve.set_defaults(handler=_serve)
+
+    lab = commands.add_parser(
+        "lab-keys",
+        help="create lab signing keys, a TUF repository and a device bundle in one go",
+        description="Keys are stored unencrypted unless $EDGEFLEET_KEY_PASSPHRASE is set."
+        " For labs and demos; production keys come from `edgefleet keys init`.",
+    )
+    lab.add_argument(
+        "--dir", type=Path, required=True, help="keys, plus repository/ and bundle/ in it"
+    )
+    lab.set_defaults(handler=_lab_keys)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -38,6 +63,7 @@ def _serve(args: argparse.Namespace) -> int:
     from fleet.service import FleetService
     from fleet.settings import FleetSettings
     from shared.cli import CLIError
+    from shared.signing.errors import SigningError
 
     overrides: dict[str, Any] = {}
     for key, value in (
@@ -46,11 +72,16 @@ def _serve(args: argparse.Namespace) -> int:
         ("api_host", args.host),
         ("api_port", args.port),
         ("data_dir", args.data_dir),
+        ("keys_dir", args.keys_dir),
+        ("repository_dir", args.repository_dir),
+        ("models_dir", args.models_dir),
     ):
         if value is not None:
             overrides[key] = value
     if args.no_shared_subscription:
         overrides["shared_subscription"] = False
+    if args.lab_mode:
+        overrides["lab_mode"] = True
     try:
         settings = FleetSettings(**overrides)
     except ValidationError as e:
@@ -66,7 +97,7 @@ def _serve(args: argparse.Namespace) -> int:
     service = FleetService(settings)
     try:
         service.start()
-    except (RuntimeError, ValueError) as e:
+    except (RuntimeError, ValueError, SigningError) as e:
         raise CLIError(str(e)) from e
     print(
         f"edgefleet fleet console: {service.base_url}  (broker {settings.broker_url})", flush=True
@@ -80,4 +111,20 @@ def _serve(args: argparse.Namespace) -> int:
             pass
     finally:
         service.stop()
+    return 0
+
+
+def _lab_keys(args: argparse.Namespace) -> int:
+    from fleet.keys import create_lab_setup, passphrase_from_env
+    from shared.cli import CLIError
+    from shared.signing.errors import SigningError
+
+    try:
+        setup = create_lab_setup(args.dir, passphrase_from_env())
+    except (SigningError, FileExistsError) as e:
+        raise CLIError(str(e)) from e
+    print(f"keys:          {setup.keys_dir}")
+    print(f"repository:    {setup.repository_dir}")
+    print(f"device bundle: {setup.bundle_dir}")
+    print(f"run: edgefleet fleet serve --keys-dir {setup.keys_dir} --lab-mode")
     return 0

@@ -3,6 +3,10 @@
 ``FleetService(settings).start()`` returns once the API accepts connections (so
 ``api_port=0`` resolves to a real port) and the ingester is connecting; `stop` shuts
 the API, then the ingester (which writes what it has queued), then the engine.
+
+With ``settings.keys_dir`` it also loads the signing keys (`fleet.keys`), opens (or
+creates) the image repository, connects the director's MQTT publisher and starts the
+thread that re-signs snapshot/timestamp metadata before they expire.
 """
 
 from __future__ import annotations
@@ -17,10 +21,17 @@ from sqlalchemy import Engine
 
 from fleet.api.app import create_app
 from fleet.api.auth import bootstrap_admin_token
+from fleet.api.update_deps import UpdateServices
+from fleet.director import Director
 from fleet.ingest.metrics import IngestMetrics
 from fleet.ingest.subscriber import Ingester
+from fleet.keys import FleetKeys, load_fleet_keys, open_repository, passphrase_from_env
+from fleet.mqtt_publisher import MqttPublisher
+from fleet.registry import ModelRegistry
+from fleet.repo_access import MetadataRefresher, RepositoryAccess
 from fleet.settings import FleetSettings
 from fleet.store.engine import create_all, make_engine
+from shared.signing.tufapi import SSlibKey
 
 logger = logging.getLogger(__name__)
 
@@ -28,9 +39,21 @@ logger = logging.getLogger(__name__)
 class FleetService:
     """Runs one fleet replica in-process; the demo, the CLI and the tests use it."""
 
-    def __init__(self, settings: FleetSettings, *, ingest: bool = True) -> None:
+    def __init__(
+        self,
+        settings: FleetSettings,
+        *,
+        ingest: bool = True,
+        key_passphrase: bytes | None = None,
+    ) -> None:
+        """``key_passphrase`` defaults to ``$EDGEFLEET_KEY_PASSPHRASE``."""
         self.settings = settings
         self._ingest = ingest
+        self._key_passphrase = key_passphrase
+        self.updates: UpdateServices | None = None
+        self.fleet_keys: FleetKeys | None = None
+        self._publisher: MqttPublisher | None = None
+        self._refresher: MetadataRefresher | None = None
         self.registry = CollectorRegistry()
         self.metrics = IngestMetrics(self.registry)
         self.bootstrap_admin_token: str | None = None
@@ -61,20 +84,53 @@ class FleetService:
     def base_url(self) -> str:
         return f"http://{self.settings.api_host}:{self.port}"
 
-    def start(self, timeout_s: float = 15.0) -> None:
-        """Create tables, bootstrap the admin token, start ingest and the API.
+    @property
+    def director(self) -> Director:
+        """The director (signed updates on); raises `RuntimeError` otherwise."""
+        if self.updates is None or self.updates.director is None:
+            raise RuntimeError("the fleet service runs without keys: no director")
+        return self.updates.director
 
-        Raises `RuntimeError` if the API does not come up within ``timeout_s``.
+    @property
+    def director_key(self) -> SSlibKey:
+        """The director's public key (what devices pin); raises `RuntimeError` without keys."""
+        if self.fleet_keys is None:
+            raise RuntimeError("the fleet service runs without keys: no director key")
+        return self.fleet_keys.director_public
+
+    def start(self, timeout_s: float = 15.0) -> None:
+        """Create tables, bootstrap the admin token, load keys, start ingest and the API.
+
+        Raises `RuntimeError` if the API does not come up within ``timeout_s``,
+        `shared.signing.errors.KeyFileError` if the keys cannot be loaded (wrong
+        passphrase, missing file) or there is no repository and no key to create one.
         """
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.settings.keys_dir is not None:
+            # Before anything else, so a wrong passphrase leaves no half-started replica
+            # (and no bootstrap admin token generated but never shown).
+            self.fleet_keys = load_fleet_keys(
+                self.settings.keys_dir,
+                self._key_passphrase or passphrase_from_env(),
+                lab_mode=self.settings.lab_mode,
+            )
         self._engine = make_engine(self.settings.database_url)
         create_all(self._engine)
         self.bootstrap_admin_token = bootstrap_admin_token(self._engine, self.settings)
+        try:
+            self.updates = self._start_updates(self._engine)
+        except BaseException:
+            self.stop()
+            raise
         if self._ingest:
             self._ingester = Ingester(self.settings, self._engine, self.metrics)
             self._ingester.start()
         app = create_app(
-            self.settings, engine=self._engine, registry=self.registry, ingester=self._ingester
+            self.settings,
+            engine=self._engine,
+            registry=self.registry,
+            ingester=self._ingester,
+            updates=self.updates,
         )
         config = uvicorn.Config(
             app,
@@ -106,9 +162,40 @@ class FleetService:
             self._thread.join(timeout=10)
             self._thread = None
         self._server = None
+        if self._refresher is not None:
+            self._refresher.stop()
+            self._refresher = None
+        if self._publisher is not None:
+            self._publisher.stop()
+            self._publisher = None
         if self._ingester is not None:
             self._ingester.stop()
             self._ingester = None
         if self._engine is not None:
             self._engine.dispose()
             self._engine = None
+
+    def _start_updates(self, engine: Engine) -> UpdateServices:
+        s = self.settings
+        registry = ModelRegistry(engine, s.resolved_models_dir, None)
+        repo_dir = s.resolved_repository_dir
+        if self.fleet_keys is None or repo_dir is None:
+            logger.info("no keys dir: signed updates are off (uploads still work)")
+            return UpdateServices(registry=registry)
+        open_repository(repo_dir, self.fleet_keys)
+        access = RepositoryAccess(repo_dir, self.fleet_keys.repository)
+        self._publisher = MqttPublisher(s)
+        self._publisher.start()
+        director = Director(
+            engine,
+            self.fleet_keys.director,
+            self._publisher,
+            default_expires_s=s.desired_expires_s,
+        )
+        self._refresher = MetadataRefresher(access, s.metadata_refresh_interval_s)
+        self._refresher.start()
+        return UpdateServices(
+            registry=ModelRegistry(engine, s.resolved_models_dir, access),
+            repository=access,
+            director=director,
+        )

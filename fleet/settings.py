@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Values people paste from examples; a console guarded by one of these is not guarded.
@@ -69,6 +69,45 @@ class FleetSettings(BaseSettings):
         default=300.0, gt=0, description="a device silent this long is shown offline"
     )
 
+    # Signed updates. Without keys_dir the registry still accepts uploads, but nothing
+    # can be published or assigned to a device.
+    keys_dir: Path | None = Field(
+        default=None,
+        description="key dir of `edgefleet keys init`; the passphrase comes from"
+        " $EDGEFLEET_KEY_PASSPHRASE",
+    )
+    repository_dir: Path | None = Field(
+        default=None, description="the TUF image repository; default <keys_dir>/repository"
+    )
+    models_dir: Path | None = Field(
+        default=None, description="uploaded model packages; default <data_dir>/models"
+    )
+    lab_mode: bool = Field(
+        default=False,
+        description="the fleet holds the release (targets) key and publishes models itself;"
+        " off: releases are signed offline and uploaded as targets metadata",
+    )
+    repository_device_token: SecretStr | None = Field(
+        default=None,
+        description="bearer token devices send to fetch TUF metadata and artifacts"
+        " (API tokens work too)",
+    )
+    repository_public: bool = Field(
+        default=False,
+        description="serve the repository without authentication (it holds only signed,"
+        " public data; for labs)",
+    )
+    metadata_refresh_interval_s: float = Field(
+        default=3600.0, gt=0, description="how often snapshot/timestamp expiry is checked"
+    )
+    desired_expires_s: int = Field(
+        default=30 * 24 * 3600, ge=60, description="default validity of a desired state"
+    )
+    max_upload_bytes: int = Field(default=1 << 30, ge=1, description="largest model package")
+    publish_timeout_s: float = Field(
+        default=10.0, gt=0, description="how long a desired-state publish waits for the broker"
+    )
+
     @model_validator(mode="before")
     @classmethod
     def _default_database_url(cls, data: Any) -> Any:
@@ -83,17 +122,20 @@ class FleetSettings(BaseSettings):
             raise ValueError("broker_persistent_session needs a stable broker_client_id")
         return self
 
-    @field_validator("admin_token")
+    @field_validator("admin_token", "repository_device_token")
     @classmethod
-    def _refuse_placeholder_token(cls, value: SecretStr | None) -> SecretStr | None:
+    def _refuse_placeholder_token(
+        cls, value: SecretStr | None, info: ValidationInfo
+    ) -> SecretStr | None:
         if value is None:
             return None
         token = value.get_secret_value()
         if token.strip().lower() in PLACEHOLDER_SECRETS:
-            raise ValueError("admin_token is a placeholder value; set a real random token")
+            raise ValueError(f"{info.field_name} is a placeholder value; set a real random token")
         if len(token) < MIN_TOKEN_CHARS:
             raise ValueError(
-                f"admin_token must be at least {MIN_TOKEN_CHARS} characters, found {len(token)}"
+                f"{info.field_name} must be at least {MIN_TOKEN_CHARS} characters,"
+                f" found {len(token)}"
             )
         return value
 
@@ -106,6 +148,18 @@ class FleetSettings(BaseSettings):
                 f"broker_url must look like mqtt://host:port or mqtts://host:port, found {value!r}"
             )
         return value
+
+    @property
+    def resolved_repository_dir(self) -> Path | None:
+        """Where the image repository lives, or None when signed updates are off."""
+        if self.repository_dir is not None:
+            return self.repository_dir
+        return self.keys_dir / "repository" if self.keys_dir is not None else None
+
+    @property
+    def resolved_models_dir(self) -> Path:
+        """Where uploaded model packages are kept."""
+        return self.models_dir if self.models_dir is not None else self.data_dir / "models"
 
     @property
     def broker_host(self) -> str:

@@ -7,8 +7,10 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
 
-from fleet.api import devices, health
+from fleet.api import deployments, devices, health, models, repository
 from fleet.api.deps import AppContext, IngestStatus
+from fleet.api.update_deps import PayloadTooLargeError, UpdateServices
+from fleet.director import PublishError
 from fleet.errors import (
     AuthenticationError,
     FleetError,
@@ -16,6 +18,7 @@ from fleet.errors import (
     NotFoundError,
     PermissionDeniedError,
 )
+from fleet.registry import ConflictError, ModelRegistry, UpdatesDisabledError
 from fleet.settings import FleetSettings
 from fleet.store.engine import create_all, make_engine
 from shared import __version__
@@ -25,6 +28,10 @@ HTTP_STATUS: dict[type[FleetError], int] = {
     AuthenticationError: 401,
     PermissionDeniedError: 403,
     InvalidRequestError: 422,
+    ConflictError: 409,
+    PayloadTooLargeError: 413,
+    UpdatesDisabledError: 503,
+    PublishError: 503,
 }
 
 
@@ -34,8 +41,12 @@ def create_app(
     engine: Engine | None = None,
     registry: CollectorRegistry | None = None,
     ingester: IngestStatus | None = None,
+    updates: UpdateServices | None = None,
 ) -> FastAPI:
     """A fleet API app. Without ``engine`` it makes one from settings and creates tables.
+
+    Without ``updates`` the registry accepts uploads but nothing can be published or
+    assigned (`fleet.service.FleetService` passes the services built from the keys).
 
     Raises `ValueError` for an unsupported ``settings.database_url``.
     """
@@ -49,8 +60,14 @@ def create_app(
         registry=registry or CollectorRegistry(),
         ingester=ingester,
     )
+    app.state.updates = updates or UpdateServices(
+        registry=ModelRegistry(engine, settings.resolved_models_dir, None)
+    )
     app.include_router(health.router)
     app.include_router(devices.router)
+    app.include_router(deployments.router)
+    app.include_router(models.router)
+    app.include_router(repository.router)
     app.add_exception_handler(FleetError, _fleet_error)  # type: ignore[arg-type]
     return app
 

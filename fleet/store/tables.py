@@ -161,3 +161,50 @@ class ApiToken(SQLModel, table=True):
     role: TokenRole = Field(sa_type=Text)
     token_sha256: str = Field(max_length=64, unique=True)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class ModelVersionBase(SQLModel):
+    """A model version in the registry, as clients see it."""
+
+    name: str = Field(primary_key=True, max_length=100)
+    version: str = Field(primary_key=True, max_length=100)
+    runtime: str = Field(max_length=16)
+    sha256: str = Field(max_length=64, description="of the package file (the TUF target)")
+    length: int = Field(sa_type=BigInteger, description="of the package file, in bytes")
+    target_name: str = Field(max_length=200, description="the TUF target's name")
+    manifest: dict[str, Any] = Field(default_factory=dict, sa_type=PortableJSON)
+    metrics: dict[str, float] = Field(default_factory=dict, sa_type=PortableJSON)
+    training_data_sha256: str | None = Field(default=None, max_length=64)
+    uploaded_by: str = Field(max_length=100)
+    uploaded_at: datetime = Field(sa_type=UTCDateTime)
+    approved_by: str | None = Field(default=None, max_length=100)
+    approved_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    published: bool = False
+    published_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class ModelVersion(ModelVersionBase, table=True):
+    """The registry: one row per (name, version); the package bytes never change."""
+
+    __tablename__ = "model_version"
+
+
+class ModelVersionPublic(ModelVersionBase):
+    """A model version as the API returns it."""
+
+
+class DesiredStateRow(SQLModel, table=True):
+    """The director's current desired state per device.
+
+    ``seq`` only grows: it is allocated by an UPDATE ... RETURNING inside the transaction
+    that stores the envelope, so two replicas serialise on the row and never reuse one.
+    """
+
+    __tablename__ = "desired_state"
+
+    device_id: str = Field(primary_key=True, max_length=128)
+    seq: int = Field(default=0, sa_type=BigInteger)
+    body: dict[str, Any] = Field(default_factory=dict, sa_type=PortableJSON)
+    envelope: dict[str, Any] = Field(default_factory=dict, sa_type=PortableJSON)
+    rollout_id: str | None = Field(default=None, max_length=100, index=True)
+    updated_at: datetime = Field(sa_type=UTCDateTime)

@@ -1,0 +1,274 @@
+"""The model registry: verified uploads, their manifests and lineage, and publishing.
+
+Invariants:
+- a stored package passed `shared.modeltools.package.read_package` (members, manifest,
+  digests) before anything was written for it; a rejected upload leaves nothing behind;
+- the bytes of (name, version) never change: the same bytes again are a no-op, other
+  bytes are a `ConflictError`;
+- packages are stored content-addressed (``<models_dir>/<sha256>.efpkg``), so the file a
+  row names is exactly the bytes whose digest it records;
+- ``published`` mirrors the image repository: a version is published when the current
+  signed targets list its target name with its sha256 and length, and it is re-derived
+  after every change to the targets metadata.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from fleet.errors import FleetError, InvalidRequestError, NotFoundError
+from fleet.repo_access import RepositoryAccess
+from fleet.repository import KeyNotHeldError
+from fleet.repository import NotFoundError as RepoNotFoundError
+from fleet.store.tables import ModelVersion, ModelVersionPublic
+from shared.messages import utcnow
+from shared.modeltools.package import PACKAGE_SUFFIX, PackageError, package_digest, read_package
+from shared.signing import tuf_metadata
+from shared.signing.director import DesiredTarget
+from shared.signing.errors import UpdateRejected
+from shared.signing.tufapi import TargetFile
+
+logger = logging.getLogger(__name__)
+
+
+class ConflictError(FleetError):
+    """The request contradicts what is stored (other bytes for a version, not published)."""
+
+    code = "conflict"
+
+
+class UpdatesDisabledError(FleetError):
+    """Signed updates need keys this fleet was not started with."""
+
+    code = "updates_disabled"
+
+
+def target_name(name: str, version: str) -> str:
+    """The TUF target name of a model version: its package file name."""
+    return f"{name}-{version}{PACKAGE_SUFFIX}"
+
+
+class ModelRegistry:
+    """Stores packages in ``models_dir``, rows in the database, targets via ``repository``."""
+
+    def __init__(
+        self, engine: Engine, models_dir: Path, repository: RepositoryAccess | None
+    ) -> None:
+        self._engine = engine
+        self.models_dir = models_dir
+        self.repository = repository
+        models_dir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def incoming_dir(self) -> Path:
+        """Where uploads are spooled before they are verified (same filesystem)."""
+        path = self.models_dir / ".incoming"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def package_path(self, row: ModelVersion | ModelVersionPublic) -> Path:
+        """The stored package file of ``row``."""
+        return self.models_dir / f"{row.sha256}{PACKAGE_SUFFIX}"
+
+    # -- uploads ---------------------------------------------------------------------
+
+    def add(self, upload: Path, *, uploaded_by: str) -> tuple[ModelVersionPublic, bool]:
+        """Verify and store the package at ``upload`` (consumed: moved or deleted).
+
+        Returns the version and whether this call created it (False: the same bytes were
+        there already). Raises `InvalidRequestError` naming what is wrong with a package
+        that `read_package` refuses, `ConflictError` if the version exists with other bytes.
+        """
+        try:
+            try:
+                manifest, _members = read_package(upload)
+            except PackageError as e:
+                raise InvalidRequestError(f"not a valid model package: {e}") from e
+            sha256, length = package_digest(upload)
+            existing = self._existing(manifest.name, manifest.version, sha256)
+            if existing is not None:
+                return existing, False
+            stored = self.models_dir / f"{sha256}{PACKAGE_SUFFIX}"
+            os.replace(upload, stored)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                upload.unlink()
+        row = ModelVersion(
+            name=manifest.name,
+            version=manifest.version,
+            runtime=manifest.runtime,
+            sha256=sha256,
+            length=length,
+            target_name=target_name(manifest.name, manifest.version),
+            manifest=manifest.model_dump(mode="json"),
+            metrics=dict(manifest.metrics),
+            training_data_sha256=manifest.training_data_sha256,
+            uploaded_by=uploaded_by,
+            uploaded_at=utcnow(),
+        )
+        with Session(self._engine) as session:
+            session.add(row)
+            try:
+                session.commit()
+            except IntegrityError:
+                # Another upload of this version won the race; same bytes or conflict.
+                session.rollback()
+                existing = self._existing(manifest.name, manifest.version, sha256)
+                if existing is None:  # pragma: no cover - the row vanished again
+                    raise
+                return existing, False
+            public = ModelVersionPublic.model_validate(row, from_attributes=True)
+        logger.info("model %s %s uploaded by %s (%s)", row.name, row.version, uploaded_by, sha256)
+        return public, True
+
+    def _existing(self, name: str, version: str, sha256: str) -> ModelVersionPublic | None:
+        with Session(self._engine) as session:
+            row = session.get(ModelVersion, (name, version))
+            if row is None:
+                return None
+            if row.sha256 != sha256:
+                raise ConflictError(
+                    f"model {name} {version} exists with sha256 {row.sha256}; the upload has"
+                    f" {sha256}. A version's bytes never change: upload a new version"
+                )
+            return ModelVersionPublic.model_validate(row, from_attributes=True)
+
+    # -- reading ---------------------------------------------------------------------
+
+    def list_versions(self, name: str | None = None) -> list[ModelVersionPublic]:
+        """Every version (of ``name``), newest upload first."""
+        with Session(self._engine) as session:
+            query = select(ModelVersion)
+            if name is not None:
+                query = query.where(col(ModelVersion.name) == name)
+            rows = session.exec(query.order_by(col(ModelVersion.uploaded_at).desc())).all()
+            return [ModelVersionPublic.model_validate(r, from_attributes=True) for r in rows]
+
+    def get(self, name: str, version: str) -> ModelVersionPublic:
+        """One version; raises `NotFoundError`."""
+        with Session(self._engine) as session:
+            row = session.get(ModelVersion, (name, version))
+            if row is None:
+                raise NotFoundError(f"model {name} {version} is not in the registry")
+            return ModelVersionPublic.model_validate(row, from_attributes=True)
+
+    def published_target(self, name: str, version: str) -> DesiredTarget:
+        """What a desired state names for (name, version), checked against signed targets.
+
+        Raises `NotFoundError` (no such version), `ConflictError` (not published, or the
+        signed targets disagree with the registry), `UpdatesDisabledError`.
+        """
+        row = self.get(name, version)
+        if not row.published:
+            raise ConflictError(
+                f"model {name} {version} is not published: publish it (lab mode) or upload"
+                " targets metadata signed with the release key first"
+            )
+        info = self._require_repository().current_targets().get(row.target_name)
+        if info is None or _digest(info) != (row.sha256, row.length):
+            raise ConflictError(
+                f"model {name} {version} is marked published but the signed targets do not"
+                f" list {row.target_name} with sha256 {row.sha256}"
+            )
+        return DesiredTarget(
+            name=row.target_name, sha256=row.sha256, length=row.length, version=row.version
+        )
+
+    # -- publishing ------------------------------------------------------------------
+
+    def publish(self, name: str, version: str, *, approved_by: str) -> ModelVersionPublic:
+        """Sign (name, version) into the targets with the release key the fleet holds.
+
+        Raises `NotFoundError`, `ConflictError` (the fleet does not hold the release key,
+        or the target name is signed with other bytes), `UpdatesDisabledError`.
+        """
+        row = self.get(name, version)
+        access = self._require_repository()
+        with access.writing() as repo:
+            info = repo.targets.get(row.target_name)
+            if info is not None and _digest(info) != (row.sha256, row.length):
+                raise ConflictError(
+                    f"target {row.target_name} is signed with sha256 {_digest(info)[0]},"
+                    f" the registry's package has {row.sha256}"
+                )
+            if info is None:
+                custom = {"name": row.name, "version": row.version, "runtime": row.runtime}
+                try:
+                    repo.add_target(self.package_path(row), name=row.target_name, custom=custom)
+                except KeyNotHeldError as e:
+                    raise ConflictError(
+                        f"{e}; then PUT the signed targets.json to /v1/repository/targets-metadata"
+                    ) from e
+            targets = repo.targets
+        self._sync_published(targets, approved_by=approved_by, now=utcnow())
+        logger.info("model %s %s published by %s", name, version, approved_by)
+        return self.get(name, version)
+
+    def accept_targets_metadata(self, data: bytes, *, approved_by: str) -> list[str]:
+        """Accept targets metadata signed offline with the release key; returns its targets.
+
+        Artifacts come from the registry: every target the metadata lists must be an
+        uploaded package with the same bytes. Raises `InvalidRequestError` naming why the
+        metadata is refused (not targets metadata, wrong key, expired, not newer, a
+        listed target that is not in the registry or has other bytes);
+        `UpdatesDisabledError`. Nothing changes when it raises.
+        """
+        access = self._require_repository()
+        try:
+            listed = tuf_metadata.parse("targets", data).signed.targets
+        except UpdateRejected as e:
+            raise InvalidRequestError(f"refused targets metadata: {e}") from e
+        artifacts = self._artifacts(listed)
+        with access.writing() as repo:
+            try:
+                md = repo.accept_targets(data, artifacts)
+            except (UpdateRejected, RepoNotFoundError) as e:
+                raise InvalidRequestError(f"refused targets metadata: {e}") from e
+            targets = repo.targets
+        self._sync_published(targets, approved_by=approved_by, now=utcnow())
+        logger.info("targets v%s uploaded by %s", md.signed.version, approved_by)
+        return sorted(targets)
+
+    def _artifacts(self, listed: Mapping[str, TargetFile]) -> dict[str, Path]:
+        with Session(self._engine) as session:
+            rows = session.exec(
+                select(ModelVersion).where(col(ModelVersion.target_name).in_(list(listed)))
+            ).all()
+            return {r.target_name: self.package_path(r) for r in rows}
+
+    def _sync_published(
+        self, targets: Mapping[str, TargetFile], *, approved_by: str, now: datetime
+    ) -> None:
+        with Session(self._engine) as session:
+            for row in session.exec(select(ModelVersion)).all():
+                info = targets.get(row.target_name)
+                listed = info is not None and _digest(info) == (row.sha256, row.length)
+                if listed and not row.published:
+                    row.published, row.published_at = True, now
+                    row.approved_by, row.approved_at = approved_by, now
+                    session.add(row)
+                elif not listed and row.published:
+                    row.published = False
+                    session.add(row)
+            session.commit()
+
+    def _require_repository(self) -> RepositoryAccess:
+        if self.repository is None:
+            raise UpdatesDisabledError(
+                "signed updates are off: start the fleet with --keys-dir (see `edgefleet keys"
+                " init`)"
+            )
+        return self.repository
+
+
+def _digest(info: TargetFile) -> tuple[str, int]:
+    return tuf_metadata.sha256_of(info), info.length

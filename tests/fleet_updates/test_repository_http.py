@@ -1,0 +1,142 @@
+"""The image repository over HTTP: device auth, metadata, ranged artifact downloads."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import httpx
+import pytest
+
+from fleet.http_range import plan
+from fleet.service import FleetService
+from tests.fleet_updates.conftest import DEVICE_TOKEN, upload
+
+ETAG = '"abc"'
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> str:
+    """HTTP behaviour does not depend on the database: SQLite only."""
+    return f"sqlite:///{tmp_path / 'fleet.db'}"
+
+
+@pytest.mark.parametrize(
+    ("range_header", "if_range", "size", "expected"),
+    [
+        (None, None, 100, (200, 0, 99)),
+        ("bytes=10-", None, 100, (206, 10, 99)),
+        ("bytes=10-19", None, 100, (206, 10, 19)),
+        ("bytes=90-500", None, 100, (206, 90, 99)),
+        ("bytes=-30", None, 100, (206, 70, 99)),
+        ("bytes=-300", None, 100, (206, 0, 99)),
+        ("bytes=100-", None, 100, (416, 0, -1)),
+        ("bytes=-0", None, 100, (416, 0, -1)),
+        ("bytes=0-", None, 0, (416, 0, -1)),
+        ("bytes=20-10", None, 100, (200, 0, 99)),  # invalid: ignored
+        ("bytes=0-1,5-6", None, 100, (200, 0, 99)),  # multi-range: whole file
+        ("items=0-1", None, 100, (200, 0, 99)),
+        ("bytes=10-", ETAG, 100, (206, 10, 99)),
+        ("bytes=10-", '"other"', 100, (200, 0, 99)),  # file changed: start over
+    ],
+)
+def test_range_plan(
+    range_header: str | None, if_range: str | None, size: int, expected: tuple[int, int, int]
+) -> None:
+    decision = plan(range_header, if_range, ETAG, size)
+    assert (decision.status, decision.first, decision.last) == expected
+
+
+@pytest.fixture
+def artifact(
+    fleet: FleetService, api: httpx.Client, packages: dict[str, Path]
+) -> tuple[str, bytes]:
+    """The URL path and bytes of a published artifact."""
+    assert upload(api, packages["1.0.0"]).status_code == 201
+    assert api.post("/v1/models/wine/1.0.0/publish").status_code == 200
+    data = packages["1.0.0"].read_bytes()
+    return f"/v1/repository/targets/{hashlib.sha256(data).hexdigest()}.wine-1.0.0.efpkg", data
+
+
+@pytest.fixture
+def device(fleet: FleetService) -> httpx.Client:
+    """An HTTP client that authenticates as a device does (the fleet's device token)."""
+    return httpx.Client(
+        base_url=fleet.base_url, headers={"Authorization": f"Bearer {DEVICE_TOKEN}"}, timeout=20
+    )
+
+
+def test_repository_refuses_callers_without_a_valid_token(
+    fleet: FleetService, artifact: tuple[str, bytes]
+) -> None:
+    path, _ = artifact
+    for url in (
+        "/v1/repository/metadata/1.root.json",
+        "/v1/repository/metadata/timestamp.json",
+        path,
+    ):
+        assert httpx.get(fleet.base_url + url).status_code == 401
+        wrong = httpx.get(fleet.base_url + url, headers={"Authorization": "Bearer not-the-token"})
+        assert wrong.status_code == 401
+        assert wrong.headers["WWW-Authenticate"] == "Bearer"
+
+
+def test_device_token_and_api_tokens_fetch_metadata(
+    device: httpx.Client, api: httpx.Client, fleet: FleetService
+) -> None:
+    root = device.get("/v1/repository/metadata/1.root.json")
+    assert root.status_code == 200
+    repo_dir = fleet.settings.resolved_repository_dir
+    assert repo_dir is not None
+    assert root.content == (repo_dir / "metadata" / "1.root.json").read_bytes()
+    assert root.headers["ETag"] == f'"{hashlib.sha256(root.content).hexdigest()}"'
+    assert api.get("/v1/repository/metadata/timestamp.json").status_code == 200
+    for name in ("2.root.json", "../keys/root.key.pem", "root.key.pem", "1.mirrors.json"):
+        assert device.get(f"/v1/repository/metadata/{name}").status_code == 404
+
+
+def test_artifact_is_served_whole_with_its_sha256_as_etag(
+    device: httpx.Client, artifact: tuple[str, bytes]
+) -> None:
+    path, data = artifact
+    response = device.get(path)
+    assert response.status_code == 200
+    assert response.content == data
+    assert response.headers["ETag"] == f'"{hashlib.sha256(data).hexdigest()}"'
+    assert response.headers["Accept-Ranges"] == "bytes"
+    assert int(response.headers["Content-Length"]) == len(data)
+
+
+def test_range_request_resumes_and_if_range_mismatch_restarts(
+    device: httpx.Client, artifact: tuple[str, bytes]
+) -> None:
+    path, data = artifact
+    etag = f'"{hashlib.sha256(data).hexdigest()}"'
+    offset = len(data) // 3
+    part = device.get(path, headers={"Range": f"bytes={offset}-", "If-Range": etag})
+    assert part.status_code == 206
+    assert part.content == data[offset:]
+    assert part.headers["Content-Range"] == f"bytes {offset}-{len(data) - 1}/{len(data)}"
+    middle = device.get(path, headers={"Range": "bytes=5-9"})
+    assert (middle.status_code, middle.content) == (206, data[5:10])
+    changed = device.get(path, headers={"Range": f"bytes={offset}-", "If-Range": '"stale"'})
+    assert changed.status_code == 200
+    assert changed.content == data
+
+
+def test_unsatisfiable_range_is_416_with_the_size(
+    device: httpx.Client, artifact: tuple[str, bytes]
+) -> None:
+    path, data = artifact
+    response = device.get(path, headers={"Range": f"bytes={len(data)}-"})
+    assert response.status_code == 416
+    assert response.headers["Content-Range"] == f"bytes */{len(data)}"
+
+
+def test_unknown_or_malformed_target_names_are_404(
+    device: httpx.Client, artifact: tuple[str, bytes]
+) -> None:
+    path, _ = artifact
+    digest = path.rsplit("/", 1)[1].split(".", 1)[0]
+    for name in (f"{'0' * 64}.wine-1.0.0.efpkg", "wine-1.0.0.efpkg", f"{digest}...%2Fx"):
+        assert device.get(f"/v1/repository/targets/{name}").status_code == 404
