@@ -66,6 +66,9 @@ class HeaderFetcher(FetcherInterface):
         except urllib3.exceptions.HTTPError as e:
             raise tuf_errors.DownloadError(f"cannot fetch {url}: {e}") from e
         if response.status >= 400:
+            # Read the error body off the wire first: a kept-alive connection returned to
+            # the pool with it unread makes the next response unparseable.
+            response.drain_conn()
             response.release_conn()
             raise tuf_errors.DownloadHTTPError(
                 f"{url} answered HTTP {response.status}", response.status
