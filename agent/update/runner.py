@@ -269,6 +269,17 @@ class UpdateRunner:
     def _artifact(self, sha256: str) -> Path:
         return self._downloads / f"{sha256}.efpkg"
 
+    def _discard_download(self, sha256: str) -> None:
+        # The downloader resumes from ``<artifact>.part`` (and its ``.part.etag``); a
+        # failed or superseded update must not leave those behind to fill the disk.
+        artifact = self._artifact(sha256)
+        for path in (
+            artifact,
+            artifact.with_name(artifact.name + ".part"),
+            artifact.with_name(artifact.name + ".part.etag"),
+        ):
+            path.unlink(missing_ok=True)
+
     def _perform(self, effect: Effect) -> None:
         log.debug("effect %s", effect.kind)
         match effect:
@@ -293,7 +304,7 @@ class UpdateRunner:
                 removed = self._store.gc()
                 log.debug("store gc removed %s", removed)
             case Cleanup(sha256=sha):
-                self._artifact(sha).unlink(missing_ok=True)
+                self._discard_download(sha)
                 if sha not in (self._store.active(), self._store.previous()):
                     self._store.remove(sha)
 
