@@ -43,6 +43,8 @@ class OnnxRuntime:
     runtime = "onnx"
 
     def __init__(self, path: Path, options: RuntimeOptions) -> None:
+        self._path = path
+        self._session: ort.InferenceSession | None = None
         so = ort.SessionOptions()
         so.intra_op_num_threads = options.intra_op_threads
         so.inter_op_num_threads = options.inter_op_threads
@@ -72,8 +74,11 @@ class OnnxRuntime:
         return self._outputs
 
     def predict(self, inputs: Tensors) -> Tensors:
+        session = self._session  # one read: close() may drop it while we run
+        if session is None:
+            raise InferenceError(f"{self._path.name}: the runtime is closed")
         try:
-            results = self._session.run(self._output_names, inputs)
+            results = session.run(self._output_names, inputs)
         except Exception as e:
             raise InferenceError(f"onnxruntime: {e}") from e
         return {
@@ -81,5 +86,6 @@ class OnnxRuntime:
         }
 
     def close(self) -> None:
-        # Sessions free their memory when collected; dropping the reference is enough.
-        del self._session
+        # Sessions free their memory when collected; dropping the reference is enough, and
+        # a request already running keeps its own reference until it returns.
+        self._session = None

@@ -175,16 +175,19 @@ class TfliteRuntime:
         """Run the model; raises `InferenceError` on bad inputs or an interpreter failure."""
         prepared = self._prepare(inputs)
         with self._lock:
+            interpreter = self._interpreter
+            if interpreter is None:
+                raise InferenceError(f"{self._path.name}: the runtime is closed")
             try:
                 for port, value in zip(self._in, prepared, strict=True):
                     if self._current_shapes[port.index] != value.shape:
                         # A new batch size: resize once, then reuse for same-sized calls.
-                        self._interpreter.resize_tensor_input(port.index, value.shape)
-                        self._interpreter.allocate_tensors()
+                        interpreter.resize_tensor_input(port.index, value.shape)
+                        interpreter.allocate_tensors()
                         self._current_shapes[port.index] = value.shape
-                    self._interpreter.set_tensor(port.index, value)
-                self._interpreter.invoke()
-                stored = [np.array(self._interpreter.get_tensor(p.index)) for p in self._out]
+                    interpreter.set_tensor(port.index, value)
+                interpreter.invoke()
+                stored = [np.array(interpreter.get_tensor(p.index)) for p in self._out]
             except (ValueError, RuntimeError) as e:
                 raise InferenceError(f"{self._path.name}: TFLite failed: {e}") from e
         return {
@@ -230,4 +233,7 @@ class TfliteRuntime:
         return array
 
     def close(self) -> None:
-        del self._interpreter
+        # Under the lock: a request already inside predict finishes on the old interpreter,
+        # and any later one gets a clear InferenceError instead of an AttributeError.
+        with self._lock:
+            self._interpreter = None
