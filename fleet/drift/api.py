@@ -1,0 +1,318 @@
+"""``/v1/drift``, ``/v1/alerts`` and ``/v1/webhooks``: drift of any slice, alerts, hooks.
+
+Reading needs any API token; changing thresholds, references and webhooks needs an
+operator. Errors are domain errors mapped by the app's handler: an unknown model is
+404, a bad time range or bad thresholds 422.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Annotated
+from urllib.parse import urlsplit
+
+from fastapi import APIRouter, Depends, Path, Query, Response
+from pydantic import BaseModel, Field, ValidationError
+from sqlmodel import col, select
+
+from fleet.api.deps import SessionDep, current_token
+from fleet.api.update_deps import Operator
+from fleet.drift.alerts import AlertKind
+from fleet.drift.analysis import (
+    SliceMetrics,
+    SliceScores,
+    TimeSeries,
+    slice_metrics,
+    slice_scores,
+    time_series,
+)
+from fleet.drift.rollup import SliceFilter, WindowRecord
+from fleet.drift.store import (
+    DriftAlert,
+    DriftAlertPublic,
+    Webhook,
+    WebhookDelivery,
+    WebhookDeliveryPublic,
+    WebhookPublic,
+    get_reference,
+    get_thresholds,
+    known_model,
+    load_windows,
+    new_id,
+    profile_feature_names,
+    put_reference,
+    put_thresholds,
+)
+from fleet.errors import InvalidRequestError, NotFoundError
+from shared.drift import DriftThresholds, ReferenceProfile
+from shared.manifest import NAME_PATTERN
+from shared.messages import utcnow
+from shared.topics import DEVICE_ID_PATTERN
+
+router = APIRouter(prefix="/v1", tags=["drift"], dependencies=[Depends(current_token)])
+
+ModelName = Annotated[str, Query(pattern=NAME_PATTERN, description="model name")]
+Version = Annotated[str, Query(min_length=1, max_length=64, description="model version")]
+Since = Annotated[datetime | None, Query(description="ISO 8601; windows ending after it")]
+Until = Annotated[datetime | None, Query(description="ISO 8601; windows starting before it")]
+
+
+def slice_filter(  # noqa: PLR0917  (FastAPI passes query parameters by keyword)
+    model: ModelName,
+    version: Version,
+    device: Annotated[str | None, Query(pattern=DEVICE_ID_PATTERN)] = None,
+    tag: Annotated[str | None, Query(max_length=200)] = None,
+    hardware: Annotated[str | None, Query(max_length=200)] = None,
+    since: Since = None,
+    until: Until = None,
+) -> SliceFilter:
+    """The slice the query names; raises `InvalidRequestError` for since >= until."""
+    try:
+        return SliceFilter(
+            model=model,
+            version=version,
+            device=device,
+            tag=tag,
+            hardware=hardware,
+            since=since,
+            until=until,
+        )
+    except ValidationError as e:
+        raise InvalidRequestError(e.errors()[0]["msg"].removeprefix("Value error, ")) from e
+
+
+SliceDep = Annotated[SliceFilter, Depends(slice_filter)]
+
+
+def _slice_inputs(
+    session: SessionDep, where: SliceFilter
+) -> tuple[ReferenceProfile, DriftThresholds, list[WindowRecord]]:
+    assert where.model is not None
+    assert where.version is not None
+    if not known_model(session, where.model):
+        raise NotFoundError(f"model {where.model!r} has no reference profile and no drift windows")
+    profile = get_reference(session, where.model, where.version)
+    return profile, get_thresholds(session, where.model), load_windows(session, where)
+
+
+def _described(where: SliceFilter) -> dict[str, str]:
+    return {k: v for k, v in where.describe().items() if k not in ("model", "version")}
+
+
+@router.get("/drift/scores", response_model=SliceScores)
+def drift_scores(session: SessionDep, where: SliceDep) -> SliceScores:
+    """Per-feature drift scores and data/prediction drift verdicts of the merged slice."""
+    profile, thresholds, records = _slice_inputs(session, where)
+    return slice_scores(
+        records,
+        profile,
+        thresholds,
+        model=where.model or "",
+        version=where.version or "",
+        where=_described(where),
+    )
+
+
+@router.get("/drift/metrics", response_model=SliceMetrics)
+def drift_metrics(session: SessionDep, where: SliceDep) -> SliceMetrics:
+    """Label metrics (accuracy, F1, ROC-AUC, MAE, ...) of the slice against the baseline."""
+    profile, thresholds, records = _slice_inputs(session, where)
+    return slice_metrics(
+        records,
+        profile,
+        thresholds,
+        model=where.model or "",
+        version=where.version or "",
+        where=_described(where),
+    )
+
+
+@router.get("/drift/timeseries", response_model=TimeSeries)
+def drift_timeseries(
+    session: SessionDep,
+    where: SliceDep,
+    bucket_s: Annotated[int, Query(ge=60, le=31 * 86400)] = 3600,
+) -> TimeSeries:
+    """The slice per time bucket (epoch-aligned, by window start), each judged alone."""
+    profile, thresholds, records = _slice_inputs(session, where)
+    return time_series(
+        records,
+        profile,
+        thresholds,
+        bucket_s=bucket_s,
+        model=where.model or "",
+        version=where.version or "",
+        where=_described(where),
+    )
+
+
+class AlertPage(BaseModel):
+    """Alerts, newest first."""
+
+    items: list[DriftAlertPublic]
+
+
+@router.get("/alerts", response_model=AlertPage)
+def list_alerts(
+    session: SessionDep,
+    since: Since = None,
+    kind: AlertKind | None = None,
+    model: Annotated[str | None, Query(pattern=NAME_PATTERN)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> AlertPage:
+    """Alerts raised at or after ``since``, of one kind and model if given."""
+    query = select(DriftAlert)
+    if since is not None:
+        query = query.where(col(DriftAlert.created_at) >= since)
+    if kind is not None:
+        query = query.where(col(DriftAlert.kind) == kind.value)
+    if model is not None:
+        query = query.where(col(DriftAlert.model_name) == model)
+    rows = session.exec(query.order_by(col(DriftAlert.created_at).desc()).limit(limit)).all()
+    return AlertPage(items=[DriftAlertPublic.model_validate(r.model_dump()) for r in rows])
+
+
+_PVALUES = ("ks_pvalue", "chi2_pvalue")
+
+
+def check_thresholds(thresholds: DriftThresholds, features: set[str]) -> None:
+    """Raise `InvalidRequestError` for a negative limit, a p-value outside (0, 1], or an
+    override of a feature that no reference profile of the model has."""
+    problems: list[str] = []
+    for where, limits in [("defaults", thresholds.defaults), *thresholds.features.items()]:
+        for name, value in limits.model_dump(exclude_none=True).items():
+            if not isinstance(value, float | int) or isinstance(value, bool):
+                continue
+            if name in _PVALUES and not 0 < value <= 1:
+                problems.append(f"{where}.{name} must be in (0, 1], got {value}")
+            elif not math.isfinite(value) or value < 0:
+                problems.append(f"{where}.{name} must be a finite number >= 0, got {value}")
+    for name, limit in [
+        *thresholds.max_metric_drop.items(),
+        *thresholds.max_error_increase.items(),
+    ]:
+        if not math.isfinite(limit) or limit < 0:
+            problems.append(f"limit of {name} must be a finite number >= 0, got {limit}")
+    unknown = sorted(set(thresholds.features) - features) if features else []
+    if unknown:
+        problems.append(f"no such feature in the model's profiles: {unknown}")
+    if problems:
+        raise InvalidRequestError("bad thresholds: " + "; ".join(problems))
+
+
+@router.get("/drift/thresholds/{model}", response_model=DriftThresholds)
+def get_model_thresholds(
+    session: SessionDep, model: Annotated[str, Path(pattern=NAME_PATTERN)]
+) -> DriftThresholds:
+    """The model's thresholds (library defaults where it has no overrides)."""
+    if not known_model(session, model):
+        raise NotFoundError(f"model {model!r} has no reference profile and no drift windows")
+    return get_thresholds(session, model)
+
+
+@router.put("/drift/thresholds/{model}", response_model=DriftThresholds)
+def put_model_thresholds(
+    session: SessionDep,
+    token: Operator,
+    model: Annotated[str, Path(pattern=NAME_PATTERN)],
+    thresholds: DriftThresholds,
+) -> DriftThresholds:
+    """Replace the model's thresholds (all versions); per-feature overrides included."""
+    if not known_model(session, model):
+        raise NotFoundError(f"model {model!r} has no reference profile and no drift windows")
+    check_thresholds(thresholds, profile_feature_names(session, model))
+    put_thresholds(session, model, thresholds, by=token.name)
+    return get_thresholds(session, model)
+
+
+class ReferenceStored(BaseModel):
+    """The answer to registering a reference profile."""
+
+    model: str
+    version: str
+    profile_id: str
+
+
+@router.put("/drift/reference/{model}/{version}", response_model=ReferenceStored)
+def put_reference_route(
+    session: SessionDep,
+    response: Response,
+    _token: Operator,
+    model: Annotated[str, Path(pattern=NAME_PATTERN)],
+    version: Annotated[str, Path(min_length=1, max_length=64)],
+    profile: ReferenceProfile,
+) -> ReferenceStored:
+    """Register (201) or replace (200) a model version's reference profile."""
+    created = put_reference(session, model, version, profile)
+    response.status_code = 201 if created else 200
+    return ReferenceStored(model=model, version=version, profile_id=profile.profile_id)
+
+
+class WebhookCreate(BaseModel):
+    """A webhook to add."""
+
+    url: str = Field(min_length=8, max_length=2000)
+    kinds: list[AlertKind] = Field(default_factory=list, description="empty: every kind")
+
+
+class WebhookPage(BaseModel):
+    items: list[WebhookPublic]
+
+
+class DeliveryPage(BaseModel):
+    items: list[WebhookDeliveryPublic]
+
+
+@router.post("/webhooks", response_model=WebhookPublic, status_code=201)
+def create_webhook(session: SessionDep, token: Operator, body: WebhookCreate) -> WebhookPublic:
+    """Add a webhook; raises `InvalidRequestError` for a URL that is not http(s)."""
+    parts = urlsplit(body.url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidRequestError(f"webhook url must be http(s)://host/..., got {body.url!r}")
+    row = Webhook(
+        id=new_id(),
+        url=body.url,
+        kinds=[k.value for k in body.kinds],
+        created_at=utcnow(),
+        created_by=token.name,
+    )
+    session.add(row)
+    session.commit()
+    session.refresh(row)
+    return WebhookPublic.model_validate(row.model_dump())
+
+
+@router.get("/webhooks", response_model=WebhookPage)
+def list_webhooks(session: SessionDep) -> WebhookPage:
+    rows = session.exec(select(Webhook).order_by(col(Webhook.created_at))).all()
+    return WebhookPage(items=[WebhookPublic.model_validate(r.model_dump()) for r in rows])
+
+
+@router.delete("/webhooks/{webhook_id}", status_code=204)
+def delete_webhook(
+    session: SessionDep, _token: Operator, webhook_id: Annotated[str, Path(max_length=32)]
+) -> Response:
+    """Remove a webhook (its delivery log stays); 404 if there is none."""
+    row = session.get(Webhook, webhook_id)
+    if row is None:
+        raise NotFoundError(f"no webhook {webhook_id!r}")
+    session.delete(row)
+    session.commit()
+    return Response(status_code=204)
+
+
+@router.get("/webhooks/{webhook_id}/deliveries", response_model=DeliveryPage)
+def list_deliveries(
+    session: SessionDep,
+    webhook_id: Annotated[str, Path(max_length=32)],
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> DeliveryPage:
+    """The webhook's deliveries, newest first, with every attempt."""
+    rows = session.exec(
+        select(WebhookDelivery)
+        .where(col(WebhookDelivery.webhook_id) == webhook_id)
+        .order_by(col(WebhookDelivery.created_at).desc())
+        .limit(limit)
+    ).all()
+    return DeliveryPage(items=[WebhookDeliveryPublic.model_validate(r.model_dump()) for r in rows])

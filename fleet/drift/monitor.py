@@ -1,0 +1,195 @@
+"""The drift monitor: every ``interval_s``, judge recent windows per version and slice.
+
+`DriftMonitorService.run_once(now)` looks at the windows that ended in the last
+``lookback_s`` for every model version that has some, cuts them into slices (the whole
+fleet, each device, each tag, each hardware type by default), merges each slice, judges
+it against the version's reference profile with the model's thresholds, and raises the
+alerts that `fleet.drift.alerts` decides and the cool-down lets through.
+
+The cool-down reads the stored alerts, so several replicas running the monitor, or a
+restarted one, do not repeat each other's alerts beyond a race inside one evaluation.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+from sqlalchemy import Engine, func
+from sqlalchemy import select as sa_select
+from sqlmodel import Session, col
+
+from fleet.drift.alerts import AlertDecision, apply_cooldown, decide
+from fleet.drift.analysis import comparable, judge
+from fleet.drift.notify import Notifier
+from fleet.drift.rollup import SLICERS, SliceFilter, rollup, slices
+from fleet.drift.store import (
+    DriftAlert,
+    get_reference,
+    get_thresholds,
+    load_windows,
+    model_versions_with_windows,
+)
+from fleet.errors import NotFoundError
+from shared.drift import DriftError
+from shared.messages import utcnow
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SLICES = ("fleet", "device", "tag", "hardware")
+
+
+class DriftMonitorService:
+    """Evaluates recent drift windows and raises alerts, once or on a background thread."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        notifier: Notifier,
+        *,
+        interval_s: float = 60.0,
+        lookback_s: float = 3600.0,
+        cooldown_s: float = 3600.0,
+        slice_kinds: Sequence[str] = DEFAULT_SLICES,
+    ) -> None:
+        unknown = [k for k in slice_kinds if k not in SLICERS]
+        if unknown or interval_s <= 0 or lookback_s <= 0 or cooldown_s < 0:
+            raise ValueError(
+                f"slice kinds must be among {sorted(SLICERS)} (got {list(slice_kinds)}), "
+                f"interval_s and lookback_s positive, cooldown_s not negative (got "
+                f"{interval_s}, {lookback_s}, {cooldown_s})"
+            )
+        self._engine = engine
+        self._notifier = notifier
+        self.interval_s = interval_s
+        self.lookback_s = lookback_s
+        self.cooldown_s = cooldown_s
+        self.slice_kinds = tuple(slice_kinds)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def run_once(self, now: datetime | None = None) -> list[DriftAlert]:
+        """Evaluate every version with windows in the lookback; return the alerts raised."""
+        now = now or utcnow()
+        since = now - timedelta(seconds=self.lookback_s)
+        with Session(self._engine) as session:
+            versions = model_versions_with_windows(session, since)
+        raised: list[DriftAlert] = []
+        for model, version in versions:
+            decisions = self._evaluate_version(model, version, since, now)
+            if not decisions:
+                continue
+            kept = apply_cooldown(
+                decisions, self._last_alerted(decisions), now=now, cooldown_s=self.cooldown_s
+            )
+            if kept:
+                raised.extend(self._notifier.raise_alerts(kept, now))
+        return raised
+
+    def _evaluate_version(
+        self, model: str, version: str, since: datetime, now: datetime
+    ) -> list[AlertDecision]:
+        with Session(self._engine) as session:
+            try:
+                profile = get_reference(session, model, version)
+            except NotFoundError:
+                logger.debug(
+                    "no reference profile for %s %s; its windows are not judged", model, version
+                )
+                return []
+            thresholds = get_thresholds(session, model)
+            records = load_windows(
+                session, SliceFilter(model=model, version=version, since=since, until=now)
+            )
+        kept, skipped = comparable(records, profile)
+        if skipped:
+            logger.warning(
+                "%s %s: %s windows were counted against another profile than %s; skipped",
+                model,
+                version,
+                skipped,
+                profile.profile_id[:12],
+            )
+        decisions: list[AlertDecision] = []
+        for slice_key, members in sorted(slices(kept, self.slice_kinds).items()):
+            try:
+                report = judge(members, profile, thresholds)
+            except DriftError as e:
+                logger.warning("%s %s %s: cannot judge: %s", model, version, slice_key, e)
+                continue
+            if report is None:
+                continue
+            merged = rollup(members)
+            context = {
+                "window_start": merged.start.isoformat(),
+                "window_end": merged.end.isoformat(),
+                "windows": merged.windows,
+                "devices": merged.devices,
+            }
+            decisions.extend(
+                decide(
+                    report,
+                    model_name=model,
+                    model_version=version,
+                    slice_key=slice_key,
+                    context=context,
+                )
+            )
+        return decisions
+
+    def _last_alerted(
+        self, decisions: Sequence[AlertDecision]
+    ) -> dict[tuple[str, str, str, str], datetime]:
+        keys = {d.dedupe_key for d in decisions}
+        models = {k[0] for k in keys}
+        out: dict[tuple[str, str, str, str], datetime] = {}
+        with Session(self._engine) as session:
+            rows = session.execute(
+                sa_select(
+                    col(DriftAlert.model_name),
+                    col(DriftAlert.model_version),
+                    col(DriftAlert.kind),
+                    col(DriftAlert.slice_key),
+                    func.max(col(DriftAlert.created_at)),
+                )
+                .where(col(DriftAlert.model_name).in_(models))
+                .group_by(
+                    col(DriftAlert.model_name),
+                    col(DriftAlert.model_version),
+                    col(DriftAlert.kind),
+                    col(DriftAlert.slice_key),
+                )
+            ).all()
+        for name, version, kind, slice_key, last in rows:
+            key = (name, version, kind, slice_key)
+            if key in keys and last is not None:
+                out[key] = last
+        return out
+
+    def start(self) -> None:
+        """Run `run_once` every ``interval_s`` on a daemon thread until `stop`."""
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="drift-monitor", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop the thread (cutting short a webhook backoff); safe to call twice."""
+        self._stop.set()
+        self._notifier.close()
+        if self._thread is not None:
+            self._thread.join(timeout=timeout_s)
+            self._thread = None
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.run_once()
+            except Exception:
+                # A bad evaluation (database hiccup, corrupt row) must not end monitoring.
+                logger.exception(
+                    "drift monitor evaluation failed; retrying in %ss", self.interval_s
+                )
