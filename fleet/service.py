@@ -12,8 +12,11 @@ thread that re-signs snapshot/timestamp metadata before they expire.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
+import uuid
 
 import uvicorn
 from prometheus_client import CollectorRegistry
@@ -29,6 +32,7 @@ from fleet.keys import FleetKeys, load_fleet_keys, open_repository, passphrase_f
 from fleet.mqtt_publisher import MqttPublisher
 from fleet.registry import ModelRegistry
 from fleet.repo_access import MetadataRefresher, RepositoryAccess
+from fleet.rollouts.orchestrator import Orchestrator
 from fleet.settings import FleetSettings
 from fleet.store.engine import create_all, make_engine
 from shared.signing.tufapi import SSlibKey
@@ -54,6 +58,7 @@ class FleetService:
         self.fleet_keys: FleetKeys | None = None
         self._publisher: MqttPublisher | None = None
         self._refresher: MetadataRefresher | None = None
+        self.orchestrator: Orchestrator | None = None
         self.registry = CollectorRegistry()
         self.metrics = IngestMetrics(self.registry)
         self.bootstrap_admin_token: str | None = None
@@ -125,6 +130,7 @@ class FleetService:
         if self._ingest:
             self._ingester = Ingester(self.settings, self._engine, self.metrics)
             self._ingester.start()
+        self._start_orchestrator(self._engine)
         app = create_app(
             self.settings,
             engine=self._engine,
@@ -162,6 +168,10 @@ class FleetService:
             self._thread.join(timeout=10)
             self._thread = None
         self._server = None
+        if self.orchestrator is not None:
+            # Before the publisher: a tick in progress still publishes what it stored.
+            self.orchestrator.stop()
+            self.orchestrator = None
         if self._refresher is not None:
             self._refresher.stop()
             self._refresher = None
@@ -174,6 +184,24 @@ class FleetService:
         if self._engine is not None:
             self._engine.dispose()
             self._engine = None
+
+    def _start_orchestrator(self, engine: Engine) -> None:
+        """Start the rollout orchestrator when signed updates are on and it is enabled."""
+        s = self.settings
+        if not s.rollout_orchestrator or self.updates is None or self.updates.director is None:
+            logger.info("rollout orchestrator off (disabled, or no keys to sign updates)")
+            return
+        holder = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.orchestrator = Orchestrator(
+            engine,
+            self.updates.director,
+            self.updates.registry,
+            holder=holder,
+            tick_interval_s=s.rollout_tick_interval_s,
+            lease_s=s.rollout_lease_s,
+            offline_after_s=s.offline_after_s,
+        )
+        self.orchestrator.start()
 
     def _start_updates(self, engine: Engine) -> UpdateServices:
         s = self.settings

@@ -108,6 +108,20 @@ class FleetSettings(BaseSettings):
         default=10.0, gt=0, description="how long a desired-state publish waits for the broker"
     )
 
+    # Rollouts. One replica at a time drives them: the holder of a lease in the database.
+    rollout_orchestrator: bool = Field(
+        default=True, description="run the rollout orchestrator (needs keys_dir)"
+    )
+    rollout_tick_interval_s: float = Field(
+        default=1.0, gt=0, description="how often the orchestrator drives each rollout"
+    )
+    rollout_lease_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="how long the orchestrator lease lasts unrenewed: another replica takes"
+        " over this long after the holder stops; must exceed the tick interval",
+    )
+
     @model_validator(mode="before")
     @classmethod
     def _default_database_url(cls, data: Any) -> Any:
@@ -120,6 +134,15 @@ class FleetSettings(BaseSettings):
     def _persistent_session_needs_client_id(self) -> FleetSettings:
         if self.broker_persistent_session and not self.broker_client_id:
             raise ValueError("broker_persistent_session needs a stable broker_client_id")
+        return self
+
+    @model_validator(mode="after")
+    def _lease_outlasts_tick(self) -> FleetSettings:
+        if self.rollout_lease_s <= self.rollout_tick_interval_s:
+            raise ValueError(
+                f"rollout_lease_s ({self.rollout_lease_s}) must exceed rollout_tick_interval_s"
+                f" ({self.rollout_tick_interval_s}), or the lease lapses between renewals"
+            )
         return self
 
     @field_validator("admin_token", "repository_device_token")

@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
 
-from fleet.api import deployments, devices, health, models, repository
+from fleet.api import deployments, devices, health, models, repository, rollouts
 from fleet.api.deps import AppContext, IngestStatus
 from fleet.api.update_deps import PayloadTooLargeError, UpdateServices
 from fleet.director import PublishError
@@ -19,6 +19,7 @@ from fleet.errors import (
     PermissionDeniedError,
 )
 from fleet.registry import ConflictError, ModelRegistry, UpdatesDisabledError
+from fleet.rollouts.model import RolloutConflictError
 from fleet.settings import FleetSettings
 from fleet.store.engine import create_all, make_engine
 from shared import __version__
@@ -29,6 +30,7 @@ HTTP_STATUS: dict[type[FleetError], int] = {
     PermissionDeniedError: 403,
     InvalidRequestError: 422,
     ConflictError: 409,
+    RolloutConflictError: 409,
     PayloadTooLargeError: 413,
     UpdatesDisabledError: 503,
     PublishError: 503,
@@ -68,6 +70,7 @@ def create_app(
     app.include_router(deployments.router)
     app.include_router(models.router)
     app.include_router(repository.router)
+    app.include_router(rollouts.router)
     app.add_exception_handler(FleetError, _fleet_error)  # type: ignore[arg-type]
     return app
 

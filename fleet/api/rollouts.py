@@ -1,0 +1,222 @@
+"""``/v1/rollouts``: staged rollouts of a published model version.
+
+- ``POST /v1/rollouts`` (operator): plan a rollout. Body: `RolloutCreate`. 201 with the
+  plan (``wave_sizes``, per-wave gates); 404 unknown model version; 409 a version that
+  is not published, or devices another active rollout holds (the message names them
+  and the rollout); 422 a bad spec or a selector that matches nothing.
+- ``GET /v1/rollouts`` (viewer): summaries, newest first, ``?status=`` filter.
+- ``GET /v1/rollouts/{id}`` (viewer): per-wave and per-state device counts (pending,
+  assigned, downloading, installed, healthy, failed, rolled_back, timed_out, offline),
+  gate decisions with their reasons, and the rollout-level timeline.
+- ``GET /v1/rollouts/{id}/devices`` (viewer): each target's progress.
+- ``GET /v1/rollouts/{id}/history`` (viewer): every action, gate decision, command and
+  device step, oldest first; ``?device_id=``, ``?kind=``, paging by ``after_id``.
+- ``POST /v1/rollouts/{id}/pause|resume|abort|rollback`` (operator): 200 with the
+  rollout; 409 when its status does not allow the command. Repeating a command is a
+  no-op. The orchestrator acts on the new status at its next tick.
+
+The orchestrator (`fleet.rollouts.orchestrator`) does the assigning; these routes only
+read and write the stored rollout.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from starlette.concurrency import run_in_threadpool
+
+from fleet.api.deps import ContextDep, current_token
+from fleet.api.update_deps import Operator, UpdatesDep
+from fleet.rollouts import store, views
+from fleet.rollouts.model import (
+    DEFAULT_WAVES,
+    FailurePolicy,
+    Gate,
+    MaintenanceWindow,
+    ModelTarget,
+    OperatorCommand,
+    RolloutSpec,
+    RolloutStatus,
+    Selector,
+    Wave,
+)
+from shared.manifest import NAME_PATTERN
+from shared.messages import utcnow
+
+router = APIRouter(prefix="/v1/rollouts", tags=["rollouts"], dependencies=[Depends(current_token)])
+
+RolloutId = Annotated[str, Path(pattern=r"^[A-Za-z0-9._-]{1,100}$", description="the rollout id")]
+
+
+class RolloutCreate(BaseModel):
+    """A rollout request. Waves are cumulative shares of the selected devices, each
+    ``{"fraction": f}`` or ``{"count": n}``, optionally with its own ``gate``; the last
+    is ``{"fraction": 1.0}``. Default waves: 1 device, 10 %, 50 %, 100 %."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: str = Field(pattern=NAME_PATTERN, description="model name in the registry")
+    version: str = Field(min_length=1, max_length=64)
+    selector: Selector = Selector()
+    waves: tuple[Wave, ...] = DEFAULT_WAVES
+    gate: Gate = Gate()
+    failure_policy: FailurePolicy = FailurePolicy.PAUSE
+    maintenance_window: MaintenanceWindow | None = None
+    max_assignments_per_minute: int | None = Field(default=None, ge=1)
+    seed: str | None = Field(default=None, max_length=200)
+
+    @model_validator(mode="after")
+    def _valid_spec(self) -> RolloutCreate:
+        gates = [self.gate, *(w.gate for w in self.waves if w.gate is not None)]
+        if any(g.max_drift_score is not None for g in gates):
+            raise ValueError(
+                "gate.max_drift_score is not supported by the orchestrator yet: it computes no"
+                " drift score per wave; use the error-rate and latency guards"
+            )
+        try:
+            self.spec(ModelTarget(name=self.model, version=self.version))
+        except ValidationError as e:
+            raise ValueError("; ".join(str(err["msg"]) for err in e.errors())) from e
+        return self
+
+    def spec(self, model: ModelTarget) -> RolloutSpec:
+        """The rollout spec for ``model``; raises `pydantic.ValidationError`."""
+        return RolloutSpec(
+            model=model,
+            selector=self.selector,
+            waves=self.waves,
+            gate=self.gate,
+            failure_policy=self.failure_policy,
+            maintenance_window=self.maintenance_window,
+            max_assignments_per_minute=self.max_assignments_per_minute,
+            seed=self.seed,
+        )
+
+
+def _detail(context: ContextDep, stored: store.StoredRollout) -> views.RolloutDetail:
+    engine = context.engine
+    gates = store.history(engine, stored.id, kinds=["gate_decision"], limit=10_000)
+    timeline = store.history(engine, stored.id, rollout_level=True, limit=10_000)
+    return views.detail(stored, gates, timeline)
+
+
+def _load(context: ContextDep, rollout_id: str) -> store.StoredRollout:
+    with context.engine.connect() as conn:
+        return store.load(conn, rollout_id)
+
+
+@router.post("", response_model=views.RolloutDetail, status_code=201)
+async def create_rollout(
+    request: RolloutCreate, context: ContextDep, updates: UpdatesDep, token: Operator
+) -> views.RolloutDetail:
+    """Plan a rollout; see the module docstring for the statuses."""
+    target = await run_in_threadpool(
+        updates.registry.published_target, request.model, request.version
+    )
+    model = ModelTarget(
+        name=request.model, version=request.version, sha256=target.sha256, length=target.length
+    )
+    rollout_id = f"ro-{uuid.uuid4().hex[:16]}"
+    stored = await run_in_threadpool(
+        store.create,
+        context.engine,
+        rollout_id,
+        request.spec(model),
+        created_by=token.name,
+        now=utcnow(),
+    )
+    return await run_in_threadpool(_detail, context, stored)
+
+
+@router.get("", response_model=views.RolloutPage)
+def list_rollouts(
+    context: ContextDep,
+    status: RolloutStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> views.RolloutPage:
+    """Rollouts, newest first."""
+    found, total = store.list_rollouts(
+        context.engine, status=status.value if status else None, limit=limit, offset=offset
+    )
+    return views.RolloutPage(items=[views.summary(s) for s in found], total=total)
+
+
+@router.get("/{rollout_id}", response_model=views.RolloutDetail)
+def get_rollout(rollout_id: RolloutId, context: ContextDep) -> views.RolloutDetail:
+    """One rollout with per-wave counts, gate decisions and timeline; 404 if unknown."""
+    return _detail(context, _load(context, rollout_id))
+
+
+@router.get("/{rollout_id}/devices", response_model=list[views.DeviceView])
+def get_rollout_devices(rollout_id: RolloutId, context: ContextDep) -> list[views.DeviceView]:
+    """Each target device's progress, in wave order; 404 if unknown."""
+    return views.devices(_load(context, rollout_id))
+
+
+@router.get("/{rollout_id}/history", response_model=views.HistoryPage)
+def get_rollout_history(
+    *,
+    rollout_id: RolloutId,
+    context: ContextDep,
+    device_id: Annotated[str | None, Query(max_length=128)] = None,
+    kind: Annotated[list[str] | None, Query(description="repeat for several kinds")] = None,
+    after_id: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 500,
+) -> views.HistoryPage:
+    """The rollout's history lines after ``after_id``, oldest first; 404 if unknown."""
+    _load(context, rollout_id)
+    rows = store.history(
+        context.engine,
+        rollout_id,
+        device_id=device_id,
+        kinds=kind or (),
+        after_id=after_id,
+        limit=limit,
+    )
+    items = [views.HistoryEntry.of(r) for r in rows]
+    return views.HistoryPage(
+        items=items, next_after_id=items[-1].id if len(items) == limit else None
+    )
+
+
+def _command(
+    context: ContextDep, rollout_id: str, command: OperatorCommand, by: str
+) -> views.RolloutDetail:
+    stored = store.command(context.engine, rollout_id, command, by=by, now=utcnow())
+    return _detail(context, stored)
+
+
+@router.post("/{rollout_id}/pause", response_model=views.RolloutDetail)
+def pause_rollout(
+    rollout_id: RolloutId, context: ContextDep, token: Operator
+) -> views.RolloutDetail:
+    """Stop assigning (created, running, soaking → paused); 409 otherwise."""
+    return _command(context, rollout_id, OperatorCommand.PAUSE, token.name)
+
+
+@router.post("/{rollout_id}/resume", response_model=views.RolloutDetail)
+def resume_rollout(
+    rollout_id: RolloutId, context: ContextDep, token: Operator
+) -> views.RolloutDetail:
+    """Paused → running; past a failed gate, that gate is recorded as passed by you."""
+    return _command(context, rollout_id, OperatorCommand.RESUME, token.name)
+
+
+@router.post("/{rollout_id}/abort", response_model=views.RolloutDetail)
+def abort_rollout(
+    rollout_id: RolloutId, context: ContextDep, token: Operator
+) -> views.RolloutDetail:
+    """Stop for good, leaving devices as they are; 409 for a finished rollout."""
+    return _command(context, rollout_id, OperatorCommand.ABORT, token.name)
+
+
+@router.post("/{rollout_id}/rollback", response_model=views.RolloutDetail)
+def rollback_rollout(
+    rollout_id: RolloutId, context: ContextDep, token: Operator
+) -> views.RolloutDetail:
+    """Roll every touched device back to the version it ran before (any status)."""
+    return _command(context, rollout_id, OperatorCommand.ROLLBACK, token.name)

@@ -1,0 +1,230 @@
+"""What the orchestrator reads from the database for one tick of one rollout.
+
+`observe` turns the device registry (``device``), the deployment events devices reported
+(``device_event``) and the director's desired states (``desired_state``) into one
+`DeviceObservation` per target; `wave_metrics` turns telemetry (``telemetry``) into the
+`WaveMetrics` the gate's guards compare.
+
+Rules (devices report events on their own per-device ``seq``, shared by every channel,
+so a birth state and an event can be ordered by it):
+- **online**: the device's last state said online and it was heard from within
+  ``offline_after_s``;
+- **current version** of the rollout's model: the version in the device's birth state,
+  replaced by each later event of this rollout that shows a version active
+  (``committed``, ``healthy``, or ``info`` "already active"); a ``failed`` or
+  ``rolled_back`` event leaves it unchanged (the device kept, or went back to, what it
+  ran). ``previous_version`` is the one it replaced;
+- **last event**: the newest event of this rollout other than ``info`` (progress notes),
+  with the fleet's receive time, so it compares with assignment times on the fleet's
+  clock;
+- **assigned_at**: when the director stored a non-rollback desired state of this
+  rollout for the device (lets a rollout adopt an assignment its state lost).
+
+Metrics: error rate = errors / inferences; latency p95 = the 95th percentile (nearest
+rank) of the devices' reported per-interval p95s. The candidate is the target version
+on the current wave's devices since their first assignment; the baseline is the most
+common previous version on the same devices since ``baseline_lookback_s`` before the
+wave started. Drift scores are not computed here yet (always None).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, func, select
+from sqlmodel import col
+
+from fleet.rollouts.model import DeviceObservation, RolloutState, VersionMetrics, WaveMetrics
+from fleet.store.tables import DesiredStateRow, Device, EventRow, TelemetryRow
+from shared.messages import EventKind
+from shared.modeltools.package import PACKAGE_SUFFIX
+
+CHUNK = 500
+ACTIVE_EVENTS = frozenset({EventKind.COMMITTED.value, EventKind.HEALTHY.value})
+ALREADY_ACTIVE = "already active"
+BASELINE_LOOKBACK_S = 3600.0
+
+
+@dataclass
+class _Fold:
+    current: str | None
+    previous: str | None = None
+    kind: EventKind | None = None
+    at: datetime | None = None
+
+    def activate(self, version: str | None) -> None:
+        if version is not None and version != self.current:
+            self.previous, self.current = self.current, version
+
+
+def observe(
+    conn: Connection, state: RolloutState, *, now: datetime, offline_after_s: float
+) -> dict[str, DeviceObservation]:
+    """One observation per target device that the fleet has heard of."""
+    model = state.spec.model.name
+    cutoff = now - timedelta(seconds=offline_after_s)
+    devices: dict[str, Any] = {}
+    for chunk in _chunks(state.targets):
+        for row in conn.execute(
+            select(
+                col(Device.device_id),
+                col(Device.online),
+                col(Device.last_seen),
+                col(Device.model_name),
+                col(Device.model_version),
+                col(Device.last_state_seq),
+            ).where(col(Device.device_id).in_(chunk))
+        ):
+            devices[row.device_id] = row
+    events: dict[str, list[Any]] = {}
+    for event in conn.execute(
+        select(
+            col(EventRow.device_id),
+            col(EventRow.seq),
+            col(EventRow.kind),
+            col(EventRow.model_version),
+            col(EventRow.received_at),
+            col(EventRow.reason),
+        )
+        .where(col(EventRow.rollout_id) == state.rollout_id)
+        .order_by(col(EventRow.device_id), col(EventRow.seq))
+    ):
+        events.setdefault(event.device_id, []).append(event)
+    assigned: dict[str, datetime] = {}
+    if any(r.assigned_at is None for r in state.devices.values()):
+        for desired in conn.execute(
+            select(
+                col(DesiredStateRow.device_id),
+                col(DesiredStateRow.updated_at),
+                col(DesiredStateRow.body),
+            ).where(col(DesiredStateRow.rollout_id) == state.rollout_id)
+        ):
+            body = desired.body
+            if isinstance(body, dict) and not body.get("rollback", False):
+                assigned[desired.device_id] = desired.updated_at
+    observations: dict[str, DeviceObservation] = {}
+    for device_id in state.targets:
+        device = devices.get(device_id)
+        if device is None and device_id not in events:
+            continue
+        fold = _fold(device, events.get(device_id, []), model)
+        online = bool(
+            device is not None
+            and device.online
+            and (device.last_seen is None or device.last_seen >= cutoff)
+        )
+        observations[device_id] = DeviceObservation(
+            device_id=device_id,
+            online=online,
+            last_event_kind=fold.kind,
+            last_event_at=fold.at,
+            current_version=fold.current,
+            previous_version=fold.previous,
+            assigned_at=assigned.get(device_id),
+        )
+    return observations
+
+
+def _fold(device: Any, events: Sequence[Any], model: str) -> _Fold:
+    runs_model = device is not None and _same_model(device.model_name, model)
+    fold = _Fold(current=device.model_version if runs_model else None)
+    state_seq = device.last_state_seq if device is not None else None
+    for event in events:
+        if event.kind == EventKind.INFO.value:
+            if event.reason == ALREADY_ACTIVE and (state_seq is None or event.seq > state_seq):
+                fold.activate(event.model_version)
+            continue
+        fold.kind = EventKind(event.kind)
+        fold.at = event.received_at
+        if event.kind in ACTIVE_EVENTS and (state_seq is None or event.seq > state_seq):
+            fold.activate(event.model_version)
+    return fold
+
+
+def _same_model(name: str | None, model: str) -> bool:
+    """Whether a reported model name is ``model``: its manifest name or its target name."""
+    if name is None:
+        return False
+    return name == model or (name.startswith(f"{model}-") and name.endswith(PACKAGE_SUFFIX))
+
+
+def wave_metrics(
+    conn: Connection,
+    state: RolloutState,
+    *,
+    baseline_lookback_s: float = BASELINE_LOOKBACK_S,
+) -> WaveMetrics | None:
+    """Metrics of the current wave, or None when its gate has no metric guard."""
+    wave = state.current_wave
+    if wave < 0 or not state.waves[wave].gate.has_metric_guards:
+        return None
+    members = [r for r in state.wave_members(wave) if r.assigned_at is not None]
+    if not members:
+        return None
+    ids = [r.device_id for r in members]
+    target = state.spec.model.version
+    first = min(r.assigned_at for r in members if r.assigned_at is not None)
+    candidate = _version_metrics(conn, ids, target, first)
+    previous = Counter(
+        r.from_version for r in members if r.from_version is not None and r.from_version != target
+    )
+    baseline = None
+    if previous:
+        version = previous.most_common(1)[0][0]
+        started = state.wave_started_at or first
+        since = started - timedelta(seconds=baseline_lookback_s)
+        baseline = _version_metrics(conn, ids, version, since)
+    return WaveMetrics(wave=wave, candidate=candidate, baseline=baseline)
+
+
+def _version_metrics(
+    conn: Connection, device_ids: Sequence[str], version: str, since: datetime
+) -> VersionMetrics:
+    inferences = errors = 0
+    p95s: list[float] = []
+    for chunk in _chunks(device_ids):
+        where = (
+            col(TelemetryRow.device_id).in_(chunk),
+            col(TelemetryRow.model_version) == version,
+            col(TelemetryRow.received_at) >= since,
+        )
+        totals = conn.execute(
+            select(
+                func.coalesce(func.sum(TelemetryRow.inferences), 0),
+                func.coalesce(func.sum(TelemetryRow.errors), 0),
+            ).where(*where)
+        ).one()
+        inferences += int(totals[0])
+        errors += int(totals[1])
+        p95s += [
+            float(v)
+            for (v,) in conn.execute(
+                select(col(TelemetryRow.latency_p95_ms)).where(
+                    *where, col(TelemetryRow.latency_p95_ms).is_not(None)
+                )
+            )
+            if v is not None
+        ]
+    return VersionMetrics(
+        version=version,
+        error_rate=min(1.0, errors / inferences) if inferences else None,
+        latency_p95_ms=_nearest_rank(p95s, 0.95),
+        inference_samples=inferences,
+    )
+
+
+def _nearest_rank(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+def _chunks(items: Sequence[str]) -> Iterator[list[str]]:
+    for start in range(0, len(items), CHUNK):
+        yield list(items[start : start + CHUNK])

@@ -1,0 +1,344 @@
+"""The rollout orchestrator: the I/O shell that runs `fleet.rollouts.policy.decide`.
+
+Every tick (``tick_interval_s``) the replica renews the orchestrator lease
+(`fleet.rollouts.lease`); only the holder drives rollouts. For each active rollout it
+reads the state, builds observations and metrics (`fleet.rollouts.observe`), calls
+`decide`, **stores the new state first** (compare-and-set on the rollout's version, with
+the lease re-checked in the same transaction) and only then carries out the actions:
+``Assign`` → `Director.assign` of the rollout's target; ``RollBack`` → a signed rollback
+to the device's previous version. Every outcome goes into the rollout's history.
+
+Invariants (from the pure core's save-then-act contract):
+- an action is carried out only after the state that produced it is stored, so a crash
+  loses at most the *carrying out*, never the decision; on taking the lease (start-up or
+  take-over) the orchestrator re-does `unconfirmed_actions`;
+- re-doing is idempotent: when the director's stored desired state for the device is
+  already this rollout's (same target, same rollback flag) it is re-published with its
+  seq, never signed again, so no device gets a second assignment for one decision;
+- a replica that lost the lease stops carrying out actions at once; its stale writes
+  fail the compare-and-set.
+
+A rollback to ``to_version=None`` (the device ran no model of that name before) is not
+published: the protocol has no "uninstall", so it is skipped with a history line, and
+the rollout ends FAILED for that device once the rollback timeout passes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Protocol
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from fleet.errors import FleetError, NotFoundError
+from fleet.rollouts.lease import Lease
+from fleet.rollouts.model import Action, Assign, RollBack, RolloutState
+from fleet.rollouts.observe import observe, wave_metrics
+from fleet.rollouts.policy import decide, unconfirmed_actions
+from fleet.rollouts.store import (
+    HistoryLine,
+    StaleRolloutError,
+    StoredRollout,
+    append,
+    decision_lines,
+    load_active,
+    save,
+)
+from shared.messages import utcnow
+from shared.signing.director import DesiredTarget, SignedDesiredState
+
+logger = logging.getLogger(__name__)
+
+LEASE_NAME = "rollout-orchestrator"
+
+
+class RolloutDirector(Protocol):
+    """What the orchestrator needs of `fleet.director.Director`."""
+
+    def assign(
+        self,
+        device_id: str,
+        target: DesiredTarget,
+        *,
+        rollout_id: str | None = None,
+        rollback: bool = False,
+        expires_in_s: int | None = None,
+    ) -> SignedDesiredState: ...
+
+    def current(self, device_id: str) -> SignedDesiredState: ...
+
+    def republish(self, device_id: str) -> SignedDesiredState: ...
+
+
+class TargetRegistry(Protocol):
+    """What the orchestrator needs of `fleet.registry.ModelRegistry`."""
+
+    def published_target(self, name: str, version: str) -> DesiredTarget: ...
+
+
+class LeaseLostError(Exception):
+    """This replica no longer holds the orchestrator lease; it must stop acting."""
+
+
+class Orchestrator:
+    """Drives every active rollout while this replica (``holder``) holds the lease."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        director: RolloutDirector,
+        registry: TargetRegistry,
+        *,
+        holder: str,
+        tick_interval_s: float = 1.0,
+        lease_s: float = 5.0,
+        offline_after_s: float = 300.0,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        if lease_s <= tick_interval_s:
+            raise ValueError(
+                f"the lease ({lease_s} s) must outlast a tick interval ({tick_interval_s} s)"
+            )
+        self._engine = engine
+        self._director = director
+        self._registry = registry
+        self._clock = clock
+        self.tick_interval_s = tick_interval_s
+        self.offline_after_s = offline_after_s
+        self.lease = Lease(engine, LEASE_NAME, holder, duration_s=lease_s, clock=clock)
+        self._recovered = False
+        self._renewed_at = 0.0
+        # Actions whose publish failed, retried while the state still asks for them.
+        self._retry: dict[tuple[str, str], Action] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def holder(self) -> str:
+        return self.lease.holder
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Run `tick` every ``tick_interval_s`` in a background thread."""
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self._run, name=f"rollout-orchestrator-{self.holder}", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self, *, release: bool = True) -> None:
+        """Stop the thread (after its current tick); ``release`` hands the lease over now."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+        if release:
+            try:
+                self.lease.release()
+            except SQLAlchemyError as e:
+                logger.warning("could not release the orchestrator lease: %s", e)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                self.tick()
+            except SQLAlchemyError as e:
+                logger.warning("rollout tick failed on the database: %s", e)
+            except Exception:
+                logger.exception("rollout tick failed")
+            self._stop.wait(max(0.0, self.tick_interval_s - (time.monotonic() - started)))
+
+    # -- one tick ----------------------------------------------------------------------
+
+    def tick(self) -> int:
+        """Renew the lease and, if held, drive every active rollout once.
+
+        Returns how many rollouts were driven (0 when another replica holds the lease).
+        Raises `sqlalchemy.exc.SQLAlchemyError` when the database fails.
+        """
+        if not self._renew():
+            self._recovered = False
+            return 0
+        rollouts: list[StoredRollout] = []
+        try:
+            if not self._recovered:
+                self.recover()
+                self._recovered = True
+            with self._engine.connect() as conn:
+                rollouts = load_active(conn)
+            for stored in rollouts:
+                if self._stop.is_set():
+                    break
+                self._drive(stored)
+        except LeaseLostError:
+            logger.warning("%s lost the orchestrator lease mid-tick; stopped acting", self.holder)
+            self._recovered = False
+        return len(rollouts) if self.lease.held else 0
+
+    def recover(self) -> None:
+        """Make sure every action the stored states still expect was carried out
+        (re-publishing stored desired states; see the module docstring)."""
+        with self._engine.connect() as conn:
+            rollouts = load_active(conn)
+        for stored in rollouts:
+            actions = unconfirmed_actions(stored.state)
+            if actions:
+                logger.info(
+                    "rollout %s: re-doing %s unconfirmed action(s)", stored.id, len(actions)
+                )
+                self._perform(stored.state, actions, recovering=True)
+
+    def _renew(self) -> bool:
+        self._renewed_at = time.monotonic()
+        return self.lease.try_acquire()
+
+    def _renew_if_due(self) -> None:
+        due = time.monotonic() - self._renewed_at >= self.lease.duration.total_seconds() / 3
+        if due and not self._renew():
+            raise LeaseLostError(self.holder)
+
+    def _drive(self, stored: StoredRollout) -> None:
+        now = self._clock()
+        with self._engine.connect() as conn:
+            observations = observe(
+                conn, stored.state, now=now, offline_after_s=self.offline_after_s
+            )
+            metrics = wave_metrics(conn, stored.state)
+        decision = decide(stored.state, observations, metrics, now)
+        if decision.state != stored.state or decision.actions:
+            with self._engine.begin() as conn:
+                if not self.lease.holds(conn):
+                    raise LeaseLostError(self.holder)
+                try:
+                    save(conn, stored, decision.state, decision_lines(decision, now))
+                except StaleRolloutError as e:
+                    logger.debug("%s; deciding again next tick", e)
+                    return
+            if decision.state.status != stored.state.status:
+                logger.info(
+                    "rollout %s: %s -> %s",
+                    stored.id,
+                    stored.state.status.value,
+                    decision.state.status.value,
+                )
+        retries = self._due_retries(decision.state)
+        self._perform(decision.state, [*retries, *decision.actions], recovering=bool(retries))
+
+    def _due_retries(self, state: RolloutState) -> list[Action]:
+        expected = unconfirmed_actions(state)
+        due: list[Action] = []
+        for key, action in list(self._retry.items()):
+            if key[0] != state.rollout_id:
+                continue
+            del self._retry[key]
+            if action in expected:
+                due.append(action)
+        return due
+
+    # -- carrying out ------------------------------------------------------------------
+
+    def _perform(self, state: RolloutState, actions: list[Action], *, recovering: bool) -> None:
+        lines: list[HistoryLine] = []
+        targets: dict[str, DesiredTarget] = {}
+        try:
+            for action in actions:
+                if isinstance(action, Assign | RollBack):
+                    self._renew_if_due()
+                    line = self._publish(state, action, targets, recovering=recovering)
+                    lines.append(line)
+                    if line.kind == "action_failed":
+                        self._retry[(state.rollout_id, action.device_id)] = action
+        finally:
+            if lines:
+                with self._engine.begin() as conn:
+                    append(conn, state.rollout_id, lines)
+
+    def _publish(
+        self,
+        state: RolloutState,
+        action: Assign | RollBack,
+        targets: dict[str, DesiredTarget],
+        *,
+        recovering: bool,
+    ) -> HistoryLine:
+        now = self._clock()
+        record = state.devices[action.device_id]
+        rollback = isinstance(action, RollBack)
+        version = action.to_version if isinstance(action, RollBack) else state.spec.model.version
+        if version is None:
+            return HistoryLine(
+                kind="rollback_skipped",
+                ts=now,
+                device_id=action.device_id,
+                wave=record.wave,
+                message=f"device ran no {state.spec.model.name} before this rollout: there is "
+                "no earlier version to roll back to, and the protocol has no uninstall",
+            )
+        try:
+            if version not in targets:
+                targets[version] = self._registry.published_target(state.spec.model.name, version)
+            envelope, republished = self._ensure(
+                action.device_id, targets[version], state.rollout_id, rollback=rollback
+            )
+        except FleetError as e:
+            logger.warning(
+                "rollout %s: %s of %s failed: %s",
+                state.rollout_id,
+                action.kind,
+                action.device_id,
+                e,
+            )
+            return HistoryLine(
+                kind="action_failed",
+                ts=now,
+                device_id=action.device_id,
+                wave=record.wave,
+                message=f"{action.kind} to {version} failed: {e}",
+                detail={"action": action.kind, "version": version, "error": e.code},
+            )
+        seq = envelope.signed.seq
+        what = "rollback to" if rollback else "assigned"
+        return HistoryLine(
+            kind="desired_republished" if republished else "desired_published",
+            ts=now,
+            device_id=action.device_id,
+            wave=record.wave,
+            message=f"{what} {version} (desired seq {seq})"
+            + (" re-published after a restart" if republished else ""),
+            detail={
+                "seq": seq,
+                "version": version,
+                "rollback": rollback,
+                "republished": republished,
+                "recovering": recovering,
+                "by": self.holder,
+            },
+        )
+
+    def _ensure(
+        self, device_id: str, target: DesiredTarget, rollout_id: str, *, rollback: bool
+    ) -> tuple[SignedDesiredState, bool]:
+        """Re-publish the device's stored desired state if it is already this one; sign a
+        new one otherwise. Returns the envelope and whether it was a re-publish."""
+        try:
+            current = self._director.current(device_id).signed
+        except NotFoundError:
+            current = None
+        if (
+            current is not None
+            and current.rollout_id == rollout_id
+            and current.rollback == rollback
+            and current.target.sha256 == target.sha256
+        ):
+            return self._director.republish(device_id), True
+        envelope = self._director.assign(
+            device_id, target, rollout_id=rollout_id, rollback=rollback
+        )
+        return envelope, False

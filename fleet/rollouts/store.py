@@ -1,0 +1,333 @@
+"""Rollouts in the database: create, load, compare-and-set save, commands, history.
+
+Invariants:
+- every write of a rollout is a compare-and-set on ``Rollout.version`` (`save`), in the
+  same transaction as the history lines it explains, so the history never shows a change
+  that was not stored nor misses one that was;
+- creating rollouts is serialised (`lease.lock_row` on ``rollout-create``), so two
+  concurrent requests can never both take one device: the overlap check and the insert
+  happen under one lock;
+- operator commands go through the pure `apply_command` and the same compare-and-set,
+  retried when the orchestrator wrote in between.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, insert, select, update
+from sqlmodel import Session, col
+
+from fleet.errors import NotFoundError
+from fleet.rollouts.lease import lock_row
+from fleet.rollouts.model import (
+    TERMINAL_STATUSES,
+    Candidate,
+    Decision,
+    OperatorCommand,
+    RolloutConflictError,
+    RolloutSpec,
+    RolloutState,
+    RolloutStatus,
+    TimelineEntry,
+)
+from fleet.rollouts.policy import apply_command, held_devices, new_rollout
+from fleet.rollouts.tables import Rollout, RolloutEvent
+from fleet.store.tables import Device
+
+logger = logging.getLogger(__name__)
+
+CREATE_LOCK = "rollout-create"
+COMMAND_ATTEMPTS = 10
+_ROLLOUT: Any = Rollout.__table__  # type: ignore[attr-defined]
+_EVENT: Any = RolloutEvent.__table__  # type: ignore[attr-defined]
+ACTIVE_STATUSES = tuple(sorted(s.value for s in RolloutStatus if s not in TERMINAL_STATUSES))
+
+
+class StaleRolloutError(RolloutConflictError):
+    """The rollout changed since it was read (its version moved on)."""
+
+    code = "rollout_changed"
+
+
+@dataclass(frozen=True)
+class StoredRollout:
+    """A rollout as read: its state and the version a write must compare against."""
+
+    id: str
+    version: int
+    state: RolloutState
+    created_by: str
+
+
+@dataclass(frozen=True)
+class HistoryLine:
+    """One history line to append (see `RolloutEvent`)."""
+
+    kind: str
+    ts: datetime
+    message: str = ""
+    device_id: str | None = None
+    wave: int | None = None
+    detail: dict[str, Any] | None = None
+
+    @classmethod
+    def of(cls, entry: TimelineEntry) -> HistoryLine:
+        return cls(
+            kind=entry.event,
+            ts=entry.at,
+            message=entry.message,
+            device_id=entry.device_id,
+            wave=entry.wave,
+        )
+
+
+def _stored(row: Any) -> StoredRollout:
+    return StoredRollout(
+        id=row.id,
+        version=row.version,
+        state=RolloutState.model_validate(row.state),
+        created_by=row.created_by,
+    )
+
+
+def load(conn: Connection, rollout_id: str) -> StoredRollout:
+    """The rollout ``rollout_id``; raises `NotFoundError`."""
+    row = conn.execute(select(_ROLLOUT).where(_ROLLOUT.c.id == rollout_id)).first()
+    if row is None:
+        raise NotFoundError(f"rollout {rollout_id!r} does not exist")
+    return _stored(row)
+
+
+def load_active(conn: Connection) -> list[StoredRollout]:
+    """Every rollout not in a terminal status, oldest first."""
+    rows = conn.execute(
+        select(_ROLLOUT)
+        .where(_ROLLOUT.c.status.in_(ACTIVE_STATUSES))
+        .order_by(_ROLLOUT.c.created_at, _ROLLOUT.c.id)
+    ).all()
+    return [_stored(r) for r in rows]
+
+
+def list_rollouts(
+    engine: Engine, *, status: str | None = None, limit: int = 100, offset: int = 0
+) -> tuple[list[StoredRollout], int]:
+    """Rollouts (of ``status``), newest first, and how many there are in all."""
+    with Session(engine) as session:
+        query = select(Rollout)
+        if status is not None:
+            query = query.where(col(Rollout.status) == status)
+        rows = session.execute(
+            query.order_by(col(Rollout.created_at).desc(), col(Rollout.id))
+            .limit(limit)
+            .offset(offset)
+        ).scalars()
+        found = [_stored(r) for r in rows]
+        total_query = select(col(Rollout.id))
+        if status is not None:
+            total_query = total_query.where(col(Rollout.status) == status)
+        total = len(session.execute(total_query).all())
+    return found, total
+
+
+def append(conn: Connection, rollout_id: str, lines: Iterable[HistoryLine]) -> None:
+    """Append history lines of ``rollout_id`` in the caller's transaction."""
+    rows = [
+        {
+            "rollout_id": rollout_id,
+            "device_id": line.device_id,
+            "wave": line.wave,
+            "ts": line.ts,
+            "kind": line.kind,
+            "message": line.message,
+            "detail": line.detail or {},
+        }
+        for line in lines
+    ]
+    if rows:
+        conn.execute(insert(_EVENT), rows)
+
+
+def save(
+    conn: Connection,
+    stored: StoredRollout,
+    state: RolloutState,
+    lines: Iterable[HistoryLine],
+) -> StoredRollout:
+    """Write ``state`` over ``stored`` if nobody wrote since it was read, with ``lines``.
+
+    Raises `StaleRolloutError` (nothing written) when the version moved on.
+    """
+    result = conn.execute(
+        update(_ROLLOUT)
+        .where(_ROLLOUT.c.id == stored.id, _ROLLOUT.c.version == stored.version)
+        .values(
+            state=state.model_dump(mode="json"),
+            status=state.status.value,
+            updated_at=state.updated_at,
+            version=stored.version + 1,
+        )
+    )
+    if result.rowcount != 1:
+        raise StaleRolloutError(
+            f"rollout {stored.id!r} changed since version {stored.version} was read"
+        )
+    append(conn, stored.id, lines)
+    return StoredRollout(stored.id, stored.version + 1, state, stored.created_by)
+
+
+def create(
+    engine: Engine,
+    rollout_id: str,
+    spec: RolloutSpec,
+    *,
+    created_by: str,
+    now: datetime,
+) -> StoredRollout:
+    """Plan and store a new rollout over the devices the registry knows.
+
+    Raises `fleet.rollouts.model.SelectionError` (nothing matches, unknown device ids)
+    and `fleet.rollouts.model.RolloutOverlapError` naming the devices another active
+    rollout holds. Nothing is stored when it raises.
+    """
+    with engine.begin() as conn:
+        lock_row(conn, CREATE_LOCK, now)
+        candidates = [
+            Candidate(device_id=r.device_id, tags=tuple(r.tags or ()), hardware=r.hardware or "")
+            for r in conn.execute(
+                select(col(Device.device_id), col(Device.tags), col(Device.hardware)).order_by(
+                    col(Device.device_id)
+                )
+            )
+        ]
+        active = {s.id: held_devices(s.state) for s in load_active(conn)}
+        state = new_rollout(rollout_id, spec, candidates, active, now)
+        conn.execute(
+            insert(_ROLLOUT).values(
+                id=rollout_id,
+                model_name=spec.model.name,
+                model_version=spec.model.version,
+                spec=spec.model_dump(mode="json"),
+                state=state.model_dump(mode="json"),
+                status=state.status.value,
+                created_by=created_by,
+                created_at=now,
+                updated_at=now,
+                version=1,
+            )
+        )
+        sizes = wave_sizes(state)
+        append(
+            conn,
+            rollout_id,
+            [
+                HistoryLine(
+                    kind="created",
+                    ts=now,
+                    message=f"created by {created_by}: {len(state.targets)} device(s) in "
+                    f"{len(sizes)} wave(s) {sizes}",
+                    detail={"by": created_by, "wave_sizes": sizes},
+                )
+            ],
+        )
+    logger.info(
+        "rollout %s of %s %s created by %s: %s device(s)",
+        rollout_id,
+        spec.model.name,
+        spec.model.version,
+        created_by,
+        len(state.targets),
+    )
+    return StoredRollout(rollout_id, 1, state, created_by)
+
+
+def wave_sizes(state: RolloutState) -> list[int]:
+    """How many devices each wave adds."""
+    ends = [w.end for w in state.waves]
+    return [end - start for start, end in zip([0, *ends[:-1]], ends, strict=True)]
+
+
+def command(
+    engine: Engine,
+    rollout_id: str,
+    operator_command: OperatorCommand,
+    *,
+    by: str,
+    now: datetime,
+) -> StoredRollout:
+    """Apply an operator's command and store the result with its history.
+
+    Raises `NotFoundError`, `fleet.rollouts.model.RolloutCommandError` (the status
+    forbids it; HTTP 409), `StaleRolloutError` if the orchestrator kept writing in
+    between for every one of `COMMAND_ATTEMPTS` attempts.
+    """
+    for _ in range(COMMAND_ATTEMPTS):
+        with engine.begin() as conn:
+            stored = load(conn, rollout_id)
+            decision = apply_command(stored.state, operator_command, now)
+            lines = [
+                HistoryLine(
+                    kind="command",
+                    ts=now,
+                    message=f"{operator_command.value} by {by}",
+                    detail={"command": operator_command.value, "by": by},
+                ),
+                *decision_lines(decision, now),
+            ]
+            try:
+                saved = save(conn, stored, decision.state, lines)
+            except StaleRolloutError:
+                continue
+        logger.info("rollout %s: %s by %s", rollout_id, operator_command.value, by)
+        return saved
+    raise StaleRolloutError(
+        f"rollout {rollout_id!r} kept changing; {operator_command.value} not applied, retry"
+    )
+
+
+def decision_lines(decision: Decision, now: datetime) -> list[HistoryLine]:
+    """The history lines of a decision: its timeline, and its gate decisions in full."""
+    lines = [HistoryLine.of(entry) for entry in decision.timeline]
+    for action in decision.actions:
+        if action.kind == "gate_decision":
+            lines.append(
+                HistoryLine(
+                    kind="gate_decision",
+                    ts=now,
+                    message=("passed: " if action.passed else "failed: ")
+                    + "; ".join(action.reasons),
+                    wave=action.wave,
+                    detail={"passed": action.passed, "reasons": list(action.reasons)},
+                )
+            )
+    return lines
+
+
+def history(
+    engine: Engine,
+    rollout_id: str,
+    *,
+    device_id: str | None = None,
+    kinds: Sequence[str] = (),
+    rollout_level: bool = False,
+    after_id: int = 0,
+    limit: int = 500,
+) -> list[RolloutEvent]:
+    """History lines of ``rollout_id`` after ``after_id``, oldest first: of one device,
+    of some kinds, or (``rollout_level``) only those about no single device."""
+    with Session(engine) as session:
+        query = select(RolloutEvent).where(
+            col(RolloutEvent.rollout_id) == rollout_id, col(RolloutEvent.id) > after_id
+        )
+        if device_id is not None:
+            query = query.where(col(RolloutEvent.device_id) == device_id)
+        if rollout_level:
+            query = query.where(col(RolloutEvent.device_id).is_(None))
+        if kinds:
+            query = query.where(col(RolloutEvent.kind).in_(list(kinds)))
+        rows = session.execute(query.order_by(col(RolloutEvent.id)).limit(limit)).scalars()
+        return list(rows)

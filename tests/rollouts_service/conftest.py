@@ -1,0 +1,88 @@
+"""Fixtures for the rollout service: lab-keyed fleet replicas, published models, devices."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from fleet.service import FleetService
+from tests.fleet.publisher import wait_until
+from tests.fleet_updates.conftest import (  # noqa: F401  (fixtures used by these tests)
+    MakeFleet,
+    admin_client,
+    lab,
+    make_fleet,
+    packages,
+    upload,
+)
+from tests.rollouts_service.devices import ProtocolFleet
+from tests.support.mosquitto import MosquittoBroker
+
+# Fast orchestration for tests: a tick every 0.1 s, a lease that lapses after 1.5 s.
+FAST = {"rollout_tick_interval_s": 0.1, "rollout_lease_s": 1.5}
+
+StartDevices = Callable[..., ProtocolFleet]
+
+
+def publish_models(api: httpx.Client, built: dict[str, Path]) -> None:
+    """Upload wine 1.0.0 and 1.1.0 and publish both (lab mode)."""
+    for version, package in built.items():
+        assert upload(api, package).status_code in (200, 201)
+        published = api.post(f"/v1/models/wine/{version}/publish")
+        assert published.status_code == 200, published.text
+
+
+@pytest.fixture
+def start_devices(mosquitto: MosquittoBroker, unique_id: str) -> Iterator[StartDevices]:
+    """Start ``n`` protocol-level devices tagged with this test's id, once the fleet
+    ``api`` shows all of them."""
+    started: list[ProtocolFleet] = []
+
+    def start(fleet: FleetService, api: httpx.Client, n: int, **kw: Any) -> ProtocolFleet:
+        ids = [f"sim-{unique_id}-{i:02d}" for i in range(n)]
+        devices = ProtocolFleet(
+            mosquitto.port, ids, fleet.director_key, tags=(f"t-{unique_id}",), **kw
+        )
+        devices.start()
+        started.append(devices)
+        wait_until(
+            lambda: api.get("/v1/devices", params={"tag": f"t-{unique_id}"}).json()["total"] == n,
+            what=f"{n} devices to register",
+        )
+        return devices
+
+    yield start
+    for devices in started:
+        devices.stop()
+
+
+def wait_status(
+    api: httpx.Client, rollout_id: str, statuses: set[str], timeout_s: float = 30.0
+) -> dict[str, Any]:
+    """Wait until the rollout is in one of ``statuses``; return its detail."""
+    seen: dict[str, Any] = {}
+
+    def reached() -> bool:
+        seen.update(api.get(f"/v1/rollouts/{rollout_id}").json())
+        return seen.get("status") in statuses
+
+    wait_until(reached, timeout_s=timeout_s, what=f"rollout {rollout_id} to be {statuses}")
+    return seen
+
+
+def history(api: httpx.Client, rollout_id: str, **params: Any) -> list[dict[str, Any]]:
+    """Every history line of the rollout (paging through)."""
+    lines: list[dict[str, Any]] = []
+    after = 0
+    while True:
+        page = api.get(
+            f"/v1/rollouts/{rollout_id}/history", params={"after_id": after, **params}
+        ).json()
+        lines += page["items"]
+        if page["next_after_id"] is None:
+            return lines
+        after = page["next_after_id"]

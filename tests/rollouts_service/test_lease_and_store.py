@@ -1,0 +1,254 @@
+"""The lease, the rollout store and the observations, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import Engine
+from sqlmodel import Session
+
+import fleet.rollouts.tables  # noqa: F401  (registers the rollout tables)
+from fleet.rollouts import store
+from fleet.rollouts.lease import Lease, current_holder
+from fleet.rollouts.model import (
+    DeviceRolloutState,
+    Gate,
+    ModelTarget,
+    RolloutSpec,
+    RolloutStatus,
+    Selector,
+    Wave,
+)
+from fleet.rollouts.observe import observe, wave_metrics
+from fleet.rollouts.policy import decide
+from fleet.store.engine import create_all, make_engine
+from fleet.store.tables import Device, EventRow, TelemetryRow
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = make_engine(database_url)
+    create_all(engine)
+    yield engine
+    engine.dispose()
+
+
+def test_lease_has_one_holder_until_it_lapses_or_is_released(engine: Engine) -> None:
+    clock = Clock()
+    a = Lease(engine, "orch", "a", duration_s=5, clock=clock)
+    b = Lease(engine, "orch", "b", duration_s=5, clock=clock)
+    assert a.try_acquire()
+    assert not b.try_acquire()
+    clock.now += timedelta(seconds=4)
+    assert a.try_acquire()  # renewed: lapses at +9 s now
+    clock.now += timedelta(seconds=4)
+    assert not b.try_acquire()
+    with engine.connect() as conn:
+        assert a.holds(conn)
+        assert not b.holds(conn)
+    clock.now += timedelta(seconds=2)  # a stopped renewing 6 s ago
+    assert b.try_acquire()
+    assert not a.try_acquire()
+    assert current_holder(engine, "orch", clock.now) == "b"
+    b.release()
+    assert current_holder(engine, "orch", clock.now) is None
+    assert a.try_acquire()
+
+
+def test_racing_replicas_never_both_take_a_lapsed_lease(engine: Engine) -> None:
+    clock = Clock()
+    leases = [Lease(engine, "race", f"r{i}", duration_s=5, clock=clock) for i in range(6)]
+    leases[0].try_acquire()
+    clock.now += timedelta(seconds=10)
+    barrier = threading.Barrier(len(leases) - 1)
+    won: list[str] = []
+
+    def race(lease: Lease) -> None:
+        barrier.wait()
+        if lease.try_acquire():
+            won.append(lease.holder)
+
+    threads = [threading.Thread(target=race, args=(lease,)) for lease in leases[1:]]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(won) == 1
+    assert current_holder(engine, "race", clock.now) == won[0]
+
+
+def _spec(waves: tuple[Wave, ...] = (Wave(fraction=1.0),)) -> RolloutSpec:
+    return RolloutSpec(
+        model=ModelTarget(name="wine", version="1.1.0"), selector=Selector(), waves=waves
+    )
+
+
+def _device(session: Session, device_id: str, version: str = "1.0.0", seq: int = 1) -> None:
+    session.add(
+        Device(
+            device_id=device_id,
+            online=True,
+            first_seen=T0,
+            last_seen=T0,
+            model_name="wine",
+            model_version=version,
+            last_state_seq=seq,
+        )
+    )
+
+
+def _event(device_id: str, seq: int, kind: str, version: str, rollout_id: str) -> EventRow:
+    return EventRow(
+        device_id=device_id,
+        seq=seq,
+        ts=T0,
+        received_at=T0 + timedelta(seconds=seq),
+        kind=kind,
+        model_name=f"wine-{version}.efpkg",
+        model_version=version,
+        desired_seq=7,
+        rollout_id=rollout_id,
+    )
+
+
+def test_state_round_trips_and_a_stale_write_is_refused(engine: Engine) -> None:
+    with Session(engine) as session:
+        _device(session, "d1")
+        _device(session, "d2")
+        session.commit()
+    created = store.create(engine, "ro-1", _spec(), created_by="alice", now=T0)
+    with engine.connect() as conn:
+        loaded = store.load(conn, "ro-1")
+    assert loaded.state == created.state
+    assert loaded.version == 1
+    started = decide(loaded.state, {}, None, T0 + timedelta(seconds=1)).state
+    assert started.status is RolloutStatus.RUNNING
+    with engine.begin() as conn:
+        saved = store.save(conn, loaded, started, [])
+    assert saved.version == 2
+    with engine.begin() as conn, pytest.raises(store.StaleRolloutError):
+        store.save(conn, loaded, started, [])  # written from version 1 again
+    with engine.connect() as conn:
+        again = store.load(conn, "ro-1")
+    assert again.state == started
+    assert again.version == 2
+    kinds = [row.kind for row in store.history(engine, "ro-1")]
+    assert kinds == ["created"]
+
+
+def test_observations_follow_the_devices_events_in_seq_order(engine: Engine) -> None:
+    with Session(engine) as session:
+        for d in ("ok", "bad", "rebooted", "silent"):
+            _device(session, d)
+        session.add_all(
+            [
+                _event("ok", 2, "downloading", "1.1.0", "ro-2"),
+                _event("ok", 3, "info", "1.1.0", "ro-2"),
+                _event("ok", 4, "committed", "1.1.0", "ro-2"),
+                _event("bad", 2, "activated", "1.1.0", "ro-2"),
+                _event("bad", 3, "failed", "1.1.0", "ro-2"),
+                _event("bad", 4, "rolled_back", "1.1.0", "ro-2"),
+                _event("rebooted", 2, "committed", "1.1.0", "ro-2"),
+                _event("ok", 9, "committed", "1.1.0", "another-rollout"),
+            ]
+        )
+        session.commit()
+    with Session(engine) as session:
+        rebooted = session.get(Device, "rebooted")
+        assert rebooted is not None
+        # a birth state after the commit, showing the version the device now runs
+        rebooted.model_version, rebooted.last_state_seq = "1.1.0", 3
+        session.add(rebooted)
+        session.commit()
+    state = store.create(engine, "ro-2", _spec(), created_by="alice", now=T0).state
+    with engine.connect() as conn:
+        seen = observe(conn, state, now=T0 + timedelta(seconds=30), offline_after_s=60)
+    ok, bad, rebooted_obs, silent = (seen[d] for d in ("ok", "bad", "rebooted", "silent"))
+    assert (ok.current_version, ok.previous_version, ok.last_event_kind) == (
+        "1.1.0",
+        "1.0.0",
+        "committed",
+    )
+    assert ok.last_event_at == T0 + timedelta(seconds=4)  # the fleet's receive time
+    assert (bad.current_version, bad.last_event_kind) == ("1.0.0", "rolled_back")
+    assert rebooted_obs.current_version == "1.1.0"
+    assert (silent.current_version, silent.last_event_kind) == ("1.0.0", None)
+    assert all(o.online for o in seen.values())
+    with engine.connect() as conn:
+        later = observe(conn, state, now=T0 + timedelta(seconds=120), offline_after_s=60)
+    assert not any(o.online for o in later.values())
+
+    decided = decide(state, seen, None, T0 + timedelta(seconds=1)).state
+    states = {d: r.state for d, r in decided.devices.items()}
+    assert states["ok"] is DeviceRolloutState.HEALTHY
+    assert states["bad"] is DeviceRolloutState.FAILED
+
+
+def _telemetry(device_id: str, seq: int, version: str, errors: int, p95: float) -> TelemetryRow:
+    return TelemetryRow(
+        device_id=device_id,
+        seq=seq,
+        ts=T0,
+        received_at=T0 + timedelta(seconds=seq),
+        interval_s=10,
+        inferences=100,
+        errors=errors,
+        inferences_total=100 * seq,
+        errors_total=errors,
+        latency_p95_ms=p95,
+        cpu_percent=1,
+        rss_bytes=1,
+        disk_free_bytes=1,
+        outbox_depth=0,
+        model_name="wine",
+        model_version=version,
+    )
+
+
+def test_wave_metrics_compare_the_new_version_with_the_one_it_replaced(engine: Engine) -> None:
+    guarded = Wave(fraction=1.0, gate=Gate(max_error_rate_increase=0.01, min_metric_samples=100))
+    with Session(engine) as session:
+        _device(session, "m1")
+        _device(session, "m2")
+        session.commit()
+    state = store.create(engine, "ro-3", _spec((guarded,)), created_by="a", now=T0).state
+    with engine.connect() as conn:
+        seen = observe(conn, state, now=T0, offline_after_s=60)
+    state = decide(state, seen, None, T0 + timedelta(seconds=5)).state  # assigned at +5 s
+    assert {r.from_version for r in state.devices.values()} == {"1.0.0"}
+    with Session(engine) as session:
+        session.add_all(
+            [
+                _telemetry("m1", 1, "1.0.0", errors=1, p95=10.0),
+                _telemetry("m2", 2, "1.0.0", errors=1, p95=12.0),
+                _telemetry("m1", 3, "1.0.0", errors=50, p95=99.0),  # before assignment
+                _telemetry("m1", 10, "1.1.0", errors=5, p95=20.0),
+                _telemetry("m2", 11, "1.1.0", errors=3, p95=30.0),
+            ]
+        )
+        session.commit()
+    with engine.connect() as conn:
+        metrics = wave_metrics(conn, state)
+    assert metrics is not None
+    assert (metrics.candidate.version, metrics.candidate.inference_samples) == ("1.1.0", 200)
+    assert metrics.candidate.error_rate == pytest.approx(0.04)
+    assert metrics.candidate.latency_p95_ms == 30.0
+    assert metrics.baseline is not None
+    # the baseline looks back before the wave: all three 1.0.0 reports count
+    assert metrics.baseline.version == "1.0.0"
+    assert metrics.baseline.error_rate == pytest.approx(52 / 300)
+    verdict = decide(state, {}, metrics, T0 + timedelta(seconds=30)).state
+    assert verdict.status is RolloutStatus.RUNNING  # devices not healthy yet: gate waits
