@@ -1,73 +1,140 @@
-"""Map validated device messages to table rows (plain dicts for bulk Core inserts). Pure."""
+"""Map validated device messages to table rows. Pure.
+
+A row is a tuple in the order of its ``*_COLUMNS`` constant (the writer hands tuples
+straight to the driver's ``executemany``); times stay `datetime` here and are converted
+for the dialect by `fleet.ingest.bulk`.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 from fleet.store.types import as_utc
 from shared.messages import DriftMessage, EventMessage, StateMessage, TelemetryMessage
 
+Row = tuple[Any, ...]
 
-def telemetry_row(message: TelemetryMessage, received_at: datetime) -> dict[str, Any]:
+TELEMETRY_COLUMNS: Final = (
+    "device_id",
+    "seq",
+    "ts",
+    "received_at",
+    "interval_s",
+    "inferences",
+    "errors",
+    "inferences_total",
+    "errors_total",
+    "latency_p50_ms",
+    "latency_p95_ms",
+    "latency_p99_ms",
+    "cpu_percent",
+    "rss_bytes",
+    "disk_free_bytes",
+    "outbox_depth",
+    "outbox_dropped_total",
+    "uptime_s",
+    "model_name",
+    "model_version",
+)
+
+
+def telemetry_row(message: TelemetryMessage, received_at: datetime) -> Row:
+    """The `TelemetryRow` values of ``message``, in `TELEMETRY_COLUMNS` order."""
     latency = message.latency
     model = message.active_model
-    return {
-        "device_id": message.device_id,
-        "seq": message.seq,
-        "ts": message.ts,
-        "received_at": received_at,
-        "interval_s": message.interval_s,
-        "inferences": message.inferences,
-        "errors": message.errors,
-        "inferences_total": message.inferences_total,
-        "errors_total": message.errors_total,
-        "latency_p50_ms": latency.p50_ms if latency else None,
-        "latency_p95_ms": latency.p95_ms if latency else None,
-        "latency_p99_ms": latency.p99_ms if latency else None,
-        "cpu_percent": message.cpu_percent,
-        "rss_bytes": message.rss_bytes,
-        "disk_free_bytes": message.disk_free_bytes,
-        "outbox_depth": message.outbox_depth,
-        "outbox_dropped_total": message.outbox_dropped_total,
-        "uptime_s": message.uptime_s,
-        "model_name": model.name if model else None,
-        "model_version": model.version if model else None,
-    }
+    return (
+        message.device_id,
+        message.seq,
+        message.ts,
+        received_at,
+        message.interval_s,
+        message.inferences,
+        message.errors,
+        message.inferences_total,
+        message.errors_total,
+        latency.p50_ms if latency else None,
+        latency.p95_ms if latency else None,
+        latency.p99_ms if latency else None,
+        message.cpu_percent,
+        message.rss_bytes,
+        message.disk_free_bytes,
+        message.outbox_depth,
+        message.outbox_dropped_total,
+        message.uptime_s,
+        model.name if model else None,
+        model.version if model else None,
+    )
 
 
-def event_row(message: EventMessage, received_at: datetime) -> dict[str, Any]:
+EVENT_COLUMNS: Final = (
+    "device_id",
+    "seq",
+    "ts",
+    "received_at",
+    "kind",
+    "model_name",
+    "model_version",
+    "model_sha256",
+    "desired_seq",
+    "rollout_id",
+    "reason",
+    "detail",
+)
+
+
+def event_row(message: EventMessage, received_at: datetime) -> Row:
+    """The `EventRow` values of ``message``, in `EVENT_COLUMNS` order."""
     model = message.model
-    return {
-        "device_id": message.device_id,
-        "seq": message.seq,
-        "ts": message.ts,
-        "received_at": received_at,
-        "kind": message.kind.value,
-        "model_name": model.name if model else None,
-        "model_version": model.version if model else None,
-        "model_sha256": model.sha256 if model else None,
-        "desired_seq": message.desired_seq,
-        "rollout_id": message.rollout_id,
-        "reason": message.reason,
-        "detail": message.detail,
-    }
+    return (
+        message.device_id,
+        message.seq,
+        message.ts,
+        received_at,
+        message.kind.value,
+        model.name if model else None,
+        model.version if model else None,
+        model.sha256 if model else None,
+        message.desired_seq,
+        message.rollout_id,
+        message.reason,
+        message.detail,
+    )
 
 
-def drift_row(message: DriftMessage, received_at: datetime) -> dict[str, Any]:
+DRIFT_COLUMNS: Final = (
+    "device_id",
+    "seq",
+    "ts",
+    "received_at",
+    "model_name",
+    "model_version",
+    "window_start",
+    "window_end",
+    "count",
+    "sketch",
+)
+
+
+def drift_row(message: DriftMessage, received_at: datetime) -> Row:
+    """The `DriftWindowRow` values of ``message``, in `DRIFT_COLUMNS` order.
+
+    The sketch is stored as its JSON form (what `fleet.drift.store` validates back).
+    """
     model = message.model
-    return {
-        "device_id": message.device_id,
-        "seq": message.seq,
-        "ts": message.ts,
-        "received_at": received_at,
-        "model_name": model.name if model else None,
-        "model_version": model.version if model else None,
-        "window_start": message.window_start,
-        "window_end": message.window_end,
-        "count": message.count,
-        "sketch": message.sketch,
-    }
+    sketch = message.sketch
+    return (
+        message.device_id,
+        message.seq,
+        message.ts,
+        received_at,
+        model.name if model else None,
+        model.version if model else None,
+        message.window_start,
+        message.window_end,
+        message.count,
+        sketch.model_dump(mode="json") if sketch is not None else None,
+    )
 
 
 def state_values(message: StateMessage) -> dict[str, Any]:

@@ -1,9 +1,11 @@
 """The MQTT side of ingest: subscribe, queue, and a writer thread that persists batches.
 
-Threads: paho's network thread only timestamps each message and puts it on a bounded
-queue (a full queue blocks it, which pushes back on the broker instead of growing
-memory); one writer thread decodes, batches (``ingest_batch_size`` messages or
-``ingest_flush_interval_s``, whichever comes first) and writes. A batch the database
+Threads: paho's network thread only timestamps each message and appends it to a bounded
+`BatchHandoff` (a full one blocks it, which pushes back on the broker instead of growing
+memory); one writer thread takes a batch at a time (``ingest_batch_size`` messages or
+``ingest_flush_interval_s`` after the oldest, whichever comes first), decodes it and
+writes it. The two threads share the GIL, so the network thread is kept to the least
+work that cannot wait, and everything else is done per batch. A batch the database
 cannot take is retried with capped exponential backoff and is not dropped; only at
 `stop` does the writer give up, after ``stop_timeout_s``, and it logs what it lost.
 """
@@ -11,14 +13,13 @@ cannot take is retried with capped exponential backoff and is not dropped; only 
 from __future__ import annotations
 
 import logging
-import queue
 import random
 import ssl
 import threading
 import time
 import uuid
 from datetime import UTC, datetime
-from typing import Any, Final, Literal
+from typing import Any, Literal
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -28,6 +29,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from sqlalchemy import Engine
 
 from fleet.ingest.decode import Accepted, Ignored, Rejected, decode
+from fleet.ingest.handoff import BatchHandoff, ClosedError
 from fleet.ingest.metrics import IngestMetrics
 from fleet.ingest.writer import BatchWriter, TransientStoreError
 from fleet.settings import FleetSettings
@@ -36,7 +38,6 @@ from shared.topics import device_filter, shared_filter
 logger = logging.getLogger(__name__)
 
 Raw = tuple[str, bytes, bool, datetime]
-_STOP: Final = None
 SESSION_EXPIRY_S = 24 * 3600  # MQTT 5 persistent session: how long the broker keeps it
 
 
@@ -54,8 +55,12 @@ class Ingester:
         self._settings = settings
         self._writer = BatchWriter(engine)
         self._metrics = metrics
-        self._queue: queue.Queue[Raw | None] = queue.Queue(maxsize=settings.ingest_queue_size)
-        metrics.queue_depth.set_function(self._queue.qsize)
+        self._handoff: BatchHandoff[Raw] = BatchHandoff(
+            maxsize=settings.ingest_queue_size,
+            batch_size=settings.ingest_batch_size,
+            linger_s=settings.ingest_flush_interval_s,
+        )
+        metrics.queue_depth.set_function(self._handoff.qsize)
         self._client_id = (
             client_id or settings.broker_client_id or f"edgefleet-fleet-{uuid.uuid4().hex[:12]}"
         )
@@ -105,7 +110,7 @@ class Ingester:
         self._metrics.connected.set(0)
         if self._thread is not None:
             self._give_up_at = time.monotonic() + stop_timeout_s
-            self._queue.put(_STOP)
+            self._handoff.close()
             self._thread.join()
             self._thread = None
 
@@ -175,40 +180,31 @@ class Ingester:
             topic = msg.topic
         except UnicodeDecodeError:
             topic = repr(msg._topic)  # kept verbatim for the dead letter
-        self._metrics.received.inc()
-        self._queue.put((topic, bytes(msg.payload), bool(msg.retain), datetime.now(UTC)))
+        try:
+            self._handoff.put((topic, bytes(msg.payload), msg.retain, datetime.now(UTC)))
+        except ClosedError:
+            # Only after `stop` has stopped the network loop; cannot happen in order.
+            logger.warning("ingester stopped: message on %s not stored", topic)
 
     def _run_writer(self) -> None:
-        stopping = False
-        flush_s = self._settings.ingest_flush_interval_s
-        size = self._settings.ingest_batch_size
-        while not stopping:
-            batch: list[Accepted | Rejected] = []
-            deadline: float | None = None
-            while len(batch) < size:
-                timeout = flush_s if deadline is None else deadline - time.monotonic()
-                if timeout <= 0:
-                    break
-                try:
-                    raw = self._queue.get(timeout=timeout)
-                except queue.Empty:
-                    break
-                if raw is _STOP:
-                    stopping = True
-                    break
-                decoded = decode(raw[0], raw[1], raw[3], retained=raw[2])
-                if isinstance(decoded, Ignored):
-                    self._metrics.ignored.inc()
-                    continue
-                if isinstance(decoded, Rejected):
-                    logger.warning(
-                        "dead-lettering a message on %s: %s", decoded.topic, decoded.error
-                    )
-                batch.append(decoded)
-                if deadline is None:
-                    deadline = time.monotonic() + flush_s
-            if batch:
-                self._write_with_retry(batch)
+        while (raws := self._handoff.take(idle_timeout_s=1.0)) is not None:
+            if raws:
+                batch = self._decode(raws)
+                if batch:
+                    self._write_with_retry(batch)
+
+    def _decode(self, raws: list[Raw]) -> list[Accepted | Rejected]:
+        self._metrics.received.inc(len(raws))
+        batch: list[Accepted | Rejected] = []
+        for topic, payload, retained, received_at in raws:
+            decoded = decode(topic, payload, received_at, retained=retained)
+            if isinstance(decoded, Ignored):
+                self._metrics.ignored.inc()
+                continue
+            if isinstance(decoded, Rejected):
+                logger.warning("dead-lettering a message on %s: %s", decoded.topic, decoded.error)
+            batch.append(decoded)
+        return batch
 
     def _write_with_retry(self, batch: list[Accepted | Rejected]) -> None:
         backoff_s = 0.05

@@ -1,12 +1,17 @@
 """Persist a batch of decoded messages: one transaction, one bulk insert per table.
 
+The hot inserts (telemetry, events, drift, the device upsert) are multi-row statements
+on the driver (`fleet.ingest.bulk`), storing exactly what the ORM would; state updates
+and dead letters are rare and stay SQLAlchemy Core statements.
+
 Invariants:
 - a (device_id, seq) already stored is skipped (ON CONFLICT DO NOTHING), and counted as
   a duplicate, so QoS 1 redelivery and several replicas never store a message twice;
 - a state message only changes the registry if its seq is newer than the stored one,
   checked in the UPDATE itself so two replicas cannot race;
 - device rows are touched in device-id order, so concurrent writers on PostgreSQL take
-  row locks in the same order and do not deadlock;
+  row locks in the same order and do not deadlock, and once each per batch (an upsert
+  may not change one row twice in a statement);
 - `write` raises `TransientStoreError` (the database is away or busy: retry the whole
   batch), and otherwise never raises for a bad row: a row the database refuses is
   dead-lettered on its own and the rest of the batch is stored.
@@ -21,12 +26,23 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, bindparam, or_, update
+from sqlalchemy import Connection, Engine, Table, or_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
+from fleet.ingest.bulk import BulkStatement, quoted
 from fleet.ingest.decode import Accepted, Rejected
-from fleet.ingest.rows import drift_row, event_row, seen_at, state_values, telemetry_row
+from fleet.ingest.rows import (
+    DRIFT_COLUMNS,
+    EVENT_COLUMNS,
+    TELEMETRY_COLUMNS,
+    Row,
+    drift_row,
+    event_row,
+    seen_at,
+    state_values,
+    telemetry_row,
+)
 from fleet.store.tables import DeadLetter, Device, DriftWindowRow, EventRow, TelemetryRow
 from shared.messages import DriftMessage, EventMessage, StateMessage, TelemetryMessage, encode
 from shared.topics import Channel, device_topic
@@ -44,6 +60,16 @@ Item = Accepted | Rejected
 # What a database driver raises for a value it cannot store (an int beyond 64 bits, a NUL
 # in a PostgreSQL string): the row is at fault, not the database.
 _REFUSED = (SQLAlchemyError, ArithmeticError, ValueError, TypeError)
+
+# The columns a device row needs before its first state message fills them in.
+_NEW_DEVICE: dict[str, Any] = {
+    "online": False,
+    "agent_version": "",
+    "hardware": "",
+    "tags": [],
+    "platform": {},
+    "runtimes": [],
+}
 
 
 class TransientStoreError(Exception):
@@ -69,9 +95,29 @@ class BatchWriter:
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        dialect = engine.dialect.name
+        dialect = engine.dialect
         self._insert: Callable[[Table], Any] = (
-            postgresql.insert if dialect == "postgresql" else sqlite.insert
+            postgresql.insert if dialect.name == "postgresql" else sqlite.insert
+        )
+        new_only = "ON CONFLICT (device_id, seq) DO NOTHING"
+        self._inserts: dict[Channel, BulkStatement] = {
+            Channel.TELEMETRY: BulkStatement(
+                _TELEMETRY, TELEMETRY_COLUMNS, dialect, suffix=new_only
+            ),
+            Channel.EVENTS: BulkStatement(_EVENTS, EVENT_COLUMNS, dialect, suffix=new_only),
+            Channel.DRIFT: BulkStatement(_DRIFT, DRIFT_COLUMNS, dialect, suffix=new_only),
+        }
+        # One upsert registers a new device and moves last_seen forward, never back.
+        last_seen = quoted(_DEVICE, "last_seen", dialect)
+        self._touch = BulkStatement(
+            _DEVICE,
+            ("device_id", "first_seen", "last_seen"),
+            dialect,
+            constants=_NEW_DEVICE,
+            suffix=(
+                "ON CONFLICT (device_id) DO UPDATE SET last_seen = excluded.last_seen "
+                f"WHERE {last_seen} IS NULL OR {last_seen} < excluded.last_seen"
+            ),
         )
 
     def write(self, batch: Sequence[Item]) -> WriteResult:
@@ -122,8 +168,8 @@ class BatchWriter:
         dead = [item for item in batch if isinstance(item, Rejected)]
         if accepted:
             self._touch_devices(conn, accepted)
-            for channel, (table, rows) in _rows_by_table(accepted).items():
-                stored = self._insert_new(conn, table, rows)
+            for channel, rows in _rows_by_channel(accepted).items():
+                stored = self._inserts[channel].run(conn, rows)
                 result.persisted[channel] += stored
                 result.duplicates[channel] += len(rows) - stored
             applied, stale = self._apply_states(conn, accepted)
@@ -145,51 +191,20 @@ class BatchWriter:
             result.dead_lettered = len(dead)
         return result
 
-    def _insert_new(self, conn: Connection, table: Table, rows: list[dict[str, Any]]) -> int:
-        """Insert rows whose (device_id, seq) is new; returns how many were new."""
-        unique = list({(r["device_id"], r["seq"]): r for r in reversed(rows)}.values())
-        statement = (
-            self._insert(table)
-            .on_conflict_do_nothing(index_elements=["device_id", "seq"])
-            .returning(table.c.seq)
-        )
-        return len(conn.execute(statement, unique).all())
-
     def _touch_devices(self, conn: Connection, accepted: list[Accepted]) -> None:
         first: dict[str, datetime] = {}
         last: dict[str, datetime] = {}
         for a in accepted:
             device_id = a.message.device_id
-            seen = seen_at(a.message.ts, a.received_at, retained=a.retained)
-            first[device_id] = min(first.get(device_id, a.received_at), a.received_at)
-            last[device_id] = max(last.get(device_id, seen), seen)
-        order = sorted(first)
-        conn.execute(
-            self._insert(_DEVICE).on_conflict_do_nothing(index_elements=["device_id"]),
-            [
-                {
-                    "device_id": d,
-                    "online": False,
-                    "first_seen": first[d],
-                    "last_seen": last[d],
-                    "agent_version": "",
-                    "hardware": "",
-                    "tags": [],
-                    "platform": {},
-                    "runtimes": [],
-                }
-                for d in order
-            ],
-        )
-        conn.execute(
-            update(_DEVICE)
-            .where(
-                _DEVICE.c.device_id == bindparam("b_device_id"),
-                or_(_DEVICE.c.last_seen.is_(None), _DEVICE.c.last_seen < bindparam("b_seen")),
-            )
-            .values(last_seen=bindparam("b_seen")),
-            [{"b_device_id": d, "b_seen": last[d]} for d in order],
-        )
+            received_at = a.received_at
+            seen = seen_at(a.message.ts, received_at, retained=True) if a.retained else received_at
+            if device_id in first:
+                first[device_id] = min(first[device_id], received_at)
+                last[device_id] = max(last[device_id], seen)
+            else:
+                first[device_id] = received_at
+                last[device_id] = seen
+        self._touch.run(conn, [(d, first[d], last[d]) for d in sorted(first)])
 
     def _apply_states(self, conn: Connection, accepted: list[Accepted]) -> tuple[int, int]:
         """Apply the newest state per device if newer than stored; (applied, stale)."""
@@ -232,19 +247,17 @@ class BatchWriter:
         return applied, stale
 
 
-def _rows_by_table(accepted: list[Accepted]) -> dict[Channel, tuple[Table, list[dict[str, Any]]]]:
-    tables: dict[Channel, tuple[Table, list[dict[str, Any]]]] = {}
+def _rows_by_channel(accepted: list[Accepted]) -> dict[Channel, list[Row]]:
+    rows: dict[Channel, list[Row]] = {}
     for a in accepted:
         m = a.message
         if isinstance(m, TelemetryMessage):
-            tables.setdefault(Channel.TELEMETRY, (_TELEMETRY, []))[1].append(
-                telemetry_row(m, a.received_at)
-            )
+            rows.setdefault(Channel.TELEMETRY, []).append(telemetry_row(m, a.received_at))
         elif isinstance(m, EventMessage):
-            tables.setdefault(Channel.EVENTS, (_EVENTS, []))[1].append(event_row(m, a.received_at))
+            rows.setdefault(Channel.EVENTS, []).append(event_row(m, a.received_at))
         elif isinstance(m, DriftMessage):
-            tables.setdefault(Channel.DRIFT, (_DRIFT, []))[1].append(drift_row(m, a.received_at))
-    return tables
+            rows.setdefault(Channel.DRIFT, []).append(drift_row(m, a.received_at))
+    return rows
 
 
 def _as_rejected(item: Accepted, error: str) -> Rejected:

@@ -1,13 +1,16 @@
-"""Ingest throughput: a bare paho subscriber versus the fleet ingester persisting to SQLite.
+"""Ingest throughput: a bare paho subscriber versus the fleet ingester (SQLite, PostgreSQL).
 
 Run: ``.venv/bin/python tests/benchmarks/ingest_bench.py [--messages 50000] [--runs 3]``.
 Starts its own Mosquitto; a publisher process sends N valid telemetry messages from
 ``--devices`` device ids at QoS 1 while the consumer is away on a persistent session, so
 the broker queues them; the consumer is then timed from reconnecting until its last
 message is counted (bare) or persisted (ingester), which measures the consumer and not
-the publisher. The median of ``--runs`` runs is printed with the ratio.
-To profile the writer path, run `decode` + `BatchWriter.write` under cProfile in one
-thread (pyinstrument only samples the thread that started it, not the writer thread).
+the publisher. The median of ``--runs`` runs is printed with the ratio. When the
+PostgreSQL of the tests answers (``EDGEFLEET_TEST_POSTGRES_URL``), the ingester is also
+timed on a fresh database there, in the same run.
+To profile, sample every thread of the run: ``py-spy record --threads -f raw -o out.raw
+-- .venv/bin/python tests/benchmarks/ingest_bench.py --runs 1`` (cProfile and
+pyinstrument only see the thread that started them).
 """
 
 from __future__ import annotations
@@ -125,7 +128,11 @@ def bare_run(port: int, payloads: list[tuple[str, bytes]], client_id: str) -> fl
 
 
 def ingester_run(
-    port: int, payloads: list[tuple[str, bytes]], workdir: Path, client_id: str
+    port: int,
+    payloads: list[tuple[str, bytes]],
+    workdir: Path,
+    client_id: str,
+    database_url: str | None = None,
 ) -> float:
     from prometheus_client import CollectorRegistry
 
@@ -141,6 +148,7 @@ def ingester_run(
         shared_subscription=False,
         broker_client_id=client_id,
         broker_persistent_session=True,
+        database_url=database_url or "",
     )
     engine = make_engine(settings.database_url)
     create_all(engine)
@@ -185,6 +193,7 @@ def main() -> int:
                 ingester_run(broker.port, payloads, Path(tmp) / f"run{i}", f"bench-ingest-{i}")
                 for i in range(args.runs)
             ]
+            postgres = postgres_runs(broker.port, payloads, Path(tmp), args.runs)
         finally:
             broker.stop()
     bare_median, ingest_median = statistics.median(bare), statistics.median(ingest)
@@ -192,7 +201,33 @@ def main() -> int:
     print(f"bare paho subscriber : {bare_median:10,.0f} msg/s  runs {[round(r) for r in bare]}")
     print(f"fleet ingester+SQLite: {ingest_median:10,.0f} msg/s  runs {[round(r) for r in ingest]}")
     print(f"ingester / bare      : {ingest_median / bare_median:10.2f}")
+    if isinstance(postgres, str):
+        print(f"fleet ingester+PostgreSQL: skipped, {postgres}")
+    else:
+        pg_median = statistics.median(postgres)
+        print(
+            f"fleet ingester+Postgres: {pg_median:8,.0f} msg/s  runs {[round(r) for r in postgres]}"
+        )
+        print(f"ingester(PG) / bare  : {pg_median / bare_median:10.2f}")
     return 0
+
+
+def postgres_runs(
+    port: int, payloads: list[tuple[str, bytes]], workdir: Path, runs: int
+) -> list[float] | str:
+    """The ingester's rates on a fresh PostgreSQL database per run, or why not."""
+    from tests.support import pg
+
+    reason = pg.unavailable_reason()
+    if reason is not None:
+        return reason
+    rates = []
+    for i in range(runs):
+        with pg.fresh_database() as url:
+            rates.append(
+                ingester_run(port, payloads, workdir / f"pg{i}", f"bench-ingest-pg-{i}", url)
+            )
+    return rates
 
 
 if __name__ == "__main__":

@@ -6,18 +6,21 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from pydantic import TypeAdapter
 from sqlalchemy import Engine, func, select
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlmodel import Session
 
+from fleet.ingest.bulk import column_converter, sqlite_utc_text
 from fleet.ingest.decode import Accepted, DeviceMessage, Rejected, decode
 from fleet.ingest.writer import BatchWriter, TransientStoreError
 from fleet.store import DeadLetter, Device, EventRow, TelemetryRow, create_all, make_engine
 from shared.messages import encode
 from shared.topics import Channel, device_topic
-from tests.fleet.factories import event, state, telemetry
+from tests.fleet.factories import T0, event, state, telemetry
 
 NOW = datetime(2026, 3, 1, 12, 30, tzinfo=UTC)
 
@@ -169,3 +172,66 @@ def test_a_locked_database_is_a_transient_error_and_the_batch_lands_on_retry(tmp
     assert count(engine, TelemetryRow) == 1
     locker.close()
     engine.dispose()
+
+
+SAMPLE_TIMES = [
+    datetime(2026, 3, 1, 12, 30, 0, 123456, tzinfo=UTC),
+    datetime(2026, 3, 1, 12, 30),  # naive: taken as UTC
+    datetime(2026, 3, 1, 12, 30, tzinfo=UTC),  # microsecond 0 still written
+    datetime(999, 1, 2, 3, 4, 5, 6, tzinfo=UTC),
+    TypeAdapter(datetime).validate_json(b'"2026-03-01T14:30:00.5+02:00"'),  # pydantic TzInfo
+    TypeAdapter(datetime).validate_json(b'"2026-03-01T12:30:00Z"'),
+    datetime(2026, 3, 1, 7, 0, tzinfo=timezone(timedelta(hours=-5, minutes=-30))),
+]
+
+
+@pytest.mark.parametrize("value", SAMPLE_TIMES, ids=str)
+def test_the_fast_sqlite_time_text_is_what_sqlalchemy_would_store(value: datetime) -> None:
+    column = TelemetryRow.__table__.c.ts  # type: ignore[attr-defined]
+    dialect = sqlite_dialect.dialect()
+    orm = column.type.dialect_impl(dialect).bind_processor(dialect)
+    assert column_converter(column, dialect) is sqlite_utc_text
+    assert sqlite_utc_text(value) == orm(value)
+    assert sqlite_utc_text(None) is None
+
+
+def test_a_batch_larger_than_one_statement_counts_each_new_row_once(engine: Engine) -> None:
+    writer = BatchWriter(engine)
+    writer.write([item(Channel.TELEMETRY, telemetry("d1", seq)) for seq in range(0, 3000, 2)])
+    batch = [item(Channel.TELEMETRY, telemetry("d1", seq)) for seq in range(3000)]
+    batch += batch[:5]  # redelivered within the batch as well
+    result = writer.write(batch)
+    assert result.persisted[Channel.TELEMETRY] == 1500
+    assert result.duplicates[Channel.TELEMETRY] == 1505
+    assert count(engine, TelemetryRow) == 3000
+    with Session(engine) as s:
+        row = s.get(TelemetryRow, ("d1", 2999))
+        assert row is not None
+        assert (row.ts, row.received_at, row.inferences_total) == (
+            telemetry("d1", 2999).ts,
+            NOW,
+            299_900,
+        )
+
+
+def test_last_seen_only_moves_forward_and_first_seen_stays(engine: Engine) -> None:
+    writer = BatchWriter(engine)
+    later = NOW + timedelta(minutes=5)
+    telemetry_topic = device_topic("d1", Channel.TELEMETRY)
+    at = [
+        decode(telemetry_topic, encode(telemetry("d1", seq)), when)
+        for seq, when in ((1, NOW), (2, later))
+    ]
+    writer.write(at)  # type: ignore[arg-type]
+    writer.write([item(Channel.TELEMETRY, telemetry("d1", 3))])  # received at NOW, earlier
+    d = device(engine, "d1")
+    assert (d.first_seen, d.last_seen) == (NOW, later)
+    assert (d.online, d.hardware, d.tags, d.platform) == (False, "", [], {})
+
+
+def test_event_details_are_stored_as_json(engine: Engine) -> None:
+    BatchWriter(engine).write([item(Channel.EVENTS, event("d1", 3))])
+    with Session(engine) as s:
+        row = s.get(EventRow, ("d1", 3))
+        assert row is not None
+        assert (row.kind, row.detail, row.ts) == ("failed", {"expected": "ab", "found": "cd"}, T0)
