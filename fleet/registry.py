@@ -25,11 +25,13 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from fleet.drift.store import put_reference
 from fleet.errors import FleetError, InvalidRequestError, NotFoundError
 from fleet.repo_access import RepositoryAccess
 from fleet.repository import KeyNotHeldError
 from fleet.repository import NotFoundError as RepoNotFoundError
 from fleet.store.tables import ModelVersion, ModelVersionPublic
+from shared.drift import ReferenceProfile
 from shared.messages import utcnow
 from shared.modeltools.package import PACKAGE_SUFFIX, PackageError, package_digest, read_package
 from shared.signing import tuf_metadata
@@ -127,6 +129,14 @@ class ModelRegistry:
                     raise
                 return existing, False
             public = ModelVersionPublic.model_validate(row, from_attributes=True)
+            if manifest.reference_profile is not None:
+                # Drift windows from devices running this version are scored against it.
+                put_reference(
+                    session,
+                    manifest.name,
+                    manifest.version,
+                    ReferenceProfile.model_validate(manifest.reference_profile),
+                )
         logger.info("model %s %s uploaded by %s (%s)", row.name, row.version, uploaded_by, sha256)
         return public, True
 

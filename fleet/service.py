@@ -26,6 +26,8 @@ from fleet.api.app import create_app
 from fleet.api.auth import bootstrap_admin_token
 from fleet.api.update_deps import UpdateServices
 from fleet.director import Director
+from fleet.drift.monitor import DriftMonitorService
+from fleet.drift.notify import MqttAlertPublisher, Notifier
 from fleet.ingest.metrics import IngestMetrics
 from fleet.ingest.subscriber import Ingester
 from fleet.keys import FleetKeys, load_fleet_keys, open_repository, passphrase_from_env
@@ -59,6 +61,8 @@ class FleetService:
         self._publisher: MqttPublisher | None = None
         self._refresher: MetadataRefresher | None = None
         self.orchestrator: Orchestrator | None = None
+        self.drift_monitor: DriftMonitorService | None = None
+        self._alert_publisher: MqttAlertPublisher | None = None
         self.registry = CollectorRegistry()
         self.metrics = IngestMetrics(self.registry)
         self.bootstrap_admin_token: str | None = None
@@ -131,6 +135,7 @@ class FleetService:
             self._ingester = Ingester(self.settings, self._engine, self.metrics)
             self._ingester.start()
         self._start_orchestrator(self._engine)
+        self._start_drift_monitor(self._engine)
         app = create_app(
             self.settings,
             engine=self._engine,
@@ -168,6 +173,12 @@ class FleetService:
             self._thread.join(timeout=10)
             self._thread = None
         self._server = None
+        if self.drift_monitor is not None:
+            self.drift_monitor.stop()
+            self.drift_monitor = None
+        if self._alert_publisher is not None:
+            self._alert_publisher.stop()
+            self._alert_publisher = None
         if self.orchestrator is not None:
             # Before the publisher: a tick in progress still publishes what it stored.
             self.orchestrator.stop()
@@ -184,6 +195,20 @@ class FleetService:
         if self._engine is not None:
             self._engine.dispose()
             self._engine = None
+
+    def _start_drift_monitor(self, engine: Engine) -> None:
+        """Evaluate stored drift windows periodically; alerts go to MQTT and webhooks."""
+        s = self.settings
+        self._alert_publisher = MqttAlertPublisher(s)
+        self._alert_publisher.start()
+        self.drift_monitor = DriftMonitorService(
+            engine,
+            Notifier(engine, publisher=self._alert_publisher),
+            interval_s=s.drift_interval_s,
+            lookback_s=s.drift_lookback_s,
+            cooldown_s=s.drift_cooldown_s,
+        )
+        self.drift_monitor.start()
 
     def _start_orchestrator(self, engine: Engine) -> None:
         """Start the rollout orchestrator when signed updates are on and it is enabled."""

@@ -136,6 +136,16 @@ class FleetSettings(BaseSettings):
             raise ValueError("broker_persistent_session needs a stable broker_client_id")
         return self
 
+    drift_interval_s: float = Field(
+        default=60.0, gt=0, description="how often drift windows are evaluated for alerts"
+    )
+    drift_lookback_s: float = Field(
+        default=3600.0, gt=0, description="how far back each drift evaluation merges windows"
+    )
+    drift_cooldown_s: float = Field(
+        default=3600.0, ge=0, description="no repeat of the same alert for a slice within this"
+    )
+
     @model_validator(mode="after")
     def _lease_outlasts_tick(self) -> FleetSettings:
         if self.rollout_lease_s <= self.rollout_tick_interval_s:

@@ -11,6 +11,7 @@ from fleet.api import deployments, devices, health, models, repository, rollouts
 from fleet.api.deps import AppContext, IngestStatus
 from fleet.api.update_deps import PayloadTooLargeError, UpdateServices
 from fleet.director import PublishError
+from fleet.drift.api import router as drift_router
 from fleet.errors import (
     AuthenticationError,
     FleetError,
@@ -71,6 +72,7 @@ def create_app(
     app.include_router(models.router)
     app.include_router(repository.router)
     app.include_router(rollouts.router)
+    app.include_router(drift_router)
     app.add_exception_handler(FleetError, _fleet_error)  # type: ignore[arg-type]
     return app
 

@@ -63,6 +63,12 @@ def make_engine(
 
 def create_all(engine: Engine) -> None:
     """Create the tables that do not exist yet (migrations are future work: Alembic)."""
+    # Each table module registers on SQLModel.metadata when imported; import every one
+    # here so the schema is complete whatever the caller happened to import before.
+    import fleet.drift.store
+    import fleet.rollouts.tables
+    import fleet.store.tables  # noqa: F401
+
     SQLModel.metadata.create_all(engine)
 
 
