@@ -156,6 +156,35 @@ class UpdateConfig(_Section):
         return self
 
 
+class DriftConfig(_Section):
+    """Drift monitoring of the active model against its package's reference profile.
+
+    Only a model whose package carries a reference profile is monitored; ``enabled``
+    false turns monitoring off for every model. A window closes when it holds
+    ``window_count`` rows or is ``window_s`` old, and goes to the fleet on the drift
+    topic (QoS 1, through the outbox). Raw inputs never leave the device:
+    ``reservoir_size`` > 0 keeps a uniform sample of at most that many input rows per
+    window in the agent's memory (for local inspection; no upload exists), 0 keeps none.
+    """
+
+    enabled: bool = True
+    window_s: float = Field(default=300.0, gt=0, description="a window closes at this age")
+    window_count: int = Field(default=10_000, ge=1, description="... or at this many rows")
+    fold_rows: int = Field(
+        default=8192,
+        ge=1,
+        description="buffered rows at which an inference folds them itself; "
+        "normally the drift timer folds first, off the request path",
+    )
+    tick_s: float = Field(default=0.25, gt=0, description="how often the drift timer folds")
+    label_memory: int = Field(
+        default=10_000, ge=0, description="recent request ids that feedback labels can join"
+    )
+    reservoir_size: int = Field(
+        default=0, ge=0, le=100_000, description="raw input rows kept per window; 0 = off"
+    )
+
+
 class AgentConfig(_Section):
     """Everything one agent needs. Frozen: pass it in, never mutate it."""
 
@@ -168,6 +197,7 @@ class AgentConfig(_Section):
     api: ApiConfig = Field(default_factory=ApiConfig)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     update: UpdateConfig = Field(default_factory=UpdateConfig)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
     telemetry_interval_s: float = Field(default=10.0, gt=0)
 
     @field_validator("device_id")

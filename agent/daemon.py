@@ -1,4 +1,4 @@
-"""The agent: outbox, link, model host, metrics, telemetry and the local API in one object.
+"""The agent: outbox, link, model host, metrics, telemetry, drift and the local API in one object.
 
 `Agent` holds no global state and installs no signal handlers, so a simulator can run
 hundreds of them in one process. `run_forever` is the service shell around one agent:
@@ -7,6 +7,7 @@ signals, sd_notify and the exit code.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 import os
@@ -14,14 +15,17 @@ import platform
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import psutil
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from agent.config import AgentConfig
+from agent.drift_monitor import DriftMonitor
+from agent.drift_publisher import DriftPublisher
 from agent.inference_api import InferenceApi
 from agent.link import DesiredHandler, Link
 from agent.model_host import ActiveModel, ModelHost
@@ -32,6 +36,8 @@ from agent.systemd import SystemdNotifier
 from agent.telemetry import TelemetryCollector
 from agent.update.wiring import ProbationMetrics, UpdateService
 from shared import __version__
+from shared.drift import ReferenceProfile
+from shared.manifest import MANIFEST_FILE, ModelManifest
 from shared.messages import (
     DeviceMessage,
     EventKind,
@@ -41,11 +47,13 @@ from shared.messages import (
     StateMessage,
     encode,
 )
+from shared.modeltools.package import PACKAGE_SUFFIX, PackageError, extract_package
 from shared.topics import Channel, device_topic
 
 log = logging.getLogger(__name__)
 
 OUTBOX_FILE = "outbox.sqlite3"
+PACKAGE_DIR = "model"  # without updates: where a packaged ``model.path`` is extracted
 
 
 class AgentStatus(BaseModel):
@@ -86,7 +94,12 @@ class Agent:
     def __init__(self, config: AgentConfig, *, on_desired: DesiredHandler | None = None) -> None:
         self.config = config
         self.metrics = ProbationMetrics()
-        self.model_host = ModelHost(self.metrics)
+        self.drift = DriftPublisher(
+            device_id=config.device_id, config=config.drift, enqueue=self.enqueue
+        )
+        self.model_host = ModelHost(
+            self.metrics, drift=self._drift_monitor_for, on_retired=self.drift.retired
+        )
         self._on_desired = on_desired
         self._updates: UpdateService | None = None
         self._stop = threading.Event()
@@ -97,6 +110,7 @@ class Agent:
         self._link: Link | None = None
         self._api: InferenceApi | None = None
         self._telemetry_thread: threading.Thread | None = None
+        self._drift_thread: threading.Thread | None = None
 
     @property
     def device_id(self) -> str:
@@ -192,17 +206,25 @@ class Agent:
             name=f"edgefleet-telemetry-{self.device_id}",
             daemon=True,
         )
+        self._drift_thread = threading.Thread(
+            target=self.drift.run,
+            args=(self.model_host, self._stop),
+            name=f"edgefleet-drift-{self.device_id}",
+            daemon=True,
+        )
         if self._api:
             self._api.start()
         if self._updates:
             self._updates.start()
         self._link.start()
         self._telemetry_thread.start()
+        self._drift_thread.start()
         log.info("agent %s started", self.device_id)
 
     def stop(self, timeout_s: float = 5.0) -> bool:
         """Stop serving, publish ``online: false``, flush the outbox (bounded), close.
 
+        The open drift window is closed and queued first, so it is flushed with the rest.
         Returns True if the offline state and the whole outbox reached the broker.
         """
         self._stop.set()
@@ -211,6 +233,10 @@ class Agent:
         if self._updates:
             # Before the link, so the events of the step in hand still get flushed.
             self._updates.stop(timeout_s)
+        if self._drift_thread and self._drift_thread.is_alive():
+            self._drift_thread.join(timeout_s)
+        if self._outbox:
+            self.model_host.retire_drift()
         flushed = self._link.stop(timeout_s) if self._link else False
         if self._telemetry_thread and self._telemetry_thread.is_alive():
             self._telemetry_thread.join(1.0)
@@ -221,13 +247,29 @@ class Agent:
 
     def healthy(self) -> bool:
         """True while every background thread runs (gates the systemd watchdog)."""
-        telemetry = self._telemetry_thread
+        threads = (self._telemetry_thread, self._drift_thread)
         link_alive = self._link is not None and self._link.alive
-        return link_alive and telemetry is not None and telemetry.is_alive()
+        return link_alive and all(t is not None and t.is_alive() for t in threads)
 
-    def infer(self, inputs: Mapping[str, Any]) -> tuple[ModelRef, Tensors]:
-        """Run the active model; see `ModelHost.infer` for what it raises."""
-        return self.model_host.infer(dict(inputs))
+    def infer(
+        self, inputs: Mapping[str, Any], request_ids: Sequence[str] | None = None
+    ) -> tuple[ModelRef, Tensors]:
+        """Run the active model; see `ModelHost.infer` for what it raises.
+
+        ``request_ids`` (one per row) let `record_label` join late labels. The drift
+        monitor keeps the input arrays until its timer folds them: do not write into
+        them after the call.
+        """
+        return self.model_host.infer(inputs, request_ids)
+
+    def record_label(self, request_id: str, label: object) -> bool:
+        """Join a late label to an earlier prediction; False when it cannot be joined.
+
+        False when the active model is not monitored, its profile has no label spec,
+        or ``request_id`` is unknown or forgotten (see ``drift.label_memory``).
+        """
+        monitor = self.model_host.drift_monitor
+        return monitor is not None and monitor.record_label(request_id, label)
 
     def enqueue(self, channel: Channel, build: Callable[[int], DeviceMessage]) -> int | None:
         """Store ``build(seq)`` in the outbox for ``channel`` and wake the link.
@@ -282,14 +324,70 @@ class Agent:
         if model.path is None:
             return
         try:
-            runtime = load_runtime(model.path, options=model.runtime)
-        except RuntimeLoadError as e:
+            if model.path.suffix == PACKAGE_SUFFIX:
+                model_dir = self._unpack(model.path)
+                manifest = _read_manifest(model_dir)
+                path, runtime_name = model_dir / manifest.model_file, manifest.runtime
+                ref = ModelRef(name=manifest.name, version=manifest.version, sha256=model_dir.name)
+            else:
+                path, runtime_name = model.path, None
+                ref = ModelRef(name=model.name, version=model.version)
+            runtime = load_runtime(path, runtime=runtime_name, options=model.runtime)
+        except (RuntimeLoadError, PackageError, OSError, ValueError) as e:
             log.error("agent %s serves no model: %s", self.device_id, e)
             self.publish_event(EventKind.FAILED, reason=f"initial model did not load: {e}")
             return
-        ref = ModelRef(name=model.name, version=model.version)
         self.model_host.swap(ActiveModel(runtime=runtime, ref=ref))
         log.info("agent %s serves %s %s (%s)", self.device_id, ref.name, ref.version, model.path)
+
+    def _unpack(self, package: Path) -> Path:
+        """Extract a packaged ``model.path`` (once) under the data dir, named by its sha256.
+
+        Raises `PackageError` for a bad package, OSError if it cannot be read or written.
+        """
+        with package.open("rb") as f:
+            sha256 = hashlib.file_digest(f, "sha256").hexdigest()
+        root = self.config.data_dir / PACKAGE_DIR
+        model_dir = root / sha256
+        if (model_dir / MANIFEST_FILE).is_file():
+            return model_dir
+        staging = root / f".{sha256}.partial"
+        if staging.exists():
+            for leftover in staging.iterdir():  # an extraction a crash interrupted
+                leftover.unlink()
+        extract_package(package, staging)
+        staging.rename(model_dir)
+        return model_dir
+
+    def _model_dir(self, ref: ModelRef) -> Path | None:
+        if ref.sha256 is None:
+            return None
+        if self._updates is not None:
+            return self._updates.store.path(ref.sha256)
+        return self.config.data_dir / PACKAGE_DIR / ref.sha256
+
+    def _drift_monitor_for(self, model: ActiveModel) -> DriftMonitor | None:
+        """The drift monitor for a model about to serve, from its package's profile.
+
+        Raises OSError or ValueError if the manifest or its profile cannot be read
+        (`ModelHost` logs it and serves the model unmonitored).
+        """
+        if not self.config.drift.enabled:
+            return None
+        model_dir = self._model_dir(model.ref)
+        if model_dir is None or not (model_dir / MANIFEST_FILE).is_file():
+            return None
+        stored = _read_manifest(model_dir).reference_profile
+        if stored is None:
+            return None
+        try:
+            profile = ReferenceProfile.model_validate(stored)
+        except ValidationError as e:
+            raise ValueError(f"{model_dir / MANIFEST_FILE}: bad reference profile: {e}") from e
+        log.info(
+            "agent %s monitors %s %s for drift", self.device_id, model.ref.name, model.ref.version
+        )
+        return self.drift.monitor_for(profile)
 
     def _active_ref(self) -> ModelRef | None:
         active = self.model_host.active
@@ -327,6 +425,11 @@ class Agent:
             except Exception:
                 # Telemetry must never take the agent down; the next interval tries again.
                 log.exception("agent %s: telemetry failed", self.device_id)
+
+
+def _read_manifest(model_dir: Path) -> ModelManifest:
+    """The manifest of an extracted model; raises OSError or ValueError (pydantic's)."""
+    return ModelManifest.model_validate_json((model_dir / MANIFEST_FILE).read_bytes())
 
 
 def _both(first: DesiredHandler, second: DesiredHandler | None) -> DesiredHandler:

@@ -1,20 +1,31 @@
 """The device side of drift: fold what the model sees into windows, cheaply.
 
-`observe` only appends references to a buffer (the caller must not mutate the arrays
-afterwards; runtimes return fresh ones), so it costs the same at batch 1 as at batch
-1000. Every ``fold_rows`` buffered rows, the buffer is concatenated and folded into the
-window with vectorised numpy (`shared.drift.WindowAccumulator`). The daemon calls
-`maybe_close` on its own schedule; a window closes when it holds ``window_count`` rows
-or is ``window_s`` old (from its first row or label, by the monitor's monotonic clock).
+Invariants:
+- `observe` (the inference path) takes no lock and does no work: it appends one tuple of
+  references to an inbox (a list append is atomic, under the GIL and on free-threaded
+  builds alike) and sets the window's opening time if none is set. The caller must not
+  write into the arrays afterwards; runtimes return fresh ones.
+- Everything else happens off the request path, under one lock: the daemon's drift
+  timer calls `maybe_close`, which drains the inbox in arrival order (counting rows,
+  remembering request ids for labels), folds the rows into the window with vectorised
+  numpy (`shared.drift.WindowAccumulator`), and closes the window when it holds
+  ``window_count`` rows (the drain stops at that row's batch, so the next window starts
+  with the next batch) or is ``window_s`` old (from its first row or label, by the
+  monitor's monotonic clock). Only if ``fold_rows`` calls pile up in the inbox (the
+  timer stalled) does `observe` fold them itself, which bounds the inbox's memory.
+- Labels arrive late: the drain remembers the outputs of the last ``label_memory``
+  request ids (LRU by first sighting; ids are meant to be unique), and `record_label`
+  (which drains first, so a label may follow its prediction at once) joins a label to
+  them. A label counts in the window in which it arrives, not the one its prediction
+  fell in, so a closed window is never reopened.
+- A batch that does not fit the profile is dropped whole, counted in `rejected_rows` and
+  logged; it never takes the other buffered rows down with it.
+- Input tensors of more than two dimensions (images) are flattened to ``[N, -1]`` when
+  folded, so their profile is built on the flattened rows (one feature per element):
+  fine for the small images of sensors and tiny CNNs, too many features for a camera
+  frame, whose profile should be built on an embedding output instead.
 
-Labels arrive late: `observe` remembers the outputs of the last ``label_memory``
-request ids (LRU), and `record_label` joins a label to them. A label counts in the
-window in which it arrives, not the one its prediction fell in, so a closed window is
-never reopened.
-
-A batch that does not fit the profile is dropped whole, counted in `rejected_rows` and
-logged; it never takes the other buffered rows down with it. No I/O, no threads: one
-lock makes the monitor safe to call from the inference threads and the daemon.
+No I/O, no threads of its own.
 """
 
 from __future__ import annotations
@@ -33,6 +44,7 @@ from shared.drift import DriftError, ReferenceProfile, WindowAccumulator, Window
 log = logging.getLogger(__name__)
 
 Tensors = Mapping[str, NDArray[np.generic]]
+_NO_OUTPUTS: Tensors = {}
 
 
 class DriftMonitor:
@@ -55,6 +67,8 @@ class DriftMonitor:
                 f"window_s={window_s}, window_count={window_count}, fold_rows={fold_rows} "
                 f"and label_memory={label_memory} must be positive"
             )
+        if reservoir_size < 0:
+            raise ValueError(f"reservoir_size must be 0 (off) or more, found {reservoir_size}")
         self.profile = profile
         self.window_s = window_s
         self.window_count = window_count
@@ -65,22 +79,23 @@ class DriftMonitor:
         self._rng = np.random.default_rng(seed)
         self._lock = threading.Lock()
         self._accumulator = WindowAccumulator(profile)
-        tensors = [f.tensor for f in profile.inputs]
-        self._input_tensor = tensors[0]
+        self._input_tensor = profile.inputs[0].tensor
         label_tensors = []
         if profile.labels is not None:
             label_tensors = [profile.labels.prediction]
             if profile.labels.scores:
                 label_tensors.append(profile.labels.scores)
         self._label_tensors = label_tensors
+        self._inbox: list[tuple[Tensors, Tensors, Sequence[str] | None]] = []
         self._pending: list[tuple[Tensors, Tensors]] = []
-        self._pending_rows = 0
         self._pending_labels: list[tuple[Tensors, int, object]] = []
         self._recent: OrderedDict[str, tuple[Tensors, int]] = OrderedDict()
         self._opened_at: float | None = None
         self._rows = 0
         self._reservoir: dict[str, NDArray[np.generic]] = {}
         self._reservoir_seen = 0
+        # When the window closed last had opened (clock reading), for its start time.
+        self.closed_window_opened_at: float | None = None
         # The sample of the window closed last (kept until the next close).
         self.last_reservoir: dict[str, NDArray[np.generic]] = {}
         self.rejected_rows = 0
@@ -104,38 +119,31 @@ class DriftMonitor:
         ``request_ids`` (one per row) lets `record_label` join labels later. Malformed
         batches are detected when folded and dropped then (see `rejected_rows`).
         """
+        if self._opened_at is None:
+            # Unlocked: a race only moves the opening by the time between two calls.
+            self._opened_at = self._clock() if now is None else now
         if isinstance(inputs, np.ndarray):
-            tensors: Tensors = {self._input_tensor: inputs}
-            rows = len(inputs)
-        else:
-            tensors = inputs
-            rows = len(next(iter(inputs.values()))) if inputs else 0
-        out = outputs or {}
-        with self._lock:
-            if self._opened_at is None:
-                self._opened_at = self._clock() if now is None else now
-            self._pending.append((tensors, out))
-            self._pending_rows += rows
-            self._rows += rows
-            if request_ids is not None and self.label_memory:
-                for row, request_id in enumerate(request_ids):
-                    self._recent[request_id] = (out, row)
-                    self._recent.move_to_end(request_id)
-                while len(self._recent) > self.label_memory:
-                    self._recent.popitem(last=False)
-            if self._pending_rows >= self.fold_rows:
+            inputs = {self._input_tensor: inputs}
+        inbox = self._inbox
+        inbox.append((inputs, outputs or _NO_OUTPUTS, request_ids))
+        if len(inbox) >= self.fold_rows:
+            # The timer fell behind: fold here rather than let the inbox grow unbounded
+            # (all of it, into the open window: closing is the timer's business).
+            with self._lock:
+                self._drain(self._clock(), limit=None)
                 self._fold()
 
     def record_label(self, request_id: str, label: object, *, now: float | None = None) -> bool:
         """Join a late label to the prediction made for ``request_id``.
 
-        Returns False (and counts it in `unmatched_labels`) when the prediction is
-        unknown or has been forgotten.
+        Returns False (and counts it in `unmatched_labels`) when the profile has no
+        label spec, or the prediction is unknown, already labelled or forgotten.
         """
         with self._lock:
             if self.profile.labels is None:
                 self.unmatched_labels += 1
                 return False
+            self._drain(self._clock() if now is None else now, limit=None)
             found = self._recent.pop(request_id, None)
             if found is None:
                 self.unmatched_labels += 1
@@ -149,25 +157,78 @@ class DriftMonitor:
             return True
 
     def maybe_close(self, now: float | None = None) -> WindowSketch | None:
-        """Close and return the window if it is full or old enough; else None."""
+        """Fold what is buffered; close and return the window if it is full or old enough.
+
+        Called by the daemon's drift timer, never on the request path. A window that
+        filled up returns at once; call again for the next one.
+        """
         with self._lock:
-            if self._opened_at is None:
-                return None
             at = self._clock() if now is None else now
-            if self._rows < self.window_count and at - self._opened_at < self.window_s:
+            self._drain(at, limit=self.window_count)
+            opened = self._opened_at
+            if opened is None:
+                return None
+            if self._rows < self.window_count and at - opened < self.window_s:
+                self._fold()
                 return None
             return self._close()
 
     def close(self) -> WindowSketch | None:
-        """Close the window now, whatever its age (shutdown, model switch); None if empty."""
+        """Close the window now, whatever its age (shutdown, model switch); None if empty.
+
+        Everything buffered counts in it, even beyond ``window_count``.
+        """
         with self._lock:
+            self._drain(self._clock(), limit=None)
             return None if self._opened_at is None else self._close()
+
+    def fold(self) -> None:
+        """Fold what is buffered into the open window, up to ``window_count`` rows."""
+        with self._lock:
+            self._drain(self._clock(), limit=self.window_count)
+            self._fold()
+            self._fold_labels()
+
+    def reservoir(self) -> dict[str, NDArray[np.generic]]:
+        """A copy of the current window's sample of raw inputs (empty when disabled).
+
+        Folds what is buffered first, so the sample covers every row observed so far.
+        """
+        self.fold()
+        with self._lock:
+            filled = min(self._reservoir_seen, self.reservoir_size)
+            return {name: r[:filled].copy() for name, r in self._reservoir.items()}
+
+    def _drain(self, now: float, *, limit: int | None) -> None:
+        """Move inbox batches to the fold buffer, in order, until the window holds ``limit``."""
+        inbox = self._inbox
+        available = len(inbox)  # batches appended from now on wait for the next drain
+        if not available:
+            return
+        if self._opened_at is None:
+            self._opened_at = now
+        recent, remember = self._recent, self.label_memory > 0
+        taken = 0
+        for inputs, outputs, request_ids in inbox[:available]:
+            taken += 1
+            rows = len(next(iter(inputs.values()))) if inputs else 0
+            self._pending.append((inputs, outputs))
+            self._rows += rows
+            if request_ids is not None and remember:
+                for row, request_id in enumerate(request_ids):
+                    recent[request_id] = (outputs, row)
+            if limit is not None and self._rows >= limit:
+                break
+        del inbox[:taken]
+        while len(recent) > self.label_memory:
+            recent.popitem(last=False)
 
     def _close(self) -> WindowSketch:
         self._fold()
         self._fold_labels()
         sketch = self._accumulator.snapshot()
         self._accumulator.reset()
+        self.closed_window_opened_at = self._opened_at
         self._opened_at = None
         self._rows = 0
         filled = min(self._reservoir_seen, self.reservoir_size)
@@ -180,7 +241,7 @@ class DriftMonitor:
     def _fold(self) -> None:
         if not self._pending:
             return
-        batches, self._pending, self._pending_rows = self._pending, [], 0
+        batches, self._pending = self._pending, []
         try:
             inputs, outputs = _concatenate(batches)
             self._accumulator.add(inputs, outputs)
@@ -188,14 +249,15 @@ class DriftMonitor:
             # One bad batch must not take the good ones with it: retry one by one.
             log.debug("buffered drift batches did not fold together (%s); folding singly", e)
             for batch_inputs, batch_outputs in batches:
+                flat = _flatten(batch_inputs)
                 try:
-                    self._accumulator.add(batch_inputs, batch_outputs)
+                    self._accumulator.add(flat, batch_outputs)
                 except (DriftError, ValueError) as error:
                     rows = int(np.shape(next(iter(batch_inputs.values())))[0])
                     self.rejected_rows += rows
                     log.warning("drift monitor dropped a batch of %s rows: %s", rows, error)
                 else:
-                    self._sample(batch_inputs)
+                    self._sample(flat)
             return
         self._sample(inputs)
 
@@ -236,17 +298,22 @@ class DriftMonitor:
             self._reservoir[name][slots[keep]] = array[keep]
         self._reservoir_seen += n
 
-    def reservoir(self) -> dict[str, NDArray[np.generic]]:
-        """A copy of the current window's sample of raw inputs (empty when disabled)."""
-        with self._lock:
-            filled = min(self._reservoir_seen, self.reservoir_size)
-            return {name: r[:filled].copy() for name, r in self._reservoir.items()}
+
+def _flatten(inputs: Tensors) -> Tensors:
+    """Images and other tensors of more than two dimensions as ``[N, -1]`` rows."""
+    if all(np.ndim(a) <= 2 for a in inputs.values()):
+        return inputs
+    return {
+        name: np.reshape(a, (np.shape(a)[0], -1)) if np.ndim(a) > 2 else a
+        for name, a in inputs.items()
+    }
 
 
 def _concatenate(batches: list[tuple[Tensors, Tensors]]) -> tuple[Tensors, Tensors]:
     if len(batches) == 1:
-        return batches[0]
+        first_in, first_out = batches[0]
+        return _flatten(first_in), first_out
     first_in, first_out = batches[0]
     inputs = {name: np.concatenate([b[0][name] for b in batches]) for name in first_in}
     outputs = {name: np.concatenate([b[1][name] for b in batches]) for name in first_out}
-    return inputs, outputs
+    return _flatten(inputs), outputs

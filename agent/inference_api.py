@@ -2,9 +2,17 @@
 
 ``POST /v1/predict`` with ``{"inputs": {"input": [[...]]}, "request_id": "..."}``
 returns ``{"request_id", "model": {"name", "version"}, "outputs": {...}, "latency_ms"}``.
+The request id is generated when the client sends none. A batch of N > 1 rows also
+returns ``"request_ids"``: one per row, ``"<request_id>/<row>"``, which is what feedback
+for a single row names.
+
+``POST /v1/feedback`` joins late labels to those predictions by request id; its body and
+answers are described in `agent.feedback`.
+
 ``GET /v1/health`` returns 200 with whether a model is loaded. Errors are JSON
-``{"error": {"code", "message"}}``: 400 bad JSON or inputs, 404 unknown path, 413 a body
-over ``max_body_bytes``, 503 no model loaded, 500 the runtime failed.
+``{"error": {"code", "message"}}``: 400 bad JSON or inputs, 404 unknown path (or an
+unknown request id in feedback), 409 feedback for an unmonitored model, 413 a body over
+``max_body_bytes``, 503 no model loaded, 500 the runtime failed.
 """
 
 from __future__ import annotations
@@ -20,13 +28,21 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
+from agent.feedback import (
+    MAX_REQUEST_ID_CHARS,
+    FeedbackBatch,
+    FeedbackError,
+    FeedbackItem,
+    record_batch,
+    record_one,
+    usable_monitor,
+)
 from agent.model_host import InputError, ModelHost, NoModelLoadedError
 from agent.runtime import InferenceError
 
 log = logging.getLogger(__name__)
-
-MAX_REQUEST_ID_CHARS = 200
 
 
 class ApiError(Exception):
@@ -65,21 +81,69 @@ def predict(host: ModelHost, body: bytes) -> dict[str, Any]:
             "bad_request",
             f"request_id must be a string of at most {MAX_REQUEST_ID_CHARS} characters",
         )
+    inputs = request["inputs"]
+    first = next(iter(inputs.values()), None)
+    rows = len(first) if isinstance(first, list) else 1
+    row_ids = [request_id] if rows == 1 else [f"{request_id}/{row}" for row in range(rows)]
     started = time.perf_counter()
     try:
-        model, outputs = host.infer(request["inputs"])
+        model, outputs = host.infer(inputs, row_ids)
     except NoModelLoadedError as e:
         raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, "no_model", str(e)) from e
     except InputError as e:
         raise ApiError(HTTPStatus.BAD_REQUEST, "bad_inputs", str(e)) from e
     except InferenceError as e:
         raise ApiError(HTTPStatus.INTERNAL_SERVER_ERROR, "inference_failed", str(e)) from e
-    return {
+    answer: dict[str, Any] = {
         "request_id": request_id,
         "model": {"name": model.name, "version": model.version},
         "outputs": outputs,
         "latency_ms": (time.perf_counter() - started) * 1000.0,
     }
+    if rows > 1:
+        answer["request_ids"] = row_ids
+    return answer
+
+
+def feedback(host: ModelHost, body: bytes) -> dict[str, Any]:
+    """Answer one feedback request body (see `agent.feedback`); raises `ApiError`."""
+    try:
+        request = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ApiError(HTTPStatus.BAD_REQUEST, "bad_json", f"the body is not JSON: {e}") from e
+    try:
+        parsed: FeedbackItem | FeedbackBatch
+        if isinstance(request, dict) and "items" in request:
+            parsed = FeedbackBatch.model_validate(request)
+        else:
+            parsed = FeedbackItem.model_validate(request)
+    except ValidationError as e:
+        raise ApiError(
+            HTTPStatus.BAD_REQUEST,
+            "bad_request",
+            'expected {"request_id": "<id from /v1/predict>", "label": <string, number or '
+            f'boolean>}} or {{"items": [...]}}; {_describe(e)}',
+        ) from e
+    if host.active is None:
+        raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, "no_model", "no model is loaded yet")
+    try:
+        monitor = usable_monitor(host.drift_monitor)
+        if isinstance(parsed, FeedbackBatch):
+            return record_batch(monitor, parsed)
+        return record_one(monitor, parsed)
+    except FeedbackError as e:
+        raise ApiError(e.status, e.code, str(e)) from e
+
+
+def _describe(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors()[:3]:
+        where = ".".join(str(p) for p in item["loc"]) or "body"
+        parts.append(f"{where}: {item['msg']}")
+    return "; ".join(parts)
+
+
+_POST_ROUTES = {"/v1/predict": predict, "/v1/feedback": feedback}
 
 
 def _handler_class(
@@ -99,12 +163,13 @@ def _handler_class(
                 self._error(ApiError(HTTPStatus.NOT_FOUND, "not_found", f"no {self.path}"))
 
         def do_POST(self) -> None:
-            if self.path.split("?")[0] != "/v1/predict":
+            route = _POST_ROUTES.get(self.path.split("?")[0])
+            if route is None:
                 self._error(ApiError(HTTPStatus.NOT_FOUND, "not_found", f"no {self.path}"))
                 self.close_connection = True
                 return
             try:
-                self._reply(HTTPStatus.OK, predict(host, self._body()))
+                self._reply(HTTPStatus.OK, route(host, self._body()))
             except ApiError as e:
                 self._error(e)
 

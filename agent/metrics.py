@@ -1,13 +1,22 @@
 """Inference counters and latency percentiles, cheap enough to record on every call.
 
-`record` is a lock, two additions and one store into a preallocated numpy ring; the
-percentiles are computed only when telemetry asks for an interval. If an interval has
-more inferences than the ring holds, its percentiles cover the most recent ones.
+Invariants:
+- recording takes no lock: each call draws a ticket from an `itertools.count` (one C
+  call, atomic under the GIL and thread-safe on free-threaded builds) and stores its
+  latency in nanoseconds into a preallocated list at ``ticket % ring size``, so
+  concurrent callers never lose a count;
+- `interval` (one caller at a time: the telemetry thread) draws a ticket itself to learn
+  how many were drawn; those marker tickets are not inferences and are subtracted;
+- percentiles are computed only when telemetry asks for an interval. If an interval has
+  more inferences than the ring holds, its percentiles cover the most recent ones; a
+  latency still being stored as the interval closes may show up in the next one.
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,50 +37,83 @@ class IntervalStats:
     latency: LatencyPercentiles | None
 
 
+class _Tally:
+    """A lock-free monotonic counter whose current value `read` can sample.
+
+    ``read`` draws a marker ticket; markers are remembered so the count excludes them.
+    Only one thread may call ``read`` at a time (the caller holds a lock).
+    """
+
+    __slots__ = ("_markers", "tickets")
+
+    def __init__(self) -> None:
+        self.tickets = itertools.count()
+        self._markers = 0
+
+    def read(self) -> tuple[int, int]:
+        """(the marker ticket just drawn, how many real tickets were drawn before it)."""
+        ticket = next(self.tickets)
+        value = ticket - self._markers
+        self._markers += 1
+        return ticket, value
+
+
 class InferenceMetrics:
-    """Thread-safe counters of inferences and errors, and a ring of recent latencies."""
+    """Thread-safe counters of inferences and errors, and a ring of recent latencies.
+
+    ``observer``, when set, is told about every inference (``ok``, latency in ms); the
+    update runner uses it to judge a model on probation.
+    """
 
     def __init__(self, ring_size: int = DEFAULT_RING_SIZE) -> None:
-        self._lock = threading.Lock()
-        self._ring = np.zeros(ring_size, dtype=np.float64)
-        self._filled = 0  # latencies written this interval (may exceed the ring size)
-        self._inferences = 0
-        self._errors = 0
-        self._inferences_total = 0
-        self._errors_total = 0
+        if ring_size < 1:
+            raise ValueError(f"ring_size must be at least 1, found {ring_size}")
+        self.observer: Callable[[bool, float], None] | None = None
+        self._size = ring_size
+        self._ring: list[int] = [0] * ring_size
+        self._ok = _Tally()
+        self._errors = _Tally()
+        self._ok_ticket = self._ok.tickets
+        self._interval_lock = threading.Lock()
+        self._last_ok_ticket = -1
+        self._last_ok = 0
+        self._last_errors = 0
+
+    def record_ns(self, latency_ns: int) -> None:
+        """Count one successful inference that took ``latency_ns`` nanoseconds."""
+        self._ring[next(self._ok_ticket) % self._size] = latency_ns
+        observer = self.observer
+        if observer is not None:
+            observer(True, latency_ns * 1e-6)
 
     def record(self, latency_s: float) -> None:
         """Count one successful inference that took ``latency_s`` seconds."""
-        with self._lock:
-            self._ring[self._filled % len(self._ring)] = latency_s
-            self._filled += 1
-            self._inferences += 1
-            self._inferences_total += 1
+        self.record_ns(int(latency_s * 1e9))
 
     def record_error(self) -> None:
         """Count one inference that the runtime failed to complete."""
-        with self._lock:
-            self._errors += 1
-            self._errors_total += 1
-
-    @property
-    def inferences_total(self) -> int:
-        return self._inferences_total
-
-    @property
-    def errors_total(self) -> int:
-        return self._errors_total
+        next(self._errors.tickets)
+        observer = self.observer
+        if observer is not None:
+            observer(False, 0.0)
 
     def interval(self) -> IntervalStats:
         """Close the current interval: its counts and latency percentiles, then reset."""
-        with self._lock:
-            latencies = self._ring[: min(self._filled, len(self._ring))].copy()
-            stats = (self._inferences, self._errors, self._inferences_total, self._errors_total)
-            self._filled = 0
-            self._inferences = 0
-            self._errors = 0
+        with self._interval_lock:
+            ticket, ok_total = self._ok.read()
+            _, errors_total = self._errors.read()
+            # This interval's real tickets lie strictly between the previous marker and
+            # this one, so the marker slots (never written) are never read.
+            inferences = ok_total - self._last_ok
+            errors = errors_total - self._last_errors
+            first = self._last_ok_ticket + 1
+            self._last_ok_ticket, self._last_ok, self._last_errors = ticket, ok_total, errors_total
+            ring = self._ring
+            kept = min(inferences, self._size, ticket - first)
+            latencies_ns = [ring[t % self._size] for t in range(ticket - kept, ticket)]
         latency = None
-        if latencies.size:
-            p50, p95, p99 = np.percentile(latencies * 1000.0, [50, 95, 99])
+        if latencies_ns:
+            ms = np.asarray(latencies_ns, dtype=np.float64) * 1e-6
+            p50, p95, p99 = np.percentile(ms, [50, 95, 99])
             latency = LatencyPercentiles(p50_ms=float(p50), p95_ms=float(p95), p99_ms=float(p99))
-        return IntervalStats(*stats, latency=latency)
+        return IntervalStats(inferences, errors, ok_total, errors_total, latency=latency)

@@ -1,26 +1,44 @@
-"""The active model, swappable while requests run.
+"""The active model, swappable while requests run, and the inference hot path.
 
-Invariant: `ModelHost.infer` reads the active model once, so a request runs entirely
-on the model that was active when it started; `swap` replaces the reference under a
-small lock and never waits for requests, so an update drops none of them. The old
-runtime is returned to the caller rather than closed, because requests may still be
-using it; dropping the last reference frees it when they are done.
+Invariants:
+- `ModelHost.infer` reads the serving record once, so a request runs entirely on the
+  model (and drift monitor) that was active when it started; `swap` replaces the record
+  under a small lock and never waits for requests, so an update drops none of them. The
+  old runtime is returned to the caller rather than closed, because requests may still
+  be using it; dropping the last reference frees it when they are done.
+- Everything that depends only on the model (input specs as numpy dtypes and fixed
+  dimensions, the drift monitor) is resolved once per swap, not per call. An input that
+  already is an ndarray of the model's dtype and shape is passed through as is; anything
+  else takes the general path (`check_inputs`) with its conversions and error messages.
+- On a swap the old model's drift monitor is handed to ``on_retired`` (which closes and
+  publishes its window) after the new one serves. A request that read the old record
+  just before the swap may still append to the retired monitor; those few rows are
+  not in any window.
+- The drift monitor keeps references to the input arrays until its timer folds them
+  (well under a second): callers must not write into an array after passing it in.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from agent.drift_monitor import DriftMonitor
 from agent.metrics import InferenceMetrics
 from agent.runtime import InferenceError, ModelRuntime
 from agent.runtime.base import Tensors
 from shared.messages import ModelRef
 from shared.tensors import TensorSpec
+
+log = logging.getLogger(__name__)
+
+_now_ns = time.perf_counter_ns
 
 
 class NoModelLoadedError(Exception):
@@ -39,7 +57,14 @@ class ActiveModel:
     ref: ModelRef
 
 
-def check_inputs(specs: list[TensorSpec], inputs: dict[str, Any]) -> Tensors:
+DriftFactory = Callable[[ActiveModel], DriftMonitor | None]
+"""Builds the drift monitor for a model about to serve (None: not monitored)."""
+
+RetiredHandler = Callable[[ActiveModel, DriftMonitor], None]
+"""Told about the drift monitor of a model that stopped serving."""
+
+
+def check_inputs(specs: list[TensorSpec], inputs: Mapping[str, Any]) -> Tensors:
     """Convert ``inputs`` to arrays of the model's dtypes and check names and shapes.
 
     Raises `InputError` naming the input, what the model expects and what was found.
@@ -70,40 +95,182 @@ def check_inputs(specs: list[TensorSpec], inputs: dict[str, Any]) -> Tensors:
     return tensors
 
 
-class ModelHost:
-    """Holds the active model; `infer` counts every call in the metrics."""
+class InputPlan:
+    """A model's input specs resolved once: numpy dtypes, ranks, fixed dimensions."""
 
-    def __init__(self, metrics: InferenceMetrics, active: ActiveModel | None = None) -> None:
+    __slots__ = ("_count", "_fast", "check", "specs")
+
+    def __init__(self, specs: list[TensorSpec]) -> None:
+        self.specs = specs
+        self._count = len(specs)
+        self._fast = tuple(
+            (
+                spec.name,
+                np.dtype(spec.dtype),
+                len(spec.shape),
+                tuple((axis, dim) for axis, dim in enumerate(spec.shape) if dim is not None),
+            )
+            for spec in specs
+        )
+        self.check: Callable[[Mapping[str, Any]], Tensors] = self._check_general
+        only = specs[0] if len(specs) == 1 else None
+        if only is not None and only.shape and only.shape[0] is None and None not in only.shape[1:]:
+            # The common case, one input with a variable batch size: one comparison.
+            self.check = self._single_checker(only)
+
+    def _single_checker(self, spec: TensorSpec) -> Callable[[Mapping[str, Any]], Tensors]:
+        name, dtype, ndim = spec.name, np.dtype(spec.dtype), len(spec.shape)
+        tail = tuple(spec.shape[1:])
+        ndarray, specs = np.ndarray, self.specs
+
+        def check(inputs: Mapping[str, Any]) -> Tensors:
+            value = inputs.get(name)
+            if (
+                value.__class__ is ndarray
+                and value.dtype == dtype
+                and value.ndim == ndim
+                and value.shape[1:] == tail
+                and len(inputs) == 1
+            ):
+                return {name: value}
+            return check_inputs(specs, inputs)
+
+        return check
+
+    def _check_general(self, inputs: Mapping[str, Any]) -> Tensors:
+        """`check_inputs`, with a pass-through for arrays that already fit; same errors."""
+        if len(inputs) != self._count:
+            return check_inputs(self.specs, inputs)
+        tensors: Tensors = {}
+        for name, dtype, ndim, fixed in self._fast:
+            value = inputs.get(name)
+            if value.__class__ is not np.ndarray or value.dtype != dtype or value.ndim != ndim:
+                return check_inputs(self.specs, inputs)
+            shape = value.shape
+            for axis, dim in fixed:
+                if shape[axis] != dim:
+                    return check_inputs(self.specs, inputs)
+            tensors[name] = value
+        return tensors
+
+
+class _Serving:
+    """Everything `infer` needs about the active model, read with one attribute load."""
+
+    __slots__ = ("check", "drift", "model", "predict", "ref")
+
+    def __init__(self, model: ActiveModel, drift: DriftMonitor | None) -> None:
+        self.model = model
+        self.ref = model.ref
+        self.predict = model.runtime.predict
+        self.check = InputPlan(list(model.runtime.inputs)).check
+        self.drift = drift
+
+
+class ModelHost:
+    """Holds the active model; `infer` counts every call in the metrics.
+
+    ``drift`` builds a drift monitor for each model that starts serving; ``on_retired``
+    receives the monitor of each model that stops (see the module invariants).
+    """
+
+    def __init__(
+        self,
+        metrics: InferenceMetrics,
+        active: ActiveModel | None = None,
+        *,
+        drift: DriftFactory | None = None,
+        on_retired: RetiredHandler | None = None,
+    ) -> None:
         self.metrics = metrics
-        self._active = active
+        self._drift = drift
+        self._on_retired = on_retired
         self._swap_lock = threading.Lock()
+        self._serving = self._prepare(active)
 
     @property
     def active(self) -> ActiveModel | None:
-        return self._active
+        serving = self._serving
+        return serving.model if serving else None
+
+    @property
+    def drift_monitor(self) -> DriftMonitor | None:
+        """The active model's drift monitor, or None when it is not monitored."""
+        serving = self._serving
+        return serving.drift if serving else None
+
+    def monitored(self) -> tuple[ActiveModel, DriftMonitor] | None:
+        """The active model and its drift monitor, read together; None if unmonitored."""
+        serving = self._serving
+        if serving is None or serving.drift is None:
+            return None
+        return serving.model, serving.drift
 
     def swap(self, new: ActiveModel | None) -> ActiveModel | None:
-        """Make ``new`` the active model; return the previous one (not closed)."""
-        with self._swap_lock:
-            old, self._active = self._active, new
-        return old
+        """Make ``new`` the active model; return the previous one (not closed).
 
-    def infer(self, inputs: dict[str, Any]) -> tuple[ModelRef, Tensors]:
+        The new model's drift monitor is built before it serves; the old one's goes to
+        ``on_retired`` after. A drift factory that fails leaves the model unmonitored
+        (logged), never unserved.
+        """
+        serving = self._prepare(new)
+        with self._swap_lock:
+            old, self._serving = self._serving, serving
+        if old is None:
+            return None
+        if old.drift is not None and self._on_retired is not None:
+            self._on_retired(old.model, old.drift)
+        return old.model
+
+    def retire_drift(self) -> None:
+        """Hand the active model's monitor to ``on_retired`` and stop monitoring (shutdown)."""
+        with self._swap_lock:
+            serving = self._serving
+            if serving is None or serving.drift is None:
+                return
+            self._serving = _Serving(serving.model, None)
+        if self._on_retired is not None:
+            self._on_retired(serving.model, serving.drift)
+
+    def _prepare(self, model: ActiveModel | None) -> _Serving | None:
+        if model is None:
+            return None
+        monitor = None
+        if self._drift is not None:
+            try:
+                monitor = self._drift(model)
+            except Exception as e:  # a bad profile must not keep a good model from serving
+                log.warning(
+                    "model %s %s serves without drift monitoring: %s",
+                    model.ref.name,
+                    model.ref.version,
+                    e,
+                )
+        return _Serving(model, monitor)
+
+    def infer(
+        self, inputs: Mapping[str, Any], request_ids: Sequence[str] | None = None
+    ) -> tuple[ModelRef, Tensors]:
         """Run the active model on ``inputs`` (arrays or nested lists).
 
-        Returns the model that ran and its outputs. Raises `NoModelLoadedError`, `InputError`
-        for inputs that do not fit the model (not counted as errors: the caller is at
-        fault, not the model), or `InferenceError` when the runtime fails (counted).
+        ``request_ids`` (one per row) lets late labels join these predictions
+        (`DriftMonitor.record_label`). Returns the model that ran and its outputs.
+        Raises `NoModelLoadedError`, `InputError` for inputs that do not fit the model
+        (not counted as errors: the caller is at fault, not the model), or
+        `InferenceError` when the runtime fails (counted).
         """
-        active = self._active
-        if active is None:
+        serving = self._serving
+        if serving is None:
             raise NoModelLoadedError("no model is loaded yet")
-        tensors = check_inputs(active.runtime.inputs, inputs)
-        started = time.perf_counter()
+        tensors = serving.check(inputs)
+        started = _now_ns()
         try:
-            outputs = active.runtime.predict(tensors)
+            outputs = serving.predict(tensors)
         except InferenceError:
             self.metrics.record_error()
             raise
-        self.metrics.record(time.perf_counter() - started)
-        return active.ref, outputs
+        self.metrics.record_ns(_now_ns() - started)
+        drift = serving.drift
+        if drift is not None:
+            drift.observe(tensors, outputs, request_ids=request_ids)
+        return serving.ref, outputs
