@@ -11,24 +11,21 @@ than 408/429 is the receiver refusing the payload, so it is not retried.
 from __future__ import annotations
 
 import logging
-import ssl
 import threading
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
 import httpx
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import BaseModel, Field
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
+from fleet.director import PublishError
 from fleet.drift.alerts import AlertDecision
 from fleet.drift.store import DriftAlert, Webhook, WebhookDelivery, new_id
+from fleet.mqtt_publisher import MqttPublisher
 from fleet.settings import FleetSettings
 from shared.messages import AlertMessage, ModelRef, encode, utcnow
 from shared.topics import ALERTS_TOPIC
@@ -261,76 +258,24 @@ class Notifier:
 
 
 class MqttAlertPublisher:
-    """Publishes alerts at QoS 1 over a connection of its own to the fleet's broker."""
+    """Publishes alerts at QoS 1 on the alerts topic over a connection of its own."""
 
     def __init__(self, settings: FleetSettings, *, timeout_s: float | None = None) -> None:
-        self._settings = settings
-        self._timeout_s = timeout_s if timeout_s is not None else settings.publish_timeout_s
-        self._connected = threading.Event()
-        self._lock = threading.Lock()
-        base = settings.broker_client_id or "edgefleet-fleet"
-        v5 = settings.broker_protocol == "5"
-        client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=f"{base}-alerts-{uuid.uuid4().hex[:8]}",
-            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
-        )
-        if settings.broker_username is not None:
-            password = (
-                settings.broker_password.get_secret_value() if settings.broker_password else None
-            )
-            client.username_pw_set(settings.broker_username, password)
-        if settings.broker_tls:
-            client.tls_set(
-                ca_certs=str(settings.broker_ca_file) if settings.broker_ca_file else None,
-                certfile=str(settings.broker_cert_file) if settings.broker_cert_file else None,
-                keyfile=str(settings.broker_key_file) if settings.broker_key_file else None,
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        self._client = client
+        self._publisher = MqttPublisher(settings, role="alerts", timeout_s=timeout_s)
 
     def start(self) -> None:
         """Connect in the background (paho retries until the broker is there)."""
-        s = self._settings
-        self._client.connect_async(s.broker_host, s.broker_port, keepalive=s.broker_keepalive_s)
-        self._client.loop_start()
+        self._publisher.start()
 
     def stop(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
+        self._publisher.stop()
 
     def wait_connected(self, timeout_s: float) -> bool:
-        return self._connected.wait(timeout_s)
+        return self._publisher.wait_connected(timeout_s)
 
     def publish_alert(self, message: AlertMessage) -> None:
         """Publish on the alerts topic at QoS 1 and wait for the PUBACK; raises `NotifyError`."""
-        if not self._connected.wait(self._timeout_s):
-            raise NotifyError(f"not connected to the broker {self._settings.broker_url}")
-        with self._lock:
-            info = self._client.publish(ALERTS_TOPIC, encode(message), qos=1, retain=False)
         try:
-            info.wait_for_publish(self._timeout_s)
-        except (RuntimeError, ValueError) as e:
-            raise NotifyError(f"publishing alert {message.id} failed: {e}") from e
-        if not info.is_published():
-            raise NotifyError(
-                f"the broker did not acknowledge alert {message.id} within {self._timeout_s}s"
-            )
-
-    def _on_connect(
-        self, _c: mqtt.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Any = None
-    ) -> None:
-        if reason.is_failure:
-            logger.warning("alert publisher: broker refused the connection: %s", reason)
-            return
-        self._connected.set()
-
-    def _on_disconnect(
-        self, _c: mqtt.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Any = None
-    ) -> None:
-        self._connected.clear()
-        if reason.is_failure:
-            logger.warning("alert publisher lost the broker: %s", reason)
+            self._publisher.publish(ALERTS_TOPIC, encode(message), retain=False)
+        except PublishError as e:
+            raise NotifyError(f"alert {message.id}: {e}") from e

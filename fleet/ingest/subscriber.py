@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import random
-import ssl
 import threading
 import time
 import uuid
@@ -22,7 +21,6 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -32,6 +30,7 @@ from fleet.ingest.decode import Accepted, Ignored, Rejected, decode
 from fleet.ingest.handoff import BatchHandoff, ClosedError
 from fleet.ingest.metrics import IngestMetrics
 from fleet.ingest.writer import BatchWriter, TransientStoreError
+from fleet.mqtt_client import make_client
 from fleet.settings import FleetSettings
 from shared.topics import device_filter, shared_filter
 
@@ -115,25 +114,11 @@ class Ingester:
             self._thread = None
 
     def _make_client(self) -> mqtt.Client:
-        s = self._settings
-        v5 = s.broker_protocol == "5"
-        client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=self._client_id,
-            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
-            clean_session=None if v5 else not s.broker_persistent_session,
+        client = make_client(
+            self._settings,
+            self._client_id,
+            clean_session=not self._settings.broker_persistent_session,
         )
-        if s.broker_username is not None:
-            password = s.broker_password.get_secret_value() if s.broker_password else None
-            client.username_pw_set(s.broker_username, password)
-        if s.broker_tls:
-            client.tls_set(
-                ca_certs=str(s.broker_ca_file) if s.broker_ca_file else None,
-                certfile=str(s.broker_cert_file) if s.broker_cert_file else None,
-                keyfile=str(s.broker_key_file) if s.broker_key_file else None,
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
