@@ -137,7 +137,9 @@ class ModelRegistry:
                     manifest.version,
                     ReferenceProfile.model_validate(manifest.reference_profile),
                 )
-        logger.info("model %s %s uploaded by %s (%s)", row.name, row.version, uploaded_by, sha256)
+        logger.info(
+            "model %s %s uploaded by %s (%s)", public.name, public.version, uploaded_by, sha256
+        )
         return public, True
 
     def _existing(self, name: str, version: str, sha256: str) -> ModelVersionPublic | None:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -77,3 +81,43 @@ def start_fleet(database_url: str, tmp_path: Path) -> Iterator[Callable[..., Fle
     yield start
     for service in started:
         service.stop()
+
+
+@dataclass
+class WebhookReceiver:
+    """A real stdlib HTTP server that records the JSON bodies POSTed to ``url``."""
+
+    url: str = ""
+    bodies: list[dict[str, Any]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def received(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return list(self.bodies)
+
+
+@pytest.fixture
+def webhook_receiver() -> Iterator[WebhookReceiver]:
+    """A webhook endpoint on a free loopback port that answers 204 to every POST."""
+    receiver = WebhookReceiver()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            with receiver.lock:
+                receiver.bodies.append(json.loads(body))
+            self.send_response(204)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *_args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, name="webhook-receiver", daemon=True)
+    thread.start()
+    receiver.url = f"http://127.0.0.1:{server.server_address[1]}/hooks/drift"
+    yield receiver
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
