@@ -15,6 +15,17 @@
   rollout; 409 when its status does not allow the command. Repeating a command is a
   no-op. The orchestrator acts on the new status at its next tick.
 
+Gate guards (``gate``, or a wave's own ``gate``): ``max_error_rate_increase`` (absolute)
+and ``max_latency_p95_ratio`` (new / old) compare the new version with the version it
+replaces on the same wave's devices; ``max_drift_score`` bounds the new version's drift
+on the wave: the largest PSI of any input or output feature of the drift windows its
+devices sent since their assignment, merged, against the reference profile in the
+version's package (0.1 is a small shift, 0.25 a clear one; see
+`fleet.rollouts.observe`). Each guard waits for ``min_metric_samples`` (the drift guard
+also for the model's drift ``min_count`` rows, and for a reference profile) and fails
+the gate if they are still missing ``metrics_timeout_s`` after the soak; the gate's
+reasons say which feature and score failed it.
+
 The orchestrator (`fleet.rollouts.orchestrator`) does the assigning; these routes only
 read and write the stored rollout.
 """
@@ -70,12 +81,6 @@ class RolloutCreate(BaseModel):
 
     @model_validator(mode="after")
     def _valid_spec(self) -> RolloutCreate:
-        gates = [self.gate, *(w.gate for w in self.waves if w.gate is not None)]
-        if any(g.max_drift_score is not None for g in gates):
-            raise ValueError(
-                "gate.max_drift_score is not supported by the orchestrator yet: it computes no"
-                " drift score per wave; use the error-rate and latency guards"
-            )
         try:
             self.spec(ModelTarget(name=self.model, version=self.version))
         except ValidationError as e:

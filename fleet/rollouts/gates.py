@@ -5,7 +5,9 @@ the denominator, per ``Gate.timeouts_count_as_failure``. A failure ratio can onl
 as devices settle, so a wave over ``max_failure_ratio`` fails at once, without waiting
 for its last devices. Metric guards act only on enough samples (``min_metric_samples``
 on each side); a guard that compares with the previous version is skipped when the wave
-ran no previous version (``WaveMetrics.baseline is None``).
+ran no previous version (``WaveMetrics.baseline is None``). The drift guard has no
+baseline side: the new version's score is already a comparison with its reference
+profile, so it needs only the new version's samples and a score.
 """
 
 from __future__ import annotations
@@ -14,7 +16,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from fleet.rollouts.model import DeviceRecord, DeviceRolloutState, Gate, WaveMetrics
+from fleet.rollouts.model import (
+    DeviceRecord,
+    DeviceRolloutState,
+    Gate,
+    VersionMetrics,
+    WaveMetrics,
+)
 
 _EPS = 1e-9
 
@@ -132,17 +140,25 @@ def _guards(gate: Gate, metrics: WaveMetrics | None) -> tuple[list[str], list[st
         elif new.inference_samples >= need:
             violations += _compare(gate, metrics, missing, notes)
     if gate.max_drift_score is not None:
-        if new.drift_score is None or new.drift_samples < need:
-            missing.append(
-                f"new version {new.version} has {new.drift_samples}/{need} drift samples"
-            )
-        elif new.drift_score > gate.max_drift_score:
-            violations.append(
-                f"drift score {new.drift_score:g} above the maximum {gate.max_drift_score:g}"
-            )
-        else:
-            notes.append(f"drift score {new.drift_score:g} <= {gate.max_drift_score:g}")
+        violations += _drift(gate.max_drift_score, new, need, missing, notes)
     return violations, missing, notes
+
+
+def _drift(
+    limit: float, new: VersionMetrics, need: int, missing: list[str], notes: list[str]
+) -> list[str]:
+    """The drift guard: the new version's own score against ``limit`` (no baseline)."""
+    if new.drift_score is None or new.drift_samples < need:
+        why = f" ({new.drift_unavailable})" if new.drift_unavailable else ""
+        missing.append(
+            f"new version {new.version} has {new.drift_samples}/{need} drift samples{why}"
+        )
+        return []
+    where = f": PSI of {new.drift_feature}" if new.drift_feature else ""
+    if new.drift_score > limit + _EPS:
+        return [f"drift score {new.drift_score:g} above the maximum {limit:g}{where}"]
+    notes.append(f"drift score {new.drift_score:g} <= {limit:g}{where}")
+    return []
 
 
 def _compare(gate: Gate, metrics: WaveMetrics, missing: list[str], notes: list[str]) -> list[str]:

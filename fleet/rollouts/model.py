@@ -117,7 +117,10 @@ class Gate(Frozen):
     last healthy device became healthy. Metric guards compare the new version's devices
     with the previous version's (``WaveMetrics``); a guard needs ``min_metric_samples``
     on each side, and fails the gate if samples are still missing ``metrics_timeout_s``
-    after the soak ended.
+    after the soak ended. The drift guard judges the new version alone, against the
+    reference profile its package carries (``VersionMetrics.drift_score``); it needs
+    ``min_metric_samples`` rows and a verdict of the drift thresholds (their
+    ``min_count``).
     """
 
     min_success_ratio: float = Field(default=1.0, ge=0, le=1)
@@ -127,7 +130,12 @@ class Gate(Frozen):
     timeouts_count_as_failure: bool = True
     max_error_rate_increase: float | None = Field(default=None, ge=0, description="absolute")
     max_latency_p95_ratio: float | None = Field(default=None, gt=0, description="new / old")
-    max_drift_score: float | None = Field(default=None, ge=0)
+    max_drift_score: float | None = Field(
+        default=None,
+        ge=0,
+        description="largest PSI of any input or output feature of the new version's "
+        "windows on this wave against its reference profile (0.25: a clear shift)",
+    )
     min_metric_samples: int = Field(default=100, ge=1)
     metrics_timeout_s: float = Field(default=3600.0, ge=0)
 
@@ -239,12 +247,25 @@ class DeviceObservation(Frozen):
 
 
 class VersionMetrics(Frozen):
-    """Aggregated health of the devices of one wave running one version."""
+    """Aggregated health of the devices of one wave running one version.
+
+    ``drift_score`` is the largest PSI over the version's input and output features of
+    the merged drift windows against the version's reference profile
+    (`fleet.rollouts.observe` defines which windows); None while there is no verdict
+    (no reference profile, or fewer rows than the drift thresholds' ``min_count``),
+    with ``drift_unavailable`` saying why. ``drift_samples`` counts the merged rows.
+    """
 
     version: str
     error_rate: float | None = Field(default=None, ge=0, le=1)
     latency_p95_ms: float | None = Field(default=None, ge=0)
     drift_score: float | None = Field(default=None, ge=0)
+    drift_feature: str | None = Field(
+        default=None, description="where drift_score comes from, e.g. 'input alcohol'"
+    )
+    drift_unavailable: str | None = Field(
+        default=None, description="why there is no drift score, when there is none"
+    )
     inference_samples: int = Field(default=0, ge=0)
     drift_samples: int = Field(default=0, ge=0)
 

@@ -24,23 +24,46 @@ Metrics: error rate = errors / inferences; latency p95 = the 95th percentile (ne
 rank) of the devices' reported per-interval p95s. The candidate is the target version
 on the current wave's devices since their first assignment; the baseline is the most
 common previous version on the same devices since ``baseline_lookback_s`` before the
-wave started. Drift scores are not computed here yet (always None).
+wave started.
+
+Drift score (only when the wave's gate has ``max_drift_score``; the candidate only):
+- the windows: every stored drift window (``drift_window``) of a device of the current
+  wave, of the rollout's model at the target version, received (fleet clock, as for
+  telemetry: device clocks may be skewed) at or after that device's assignment, and
+  counted against the version's reference profile (`fleet.drift.store.get_reference`,
+  stored when its package was uploaded); windows counted against another profile, or
+  whose sketch does not parse, are left out;
+- merged by addition (`shared.drift.merge_all`) and judged by `shared.drift.evaluate`
+  with the model's drift thresholds (`fleet.drift.store.get_thresholds`; ignored
+  features stay out);
+- the score is the largest PSI of any input or output feature of that merge, and
+  ``drift_feature`` names it. PSI is the drift thresholds' primary signal: it is first
+  in their default ``alert_on`` and, unlike KS, defined for categorical features
+  (predicted classes) too, so one scale covers every feature (0.1 warn, 0.25 alert);
+- no reference profile, no windows, fewer merged rows than the thresholds'
+  ``min_count``, or windows that do not fit the profile → no score
+  (``drift_unavailable`` says which); ``drift_samples`` is the merged row count. The
+  gate waits for a score and fails ``metrics_timeout_s`` after the soak without one.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import Connection, func, select
-from sqlmodel import col
+from sqlmodel import Session, col
 
+from fleet.drift.store import get_reference, get_thresholds
+from fleet.errors import NotFoundError
 from fleet.rollouts.model import DeviceObservation, RolloutState, VersionMetrics, WaveMetrics
-from fleet.store.tables import DesiredStateRow, Device, EventRow, TelemetryRow
+from fleet.store.tables import DesiredStateRow, Device, DriftWindowRow, EventRow, TelemetryRow
+from shared.drift import SketchMismatchError, WindowSketch, evaluate, merge_all
 from shared.messages import EventKind
 from shared.modeltools.package import PACKAGE_SUFFIX
 
@@ -170,6 +193,11 @@ def wave_metrics(
     target = state.spec.model.version
     first = min(r.assigned_at for r in members if r.assigned_at is not None)
     candidate = _version_metrics(conn, ids, target, first)
+    if state.waves[wave].gate.max_drift_score is not None:
+        assigned = {r.device_id: r.assigned_at for r in members if r.assigned_at is not None}
+        candidate = candidate.model_copy(
+            update=drift_score(conn, state.spec.model.name, target, assigned).fields()
+        )
     previous = Counter(
         r.from_version for r in members if r.from_version is not None and r.from_version != target
     )
@@ -216,6 +244,115 @@ def _version_metrics(
         latency_p95_ms=_nearest_rank(p95s, 0.95),
         inference_samples=inferences,
     )
+
+
+@dataclass(frozen=True)
+class DriftScore:
+    """The drift fields of a `VersionMetrics` (see the module docstring)."""
+
+    score: float | None = None
+    feature: str | None = None
+    samples: int = 0
+    unavailable: str | None = None
+
+    def fields(self) -> dict[str, Any]:
+        """As `VersionMetrics` field updates."""
+        return {
+            "drift_score": self.score,
+            "drift_feature": self.feature,
+            "drift_samples": self.samples,
+            "drift_unavailable": self.unavailable,
+        }
+
+
+def drift_score(
+    conn: Connection, model: str, version: str, assigned: Mapping[str, datetime]
+) -> DriftScore:
+    """The drift score of ``model`` ``version`` over the windows of the devices in
+    ``assigned`` received since their assignment (see the module docstring).
+
+    Never raises for missing or bad data (that is a score-less `DriftScore` saying why);
+    raises `sqlalchemy.exc.SQLAlchemyError` when the database fails.
+    """
+    session = Session(bind=conn)
+    try:
+        reference = get_reference(session, model, version)
+        thresholds = get_thresholds(session, model)
+    except NotFoundError:
+        return DriftScore(unavailable=f"no reference profile for {model} {version}")
+    finally:
+        session.close()
+    sketches, skipped = _sketches(conn, model, version, assigned, reference.profile_id)
+    left_out = f", {skipped} window(s) of another profile left out" if skipped else ""
+    if not sketches:
+        return DriftScore(unavailable=f"no drift windows since assignment{left_out}")
+    try:
+        report = evaluate(reference, merge_all(sketches), thresholds)
+    except SketchMismatchError as e:
+        return DriftScore(unavailable=f"windows do not fit the reference profile: {e}")
+    if not report.judged:
+        return DriftScore(
+            samples=report.count,
+            unavailable=f"{report.count} rows, the drift thresholds judge from "
+            f"{thresholds.min_count}{left_out}",
+        )
+    scored = [v.scores for v in report.features if v.scores.psi is not None]
+    if not scored:
+        return DriftScore(samples=report.count, unavailable="no feature has values to score")
+    worst = max(scored, key=lambda f: f.psi or 0.0)
+    return DriftScore(
+        score=max(0.0, worst.psi or 0.0),
+        feature=f"{worst.role} {worst.name}",
+        samples=report.count,
+    )
+
+
+def _sketches(
+    conn: Connection,
+    model: str,
+    version: str,
+    assigned: Mapping[str, datetime],
+    profile_id: str,
+) -> tuple[list[WindowSketch], int]:
+    """The parseable sketches counted against ``profile_id``, and how many were not."""
+    if not assigned:
+        return [], 0
+    sketches: list[WindowSketch] = []
+    skipped = 0
+    first = min(assigned.values())
+    for chunk in _chunks(sorted(assigned)):
+        rows = conn.execute(
+            select(
+                col(DriftWindowRow.device_id),
+                col(DriftWindowRow.model_name),
+                col(DriftWindowRow.received_at),
+                col(DriftWindowRow.sketch),
+            ).where(
+                col(DriftWindowRow.device_id).in_(chunk),
+                col(DriftWindowRow.model_version) == version,
+                col(DriftWindowRow.received_at) >= first,
+            )
+        )
+        for row in rows:
+            if row.received_at < assigned[row.device_id] or not _same_model(row.model_name, model):
+                continue
+            sketch = _sketch(row.sketch)
+            if sketch is None:
+                continue
+            if sketch.profile_id != profile_id:
+                skipped += 1
+                continue
+            sketches.append(sketch)
+    return sketches, skipped
+
+
+def _sketch(value: Any) -> WindowSketch | None:
+    if not value:
+        return None  # agents before drift sketches
+    try:
+        return WindowSketch.model_validate(value)
+    except ValidationError:
+        return None
 
 
 def _nearest_rank(values: list[float], q: float) -> float | None:

@@ -7,9 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
 from fleet.service import FleetService
+from shared.modeltools.package import build_package
+from simulators.models import TrainedModel
 from tests.fleet.publisher import wait_until
 from tests.fleet_updates.conftest import (  # noqa: F401  (fixtures used by these tests)
     MakeFleet,
@@ -20,6 +23,7 @@ from tests.fleet_updates.conftest import (  # noqa: F401  (fixtures used by thes
     upload,
 )
 from tests.rollouts_service.devices import ProtocolFleet
+from tests.rollouts_service.wine_windows import WineWindows
 from tests.support.mosquitto import MosquittoBroker
 
 # Fast orchestration for tests: a tick every 0.1 s, a lease that lapses after 1.5 s.
@@ -86,3 +90,31 @@ def history(api: httpx.Client, rollout_id: str, **params: Any) -> list[dict[str,
         if page["next_after_id"] is None:
             return lines
         after = page["next_after_id"]
+
+
+@pytest.fixture(scope="session")
+def drift_packages(
+    tmp_path_factory: pytest.TempPathFactory, wine_model: TrainedModel
+) -> dict[str, Path]:
+    """wine 1.0.0 and 1.1.0 packages that carry a reference profile (of the training
+    data), which the registry stores on upload for the drift guard."""
+    out = tmp_path_factory.mktemp("drift-packages")
+    reference = out / "reference.npy"
+    np.save(reference, wine_model.x_train)
+    return {
+        version: build_package(
+            wine_model.path,
+            name="wine",
+            version=version,
+            out_dir=out,
+            golden_count=8,
+            reference_data=reference,
+            feature_names=list(wine_model.feature_names),
+        )
+        for version in ("1.0.0", "1.1.0")
+    }
+
+
+@pytest.fixture(scope="session")
+def wine_windows(wine_model: TrainedModel, drift_packages: dict[str, Path]) -> WineWindows:
+    return WineWindows(wine_model, drift_packages)

@@ -6,27 +6,42 @@ it receives with the director's public key exactly as an agent does
 and answers with the deployment events a real agent publishes: ``downloading``,
 ``verified``, ``staged``, ``activated``, then ``healthy`` + ``committed`` (it now runs
 the target) or ``failed`` + ``rolled_back`` (it keeps what it ran), or ``info``
-"already active" for a desired state naming the version it runs. Real agents come in the
-simulator scenarios; this fake stands at the MQTT protocol, an interface this project
-defines.
+"already active" for a desired state naming the version it runs. Given a ``drift``
+source, a device that has just committed a version also publishes one drift window
+(`DriftMessage`) of that version, as an agent closes windows while it serves; tests can
+publish more with `ProtocolFleet.publish_drift`. Real agents come in the simulator
+scenarios; this fake stands at the MQTT protocol, an interface this project defines.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from shared.messages import EventKind, EventMessage, ModelRef, StateMessage, encode, utcnow
+from shared.drift import WindowSketch
+from shared.messages import (
+    DriftMessage,
+    EventKind,
+    EventMessage,
+    ModelRef,
+    StateMessage,
+    encode,
+    utcnow,
+)
 from shared.signing.director import DesiredBody, trusted_keys, verify_desired
 from shared.signing.errors import ReplayedOrOlder
 from shared.signing.tufapi import SSlibKey
 from shared.topics import Channel, device_filter, device_topic, parse_topic
+
+# (device id, version it now runs) -> the window it sends, or None for no window.
+DriftSource = Callable[[str, str], WindowSketch | None]
 
 
 @dataclass
@@ -58,9 +73,13 @@ class ProtocolFleet:
         version: str = "1.0.0",
         tags: tuple[str, ...] = (),
         hardware: str = "rpi4",
+        drift: DriftSource | None = None,
+        drift_window_s: float = 60.0,
     ) -> None:
         self.port = port
         self.model = model
+        self.drift = drift
+        self.drift_window_s = drift_window_s
         self.devices = {
             d: SimDevice(device_id=d, version=version, tags=tags, hardware=hardware)
             for d in device_ids
@@ -84,6 +103,30 @@ class ProtocolFleet:
         """The desired states the device accepted (verified, newer than the last)."""
         with self._lock:
             return list(self.devices[device_id].accepted)
+
+    def publish_drift(
+        self, device_id: str, sketch: WindowSketch, *, version: str | None = None
+    ) -> None:
+        """Publish one drift window of ``device_id`` (ending now) with the next seq, for
+        ``version`` (default: the version the device runs); waits for the broker's ack."""
+        with self._lock:
+            device = self.devices[device_id]
+            message = self._drift_message(device, version or device.version, sketch)
+        info = self._client.publish(device_topic(device_id, Channel.DRIFT), encode(message), qos=1)
+        info.wait_for_publish(timeout=10)
+
+    def _drift_message(self, device: SimDevice, version: str, sketch: WindowSketch) -> DriftMessage:
+        end = utcnow()
+        return DriftMessage(
+            device_id=device.device_id,
+            seq=device.next_seq(),
+            ts=end,
+            model=ModelRef(name=self.model, version=version),
+            window_start=end - timedelta(seconds=self.drift_window_s),
+            window_end=end,
+            count=sketch.count,
+            sketch=sketch,
+        )
 
     def start(self) -> None:
         self._worker.start()
@@ -182,8 +225,13 @@ class ProtocolFleet:
                 )
                 for kind in kinds
             ]
+            committed = EventKind.COMMITTED in kinds
+            sketch = self.drift(device_id, target.version) if self.drift and committed else None
+            window = self._drift_message(device, target.version, sketch) if sketch else None
         for event in events:
             self._client.publish(device_topic(device_id, Channel.EVENTS), encode(event), qos=1)
+        if window is not None:
+            self._client.publish(device_topic(device_id, Channel.DRIFT), encode(window), qos=1)
 
 
 def _reason(kind: EventKind) -> str | None:

@@ -58,7 +58,7 @@ def test_creation_errors_name_the_problem_and_store_nothing(
         last_wave_short = _create(api, selector=selector, waves=[{"fraction": 0.5}])
         assert last_wave_short.status_code == 422
         assert "last wave must be fraction=1.0" in last_wave_short.text
-        drift = _create(api, selector=selector, gate={"max_drift_score": 0.2})
+        drift = _create(api, selector=selector, gate={"max_drift_score": -0.2})
         assert drift.status_code == 422
         assert "max_drift_score" in drift.text
         assert _create(api, selector=selector, colour="red").status_code == 422
