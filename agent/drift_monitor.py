@@ -21,7 +21,8 @@ Invariants:
 - A batch that does not fit the profile is dropped whole, counted in `rejected_rows` and
   logged; it never takes the other buffered rows down with it.
 - Input tensors of more than two dimensions (images) are flattened to ``[N, -1]`` when
-  folded, so their profile is built on the flattened rows (one feature per element):
+  folded by `shared.drift.profile.flatten_tensors`, the reshape `build_profile` applies
+  to the reference data, so the profile's features are the flattened elements:
   fine for the small images of sensors and tiny CNNs, too many features for a camera
   frame, whose profile should be built on an embedding output instead.
 
@@ -40,6 +41,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from shared.drift import DriftError, ReferenceProfile, WindowAccumulator, WindowSketch
+from shared.drift.profile import flatten_tensors
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +126,16 @@ class DriftMonitor:
             self._opened_at = self._clock() if now is None else now
         if isinstance(inputs, np.ndarray):
             inputs = {self._input_tensor: inputs}
+        self.observe_batch(inputs, outputs or _NO_OUTPUTS, request_ids)
+
+    def observe_batch(
+        self, inputs: Tensors, outputs: Tensors, request_ids: Sequence[str] | None
+    ) -> None:
+        """`observe` for the inference path: tensors by name, the monitor's clock."""
+        if self._opened_at is None:
+            self._opened_at = self._clock()  # unlocked, as in `observe`
         inbox = self._inbox
-        inbox.append((inputs, outputs or _NO_OUTPUTS, request_ids))
+        inbox.append((inputs, outputs, request_ids))
         if len(inbox) >= self.fold_rows:
             # The timer fell behind: fold here rather than let the inbox grow unbounded
             # (all of it, into the open window: closing is the timer's business).
@@ -300,13 +310,12 @@ class DriftMonitor:
 
 
 def _flatten(inputs: Tensors) -> Tensors:
-    """Images and other tensors of more than two dimensions as ``[N, -1]`` rows."""
-    if all(np.ndim(a) <= 2 for a in inputs.values()):
-        return inputs
-    return {
-        name: np.reshape(a, (np.shape(a)[0], -1)) if np.ndim(a) > 2 else a
-        for name, a in inputs.items()
-    }
+    """Images and other tensors of more than two dimensions as ``[N, -1]`` rows.
+
+    The reshape `build_profile` applies to reference data, so columns line up; no cap
+    here: the profile's width check decides what fits.
+    """
+    return flatten_tensors(inputs)
 
 
 def _concatenate(batches: list[tuple[Tensors, Tensors]]) -> tuple[Tensors, Tensors]:

@@ -7,7 +7,9 @@ Invariants:
   old runtime is returned to the caller rather than closed, because requests may still
   be using it; dropping the last reference frees it when they are done.
 - Everything that depends only on the model (input specs as numpy dtypes and fixed
-  dimensions, the drift monitor) is resolved once per swap, not per call. An input that
+  dimensions, the runtime's predict, the metrics' recorders, the drift monitor) is
+  resolved once per swap into one closure (`_request_path`), not per call. The metrics
+  object is fixed at construction for that reason. An input that
   already is an ndarray of the model's dtype and shape is passed through as is; anything
   else takes the general path (`check_inputs`) with its conversions and error messages.
 - On a swap the old model's drift monitor is handed to ``on_retired`` (which closes and
@@ -155,16 +157,71 @@ class InputPlan:
 
 
 class _Serving:
-    """Everything `infer` needs about the active model, read with one attribute load."""
+    """Everything `infer` needs about the active model, read with one attribute load.
 
-    __slots__ = ("check", "drift", "model", "predict", "ref")
+    ``run`` is the whole request path for this model (check, time, predict, count,
+    observe) as one closure over values resolved at swap time, so a call does no
+    attribute lookups on the host, the metrics or the monitor.
+    """
 
-    def __init__(self, model: ActiveModel, drift: DriftMonitor | None) -> None:
+    __slots__ = ("drift", "model", "ref", "run")
+
+    def __init__(
+        self, model: ActiveModel, drift: DriftMonitor | None, metrics: InferenceMetrics
+    ) -> None:
         self.model = model
         self.ref = model.ref
-        self.predict = model.runtime.predict
-        self.check = InputPlan(list(model.runtime.inputs)).check
         self.drift = drift
+        self.run = _request_path(model, drift, metrics)
+
+
+RequestPath = Callable[[Mapping[str, Any], Sequence[str] | None], tuple[ModelRef, Tensors]]
+
+
+def _request_path(
+    model: ActiveModel, drift: DriftMonitor | None, metrics: InferenceMetrics
+) -> RequestPath:
+    """`ModelHost.infer` for one model and monitor, with everything resolved once."""
+    ref = model.ref
+    check = InputPlan(list(model.runtime.inputs)).check
+    predict = model.runtime.predict
+    record_ns, record_error = metrics.record_ns, metrics.record_error
+    now = _now_ns
+
+    if drift is None:
+
+        def run(
+            inputs: Mapping[str, Any], request_ids: Sequence[str] | None
+        ) -> tuple[ModelRef, Tensors]:
+            tensors = check(inputs)
+            started = now()
+            try:
+                outputs = predict(tensors)
+            except InferenceError:
+                record_error()
+                raise
+            record_ns(now() - started)
+            return ref, outputs
+
+        return run
+
+    observe = drift.observe_batch
+
+    def run_observed(
+        inputs: Mapping[str, Any], request_ids: Sequence[str] | None
+    ) -> tuple[ModelRef, Tensors]:
+        tensors = check(inputs)
+        started = now()
+        try:
+            outputs = predict(tensors)
+        except InferenceError:
+            record_error()
+            raise
+        record_ns(now() - started)
+        observe(tensors, outputs, request_ids)
+        return ref, outputs
+
+    return run_observed
 
 
 class ModelHost:
@@ -228,7 +285,7 @@ class ModelHost:
             serving = self._serving
             if serving is None or serving.drift is None:
                 return
-            self._serving = _Serving(serving.model, None)
+            self._serving = _Serving(serving.model, None, self.metrics)
         if self._on_retired is not None:
             self._on_retired(serving.model, serving.drift)
 
@@ -246,7 +303,7 @@ class ModelHost:
                     model.ref.version,
                     e,
                 )
-        return _Serving(model, monitor)
+        return _Serving(model, monitor, self.metrics)
 
     def infer(
         self, inputs: Mapping[str, Any], request_ids: Sequence[str] | None = None
@@ -262,15 +319,4 @@ class ModelHost:
         serving = self._serving
         if serving is None:
             raise NoModelLoadedError("no model is loaded yet")
-        tensors = serving.check(inputs)
-        started = _now_ns()
-        try:
-            outputs = serving.predict(tensors)
-        except InferenceError:
-            self.metrics.record_error()
-            raise
-        self.metrics.record_ns(_now_ns() - started)
-        drift = serving.drift
-        if drift is not None:
-            drift.observe(tensors, outputs, request_ids=request_ids)
-        return serving.ref, outputs
+        return serving.run(inputs, request_ids)

@@ -1,8 +1,24 @@
-"""ONNX Runtime backend."""
+"""ONNX Runtime backend.
+
+Invariants:
+
+- `predict` calls the session's compiled ``run`` (``InferenceSession._sess.run``) when
+  the installed onnxruntime has it, resolved once at load. The public
+  ``InferenceSession.run`` adds, per call, Python checks that do not apply here: that
+  the feed names every input (`predict` checks that itself, more cheaply, and names
+  the missing input), that `OrtValue` inputs belong to this session (we feed numpy
+  arrays), WebGPU graph capture and execution-provider fallback (we run on the CPU
+  provider only). The compiled run still checks names, dtypes and shapes. Without
+  ``_sess`` (a future onnxruntime), the public ``run`` is used.
+- Outputs that the model declares as tensors come back as fresh ndarrays and are passed
+  on as they are; non-tensor outputs (sequences, maps) are converted with `np.asarray`.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import onnxruntime as ort
@@ -37,6 +53,18 @@ def _spec(arg: ort.NodeArg) -> TensorSpec:
     return TensorSpec(name=arg.name, dtype=_ORT_TO_NUMPY.get(arg.type, arg.type), shape=shape)
 
 
+Run = Callable[[list[str], Tensors, "ort.RunOptions | None"], list[Any]]
+
+
+def _compiled_run(session: ort.InferenceSession) -> Run:
+    """The session's compiled ``run``, or its public one (see the module invariants)."""
+    compiled = getattr(session, "_sess", None)
+    run = getattr(compiled, "run", None)
+    if callable(run):
+        return cast(Run, run)
+    return cast(Run, session.run)
+
+
 class OnnxRuntime:
     """A model loaded in an ONNX Runtime CPU session. `predict` is thread-safe."""
 
@@ -64,6 +92,11 @@ class OnnxRuntime:
         self._inputs = [_spec(a) for a in self._session.get_inputs()]
         self._outputs = [_spec(a) for a in self._session.get_outputs()]
         self._output_names = [o.name for o in self._outputs]
+        self._input_names = tuple(s.name for s in self._inputs)
+        self._tensor_outputs = all(
+            a.type.startswith("tensor(") for a in self._session.get_outputs()
+        )
+        self._run: Run | None = _compiled_run(self._session)
 
     @property
     def inputs(self) -> list[TensorSpec]:
@@ -74,13 +107,22 @@ class OnnxRuntime:
         return self._outputs
 
     def predict(self, inputs: Tensors) -> Tensors:
-        session = self._session  # one read: close() may drop it while we run
-        if session is None:
+        """Run the model; raises `InferenceError` on bad inputs or a runtime failure."""
+        run = self._run  # one read: close() may drop it while we run
+        if run is None:
             raise InferenceError(f"{self._path.name}: the runtime is closed")
+        for name in self._input_names:
+            if name not in inputs:
+                raise InferenceError(
+                    f"{self._path.name}: input {name!r} is missing; the model takes "
+                    f"{sorted(self._input_names)}, got {sorted(inputs)}"
+                )
         try:
-            results = session.run(self._output_names, inputs)
+            results = run(self._output_names, inputs, None)
         except Exception as e:
             raise InferenceError(f"onnxruntime: {e}") from e
+        if self._tensor_outputs:
+            return dict(zip(self._output_names, results, strict=True))
         return {
             name: np.asarray(value) for name, value in zip(self._output_names, results, strict=True)
         }
@@ -89,3 +131,4 @@ class OnnxRuntime:
         # Sessions free their memory when collected; dropping the reference is enough, and
         # a request already running keeps its own reference until it returns.
         self._session = None
+        self._run = None

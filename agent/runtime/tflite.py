@@ -14,6 +14,11 @@ Invariants:
   interpreter sees them, so a bad request fails with `InferenceError` naming the tensor,
   what was expected and what was found. The leading (batch) dimension may vary: the
   interpreter is resized on a new batch size.
+- An input that already is an ndarray of the dtype `predict` takes (float32 for a
+  quantized input) with every fixed dimension right goes to the interpreter as it is
+  (LiteRT's ``set_tensor`` copies it, contiguous or not); anything else is converted and
+  checked by the general path. ``get_tensor`` returns a copy, so outputs are not copied
+  again.
 - A TFLite interpreter holds its tensors in place and is not thread-safe, so `predict`
   serialises calls with a lock; on the small CPUs we target one interpreter with
   ``intra_op_threads`` threads is already the fastest arrangement. The other
@@ -71,6 +76,35 @@ class _Port:
         dtype = self.dtype.name if raw or self.quantization is None else "float32"
         return TensorSpec(
             name=self.name, dtype=dtype, shape=[d if d >= 0 else None for d in self.shape]
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _FastInput:
+    """What an input array must be to skip conversion: exact dtype and trailing shape.
+
+    ``tail`` is None when a non-batch dimension is variable; such an input always takes
+    the general path.
+    """
+
+    name: str
+    dtype: np.dtype[Any]
+    ndim: int
+    tail: tuple[int, ...] | None
+    quantization: Quantization | None
+    stored: np.dtype[Any]
+
+    @classmethod
+    def of(cls, port: _Port, *, raw: bool) -> _FastInput:
+        quantization = None if raw else port.quantization
+        fixed = len(port.shape) > 0 and all(d >= 0 for d in port.shape[1:])
+        return cls(
+            name=port.name,
+            dtype=np.dtype(np.float32) if quantization is not None else port.dtype,
+            ndim=len(port.shape),
+            tail=tuple(port.shape[1:]) if fixed else None,
+            quantization=quantization,
+            stored=port.dtype,
         )
 
 
@@ -156,6 +190,12 @@ class TfliteRuntime:
             p.index: tuple(int(d) for d in self._interpreter.get_tensor(p.index).shape)
             for p in self._in
         }
+        self._in_names = [p.name for p in self._in]
+        self._fits = [_FastInput.of(p, raw=raw) for p in self._in]
+        self._out_indexes = [p.index for p in self._out]
+        self._out_names = [p.name for p in self._out]
+        self._dequantize = [None if raw else p.quantization for p in self._out]
+        self._plain_outputs = all(q is None for q in self._dequantize)
         logger.debug("loaded %s with %s threads, raw=%s", path, threads, raw)
 
     @property
@@ -179,26 +219,47 @@ class TfliteRuntime:
             if interpreter is None:
                 raise InferenceError(f"{self._path.name}: the runtime is closed")
             try:
+                shapes = self._current_shapes
                 for port, value in zip(self._in, prepared, strict=True):
-                    if self._current_shapes[port.index] != value.shape:
+                    if shapes[port.index] != value.shape:
                         # A new batch size: resize once, then reuse for same-sized calls.
                         interpreter.resize_tensor_input(port.index, value.shape)
                         interpreter.allocate_tensors()
-                        self._current_shapes[port.index] = value.shape
+                        shapes[port.index] = value.shape
                     interpreter.set_tensor(port.index, value)
                 interpreter.invoke()
-                stored = [np.array(interpreter.get_tensor(p.index)) for p in self._out]
+                get = interpreter.get_tensor
+                stored = [get(index) for index in self._out_indexes]
             except (ValueError, RuntimeError) as e:
                 raise InferenceError(f"{self._path.name}: TFLite failed: {e}") from e
+        if self._plain_outputs:
+            return dict(zip(self._out_names, stored, strict=True))
         return {
-            port.name: value
-            if self._raw or port.quantization is None
-            else dequantize(value, port.quantization)
-            for port, value in zip(self._out, stored, strict=True)
+            name: value if quantization is None else dequantize(value, quantization)
+            for name, value, quantization in zip(
+                self._out_names, stored, self._dequantize, strict=True
+            )
         }
 
     def _prepare(self, inputs: Tensors) -> list[NDArray[Any]]:
-        names = [p.name for p in self._in]
+        if len(inputs) == len(self._fits):
+            prepared = []
+            for fit in self._fits:
+                value = inputs.get(fit.name)
+                if (
+                    value.__class__ is not np.ndarray
+                    or value.dtype != fit.dtype
+                    or value.ndim != fit.ndim
+                    or value.shape[1:] != fit.tail
+                ):
+                    break
+                quantization = fit.quantization
+                prepared.append(
+                    value if quantization is None else quantize(value, quantization, fit.stored)
+                )
+            else:
+                return prepared
+        names = self._in_names
         missing = [n for n in names if n not in inputs]
         unexpected = sorted(set(inputs) - set(names))
         if missing or unexpected:

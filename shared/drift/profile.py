@@ -10,12 +10,19 @@ Invariants:
 - features address the model's tensors: ``tensor`` by name and ``column`` (``None`` for
   a 1-D tensor), so a device folds the very tensors it feeds and gets from the model;
 - ``profile_id`` is the SHA-256 of everything else, so windows built against one
-  profile are never compared with, or merged into, another.
+  profile are never compared with, or merged into, another;
+- an input tensor of more than two dimensions (an image ``[N, H, W, C]``) is profiled
+  as `flatten_features` makes it, ``[N, H*W*C]`` in C order with one numeric feature
+  per element, the very reshape the device's drift monitor applies before folding, so
+  feature ``input[j]`` is element ``j`` of the flattened row on both sides. Building
+  refuses more than `MAX_FLAT_FEATURES` such features: a camera frame should be
+  profiled on an embedding output instead.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections.abc import Collection, Mapping, Sequence
 from typing import Annotated, Literal
@@ -30,7 +37,40 @@ from shared.drift.categories import category_key, encode_categories, missing_mas
 
 PROFILE_VERSION = 1
 OTHER = "__other__"
+MAX_FLAT_FEATURES = 4096
 Tensors = Mapping[str, NDArray[np.generic]]
+
+
+def flatten_features(
+    array: NDArray[np.generic], *, name: str = "input", max_features: int | None = None
+) -> NDArray[np.generic]:
+    """``array`` as rows of features: more than two dimensions become ``[N, -1]``.
+
+    1-D and 2-D arrays are returned as they are. ``max_features`` (None: no limit) caps
+    the width of a flattened tensor. Raises `ProfileError` naming the tensor ``name``
+    when a flattened row would have more than ``max_features`` elements.
+    """
+    if array.ndim <= 2:
+        return array
+    rows = array.shape[0]
+    width = int(np.prod(array.shape[1:], dtype=np.int64))
+    if max_features is not None and width > max_features:
+        raise ProfileError(
+            f"tensor {name!r} of shape {list(array.shape)} flattens to {width} features "
+            f"per row, more than the {max_features} a profile allows; profile an "
+            "embedding (a model output) or a downscaled input instead"
+        )
+    return array.reshape(rows, width)
+
+
+def flatten_tensors(tensors: Tensors, *, max_features: int | None = None) -> Tensors:
+    """`flatten_features` on every tensor; ``tensors`` itself when none needs it."""
+    if all(np.ndim(a) <= 2 for a in tensors.values()):
+        return tensors
+    return {
+        name: flatten_features(np.asarray(a), name=name, max_features=max_features)
+        for name, a in tensors.items()
+    }
 
 
 class FeatureBase(DriftModel):
@@ -117,8 +157,16 @@ class ReferenceProfile(DriftModel):
         return cls.model_validate_json(text)
 
     def content_id(self) -> str:
-        """SHA-256 over every field but ``profile_id``."""
-        body = self.model_dump_json(exclude={"profile_id"})
+        """SHA-256 over every field but ``profile_id``, in canonical (sorted-key) JSON.
+
+        Sorted keys, because a profile read back from a package manifest (written with
+        sorted keys) must hash to the id it carries whatever order dicts had when built.
+        """
+        body = json.dumps(
+            self.model_dump(mode="json", exclude={"profile_id"}),
+            sort_keys=True,
+            separators=(",", ":"),
+        )
         return hashlib.sha256(body.encode()).hexdigest()
 
 
@@ -321,16 +369,19 @@ def build_profile(
     """Profile reference ``inputs`` (and the model's ``outputs`` on them).
 
     ``inputs`` is either the model's input tensors by name or one ``[N, F]`` array (the
-    tensor ``input_tensor``) whose columns ``feature_names`` names. Strings, booleans
+    tensor ``input_tensor``) whose columns ``feature_names`` names. Input tensors of
+    more than two dimensions are flattened first (`flatten_features`, at most
+    `MAX_FLAT_FEATURES` per row). Strings, booleans
     and the names in ``categorical`` become categorical features; so do 1-D integer
     outputs (predicted classes). 2-D outputs (scores) become one numeric feature per
     column. With ``labels``, the profile also records how labels join predictions and
     the baseline metrics on this data, for performance-drop detection.
 
     Raises `ProfileError` for empty data, a numeric feature without a finite value,
-    names that do not fit, or labels that cannot be joined.
+    names that do not fit, an input too large to flatten, or labels that cannot be
+    joined.
     """
-    tensors = as_tensors(inputs, input_tensor)
+    tensors = flatten_tensors(as_tensors(inputs, input_tensor), max_features=MAX_FLAT_FEATURES)
     if not tensors:
         raise ProfileError("no input tensors to profile")
     input_features = _profile_tensors(

@@ -5,9 +5,12 @@ import threading
 import numpy as np
 import pytest
 
+from agent.drift_monitor import DriftMonitor
 from agent.metrics import InferenceMetrics
 from agent.model_host import ActiveModel, InputError, ModelHost, NoModelLoadedError, check_inputs
-from agent.runtime import load_runtime
+from agent.runtime import InferenceError, load_runtime
+from agent.runtime.base import Tensors
+from shared.drift import build_profile
 from shared.messages import ModelRef
 from shared.tensors import TensorSpec
 from simulators.models import TrainedModel
@@ -89,3 +92,75 @@ def test_swapping_models_under_load_drops_no_request(wine_model: TrainedModel) -
     assert not failures
     assert {"1", "2"} <= set(versions)
     assert host.metrics.interval().inferences == len(versions)
+
+
+class _FailingRuntime:
+    """A `ModelRuntime` (our interface) whose every run fails, as a broken model would."""
+
+    runtime = "failing"
+    inputs = SPECS
+    outputs = [TensorSpec(name="probabilities", dtype="float32", shape=[None, 3])]
+
+    def predict(self, inputs: Tensors) -> Tensors:
+        raise InferenceError("the model crashed")
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_runtime_failure_is_counted_and_reported_to_an_observer_set_after_the_host() -> None:
+    metrics = InferenceMetrics()
+    host = ModelHost(metrics, ActiveModel(_FailingRuntime(), ModelRef(name="w", version="1")))
+    seen: list[bool] = []
+    metrics.observer = lambda ok, latency_ms: seen.append(ok)  # set after the path was built
+    with pytest.raises(InferenceError, match="crashed"):
+        host.infer({"input": np.zeros((1, 13), dtype=np.float32)})
+    assert (metrics.interval().errors, seen) == (1, [False])
+
+
+def test_each_model_version_folds_its_own_requests_into_its_own_monitor(
+    wine_model: TrainedModel,
+) -> None:
+    runtime = load_runtime(wine_model.path)
+    outputs = runtime.predict({"input": wine_model.x_test})
+    profile = build_profile({"input": wine_model.x_test}, outputs)
+    monitors: list[DriftMonitor] = []
+
+    def monitor_for(model: ActiveModel) -> DriftMonitor:
+        monitors.append(DriftMonitor(profile))
+        return monitors[-1]
+
+    seen: list[str] = []
+    host = ModelHost(
+        InferenceMetrics(),
+        ActiveModel(runtime, ModelRef(name="wine", version="1")),
+        drift=monitor_for,
+        on_retired=lambda model, monitor: seen.append(model.ref.version),
+    )
+    for i in range(3):
+        host.infer({"input": wine_model.x_test[i : i + 1]}, [f"r{i}"])
+    host.swap(ActiveModel(load_runtime(wine_model.path), ModelRef(name="wine", version="2")))
+    host.infer({"input": wine_model.x_test[:2]}, ["a", "b"])
+    first, second = monitors
+    window = first.close()
+    assert window is not None
+    assert window.count == 3
+    window = second.close()
+    assert window is not None
+    assert window.count == 2
+    assert seen == ["1"]
+    assert host.metrics.interval().inferences == 4
+
+
+def test_a_non_contiguous_or_integer_input_takes_the_checked_path(wine_model: TrainedModel) -> None:
+    host, active = host_for(wine_model)
+    rows = np.ascontiguousarray(wine_model.x_test[:2], dtype=np.float32)
+    expected = active.runtime.predict({"input": rows})["probabilities"]
+    wide = np.zeros((2, 26), dtype=np.float32)
+    wide[:, ::2] = rows
+    _, strided = host.infer({"input": wide[:, ::2]})
+    np.testing.assert_array_equal(strided["probabilities"], expected)
+    _, from_ints = host.infer({"input": np.ones((2, 13), dtype=np.int64)})
+    assert from_ints["probabilities"].shape == (2, 3)
+    with pytest.raises(InputError, match="must be float32, found complex128"):
+        host.infer({"input": np.ones((1, 13), dtype=np.complex128)})

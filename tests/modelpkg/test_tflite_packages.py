@@ -14,11 +14,17 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
+from agent.drift_monitor import DriftMonitor
 from agent.runtime import load_runtime
-from shared.drift.profile import ReferenceProfile, build_profile
+from shared.drift import ProfileError
+from shared.drift.profile import (
+    MAX_FLAT_FEATURES,
+    NumericFeature,
+    ReferenceProfile,
+    build_profile,
+)
 from shared.manifest import ModelManifest, Tolerance
 from shared.modeltools.package import (
-    DataError,
     GoldenResult,
     build_package,
     check_golden,
@@ -162,14 +168,8 @@ def test_full_integer_digits_package_exposes_float_tensors_and_passes_golden_sam
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=DataError,
-    reason="shared.drift.profile.build_profile profiles 1-D/2-D tensors only; "
-    "an image model's [N, 8, 8, 1] input cannot get a default reference profile",
-)
-def test_image_model_gets_a_reference_profile_by_default(
-    tmp_path: Path, reference: dict[str, Path]
+def test_image_model_gets_a_default_profile_the_agent_folds_pixel_for_pixel(
+    tmp_path: Path, reference: dict[str, Path], splits: dict[str, Split]
 ) -> None:
     package = build_package(
         model_path("digits_cnn_int8.tflite"),
@@ -181,6 +181,27 @@ def test_image_model_gets_a_reference_profile_by_default(
     )
     manifest, _ = read_package(package)
     assert manifest.reference_profile is not None
+    profile = ReferenceProfile.model_validate(manifest.reference_profile)
+    flat_train = splits["digits"].x_train.reshape(len(splits["digits"].x_train), -1)
+    # Feature j is element j of the C-order flattened image, on both sides.
+    assert [f.name for f in profile.inputs] == [f"input[{j}]" for j in range(64)]
+    means = [f.mean for f in profile.inputs if isinstance(f, NumericFeature)]
+    np.testing.assert_allclose(means, flat_train.mean(axis=0, dtype=np.float64), rtol=1e-6)
+
+    monitor = DriftMonitor(profile)
+    held_out = splits["digits"].x_test
+    outputs = load_runtime(model_path("digits_cnn_int8.tflite")).predict({"input": held_out})
+    monitor.observe({"input": held_out}, outputs)
+    window = monitor.close()
+    assert window is not None
+    assert (window.count, monitor.rejected_rows) == (len(held_out), 0)
+
+
+def test_an_image_too_large_to_profile_pixel_by_pixel_is_refused_naming_the_tensor() -> None:
+    frames = np.zeros((4, 65, 65, 1), dtype=np.float32)  # 4225 features per row
+    with pytest.raises(ProfileError, match=r"'camera'.*4225 features.*4096"):
+        build_profile({"camera": frames})
+    assert len(build_profile({"camera": frames[:, :64, :64]}).inputs) == MAX_FLAT_FEATURES
 
 
 # The int8 wine model differs from the float one by at most ~0.007 on the reference rows

@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 
 from agent.runtime import InferenceError, load_runtime
+from agent.runtime.base import Tensors
 from simulators.tflite_models.catalog import model_path
 
 
 @pytest.mark.parametrize("file", ["wine_float.onnx", "wine_float.tflite", "wine_int8.tflite"])
 def test_predict_after_close_is_a_clear_inference_error(file: str) -> None:
     runtime = load_runtime(model_path(file))
-    inputs = {runtime.inputs[0].name: np.zeros((1, 13), dtype=np.float32)}
+    inputs: Tensors = {runtime.inputs[0].name: np.zeros((1, 13), dtype=np.float32)}
     assert runtime.predict(inputs)
     runtime.close()
     with pytest.raises(InferenceError, match="closed"):
