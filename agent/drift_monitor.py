@@ -13,8 +13,10 @@ Invariants:
   with the next batch) or is ``window_s`` old (from its first row or label, by the
   monitor's monotonic clock). Only if ``fold_rows`` calls pile up in the inbox (the
   timer stalled) does `observe` fold them itself, which bounds the inbox's memory.
-- Labels arrive late: the drain remembers the outputs of the last ``label_memory``
-  request ids (LRU by first sighting; ids are meant to be unique), and `record_label`
+- Labels arrive late: the drain copies the label tensors of the last ``label_memory``
+  rows that carried a request id into a ring, and maps each id to its row's sequence
+  number (ids are meant to be unique; a repeated id points at its latest row), so the
+  drain does no Python work per row beyond one dict update; `record_label`
   (which drains first, so a label may follow its prediction at once) joins a label to
   them. A label counts in the window in which it arrives, not the one its prediction
   fell in, so a closed window is never reopened.
@@ -34,8 +36,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from itertools import repeat
 
 import numpy as np
 from numpy.typing import NDArray
@@ -90,8 +92,12 @@ class DriftMonitor:
         self._label_tensors = label_tensors
         self._inbox: list[tuple[Tensors, Tensors, Sequence[str] | None]] = []
         self._pending: list[tuple[Tensors, Tensors]] = []
-        self._pending_labels: list[tuple[Tensors, int, object]] = []
-        self._recent: OrderedDict[str, tuple[Tensors, int]] = OrderedDict()
+        self._pending_labels: list[tuple[dict[str, NDArray[np.generic]], object]] = []
+        # Late-label memory: request id -> sequence number of its row in the label ring.
+        self._remember_labels = label_memory > 0 and profile.labels is not None
+        self._recent: dict[str, int] = {}
+        self._label_ring: dict[str, NDArray[np.generic]] = {}
+        self._remembered = 0
         self._opened_at: float | None = None
         self._rows = 0
         self._reservoir: dict[str, NDArray[np.generic]] = {}
@@ -154,14 +160,13 @@ class DriftMonitor:
                 self.unmatched_labels += 1
                 return False
             self._drain(self._clock() if now is None else now, limit=None)
-            found = self._recent.pop(request_id, None)
+            found = self._recall(request_id)
             if found is None:
                 self.unmatched_labels += 1
                 return False
             if self._opened_at is None:
                 self._opened_at = self._clock() if now is None else now
-            outputs, row = found
-            self._pending_labels.append((outputs, row, label))
+            self._pending_labels.append((found, label))
             if len(self._pending_labels) >= self.fold_rows:
                 self._fold_labels()
             return True
@@ -210,28 +215,89 @@ class DriftMonitor:
             return {name: r[:filled].copy() for name, r in self._reservoir.items()}
 
     def _drain(self, now: float, *, limit: int | None) -> None:
-        """Move inbox batches to the fold buffer, in order, until the window holds ``limit``."""
+        """Move inbox batches to the fold buffer, in order, until the window holds ``limit``.
+
+        Vectorised over the batches (the timer drains thousands of one-row batches per
+        tick, and Python work per row here was most of the monitor's cost): one list
+        comprehension for the row counts, one concatenation per tensor, one dict update
+        for the request ids.
+        """
         inbox = self._inbox
         available = len(inbox)  # batches appended from now on wait for the next drain
         if not available:
             return
         if self._opened_at is None:
             self._opened_at = now
-        recent, remember = self._recent, self.label_memory > 0
-        taken = 0
-        for inputs, outputs, request_ids in inbox[:available]:
-            taken += 1
-            rows = len(next(iter(inputs.values()))) if inputs else 0
-            self._pending.append((inputs, outputs))
-            self._rows += rows
-            if request_ids is not None and remember:
-                for row, request_id in enumerate(request_ids):
-                    recent[request_id] = (outputs, row)
-            if limit is not None and self._rows >= limit:
-                break
+        batches = inbox[:available]
+        sizes = _batch_rows(batches)
+        taken = available
+        if limit is not None:
+            # The batch that brings the window to ``limit`` rows is the last one taken.
+            cut = int(np.searchsorted(np.cumsum(sizes), limit - self._rows, side="left"))
+            taken = min(available, cut + 1)
+            batches, sizes = batches[:taken], sizes[:taken]
         del inbox[:taken]
-        while len(recent) > self.label_memory:
-            recent.popitem(last=False)
+        self._rows += sum(sizes)
+        remember = self._remember_labels
+        block = _stack(batches)
+        if block is not None:
+            self._pending.append(block)
+            if remember:
+                self._remember(block[1], _request_ids(batches, sizes))
+            return
+        # Batches that do not stack (one is malformed): keep them apart so `_fold` drops
+        # only the bad ones.
+        for (inputs, outputs, request_ids), size in zip(batches, sizes, strict=True):
+            self._pending.append((inputs, outputs))
+            if remember:
+                self._remember(outputs, _request_ids([(inputs, outputs, request_ids)], [size]))
+
+    def _remember(self, outputs: Tensors, request_ids: list[str | None]) -> None:
+        """Keep the label tensors of rows with a request id in the label ring.
+
+        The ring holds the rows of the last ``label_memory`` request ids; ``_recent``
+        maps an id to its sequence number, valid while the ring still holds it.
+        """
+        memory = self.label_memory
+        keep = [i for i, rid in enumerate(request_ids) if rid is not None]
+        if not keep:
+            return
+        keep = keep[-memory:]
+        try:
+            rows = {name: np.asarray(outputs[name]) for name in self._label_tensors}
+            ring = self._label_ring
+            for name, array in rows.items():
+                have = ring.get(name)
+                if have is None:
+                    ring[name] = np.empty((memory, *array.shape[1:]), dtype=array.dtype)
+                elif have.shape[1:] != array.shape[1:] or have.dtype != array.dtype:
+                    raise ValueError(
+                        f"output {name!r}: shape {list(array.shape[1:])} {array.dtype} per row, "
+                        f"expected {list(have.shape[1:])} {have.dtype}"
+                    )
+            seq = self._remembered
+            slots = np.arange(seq, seq + len(keep)) % memory
+            index = keep if len(keep) < len(request_ids) else slice(None)
+            for name, array in rows.items():
+                ring[name][slots] = array[index]
+        except (KeyError, ValueError, IndexError, TypeError) as e:
+            log.debug("drift monitor cannot keep %s predictions for labels: %s", len(keep), e)
+            return
+        ids = request_ids if len(keep) == len(request_ids) else [request_ids[i] for i in keep]
+        recent = self._recent
+        recent.update(zip(ids, range(seq, seq + len(keep)), strict=True))  # type: ignore[arg-type]
+        self._remembered = seq + len(keep)
+        if len(recent) > 2 * memory:
+            cutoff = self._remembered - memory
+            self._recent = {rid: s for rid, s in recent.items() if s >= cutoff}
+
+    def _recall(self, request_id: str) -> dict[str, NDArray[np.generic]] | None:
+        """The label tensors of ``request_id``'s row (a copy), forgetting it; None if unknown."""
+        seq = self._recent.pop(request_id, None)
+        if seq is None or seq < self._remembered - self.label_memory:
+            return None
+        slot = seq % self.label_memory
+        return {name: ring[slot].copy() for name, ring in self._label_ring.items()}
 
     def _close(self) -> WindowSketch:
         self._fold()
@@ -277,10 +343,9 @@ class DriftMonitor:
         pending, self._pending_labels = self._pending_labels, []
         try:
             outputs = {
-                name: np.stack([np.asarray(out[name])[row] for out, row, _ in pending])
-                for name in self._label_tensors
+                name: np.stack([rows[name] for rows, _ in pending]) for name in self._label_tensors
             }
-            labels = np.asarray([label for _, _, label in pending])
+            labels = np.asarray([label for _, label in pending])
             self._accumulator.add_labels(outputs, labels)
         except (DriftError, ValueError, KeyError, IndexError) as e:
             self.unmatched_labels += len(pending)
@@ -326,3 +391,54 @@ def _concatenate(batches: list[tuple[Tensors, Tensors]]) -> tuple[Tensors, Tenso
     inputs = {name: np.concatenate([b[0][name] for b in batches]) for name in first_in}
     outputs = {name: np.concatenate([b[1][name] for b in batches]) for name in first_out}
     return _flatten(inputs), outputs
+
+
+Batch = tuple[Tensors, Tensors, Sequence[str] | None]
+
+
+def _rows_of(inputs: Tensors) -> int:
+    return len(next(iter(inputs.values()))) if inputs else 0
+
+
+def _batch_rows(batches: list[Batch]) -> list[int]:
+    """Rows of each batch (of its first input tensor; 0 for a batch without inputs)."""
+    try:
+        name = next(iter(batches[0][0]))
+        return [len(b[0][name]) for b in batches]
+    except (StopIteration, KeyError, TypeError):
+        return [_safe_rows(b[0]) for b in batches]
+
+
+def _safe_rows(inputs: Tensors) -> int:
+    try:
+        return _rows_of(inputs)
+    except TypeError:  # a 0-d array: rejected when folded
+        return 1
+
+
+def _stack(batches: list[Batch]) -> tuple[Tensors, Tensors] | None:
+    """All batches as one (inputs, outputs) block, or None if they do not line up."""
+    if len(batches) == 1:
+        return batches[0][0], batches[0][1]
+    first_in, first_out = batches[0][0], batches[0][1]
+    try:
+        inputs = {name: np.concatenate([b[0][name] for b in batches]) for name in first_in}
+        outputs = {name: np.concatenate([b[1][name] for b in batches]) for name in first_out}
+    except (KeyError, ValueError, TypeError):
+        return None
+    return inputs, outputs
+
+
+def _request_ids(batches: list[Batch], sizes: list[int]) -> list[str | None]:
+    """One request id (or None) per row of ``batches``, row-aligned."""
+    try:
+        if [len(b[2]) for b in batches] == sizes:  # type: ignore[arg-type]
+            return [rid for b in batches for rid in b[2]]  # type: ignore[union-attr]
+    except TypeError:  # a batch without ids
+        pass
+    out: list[str | None] = []
+    for (_, _, request_ids), size in zip(batches, sizes, strict=True):
+        given = list(request_ids or ())[:size]
+        out.extend(given)
+        out.extend(repeat(None, size - len(given)))
+    return out

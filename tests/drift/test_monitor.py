@@ -124,3 +124,27 @@ def test_monitor_folds_a_real_onnx_models_inputs_and_outputs(wine_model) -> None
     assert sketch.classification is not None
     confusion = np.array(sketch.classification.confusion)
     assert np.trace(confusion) / confusion.sum() == pytest.approx(wine_model.accuracy)
+
+
+def test_labels_join_exactly_across_mixed_batches_and_a_window_split(profile) -> None:
+    monitor = DriftMonitor(profile, window_count=6, window_s=3600, label_memory=100, clock=Clock())
+    batches = [rows(i, n) for i, n in enumerate((1, 3, 2, 4))]
+    ids = [["a"], ["b0", "b1", "b2"], None, ["d0", "d1", "d2", "d3"]]
+    for (x, out), request_ids in zip(batches, ids, strict=True):
+        monitor.observe(x, out, request_ids=request_ids)
+    first = monitor.maybe_close()  # 1 + 3 + 2 rows: the split falls after the third batch
+    assert first is not None
+    assert first.count == 6
+    # Each label is the prediction made for its own row, so every joined label is a hit.
+    predicted = {"a": batches[0][1]["label"][0], "d2": batches[3][1]["label"][2]}
+    predicted |= {f"b{i}": batches[1][1]["label"][i] for i in range(3)}
+    for request_id, label in predicted.items():
+        assert monitor.record_label(request_id, int(label))
+    assert not monitor.record_label("c0", 0)
+    second = monitor.close()
+    assert second is not None
+    assert second.count == 4
+    assert second.labelled == len(predicted)
+    assert second.classification is not None
+    confusion = np.array(second.classification.confusion)
+    assert np.trace(confusion) == confusion.sum() == len(predicted)
