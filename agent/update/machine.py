@@ -54,6 +54,7 @@ from agent.update.types import (
     ActivationFailed,
     Budget,
     Cleanup,
+    CollectGarbage,
     Commit,
     DesiredReceived,
     DesiredRejected,
@@ -534,7 +535,9 @@ def _on_resumed(  # noqa: PLR0911 - one return per phase
 ) -> Step:
     target, phase = state.target, state.phase
     ensure: list[Effect] = [EnsureActive(model=state.active)]
-    if phase in AT_REST or target is None:
+    if phase in AT_REST:
+        return state, [*ensure, CollectGarbage()]
+    if target is None:
         return state, ensure
     if phase is Phase.DOWNLOADING:
         attempts = state.download_attempts + 1

@@ -36,6 +36,7 @@ from agent.update.types import (
     ActivationFailed,
     Budget,
     Cleanup,
+    CollectGarbage,
     Commit,
     DesiredReceived,
     DesiredTarget,
@@ -303,10 +304,19 @@ class UpdateRunner:
                 self._artifact(model.sha256).unlink(missing_ok=True)
                 removed = self._store.gc()
                 log.debug("store gc removed %s", removed)
+            case CollectGarbage():
+                self._collect_garbage()
             case Cleanup(sha256=sha):
                 self._discard_download(sha)
                 if sha not in (self._store.active(), self._store.previous()):
                     self._store.remove(sha)
+
+    def _collect_garbage(self) -> None:
+        removed = self._store.gc()
+        for leftover in self._downloads.glob("*.efpkg*"):
+            leftover.unlink(missing_ok=True)
+        if removed:
+            log.info("removed %d model(s) a crash left in the store", len(removed))
 
     def _report(self, report: Report) -> None:
         try:

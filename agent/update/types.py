@@ -251,6 +251,14 @@ class Cleanup(Frozen):
     sha256: Sha256
 
 
+class CollectGarbage(Frozen):
+    """At rest after a restart: drop stored models other than active and previous, and
+    leftover downloads. A crash between persisting a terminal phase and its Commit or
+    Cleanup effect would otherwise leave them on the disk for good."""
+
+    kind: Literal["collect_garbage"] = "collect_garbage"
+
+
 class EnsureActive(Frozen):
     """At startup: make sure ``model`` is the store's active model and is loaded."""
 
@@ -277,6 +285,7 @@ Effect = Annotated[
     | RollBack
     | Commit
     | Cleanup
+    | CollectGarbage
     | EnsureActive
     | Report,
     Field(discriminator="kind"),

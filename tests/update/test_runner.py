@@ -238,3 +238,26 @@ def test_worker_thread_runs_an_update_to_commit(tmp_path: Path, packages: list[P
         runner.stop()
     assert runner.state.phase is Phase.COMMITTED
     assert ModelStore(tmp_path / "store").active() == packages[0].sha256
+
+
+def test_crash_after_commit_is_persisted_leaves_no_third_model_behind(
+    tmp_path: Path, packages: list[Package], installed
+) -> None:
+    # The agent dies after persisting COMMITTED but before the Commit effect's gc ran:
+    # the store still holds a model that is neither active nor previous, and a download
+    # is left over. The restart, at rest, must collect both.
+    ports = Ports(packages)
+    runner = installed(ports)
+    runner.desired(packages[1].target(2))
+    drive(runner)
+    store = ModelStore(tmp_path / "store")
+    stale = packages[2]
+    store.stage(stale.sha256, stale.fill)
+    leftover = tmp_path / "downloads" / f"{stale.sha256}.efpkg.part"
+    leftover.write_bytes(b"half a package")
+    assert stale.sha256 in store.models()
+    restarted = make_runner(tmp_path, ports)
+    drive(restarted)
+    assert restarted.state.phase is Phase.COMMITTED
+    assert set(store.models()) == {packages[1].sha256, packages[0].sha256}
+    assert not leftover.exists()
