@@ -34,6 +34,7 @@ from agent.runtime import RuntimeLoadError, load_runtime
 from agent.runtime.base import Tensors
 from agent.systemd import SystemdNotifier
 from agent.telemetry import TelemetryCollector
+from agent.update.ports import RuntimeLoader
 from agent.update.wiring import ProbationMetrics, UpdateService
 from shared import __version__
 from shared.drift import ReferenceProfile
@@ -88,11 +89,26 @@ def _platform_info() -> PlatformInfo:
     )
 
 
-class Agent:
-    """One device's agent. `start` once, then `stop` once; not restartable."""
+# After these events the active model changed (or was confirmed): the birth state says so.
+_MODEL_CHANGED = frozenset({EventKind.COMMITTED, EventKind.ROLLED_BACK})
 
-    def __init__(self, config: AgentConfig, *, on_desired: DesiredHandler | None = None) -> None:
+
+class Agent:
+    """One device's agent. `start` once, then `stop` once; not restartable.
+
+    ``runtime_loader`` loads every model the agent serves (default
+    `agent.runtime.load_runtime`); a simulator passes a wrapper to inject faults.
+    """
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        on_desired: DesiredHandler | None = None,
+        runtime_loader: RuntimeLoader = load_runtime,
+    ) -> None:
         self.config = config
+        self._runtime_loader = runtime_loader
         self.metrics = ProbationMetrics()
         self.drift = DriftPublisher(
             device_id=config.device_id, config=config.drift, enqueue=self.enqueue
@@ -293,8 +309,12 @@ class Agent:
         reason: str | None = None,
         detail: dict[str, Any] | None = None,
     ) -> int | None:
-        """Queue one deployment event at QoS 1; returns its seq (None if not stored)."""
-        return self.enqueue(
+        """Queue one deployment event at QoS 1; returns its seq (None if not stored).
+
+        After ``committed`` or ``rolled_back`` the link also publishes a fresh retained
+        birth state, so the fleet's registry shows the active model without a reconnect.
+        """
+        seq = self.enqueue(
             Channel.EVENTS,
             lambda seq: EventMessage(
                 device_id=self.device_id,
@@ -307,9 +327,17 @@ class Agent:
                 detail=detail or {},
             ),
         )
+        if kind in _MODEL_CHANGED and self._link is not None:
+            self._link.refresh_state()
+        return seq
 
     def _start_updates(self) -> UpdateService:
-        updates = UpdateService(self.config, host=self.model_host, publisher=self)
+        updates = UpdateService(
+            self.config,
+            host=self.model_host,
+            publisher=self,
+            runtime_loader=self._runtime_loader,
+        )
         self._updates = updates
         self.metrics.observer = updates.record_inference
         try:
@@ -332,7 +360,7 @@ class Agent:
             else:
                 path, runtime_name = model.path, None
                 ref = ModelRef(name=model.name, version=model.version)
-            runtime = load_runtime(path, runtime=runtime_name, options=model.runtime)
+            runtime = self._runtime_loader(path, runtime=runtime_name, options=model.runtime)
         except (RuntimeLoadError, PackageError, OSError, ValueError) as e:
             log.error("agent %s serves no model: %s", self.device_id, e)
             self.publish_event(EventKind.FAILED, reason=f"initial model did not load: {e}")

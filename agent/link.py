@@ -88,6 +88,7 @@ class Link:
         self._stop = threading.Event()
         self._stop_deadline = 0.0
         self._dirty = threading.Event()
+        self._state_stale = threading.Event()
         self._flushed = False
         # Per connection; touched only by the link thread (paho calls back on it).
         self._connected = False
@@ -116,6 +117,16 @@ class Link:
 
     def wake(self) -> None:
         """Tell the link that the outbox has new rows (safe from any thread)."""
+        self._dirty.set()
+
+    def refresh_state(self) -> None:
+        """Publish a fresh retained birth state soon (safe from any thread).
+
+        For a change the birth describes (the active model): the link thread sends it
+        after the outbox rows queued before this call. While disconnected nothing is
+        sent now; the next connection's birth carries the change anyway.
+        """
+        self._state_stale.set()
         self._dirty.set()
 
     def stop(self, timeout_s: float = 5.0) -> bool:
@@ -187,6 +198,9 @@ class Link:
                 if self._dirty.is_set():
                     self._dirty.clear()
                     self._pump(client)
+                    if self._state_stale.is_set() and not self._stop.is_set():
+                        self._state_stale.clear()
+                        self._publish_state(client, online=True, reason=None)
             elif time.monotonic() > connect_deadline:
                 log.warning("%s: no CONNACK from %s in time", self._device_id, self._config.url)
                 self._disconnect(client)
@@ -261,6 +275,7 @@ class Link:
         self.connects_total += 1
         self._connected = True
         log.info("%s: connected to %s", self._device_id, self._config.url)
+        self._state_stale.clear()  # this birth carries every change so far
         self._publish_state(client, online=True, reason=None, seq=self._birth_seq)
         client.subscribe(self._desired_topic, qos=1)
         self._dirty.set()

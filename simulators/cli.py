@@ -44,13 +44,38 @@ def _run_demo(args: argparse.Namespace) -> int:
     )
 
 
+PROFILE_HELP = """\
+--profile takes comma-separated key=value pairs and may be repeated, one per group of
+devices:
+  hardware=rpi4          the hardware the device reports (default sim-gateway)
+  tags=a;b               its tags, separated by ';' (default: the --tag values, or sim)
+  count=100              how many devices get the profile (default: an even share of
+                         the devices the counted profiles leave)
+  rate=2                 inferences per second
+  shift=1.5              input drift: readings shifted by this many std devs
+  fault=KIND[@V1;V2]     a fault, repeatable; KIND is one of
+                           golden_fail  outputs perturbed: the golden check fails
+                           slow         each inference sleeps slow_ms (default 300)
+                           crash        loading the model raises (activation fails)
+                           offline      the agent is switched off every period_s for down_s
+                           flaky        the MQTT connection drops, on average every period_s
+                         model faults hit versions V1;V2, by default every version but
+                         the factory one
+  slow_ms=, period_s=, down_s=   fault parameters
+example: --profile hardware=rpi3,count=100,fault=golden_fail --profile hardware=rpi4
+"""
+
+
 def register_sim(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``edgefleet sim``: simulated devices against an existing broker and fleet."""
     parser = subparsers.add_parser(
         "sim",
         help="run N simulated devices (real agent code) against a broker",
         description="Each simulated device runs the real agent with its own MQTT connection, "
-        "state directory and identity, and scores synthetic sensor readings.",
+        "state directory and identity, and scores synthetic sensor readings. With "
+        "--repository-url and --trust-dir the devices take signed updates from a fleet.",
+        epilog=PROFILE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--devices", type=int, default=10)
     parser.add_argument("--broker", metavar="URL", default="mqtt://127.0.0.1:1883")
@@ -60,6 +85,15 @@ def register_sim(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     parser.add_argument("--tag", action="append", default=[], help="tag (repeatable)")
     parser.add_argument("--telemetry-interval", type=float, default=10.0, metavar="SECONDS")
     parser.add_argument("--rate", type=float, default=1.0, help="inferences/s per device")
+    parser.add_argument("--profile", action="append", default=[], help="see below")
+    parser.add_argument("--factory-package", type=Path, help="the .efpkg devices ship with")
+    parser.add_argument("--model-version", default="1.0.0", help="the factory model's version")
+    parser.add_argument("--repository-url", help="the fleet's image repository (updates on)")
+    parser.add_argument("--trust-dir", type=Path, help="the provisioning bundle")
+    parser.add_argument("--device-token", help="bearer token for the repository")
+    parser.add_argument(
+        "--per-process", type=int, default=125, help="agents per worker process (default 125)"
+    )
     parser.add_argument("--duration", type=float, metavar="SECONDS")
     parser.set_defaults(handler=_run_sim)
 
@@ -68,34 +102,56 @@ def _run_sim(args: argparse.Namespace) -> int:
     import threading
 
     from shared.cli import CLIError
-    from simulators.fleet import DeviceProfile, FleetPlan, SimulatedFleet
+    from simulators.fleet import DeviceProfile, FleetPlan, UpdatePlan
     from simulators.models import train_wine_classifier
+    from simulators.profiles import ProfileError, parse_profile
+    from simulators.shards import ShardedFleet
 
     if args.devices < 1:
         raise CLIError(f"--devices must be at least 1, got {args.devices}")
-    model = train_wine_classifier(args.data_dir.resolve() / "models" / "wine.onnx")
-    profile = DeviceProfile(
+    if (args.repository_url is None) != (args.trust_dir is None):
+        raise CLIError("--repository-url and --trust-dir go together (signed updates)")
+    default = DeviceProfile(
         hardware=args.hardware, tags=tuple(args.tag or ["sim"]), inferences_per_s=args.rate
     )
-    sim = SimulatedFleet(
-        FleetPlan(
+    try:
+        profiles = tuple(parse_profile(text, default) for text in args.profile) or (default,)
+    except ProfileError as e:
+        raise CLIError(str(e)) from e
+    model = train_wine_classifier(args.data_dir.resolve() / "models" / "wine.onnx")
+    updates = None
+    if args.repository_url is not None:
+        updates = UpdatePlan(
+            repository_url=args.repository_url,
+            trust_dir=args.trust_dir.resolve(),
+            device_token=args.device_token,
+        )
+    try:
+        plan = FleetPlan(
             count=args.devices,
             broker_url=args.broker,
             data_dir=args.data_dir.resolve(),
             model=model,
+            model_version=args.model_version,
             telemetry_interval_s=args.telemetry_interval,
-            profiles=(profile,),
+            profiles=profiles,
             id_prefix=args.prefix,
+            factory_package=args.factory_package.resolve() if args.factory_package else None,
+            updates=updates,
         )
-    )
+        sim = ShardedFleet(plan, per_process=args.per_process)
+    except ValueError as e:
+        raise CLIError(str(e)) from e
     stop = threading.Event()
     sim.start()
-    print(f"{args.devices} simulated devices on {args.broker}; Ctrl-C stops them")
+    print(f"{args.devices} simulated devices on {args.broker}; Ctrl-C stops them", flush=True)
     try:
         while not stop.wait(5.0):
+            shards = sim.status()
             print(
-                f"connected {sim.connected()}/{len(sim.devices)}, "
-                f"inferences {sum(d.inferences for d in sim.devices)}"
+                f"connected {sum(s.connected for s in shards)}/{args.devices}, "
+                f"inferences {sum(s.inferences for s in shards)}",
+                flush=True,
             )
             if args.duration is not None:
                 args.duration -= 5.0

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 from agent.download import download
 from agent.model_host import ActiveModel, ModelHost
-from agent.runtime import RuntimeLoadError, RuntimeOptions, load_runtime
+from agent.runtime import ModelRuntime, RuntimeLoadError, RuntimeOptions, load_runtime
 from agent.trust import TargetInfo, TrustedRepository
 from agent.update.runner import GoldenOutcome
 from agent.update.types import DesiredTarget, InstalledModel, Report
@@ -51,6 +51,19 @@ from shared.signing.versions import check_downgrade
 log = logging.getLogger(__name__)
 
 DEFAULT_CLOSE_GRACE_S = 5.0
+
+
+class RuntimeLoader(Protocol):
+    """Loads a model file into a runtime: `agent.runtime.load_runtime` or a wrapper of it.
+
+    The seam through which a simulator injects faults into a real agent (perturbed
+    outputs, slow inference, a load that fails); it must raise `RuntimeLoadError` for a
+    model it cannot load, like `load_runtime`.
+    """
+
+    def __call__(
+        self, path: Path, *, runtime: str | None = None, options: RuntimeOptions | None = None
+    ) -> ModelRuntime: ...
 
 
 class TufDownloader:
@@ -181,10 +194,12 @@ class RuntimeActivator:
         options: RuntimeOptions,
         *,
         close_grace_s: float = DEFAULT_CLOSE_GRACE_S,
+        loader: RuntimeLoader = load_runtime,
     ) -> None:
         self._host = host
         self._options = options
         self._close_grace_s = close_grace_s
+        self._loader = loader
 
     def load(self, model_dir: Path | None) -> None:
         """Serve the model in ``model_dir`` (None: none). Idempotent for the active one.
@@ -199,7 +214,7 @@ class RuntimeActivator:
         if current is not None and current.ref.sha256 == model_dir.name:
             return
         manifest = read_manifest(model_dir)
-        runtime = load_runtime(
+        runtime = self._loader(
             model_dir / manifest.model_file, runtime=manifest.runtime, options=self._options
         )
         ref = model_ref(model_dir, manifest)
@@ -219,9 +234,12 @@ class RuntimeActivator:
 class GoldenRunner:
     """GoldenChecker: the package's golden samples through the model that now serves."""
 
-    def __init__(self, host: ModelHost, options: RuntimeOptions) -> None:
+    def __init__(
+        self, host: ModelHost, options: RuntimeOptions, *, loader: RuntimeLoader = load_runtime
+    ) -> None:
         self._host = host
         self._options = options
+        self._loader = loader
 
     def check(self, model_dir: Path) -> GoldenOutcome:
         """Never raises: an unreadable golden file or a model failure is a failed check."""
@@ -236,7 +254,7 @@ class GoldenRunner:
             runtime = active.runtime
         else:
             try:
-                runtime = load_runtime(
+                runtime = self._loader(
                     model_dir / manifest.model_file, runtime=manifest.runtime, options=self._options
                 )
             except RuntimeLoadError as e:

@@ -45,6 +45,7 @@ from agent.update.ports import (
     OutboxEventSink,
     PackageUnpacker,
     RuntimeActivator,
+    RuntimeLoader,
     TufDownloader,
 )
 from agent.update.runner import UpdateRunner
@@ -85,8 +86,12 @@ class UpdateService:
         host: ModelHost,
         publisher: EventPublisher,
         clock: Callable[[], datetime] = utcnow,
+        runtime_loader: RuntimeLoader = load_runtime,
     ) -> None:
         """Recover the store, install the factory model on a fresh device, load the state.
+
+        ``runtime_loader`` loads every model the update path activates or golden-checks
+        (`agent.runtime.load_runtime`; simulators wrap it to inject faults).
 
         Raises `KeyFileError` if the director keys cannot be read, `TufError` if the
         pinned root cannot, `OSError` if the data directory is not writable, ValueError
@@ -116,7 +121,7 @@ class UpdateService:
         if self.store.active() is None and not state_path.exists():
             install_factory_model(self.store, config)
         options = config.model.runtime
-        self._activator = RuntimeActivator(host, options)
+        self._activator = RuntimeActivator(host, options, loader=runtime_loader)
         self._host = host
         self.runner = UpdateRunner(
             state_path=state_path,
@@ -131,7 +136,7 @@ class UpdateService:
             verifier=ArtifactVerifier(repository),
             extractor=PackageUnpacker(),
             activator=self._activator,
-            golden=GoldenRunner(host, options),
+            golden=GoldenRunner(host, options, loader=runtime_loader),
             sink=OutboxEventSink(publisher),
             policy=settings.policy,
             clock=clock,

@@ -1,0 +1,242 @@
+"""Rollout benchmark: N real agents, a 1 MB signed model, 4 waves, no soak.
+
+    .venv/bin/python -m tests.benchmarks.rollout_bench [--devices 1000] [--broker URL]
+
+Starts Mosquitto (tests/support/mosquitto.py) unless ``--broker`` is given, the fleet
+service as its own PROCESS (``edgefleet fleet serve``, lab keys, SQLite) and the
+simulated fleet in worker processes (`simulators.shards.ShardedFleet`: real agent code,
+one MQTT connection per device). Uploads wine 1.0.0 (the factory model) and 1.1.0 padded
+to 1 MB with an unused initializer, rolls 1.1.0 out in 4 waves (5 %, 25 %, 50 %, 100 %)
+and prints the time from rollout creation to each wave healthy and to 100 % healthy,
+with the CPU seconds and peak RSS of the fleet process and of the simulator processes.
+Then it keeps the fleet idle for ``--idle-s`` with every device reporting telemetry
+every 10 s and prints the fleet's CPU meanwhile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+from fleet.keys import create_lab_setup
+from shared.manifest import ProbationBudget
+from shared.modeltools.package import build_package
+from simulators.fleet import DeviceProfile, FleetPlan, UpdatePlan, raise_open_file_limit
+from simulators.models import train_wine_classifier
+from simulators.shards import ShardedFleet
+from tests.support.mosquitto import MosquittoBroker, free_port, wait_for_port
+from tests.update_e2e.support import padded_model
+
+TOKEN = "bench-admin-token-0123456789abcdef"
+DEVICE_TOKEN = "bench-device-token-0123456789abcdef"
+WAVES = [{"fraction": 0.05}, {"fraction": 0.25}, {"fraction": 0.5}, {"fraction": 1.0}]
+
+
+class Meter:
+    """CPU seconds and peak RSS of a set of processes, sampled."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.procs = [psutil.Process(p) for p in pids]
+        self.peak_rss = 0
+        self.start_cpu = self.cpu()
+
+    def cpu(self) -> float:
+        total = 0.0
+        for p in self.procs:
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except psutil.NoSuchProcess:
+                continue
+        return total
+
+    def sample(self) -> None:
+        rss = 0
+        for p in self.procs:
+            try:
+                rss += p.memory_info().rss
+            except psutil.NoSuchProcess:
+                continue
+        self.peak_rss = max(self.peak_rss, rss)
+
+    def used(self) -> float:
+        return self.cpu() - self.start_cpu
+
+
+def _serve_fleet(base: Path, broker_url: str, lab_dir: Path, port: int) -> subprocess.Popen[bytes]:
+    env = os.environ | {
+        "EDGEFLEET_FLEET_DATABASE_URL": f"sqlite:///{base / 'fleet.db'}",
+        "EDGEFLEET_FLEET_BROKER_URL": broker_url,
+        "EDGEFLEET_FLEET_API_PORT": str(port),
+        "EDGEFLEET_FLEET_DATA_DIR": str(base / "fleet"),
+        "EDGEFLEET_FLEET_KEYS_DIR": str(lab_dir),
+        "EDGEFLEET_FLEET_LAB_MODE": "true",
+        "EDGEFLEET_FLEET_ADMIN_TOKEN": TOKEN,
+        "EDGEFLEET_FLEET_REPOSITORY_DEVICE_TOKEN": DEVICE_TOKEN,
+        "EDGEFLEET_FLEET_ROLLOUT_TICK_INTERVAL_S": "0.5",
+        "EDGEFLEET_FLEET_ROLLOUT_LEASE_S": "5",
+    }
+    log = (base / "fleet.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "shared.cli", "fleet", "serve"], env=env, stdout=log, stderr=log
+    )
+    wait_for_port(port, timeout_s=60)
+    return process
+
+
+def _wait(condition: Any, timeout_s: float, what: str, meters: list[Meter]) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        for m in meters:
+            m.sample()
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(0.5)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--devices", type=int, default=1000)
+    parser.add_argument("--broker", help="use this MQTT broker instead of starting Mosquitto")
+    parser.add_argument("--per-process", type=int, default=125, help="agents per sim process")
+    parser.add_argument("--model-bytes", type=int, default=1 << 20)
+    parser.add_argument("--idle-s", type=float, default=30.0)
+    args = parser.parse_args(argv)
+    raise_open_file_limit()
+    base = Path(tempfile.mkdtemp(prefix="edgefleet-rollout-bench-"))
+    broker = None
+    broker_url = args.broker
+    if broker_url is None:
+        broker = MosquittoBroker(base / "mosquitto", extra_config="max_connections -1\n")
+        broker.start()
+        broker_url = broker.url
+    lab = create_lab_setup(base / "lab")
+    model = train_wine_classifier(base / "wine.onnx")
+    probation = ProbationBudget(min_inferences=3, duration_s=1.0)
+    factory = build_package(
+        model.path, name="wine", version="1.0.0", out_dir=base / "pk", probation=probation
+    )
+    big = padded_model(model.path, base / "wine-big.onnx", args.model_bytes)
+    upgrade = build_package(
+        big, name="wine", version="1.1.0", out_dir=base / "pk", probation=probation
+    )
+    port = free_port()
+    fleet = _serve_fleet(base, broker_url, lab.keys_dir, port)
+    sim: ShardedFleet | None = None
+    try:
+        api = httpx.Client(
+            base_url=f"http://127.0.0.1:{port}",
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            timeout=60,
+        )
+        for version, package in (("1.0.0", factory), ("1.1.0", upgrade)):
+            r = api.post(
+                "/v1/models",
+                content=package.read_bytes(),
+                headers={"Content-Type": "application/octet-stream"},
+            )
+            assert r.status_code in (200, 201), r.text
+            assert api.post(f"/v1/models/wine/{version}/publish").status_code == 200
+        print(f"model 1.1.0 package: {upgrade.stat().st_size} bytes (signed TUF target)")
+        sim = ShardedFleet(
+            FleetPlan(
+                count=args.devices,
+                broker_url=broker_url,
+                data_dir=base / "devices",
+                model=model,
+                model_name="wine",
+                factory_package=factory,
+                updates=UpdatePlan(
+                    repository_url=f"http://127.0.0.1:{port}/v1/repository",
+                    trust_dir=lab.bundle_dir,
+                    device_token=DEVICE_TOKEN,
+                    tick_s=1.0,
+                ),
+                profiles=(DeviceProfile(hardware="rpi4", tags=("bench",), inferences_per_s=1.0),),
+                telemetry_interval_s=10.0,
+            ),
+            per_process=args.per_process,
+        )
+        started = time.monotonic()
+        sim.start()
+        fleet_meter, sim_meter = Meter([fleet.pid]), Meter(sim.pids)
+        meters = [fleet_meter, sim_meter]
+
+        def registered() -> bool:
+            page = api.get(
+                "/v1/devices", params={"tag": "bench", "online": True, "limit": 1}
+            ).json()
+            return bool(int(page["total"]) == args.devices)
+
+        _wait(registered, 600, "every device to register online", meters)
+        print(
+            f"{args.devices} agents in {len(sim.pids)} processes started and registered in "
+            f"{time.monotonic() - started:.1f} s"
+        )
+        fleet_meter, sim_meter = Meter([fleet.pid]), Meter(sim.pids)
+        meters = [fleet_meter, sim_meter]
+        created_at = time.monotonic()
+        created = api.post(
+            "/v1/rollouts",
+            json={
+                "model": "wine",
+                "version": "1.1.0",
+                "selector": {"tags": ["bench"]},
+                "waves": WAVES,
+                "gate": {"soak_s": 0, "timeout_s": 600},
+            },
+        )
+        assert created.status_code == 201, created.text
+        rollout_id = created.json()["id"]
+        wave_done: dict[int, float] = {}
+        detail: dict[str, Any] = {}
+
+        def finished() -> bool:
+            detail.clear()
+            detail.update(api.get(f"/v1/rollouts/{rollout_id}").json())
+            for wave in detail["waves"]:
+                if wave["index"] not in wave_done and wave["counts"].get("healthy") == wave["size"]:
+                    wave_done[wave["index"]] = time.monotonic() - created_at
+            return detail["status"] in ("completed", "paused", "rolled_back", "failed")
+
+        _wait(finished, 900, "the rollout to finish", meters)
+        total_s = time.monotonic() - created_at
+        print(f"rollout {detail['status']}: {detail['counts']}")
+        print(f"creation -> 100 % healthy: {total_s:.1f} s")
+        for index, at in sorted(wave_done.items()):
+            size = detail["waves"][index]["size"]
+            print(f"  wave {index} ({size} devices) healthy at {at:.1f} s")
+        print(
+            f"during the rollout: fleet CPU {fleet_meter.used():.1f} s, peak RSS "
+            f"{fleet_meter.peak_rss / 2**20:.0f} MiB | simulator CPU {sim_meter.used():.1f} s, "
+            f"peak RSS {sim_meter.peak_rss / 2**20:.0f} MiB ({len(sim.pids)} processes)"
+        )
+        idle = Meter([fleet.pid])
+        time.sleep(args.idle_s)
+        idle.sample()
+        print(
+            f"idle with {sim.connected()} connected devices reporting every 10 s: fleet CPU "
+            f"{100 * idle.used() / args.idle_s:.1f} % of one core, RSS "
+            f"{idle.peak_rss / 2**20:.0f} MiB"
+        )
+    finally:
+        if sim is not None:
+            sim.stop()
+        fleet.terminate()
+        fleet.wait(30)
+        if broker is not None:
+            broker.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
