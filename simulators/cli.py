@@ -13,7 +13,8 @@ def register_demo(subparsers: argparse._SubParsersAction[argparse.ArgumentParser
         help="run a fleet service, an embedded broker and simulated devices",
         description="Start an embedded MQTT broker (or use --broker), the fleet service on "
         "SQLite and N simulated devices running the real agent with a real ONNX model. "
-        "Prints the console URL and token, then a live summary. Ctrl-C stops it.",
+        "Prints the console URL and token, then a live summary; partway through, half "
+        "the devices drift and the fleet raises drift alerts. Ctrl-C stops it.",
     )
     parser.add_argument("--devices", type=int, default=20, help="simulated devices (default 20)")
     parser.add_argument("--data-dir", type=Path, default=Path("var/demo"), help="state directory")
@@ -22,6 +23,19 @@ def register_demo(subparsers: argparse._SubParsersAction[argparse.ArgumentParser
     parser.add_argument("--port", type=int, default=8080, help="fleet API port (0 = any free)")
     parser.add_argument("--telemetry-interval", type=float, default=5.0, metavar="SECONDS")
     parser.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long")
+    parser.add_argument(
+        "--rate", type=float, default=2.0, help="inferences/s per device (default 2)"
+    )
+    parser.add_argument(
+        "--drift-after",
+        type=float,
+        default=40.0,
+        metavar="SECONDS",
+        help="when half the devices (tag site-b) start drifting (default 40; negative: never)",
+    )
+    parser.add_argument(
+        "--drift-shift", type=float, default=1.5, metavar="STD", help="how far (default 1.5 std)"
+    )
     parser.set_defaults(handler=_run_demo)
 
 
@@ -40,6 +54,9 @@ def _run_demo(args: argparse.Namespace) -> int:
             api_port=args.port,
             telemetry_interval_s=args.telemetry_interval,
             duration_s=args.duration,
+            inferences_per_s=args.rate,
+            drift_after_s=args.drift_after if args.drift_after >= 0 else None,
+            drift_shift=args.drift_shift,
         )
     )
 

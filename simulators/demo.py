@@ -16,11 +16,20 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from simulators.broker import EmbeddedBroker
 
+if TYPE_CHECKING:
+    from fleet.settings import FleetSettings
+    from simulators.fleet import FleetPlan, SimulatedFleet
+    from simulators.models import TrainedModel
+
 log = logging.getLogger(__name__)
+
+DEMO_MODEL = "wine-classifier"
+DEMO_VERSION = "1.0.0"
+DEMO_DRIFT_WINDOW_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -35,6 +44,9 @@ class DemoOptions:
     telemetry_interval_s: float = 5.0
     summary_interval_s: float = 5.0
     duration_s: float | None = None
+    inferences_per_s: float = 2.0
+    drift_after_s: float | None = 40.0
+    drift_shift: float = 1.5
 
 
 def _free_port() -> int:
@@ -84,9 +96,7 @@ def fetch_summary(base_url: str, token: str) -> dict[str, Any]:
 def run_demo(options: DemoOptions, stop: threading.Event | None = None) -> int:
     """Run the demo until ``stop`` is set, ``duration_s`` passes, or Ctrl-C; returns 0."""
     from fleet.service import FleetService
-    from fleet.settings import FleetSettings
-    from simulators.fleet import FleetPlan, SimulatedFleet
-    from simulators.models import train_wine_classifier
+    from simulators.fleet import SimulatedFleet
 
     stop = stop or threading.Event()
     data_dir = options.data_dir.resolve()
@@ -106,48 +116,28 @@ def run_demo(options: DemoOptions, stop: threading.Event | None = None) -> int:
         broker_url = broker.url
         print(f"embedded MQTT broker (amqtt) on {broker_url}")
 
-    print("training the demo model on scikit-learn's wine data ...")
-    model = train_wine_classifier(data_dir / "models" / "wine.onnx")
-    print(
-        f"  ONNX model {model.path} ({model.path.stat().st_size} bytes), "
-        f"held-out accuracy {model.accuracy:.3f}"
-    )
-
+    model, package = _demo_model(data_dir)
     token = demo_admin_token(data_dir)
-    settings = FleetSettings(
-        data_dir=data_dir / "fleet",
-        broker_url=broker_url,
-        # amqtt speaks MQTT 3.1.1 without shared subscriptions.
-        shared_subscription=options.broker_url is not None,
-        broker_protocol="3.1.1",
-        api_port=options.api_port,
-        admin_token=token,  # type: ignore[arg-type]  # pydantic turns str into SecretStr
-    )
-    fleet_service = FleetService(settings)
+    fleet_service = FleetService(_fleet_settings(options, data_dir, broker_url, token))
     fleet_service.start()
-    sim = SimulatedFleet(
-        FleetPlan(
-            count=options.devices,
-            broker_url=broker_url,
-            data_dir=data_dir / "devices",
-            model=model,
-            telemetry_interval_s=options.telemetry_interval_s,
-        )
-    )
+    sim = SimulatedFleet(_fleet_plan(options, data_dir, broker_url, model, package))
     try:
-        sim.start()
         base = fleet_service.base_url
+        _upload_model(base, token, package)
+        sim.start()
         print()
         print(f"  fleet console:  {base}/docs   (REST API, OpenAPI)")
         print(f"  admin token:    {token}")
         print(f"  try:            curl -H 'Authorization: Bearer {token}' {base}/v1/devices")
         print(f"  devices:        {options.devices} simulated agents, state in {data_dir}/devices")
+        if options.drift_after_s is not None and options.devices > 1:
+            print(
+                f"  drift:          site-b's {options.devices // 2} devices drift by "
+                f"{options.drift_shift} std "
+                f"after {options.drift_after_s:.0f}s; watch for the fleet's alerts"
+            )
         print("  Ctrl-C stops everything.\n")
-        started = time.monotonic()
-        while not stop.wait(options.summary_interval_s):
-            _print_summary(base, token, sim, time.monotonic() - started)
-            if options.duration_s is not None and time.monotonic() - started >= options.duration_s:
-                break
+        _watch(options, base, token, sim, stop)
     except KeyboardInterrupt:
         print("\nstopping ...")
     finally:
@@ -159,7 +149,116 @@ def run_demo(options: DemoOptions, stop: threading.Event | None = None) -> int:
     return 0
 
 
-def _print_summary(base: str, token: str, sim: Any, elapsed_s: float) -> None:
+def _fleet_settings(
+    options: DemoOptions, data_dir: Path, broker_url: str, token: str
+) -> FleetSettings:
+    from fleet.settings import FleetSettings
+
+    return FleetSettings(
+        data_dir=data_dir / "fleet",
+        broker_url=broker_url,
+        # amqtt speaks MQTT 3.1.1 without shared subscriptions.
+        shared_subscription=options.broker_url is not None,
+        broker_protocol="3.1.1",
+        api_port=options.api_port,
+        admin_token=token,  # type: ignore[arg-type]  # pydantic turns str into SecretStr
+        # A demo wants to see drift within a minute, not within the hour of production.
+        drift_interval_s=DEMO_DRIFT_WINDOW_S,
+        drift_lookback_s=6 * DEMO_DRIFT_WINDOW_S,
+        drift_cooldown_s=120,
+    )
+
+
+def _fleet_plan(
+    options: DemoOptions, data_dir: Path, broker_url: str, model: TrainedModel, package: Path
+) -> FleetPlan:
+    from simulators.fleet import DeviceProfile, FleetPlan
+
+    # Half the devices at each site; site-b's sensors drift partway through the demo.
+    half = options.devices // 2
+    return FleetPlan(
+        count=options.devices,
+        broker_url=broker_url,
+        data_dir=data_dir / "devices",
+        model=model,
+        model_name=DEMO_MODEL,
+        model_version=DEMO_VERSION,
+        factory_package=package,
+        telemetry_interval_s=options.telemetry_interval_s,
+        drift_window_s=DEMO_DRIFT_WINDOW_S,
+        profiles=(
+            DeviceProfile(
+                tags=("sim", "site-a"),
+                count=options.devices - half,
+                inferences_per_s=options.inferences_per_s,
+            ),
+            DeviceProfile(
+                tags=("sim", "site-b"), count=half, inferences_per_s=options.inferences_per_s
+            ),
+        ),
+    )
+
+
+def _watch(
+    options: DemoOptions, base: str, token: str, sim: SimulatedFleet, stop: threading.Event
+) -> None:
+    """Print the summary and new alerts until stopped; start site-b's drift on time."""
+    started = time.monotonic()
+    drifted = False
+    seen_alerts: set[str] = set()
+    while not stop.wait(options.summary_interval_s):
+        elapsed = time.monotonic() - started
+        if not drifted and options.drift_after_s is not None and elapsed >= options.drift_after_s:
+            site_b = [d for d in sim.devices if "site-b" in d.profile.tags]
+            sim.set_shift(options.drift_shift, site_b)
+            drifted = True
+            print(f"[{elapsed:6.0f}s] site-b's sensors start drifting")
+        _print_summary(base, token, sim, elapsed)
+        _print_new_alerts(base, token, seen_alerts, elapsed)
+        if options.duration_s is not None and elapsed >= options.duration_s:
+            return
+
+
+def _demo_model(data_dir: Path) -> tuple[TrainedModel, Path]:
+    """Train the demo model and package it with a reference profile of its training data."""
+    import numpy as np
+
+    from shared.modeltools.package import build_package
+    from simulators.models import train_wine_classifier
+
+    print("training the demo model on scikit-learn's wine data ...")
+    model = train_wine_classifier(data_dir / "models" / "wine.onnx")
+    reference = data_dir / "models" / "reference.npy"
+    np.save(reference, model.x_train)
+    package = build_package(
+        model.path,
+        name=DEMO_MODEL,
+        version=DEMO_VERSION,
+        out_dir=data_dir / "models",
+        reference_data=reference,
+        feature_names=model.feature_names,
+        metrics={"accuracy": model.accuracy},
+    )
+    print(
+        f"  ONNX model {model.path.name} ({model.path.stat().st_size} bytes), held-out "
+        f"accuracy {model.accuracy:.3f}, packaged with its reference profile as {package.name}"
+    )
+    return model, package
+
+
+def _upload_model(base: str, token: str, package: Path) -> None:
+    """Upload the package to the fleet's registry, which registers its reference profile."""
+    request = urllib.request.Request(  # noqa: S310 - the fleet's own http:// URL
+        f"{base}/v1/models",
+        data=package.read_bytes(),
+        method="POST",
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/octet-stream"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+        response.read()
+
+
+def _print_summary(base: str, token: str, sim: SimulatedFleet, elapsed_s: float) -> None:
     try:
         summary = fetch_summary(base, token)
     except OSError as e:
@@ -174,3 +273,28 @@ def _print_summary(base: str, token: str, sim: Any, elapsed_s: float) -> None:
         f" | messages persisted {c.get('edgefleet_ingest_persisted_total', 0):.0f}"
         f", dead-lettered {c.get('edgefleet_ingest_dead_lettered_total', 0):.0f}"
     )
+
+
+def fetch_alerts(base_url: str, token: str) -> list[dict[str, Any]]:
+    """The fleet's alerts, newest first, through the REST API."""
+    request = urllib.request.Request(  # noqa: S310 - the fleet's own http:// URL
+        f"{base_url}/v1/alerts?limit=100", headers={"Authorization": f"Bearer {token}"}
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310
+        items: list[dict[str, Any]] = json.load(response)["items"]
+    return items
+
+
+def _print_new_alerts(base: str, token: str, seen: set[str], elapsed_s: float) -> None:
+    try:
+        alerts = fetch_alerts(base, token)
+    except OSError:
+        return
+    for alert in reversed(alerts):
+        if alert["id"] in seen:
+            continue
+        seen.add(alert["id"])
+        print(
+            f"[{elapsed_s:6.0f}s] ALERT {alert['kind']} ({alert['severity']}) on "
+            f"{alert['slice_key']}: {alert['message']}"
+        )

@@ -98,6 +98,7 @@ class FleetPlan:
     # Every agent thread that wakes on a timer costs a GIL hand-off; a thousand agents in
     # one process need slower timers than a real device's defaults.
     drift_tick_s: float = 1.0
+    drift_window_s: float = 300.0
 
 
 def raise_open_file_limit() -> int:
@@ -209,7 +210,11 @@ class SimulatedFleet:
                 "version": plan.model_version,
             },
             "api": {"enabled": False},
-            "drift": {"enabled": plan.drift, "tick_s": plan.drift_tick_s},
+            "drift": {
+                "enabled": plan.drift,
+                "tick_s": plan.drift_tick_s,
+                "window_s": plan.drift_window_s,
+            },
         }
         if plan.updates is not None:
             u = plan.updates

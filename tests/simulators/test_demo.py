@@ -39,21 +39,30 @@ def _demo(tmp_path: Path, *extra: str) -> subprocess.Popen[str]:
     )
 
 
-def test_demo_brings_simulated_devices_online_and_stops_after_its_duration(tmp_path: Path) -> None:
-    process = _demo(tmp_path, "--duration", "6")
-    out, _ = process.communicate(timeout=120)
+def test_demo_brings_devices_online_raises_drift_alerts_for_the_drifting_site_and_stops(
+    tmp_path: Path,
+) -> None:
+    # 2 drifting devices x 10/s fill the fleet's 30 s drift lookback with ~600 rows, well
+    # above the 200 a verdict needs.
+    process = _demo(
+        tmp_path, "--devices", "4", "--rate", "10", "--duration", "45", "--drift-after", "5"
+    )
+    out, _ = process.communicate(timeout=180)
     assert process.returncode == 0, out
     assert "admin token:" in out
-    assert re.search(r"devices online 3/3 \| agents connected 3/3", out), out
+    assert re.search(r"devices online 4/4 \| agents connected 4/4", out), out
     persisted = [int(n) for n in re.findall(r"messages persisted (\d+)", out)]
     assert persisted, out
     assert persisted[-1] > 0, out
     assert "dead-lettered 0" in out
+    assert "site-b's sensors start drifting" in out
+    assert re.search(r"ALERT data_drift \(\w+\) on tag:site-b", out), out
+    assert "on tag:site-a" not in out, out
     assert out.rstrip().endswith("demo stopped cleanly")
 
 
 def test_ctrl_c_stops_the_demo_cleanly(tmp_path: Path) -> None:
-    process = _demo(tmp_path)
+    process = _demo(tmp_path, "--drift-after", "-1")
     assert process.stdout is not None
     deadline = time.monotonic() + 90
     seen = ""
