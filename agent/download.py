@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Final
 
-from shared.signing._files import fsync_dir
+from shared.atomicio import fsync_dir
 from shared.signing.errors import DigestMismatch, LengthMismatch, TransportError
 
 logger = logging.getLogger(__name__)

@@ -32,8 +32,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from shared.atomicio import fsync_dir
 from shared.signing import layout, tuf_metadata
-from shared.signing._files import fsync_dir
 from shared.signing.errors import DigestMismatch, LengthMismatch, TufError
 from shared.signing.keys import TUF_ROLES
 from shared.signing.tuf_metadata import Expiries

@@ -26,7 +26,6 @@ import logging
 import os
 import re
 import tarfile
-import tempfile
 import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import BaseModel, ValidationError
 
+from shared.atomicio import atomic_write
 from shared.manifest import (
     FORMAT_VERSION,
     GOLDEN_FILE,
@@ -562,7 +562,7 @@ def build_package(
     members[MANIFEST_FILE] = manifest_bytes(manifest)
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / f"{name}-{version}{PACKAGE_SUFFIX}"
-    _write_atomic(out, _tar_bytes(members))
+    atomic_write(out, _tar_bytes(members))
     log.info("packaged %s %s as %s", name, version, out)
     return out
 
@@ -638,19 +638,6 @@ def _reference_profile(
         dumped: dict[str, Any] = profile.model_dump(mode="json")
         return dumped
     return json.loads(json.dumps(dict(profile)))  # type: ignore[no-any-return]
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ------------------------------------------------------------------------------ reading

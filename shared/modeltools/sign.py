@@ -43,9 +43,9 @@ def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 def _sign(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime, timedelta
 
+    from shared.atomicio import atomic_write
     from shared.cli import CLIError
     from shared.signing import keys, tuf_metadata
-    from shared.signing._files import atomic_write
     from shared.signing.errors import KeyFileError, Malformed
     from shared.signing.versions import Version
 

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Final
 
-from shared.signing._files import atomic_write
+from shared.atomicio import atomic_write
 from shared.signing.errors import KeyFileError
 from shared.signing.tufapi import SSlibKey
 

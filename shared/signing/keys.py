@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
 )
 
-from shared.signing._files import atomic_write
+from shared.atomicio import atomic_write
 from shared.signing.errors import KeyFileError
 from shared.signing.tufapi import CryptoSigner, SSlibKey
 

@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 from typing import Any, Final
 
-from shared.signing._files import atomic_write
+from shared.atomicio import atomic_write
 from shared.signing.tuf_metadata import to_bytes
 from shared.signing.tufapi import Metadata
 
