@@ -29,8 +29,8 @@ from pydantic import (
     model_validator,
 )
 
-from agent.runtime import RuntimeOptions
 from agent.update.machine import UpdatePolicy
+from shared.runtime import RuntimeOptions
 from shared.topics import TopicError, validate_device_id
 
 ENV_PREFIX = "EDGEFLEET_AGENT_"

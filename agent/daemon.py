@@ -30,8 +30,6 @@ from agent.inference_api import InferenceApi
 from agent.link import DesiredHandler, Link
 from agent.model_host import ActiveModel, ModelHost
 from agent.outbox import Outbox
-from agent.runtime import RuntimeLoadError, load_runtime
-from agent.runtime.base import Tensors
 from agent.systemd import SystemdNotifier
 from agent.telemetry import TelemetryCollector
 from agent.update.ports import RuntimeLoader
@@ -49,6 +47,8 @@ from shared.messages import (
     encode,
 )
 from shared.modeltools.package import PACKAGE_SUFFIX, PackageError, extract_package
+from shared.runtime import RuntimeLoadError, load_runtime
+from shared.runtime.base import Tensors
 from shared.topics import Channel, device_topic
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ class Agent:
     """One device's agent. `start` once, then `stop` once; not restartable.
 
     ``runtime_loader`` loads every model the agent serves (default
-    `agent.runtime.load_runtime`); a simulator passes a wrapper to inject faults.
+    `shared.runtime.load_runtime`); a simulator passes a wrapper to inject faults.
     """
 
     def __init__(

@@ -40,7 +40,7 @@ from agent.feedback import (
     usable_monitor,
 )
 from agent.model_host import InputError, ModelHost, NoModelLoadedError
-from agent.runtime import InferenceError
+from shared.runtime import InferenceError
 
 log = logging.getLogger(__name__)
 

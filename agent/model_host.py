@@ -33,9 +33,9 @@ import numpy as np
 
 from agent.drift_monitor import DriftMonitor
 from agent.metrics import InferenceMetrics
-from agent.runtime import InferenceError, ModelRuntime
-from agent.runtime.base import Tensors
 from shared.messages import ModelRef
+from shared.runtime import InferenceError, ModelRuntime
+from shared.runtime.base import Tensors
 from shared.tensors import TensorSpec
 
 log = logging.getLogger(__name__)

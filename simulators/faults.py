@@ -1,7 +1,7 @@
 """Faults a simulated device can suffer, injected into the REAL agent at its own seams.
 
 Model faults go through the agent's ``runtime_loader`` seam (`agent.update.ports.RuntimeLoader`):
-`FaultyLoader` loads the model with `agent.runtime.load_runtime` and, for the model
+`FaultyLoader` loads the model with `shared.runtime.load_runtime` and, for the model
 versions a fault names, wraps the runtime or refuses it. The agent's own golden check,
 probation and rollback then react for real:
 
@@ -29,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.runtime import ModelRuntime, RuntimeLoadError, RuntimeOptions, load_runtime
-from agent.runtime.base import Tensors
 from agent.update.ports import RuntimeLoader, read_manifest
+from shared.runtime import ModelRuntime, RuntimeLoadError, RuntimeOptions, load_runtime
+from shared.runtime.base import Tensors
 from shared.signing.errors import Malformed
 from shared.tensors import TensorSpec
 

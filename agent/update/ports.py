@@ -26,7 +26,6 @@ from typing import Any, Protocol
 
 from agent.download import download
 from agent.model_host import ActiveModel, ModelHost
-from agent.runtime import ModelRuntime, RuntimeLoadError, RuntimeOptions, load_runtime
 from agent.trust import TargetInfo, TrustedRepository
 from agent.update.runner import GoldenOutcome
 from agent.update.types import DesiredTarget, InstalledModel, Report
@@ -39,6 +38,7 @@ from shared.modeltools.package import (
     extract_package,
     read_package,
 )
+from shared.runtime import ModelRuntime, RuntimeLoadError, RuntimeOptions, load_runtime
 from shared.signing.errors import (
     DigestMismatch,
     LengthMismatch,
@@ -54,7 +54,7 @@ DEFAULT_CLOSE_GRACE_S = 5.0
 
 
 class RuntimeLoader(Protocol):
-    """Loads a model file into a runtime: `agent.runtime.load_runtime` or a wrapper of it.
+    """Loads a model file into a runtime: `shared.runtime.load_runtime` or a wrapper of it.
 
     The seam through which a simulator injects faults into a real agent (perturbed
     outputs, slow inference, a load that fails); it must raise `RuntimeLoadError` for a

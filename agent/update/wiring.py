@@ -34,7 +34,6 @@ from pathlib import Path
 from agent.config import AgentConfig
 from agent.metrics import InferenceMetrics
 from agent.model_host import ModelHost
-from agent.runtime import RuntimeLoadError, load_runtime
 from agent.store import ModelStore, StoreError
 from agent.trust import TrustedRepository
 from agent.update.machine import UpdateState
@@ -53,6 +52,7 @@ from agent.update.types import DesiredRejected, DesiredTarget
 from shared.manifest import MANIFEST_FILE, ModelManifest, Version, VersionError
 from shared.messages import utcnow
 from shared.modeltools.package import PACKAGE_SUFFIX, PackageError, extract_package
+from shared.runtime import RuntimeLoadError, load_runtime
 from shared.signing.bundle import DIRECTOR_KEYS_FILE, TRUSTED_ROOT_FILE, load_director_keys
 from shared.signing.director import DesiredBody, verify_desired
 from shared.signing.errors import UpdateRejected
@@ -91,7 +91,7 @@ class UpdateService:
         """Recover the store, install the factory model on a fresh device, load the state.
 
         ``runtime_loader`` loads every model the update path activates or golden-checks
-        (`agent.runtime.load_runtime`; simulators wrap it to inject faults).
+        (`shared.runtime.load_runtime`; simulators wrap it to inject faults).
 
         Raises `KeyFileError` if the director keys cannot be read, `TufError` if the
         pinned root cannot, `OSError` if the data directory is not writable, ValueError

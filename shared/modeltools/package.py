@@ -12,7 +12,7 @@ Invariants:
   manifest names, and the model and golden files must match the manifest's sha256 and
   size before anything is reported as valid or left extracted.
 
-Building runs the model, so it needs the agent's runtimes (`agent.runtime`), imported
+Building runs the model, so it needs the agent's runtimes (`shared.runtime`), imported
 lazily: this is off-device tooling, and reading/extracting/checking needs only numpy.
 """
 
@@ -105,7 +105,7 @@ class GoldenFailureError(PackageError):
 
 
 class Predictor(Protocol):
-    """What golden checks need from a loaded model; `agent.runtime.ModelRuntime` fits."""
+    """What golden checks need from a loaded model; `shared.runtime.ModelRuntime` fits."""
 
     @property
     def inputs(self) -> list[TensorSpec]: ...
@@ -495,7 +495,7 @@ def build_package(
     `DataError`/`SchemaMismatchError` (reference data) and `GoldenFailureError`.
     """
     runtime_name = _check_identity(model_file, name, version, min_agent_version, runtime)
-    from agent.runtime import RuntimeLoadError, load_runtime
+    from shared.runtime import RuntimeLoadError, load_runtime
 
     try:
         model = load_runtime(model_file, runtime=runtime_name)

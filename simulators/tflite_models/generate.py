@@ -306,15 +306,15 @@ def _check_onnx_matches_keras(onnx_bytes: bytes, model: Any, x: NDArray[np.float
 def _raw_tensors(path: Path) -> tuple[list[ModelTensor], list[ModelTensor]]:
     """Tensor specs as stored in the file (int8 stays int8), with quantization."""
     if path.suffix == ".onnx":
-        from agent.runtime import load_runtime
+        from shared.runtime import load_runtime
 
         runtime = load_runtime(path)
         ins = [ModelTensor(**s.model_dump()) for s in runtime.inputs]
         outs = [ModelTensor(**s.model_dump()) for s in runtime.outputs]
         runtime.close()
         return ins, outs
-    from agent.runtime import RuntimeOptions
-    from agent.runtime.tflite import TfliteRuntime
+    from shared.runtime import RuntimeOptions
+    from shared.runtime.tflite import TfliteRuntime
 
     stored = TfliteRuntime(path, RuntimeOptions(), raw=True)
     quant = stored.quantization
@@ -330,7 +330,7 @@ def _raw_tensors(path: Path) -> tuple[list[ModelTensor], list[ModelTensor]]:
 
 
 def _accuracy(path: Path, split: Split) -> float:
-    from agent.runtime import load_runtime
+    from shared.runtime import load_runtime
 
     runtime = load_runtime(path)
     probabilities = runtime.predict({"input": split.x_test})["probabilities"]

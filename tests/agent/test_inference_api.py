@@ -11,8 +11,8 @@ import pytest
 from agent.inference_api import InferenceApi
 from agent.metrics import InferenceMetrics
 from agent.model_host import ActiveModel, ModelHost
-from agent.runtime import load_runtime
 from shared.messages import ModelRef
+from shared.runtime import load_runtime
 from simulators.models import TrainedModel
 
 MAX_BODY = 4096

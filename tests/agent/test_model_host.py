@@ -8,10 +8,10 @@ import pytest
 from agent.drift_monitor import DriftMonitor
 from agent.metrics import InferenceMetrics
 from agent.model_host import ActiveModel, InputError, ModelHost, NoModelLoadedError, check_inputs
-from agent.runtime import InferenceError, load_runtime
-from agent.runtime.base import Tensors
 from shared.drift import build_profile
 from shared.messages import ModelRef
+from shared.runtime import InferenceError, load_runtime
+from shared.runtime.base import Tensors
 from shared.tensors import TensorSpec
 from simulators.models import TrainedModel
 

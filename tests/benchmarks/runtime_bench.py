@@ -9,7 +9,7 @@ times batch-1 calls three ways, all with one intra-op thread:
 
 - bare: ``onnxruntime.InferenceSession.run`` / LiteRT ``set_tensor, invoke, get_tensor``
   (int8 inputs pre-quantized, outputs left as int8);
-- runtime: ``agent.runtime.load_runtime(...).predict`` (float in, float out);
+- runtime: ``shared.runtime.load_runtime(...).predict`` (float in, float out);
 - host: ``agent.model_host.ModelHost.infer`` (input checks and metrics on top).
 
 Each run is ``--iterations`` calls cycling over held-out rows after a warm-up; the
@@ -35,9 +35,9 @@ from numpy.typing import NDArray
 
 from agent.metrics import InferenceMetrics
 from agent.model_host import ActiveModel, ModelHost
-from agent.runtime import RuntimeOptions, load_runtime
 from shared.messages import ModelRef
 from shared.modeltools.quantize import quantize_onnx
+from shared.runtime import RuntimeOptions, load_runtime
 from simulators.tflite_models.catalog import model_path
 from simulators.tflite_models.datasets import Split, digits_split, wine_split
 

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.runtime import load_runtime
 from shared.manifest import Tolerance
 from shared.modeltools.package import (
     DataError,
@@ -16,6 +15,7 @@ from shared.modeltools.package import (
     extract_package,
     load_golden,
 )
+from shared.runtime import load_runtime
 from simulators.models import TrainedModel
 
 TOL = Tolerance(atol=1e-4, rtol=1e-4)

@@ -15,7 +15,6 @@ import pytest
 from numpy.typing import NDArray
 
 from agent.drift_monitor import DriftMonitor
-from agent.runtime import load_runtime
 from shared.drift import ProfileError
 from shared.drift.profile import (
     MAX_FLAT_FEATURES,
@@ -32,6 +31,7 @@ from shared.modeltools.package import (
     load_golden,
     read_package,
 )
+from shared.runtime import load_runtime
 from shared.tensors import TensorSpec
 from simulators.tflite_models.catalog import load_manifest, model_path
 from simulators.tflite_models.datasets import Split, digits_split, wine_split

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent.runtime import InferenceError, load_runtime
-from agent.runtime.base import Tensors
+from shared.runtime import InferenceError, load_runtime
+from shared.runtime.base import Tensors
 from simulators.tflite_models.catalog import model_path
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent.runtime import InferenceError, load_runtime
+from shared.runtime import InferenceError, load_runtime
 from simulators.tflite_models.catalog import model_path
 from simulators.tflite_models.datasets import Split
 

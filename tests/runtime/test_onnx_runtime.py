@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from agent.runtime import (
+from shared.runtime import (
     InferenceError,
     ModelRuntime,
     RuntimeLoadError,

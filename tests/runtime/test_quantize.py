@@ -9,13 +9,13 @@ import numpy as np
 import onnx
 import pytest
 
-from agent.runtime import load_runtime
 from shared.cli import main
 from shared.modeltools.quantize import (
     AccuracyDropTooLarge,
     QuantizeError,
     quantize_onnx,
 )
+from shared.runtime import load_runtime
 from simulators.tflite_models.catalog import model_path
 
 # These tasks are easy and the models small: int8 measured no accuracy loss on wine and

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from agent.runtime import (
+from shared.runtime import (
     InferenceError,
     ModelRuntime,
     RuntimeLoadError,
     RuntimeOptions,
     load_runtime,
 )
-from agent.runtime.tflite import TfliteRuntime
+from shared.runtime.tflite import TfliteRuntime
 from simulators.tflite_models.catalog import load_manifest, model_path, sha256_of
 
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.runtime import RuntimeLoadError
 from shared.manifest import MANIFEST_FILE, ModelManifest
 from shared.modeltools.package import check_golden, extract_package
+from shared.runtime import RuntimeLoadError
 from simulators.faults import Fault, FaultKind, FaultyLoader
 from simulators.fleet import DeviceProfile, expand_profiles
 from simulators.profiles import ProfileError, parse_profile

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from agent.runtime import load_runtime
 from agent.store import ModelStore
 from agent.update.machine import Phase, UpdatePolicy
 from agent.update.runner import GoldenOutcome, UpdateRunner
 from agent.update.types import DesiredTarget, InstalledModel, Report, Tick
 from shared.manifest import ModelManifest
 from shared.messages import EventKind
+from shared.runtime import load_runtime
 from shared.signing.errors import DigestMismatch, TransportError
 from tests.update.support import Package
 

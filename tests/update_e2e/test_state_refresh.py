@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.daemon import Agent
-from agent.runtime import ModelRuntime, RuntimeLoadError, RuntimeOptions, load_runtime
+from shared.runtime import ModelRuntime, RuntimeLoadError, RuntimeOptions, load_runtime
 from simulators.models import TrainedModel
 from tests.agent.conftest import Subscriber
 from tests.support.mosquitto import MosquittoBroker

@@ -83,12 +83,12 @@ def load_runtime(
     if not path.is_file():
         raise RuntimeLoadError(f"{path}: model file not found")
     if name == "onnx":
-        from agent.runtime.onnx import OnnxRuntime
+        from shared.runtime.onnx import OnnxRuntime
 
         return OnnxRuntime(path, options)
     if name == "tflite":
         try:
-            from agent.runtime.tflite import TfliteRuntime
+            from shared.runtime.tflite import TfliteRuntime
         except ImportError as e:
             raise RuntimeLoadError(
                 f"{path}: the TFLite runtime is not installed (pip install 'edgefleet[tflite]')"

@@ -23,7 +23,7 @@ from typing import Any, cast
 import numpy as np
 import onnxruntime as ort
 
-from agent.runtime.base import InferenceError, RuntimeLoadError, RuntimeOptions, Tensors
+from shared.runtime.base import InferenceError, RuntimeLoadError, RuntimeOptions, Tensors
 from shared.tensors import TensorSpec
 
 _OPT_LEVEL = {

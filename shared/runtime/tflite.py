@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from agent.runtime.base import InferenceError, RuntimeLoadError, RuntimeOptions, Tensors
+from shared.runtime.base import InferenceError, RuntimeLoadError, RuntimeOptions, Tensors
 from shared.tensors import TensorSpec
 
 try:
