@@ -43,9 +43,13 @@ class ShardStatus:
     versions: dict[str, str | None] = field(default_factory=dict)
 
 
-def _worker(plan: FleetPlan, indices: range, conn: Connection, log_level: int) -> None:
+def _worker(plan: FleetPlan, indices: range, conn: Connection, log_level: int, nice: int) -> None:
     import os
 
+    if nice:
+        # On a shared machine the simulated devices must not starve the broker and the
+        # fleet they load: on a real fleet they are other machines' CPUs.
+        os.nice(nice)
     logging.basicConfig(level=log_level, format="%(asctime)s %(name)s %(message)s")
     # Four threads per agent: small stacks keep a thousand of them cheap.
     threading.stack_size(THREAD_STACK_BYTES)
@@ -91,7 +95,12 @@ class ShardedFleet:
         *,
         per_process: int = DEFAULT_PER_PROCESS,
         log_level: int = logging.WARNING,
+        nice: int = 0,
     ) -> None:
+        """``nice`` (0..19) lowers the workers' CPU priority. Raises ValueError for a
+        ``per_process`` below 1 or a ``nice`` outside 0..19."""
+        if not 0 <= nice <= 19:
+            raise ValueError(f"nice must be within 0..19, got {nice}")
         if per_process < 1:
             raise ValueError(f"per_process must be at least 1, got {per_process}")
         self.plan = plan
@@ -100,6 +109,7 @@ class ShardedFleet:
             for start in range(0, plan.count, per_process)
         ]
         self._log_level = log_level
+        self._nice = nice
         self._workers: list[tuple[Any, Connection, range]] = []
         self.pids: list[int] = []
 
@@ -114,7 +124,7 @@ class ShardedFleet:
             parent, child = context.Pipe()
             process = context.Process(
                 target=_worker,
-                args=(self.plan, indices, child, self._log_level),
+                args=(self.plan, indices, child, self._log_level, self._nice),
                 name=f"sim-shard-{indices.start}",
                 daemon=True,
             )

@@ -16,6 +16,7 @@ every 10 s and prints the fleet's CPU meanwhile.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import subprocess
 import sys
@@ -103,13 +104,69 @@ def _wait(condition: Any, timeout_s: float, what: str, meters: list[Meter]) -> N
         time.sleep(0.5)
 
 
+def _ramp(
+    plan: FleetPlan, fleet_pid: int, *, step: int, limit: int, budget_s: float, nice: int
+) -> None:
+    """Add idle devices ``step`` at a time (each shard reporting every 10 s) until
+    ``limit``, ``budget_s`` or a step whose devices take over a minute to connect; print
+    each step's connect time, the simulator's RSS and the fleet's CPU meanwhile."""
+    shards: list[ShardedFleet] = []
+    deadline = time.monotonic() + budget_s
+    total = 0
+    try:
+        while total < limit and time.monotonic() < deadline:
+            count = min(step, limit - total)
+            shard = ShardedFleet(
+                dataclasses.replace(
+                    plan, count=count, id_prefix=f"idle{len(shards)}", data_dir=plan.data_dir
+                ),
+                per_process=100,
+                nice=nice,
+            )
+            started = time.monotonic()
+            shard.start()
+            shards.append(shard)
+            total += count
+            while sum(s.connected() for s in shards) < total:
+                if time.monotonic() - started > 60:
+                    break
+                time.sleep(0.5)
+            connect_s = time.monotonic() - started
+            connected = sum(s.connected() for s in shards)
+            idle = Meter([fleet_pid])
+            sims = Meter([pid for s in shards for pid in s.pids])
+            time.sleep(15)
+            idle.sample()
+            sims.sample()
+            print(
+                f"{connected}/{total} connected (step of {count} in {connect_s:.1f} s): fleet CPU "
+                f"{100 * idle.used() / 15:.1f} % of a core, RSS {idle.peak_rss / 2**20:.0f} MiB"
+                f" | simulator CPU {100 * sims.used() / 15:.0f} %, RSS "
+                f"{sims.peak_rss / 2**20:.0f} MiB ({sims.peak_rss / 2**20 / total:.1f} MiB/device)",
+                flush=True,
+            )
+            if connected < total:
+                print("stopped: a step did not connect within 60 s")
+                break
+    finally:
+        for shard in shards:
+            shard.stop(timeout_s=10)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--devices", type=int, default=1000)
     parser.add_argument("--broker", help="use this MQTT broker instead of starting Mosquitto")
-    parser.add_argument("--per-process", type=int, default=125, help="agents per sim process")
+    parser.add_argument("--per-process", type=int, default=100, help="agents per sim process")
+    parser.add_argument("--nice", type=int, default=10, help="CPU niceness of the sim processes")
     parser.add_argument("--model-bytes", type=int, default=1 << 20)
     parser.add_argument("--idle-s", type=float, default=30.0)
+    parser.add_argument(
+        "--capacity",
+        type=int,
+        default=0,
+        help="instead of a rollout, ramp idle devices up to this many (steps of 500)",
+    )
     args = parser.parse_args(argv)
     raise_open_file_limit()
     base = Path(tempfile.mkdtemp(prefix="edgefleet-rollout-bench-"))
@@ -147,25 +204,36 @@ def main(argv: list[str] | None = None) -> int:
             assert r.status_code in (200, 201), r.text
             assert api.post(f"/v1/models/wine/{version}/publish").status_code == 200
         print(f"model 1.1.0 package: {upgrade.stat().st_size} bytes (signed TUF target)")
-        sim = ShardedFleet(
-            FleetPlan(
-                count=args.devices,
-                broker_url=broker_url,
-                data_dir=base / "devices",
-                model=model,
-                model_name="wine",
-                factory_package=factory,
-                updates=UpdatePlan(
-                    repository_url=f"http://127.0.0.1:{port}/v1/repository",
-                    trust_dir=lab.bundle_dir,
-                    device_token=DEVICE_TOKEN,
-                    tick_s=1.0,
-                ),
-                profiles=(DeviceProfile(hardware="rpi4", tags=("bench",), inferences_per_s=1.0),),
-                telemetry_interval_s=10.0,
+        plan = FleetPlan(
+            count=args.devices,
+            broker_url=broker_url,
+            data_dir=base / "devices",
+            model=model,
+            model_name="wine",
+            factory_package=factory,
+            updates=UpdatePlan(
+                repository_url=f"http://127.0.0.1:{port}/v1/repository",
+                trust_dir=lab.bundle_dir,
+                device_token=DEVICE_TOKEN,
+                # The runner wakes on every desired state anyway; its tick only
+                # paces retries, and a thousand 1 s ticks are a thousand GIL hand-offs.
+                tick_s=5.0,
             ),
-            per_process=args.per_process,
+            profiles=(DeviceProfile(hardware="rpi4", tags=("bench",), inferences_per_s=1.0),),
+            telemetry_interval_s=10.0,
+            # Drift monitoring is not what this benchmark measures.
+            drift=False,
+            drift_tick_s=30.0,
         )
+        if args.capacity:
+            idle_plan = dataclasses.replace(
+                plan,
+                updates=None,
+                profiles=(DeviceProfile(hardware="rpi4", tags=("idle",), inferences_per_s=0.0),),
+            )
+            _ramp(idle_plan, fleet.pid, step=500, limit=args.capacity, budget_s=300, nice=args.nice)
+            return 0
+        sim = ShardedFleet(plan, per_process=args.per_process, nice=args.nice)
         started = time.monotonic()
         sim.start()
         fleet_meter, sim_meter = Meter([fleet.pid]), Meter(sim.pids)
