@@ -257,7 +257,17 @@ class Agent:
         if self._telemetry_thread and self._telemetry_thread.is_alive():
             self._telemetry_thread.join(1.0)
         if self._outbox:
-            self._outbox.close()
+            telemetry = self._telemetry_thread
+            if (self._link is not None and self._link.alive) or (
+                telemetry is not None and telemetry.is_alive()
+            ):
+                # A thread that outlived its timeout may still write: leave the outbox
+                # open (everything in it is committed) rather than pull it from under it.
+                log.warning(
+                    "agent %s: threads still running at stop; outbox left open", self.device_id
+                )
+            else:
+                self._outbox.close()
         log.info("agent %s stopped (flushed: %s)", self.device_id, flushed)
         return flushed
 
