@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from agent.config import AgentConfig
+from agent.daemon import Agent
 from simulators.models import TrainedModel, train_wine_classifier
 from tests.support import pg
 from tests.support.mosquitto import MosquittoBroker
@@ -73,3 +75,19 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         pytest.skip(reason)
     with pg.fresh_database() as url:
         yield url
+
+
+@pytest.fixture
+def start_agent() -> Iterator[Callable[[AgentConfig], Agent]]:
+    """Start in-process agents from their configs; every one is stopped after the test."""
+    started: list[Agent] = []
+
+    def start(config: AgentConfig) -> Agent:
+        agent = Agent(config)
+        agent.start()
+        started.append(agent)
+        return agent
+
+    yield start
+    for agent in started:
+        agent.stop(2.0)

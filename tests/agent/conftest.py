@@ -85,6 +85,22 @@ class Subscriber:
         self._client.loop_stop()
 
 
+def channel_subscribers(
+    broker: MosquittoBroker, channel: str
+) -> Iterator[Callable[[str], Subscriber]]:
+    """Body of a fixture that opens subscribers to one channel of given devices."""
+    opened: list[Subscriber] = []
+
+    def subscribe(device_id: str) -> Subscriber:
+        sub = Subscriber(broker.port, [f"edgefleet/v1/devices/{device_id}/{channel}"])
+        opened.append(sub)
+        return sub
+
+    yield subscribe
+    for sub in opened:
+        sub.close()
+
+
 @pytest.fixture
 def subscribers() -> Iterator[list[Subscriber]]:
     """Subscribers a test opens are closed after it."""

@@ -14,14 +14,13 @@ import pytest
 from numpy.typing import NDArray
 
 from agent.config import AgentConfig
-from agent.daemon import Agent
 from shared.drift import ReferenceProfile, build_profile
 from shared.manifest import ModelManifest
 from shared.messages import DriftMessage, decode_device_message
 from shared.modeltools.package import build_package, read_package
 from shared.topics import Channel
 from simulators.models import TrainedModel
-from tests.agent.conftest import Received, Subscriber, agent_config
+from tests.agent.conftest import Received, Subscriber, agent_config, channel_subscribers
 from tests.support.mosquitto import MosquittoBroker
 from tests.update_e2e.support import FAST_PROBATION, Pkg
 
@@ -75,32 +74,9 @@ def packages(tmp_path_factory: pytest.TempPathFactory, wine_model: TrainedModel)
 
 
 @pytest.fixture
-def start_agent() -> Iterator[Callable[[AgentConfig], Agent]]:
-    started: list[Agent] = []
-
-    def start(config: AgentConfig) -> Agent:
-        agent = Agent(config)
-        agent.start()
-        started.append(agent)
-        return agent
-
-    yield start
-    for agent in started:
-        agent.stop(2.0)
-
-
-@pytest.fixture
 def drift_of(mosquitto: MosquittoBroker) -> Iterator[Callable[[str], Subscriber]]:
-    opened: list[Subscriber] = []
-
-    def subscribe(device_id: str) -> Subscriber:
-        sub = Subscriber(mosquitto.port, [f"edgefleet/v1/devices/{device_id}/drift"])
-        opened.append(sub)
-        return sub
-
-    yield subscribe
-    for sub in opened:
-        sub.close()
+    """Subscribers to one device's ``drift`` topic, closed after the test."""
+    yield from channel_subscribers(mosquitto, "drift")
 
 
 def profiled_config(

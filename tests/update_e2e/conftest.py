@@ -8,11 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import AgentConfig
-from agent.daemon import Agent
 from shared.manifest import ProbationBudget
 from simulators.models import TrainedModel, train_wine_classifier
-from tests.agent.conftest import Subscriber
+from tests.agent.conftest import Subscriber, channel_subscribers
 from tests.support.mosquitto import MosquittoBroker
 from tests.update_e2e.support import Pkg, Rig, build, repackage
 
@@ -56,29 +54,6 @@ def rig(tmp_path: Path, mosquitto: MosquittoBroker) -> Iterator[Rig]:
 
 
 @pytest.fixture
-def start_agent() -> Iterator[Callable[[AgentConfig], Agent]]:
-    started: list[Agent] = []
-
-    def start(config: AgentConfig) -> Agent:
-        agent = Agent(config)
-        agent.start()
-        started.append(agent)
-        return agent
-
-    yield start
-    for agent in started:
-        agent.stop(2.0)
-
-
-@pytest.fixture
 def events_of(mosquitto: MosquittoBroker) -> Iterator[Callable[[str], Subscriber]]:
-    opened: list[Subscriber] = []
-
-    def subscribe(device_id: str) -> Subscriber:
-        sub = Subscriber(mosquitto.port, [f"edgefleet/v1/devices/{device_id}/events"])
-        opened.append(sub)
-        return sub
-
-    yield subscribe
-    for sub in opened:
-        sub.close()
+    """Subscribers to one device's ``events`` topic, closed after the test."""
+    yield from channel_subscribers(mosquitto, "events")
