@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from agent.store import ModelStore
+from agent.store import ModelStore, StoreError
 from agent.update.machine import Phase
 from agent.update.wiring import STATE_FILE, STORE_DIR
 from shared.manifest import ProbationBudget
@@ -95,6 +95,23 @@ def check_store(store_root: Path) -> str:
     return active
 
 
+def check_settled_store(store_root: Path, timeout_s: float = 10.0) -> str:
+    """`check_store` on a live agent that reports a settled phase.
+
+    The runner persists a phase before it performs that phase's effects (ensure the
+    active model, collect garbage), so right after "committed" appears on disk the
+    store may still be changing under the reader. Retry until the same check passes.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return check_store(store_root)
+        except (FileNotFoundError, StoreError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 def test_agent_killed_at_random_instants_converges_every_update(
     tmp_path: Path, mosquitto: MosquittoBroker, wine_model: TrainedModel, unique_id: str
 ) -> None:
@@ -155,7 +172,7 @@ def test_agent_killed_at_random_instants_converges_every_update(
             phase = Phase(state["phase"])
             outcomes[phase.value] += 1
             assert phase in (Phase.COMMITTED, Phase.ROLLED_BACK), state.get("last_error")
-            active = check_store(data / STORE_DIR)
+            active = check_settled_store(data / STORE_DIR)
             expected = target if phase is Phase.COMMITTED else current
             assert active == expected.sha256, f"update {seq} {phase}: wrong active model"
             store = ModelStore(data / STORE_DIR)
