@@ -95,21 +95,33 @@ def check_store(store_root: Path) -> str:
     return active
 
 
-def check_settled_store(store_root: Path, timeout_s: float = 10.0) -> str:
-    """`check_store` on a live agent that reports a settled phase.
+def wait_for_settled_store(
+    store_root: Path, expected: str, what: str, timeout_s: float = 10.0
+) -> None:
+    """Wait until a live agent's store shows the outcome its persisted phase announces.
 
-    The runner persists a phase before it performs that phase's effects (ensure the
-    active model, collect garbage), so right after "committed" appears on disk the
-    store may still be changing under the reader. Retry until the same check passes.
+    The runner persists a phase *before* it performs that phase's effects (restore the
+    previous model, remove the failed one, collect garbage), so right after "committed"
+    or "rolled_back" appears on disk the store may still hold the old arrangement, or be
+    mid-change under the reader. The property is that it converges: retry until the
+    active model is ``expected``, verifies, and no half install is left beside it.
     """
     deadline = time.monotonic() + timeout_s
     while True:
+        problem = None
         try:
-            return check_store(store_root)
-        except (FileNotFoundError, StoreError):
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+            active = check_store(store_root)
+            store = ModelStore(store_root)
+            if active != expected:
+                problem = f"active model is {active[:12]}, expected {expected[:12]}"
+            elif not set(store.models()) <= {store.active(), store.previous()}:
+                problem = f"half install left: {sorted(store.models())}"
+        except (FileNotFoundError, StoreError) as e:
+            problem = f"store unreadable: {e}"
+        if problem is None:
+            return
+        assert time.monotonic() < deadline, f"{what}: {problem}"
+        time.sleep(0.1)
 
 
 def test_agent_killed_at_random_instants_converges_every_update(
@@ -172,11 +184,8 @@ def test_agent_killed_at_random_instants_converges_every_update(
             phase = Phase(state["phase"])
             outcomes[phase.value] += 1
             assert phase in (Phase.COMMITTED, Phase.ROLLED_BACK), state.get("last_error")
-            active = check_settled_store(data / STORE_DIR)
             expected = target if phase is Phase.COMMITTED else current
-            assert active == expected.sha256, f"update {seq} {phase}: wrong active model"
-            store = ModelStore(data / STORE_DIR)
-            assert set(store.models()) <= {store.active(), store.previous()}, "half install left"
+            wait_for_settled_store(data / STORE_DIR, expected.sha256, f"update {seq} {phase}")
     finally:
         if process is not None and process.poll() is None:
             process.send_signal(signal.SIGKILL)
