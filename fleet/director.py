@@ -14,19 +14,23 @@ Invariants:
 - the retained message ends up as the newest stored envelope even when two replicas
   publish for one device at once: after its publish is acknowledged, a publisher re-reads
   the row and publishes the newer envelope if there is one (see `_publish_converged`).
+
+`assign_many` / `republish_many` do the same for a batch of devices (a rollout wave):
+one transaction for every seq and envelope, then all publishes in flight together, so
+a wave costs a few database round trips and about one broker round trip, not one of
+each per device.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, Engine, update
+from sqlalchemy import Connection, Engine, bindparam, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlmodel import Session
 
 from fleet.errors import FleetError, InvalidRequestError, NotFoundError
 from fleet.store.tables import DesiredStateRow
@@ -38,6 +42,7 @@ from shared.topics import Channel, TopicError, device_topic, validate_device_id
 logger = logging.getLogger(__name__)
 
 MAX_CONVERGE_ROUNDS = 5
+CHUNK = 500  # device ids per IN (...) list: well under SQLite's bound-parameter limit
 
 
 class PublishError(FleetError):
@@ -47,11 +52,24 @@ class PublishError(FleetError):
 
 
 class DesiredPublisher(Protocol):
-    """Publishes a retained QoS 1 message and returns once the broker acknowledged it."""
+    """Publishes retained QoS 1 messages and returns once the broker acknowledged them."""
 
     def publish_retained(self, topic: str, payload: bytes) -> None:
         """Raises `PublishError` if the broker did not acknowledge in time."""
         ...
+
+    def publish_retained_many(
+        self, messages: Sequence[tuple[str, bytes]]
+    ) -> list[PublishError | None]:
+        """Publish every message at once, then wait for their acknowledgements.
+
+        Returns one entry per message: None when acknowledged, the error otherwise.
+        """
+        ...
+
+
+Outcome = SignedDesiredState | FleetError
+"""Per device: the envelope stored and published, or why it was not."""
 
 
 class Director:
@@ -87,86 +105,209 @@ class Director:
         broker does not acknowledge (the state is stored with its seq; `republish` or a
         later assign delivers it).
         """
-        try:
-            validate_device_id(device_id)
-        except TopicError as e:
-            raise InvalidRequestError(str(e)) from e
+        outcome = self.assign_many(
+            [device_id],
+            target,
+            rollout_id=rollout_id,
+            rollback=rollback,
+            expires_in_s=expires_in_s,
+        )[device_id]
+        if isinstance(outcome, FleetError):
+            raise outcome
+        return outcome
+
+    def assign_many(
+        self,
+        device_ids: Sequence[str],
+        target: DesiredTarget,
+        *,
+        rollout_id: str | None = None,
+        rollback: bool = False,
+        expires_in_s: int | None = None,
+    ) -> dict[str, Outcome]:
+        """`assign` for many devices: one transaction, then every publish in flight at once.
+
+        A rollout wave assigns hundreds of devices; one at a time, each paid its own
+        transaction and a broker round trip. Returns an outcome per distinct device id:
+        `InvalidRequestError` for a bad id (nothing stored for it), `PublishError` for a
+        state that is stored but not acknowledged by the broker.
+        """
+        outcomes: dict[str, Outcome] = {}
+        valid: list[str] = []
+        for device_id in dict.fromkeys(device_ids):
+            try:
+                validate_device_id(device_id)
+            except TopicError as e:
+                outcomes[device_id] = InvalidRequestError(str(e))
+            else:
+                valid.append(device_id)
+        if not valid:
+            return outcomes
         now = self._clock()
         expires = timedelta(seconds=expires_in_s or self._default_expires_s)
+        envelopes: dict[str, SignedDesiredState] = {}
         with self._engine.begin() as conn:
-            seq = _next_seq(conn, device_id, now)
-            body = DesiredBody(
-                device_id=device_id,
-                seq=seq,
-                target=target,
-                expires_at=now + expires,
-                rollout_id=rollout_id,
-                rollback=rollback,
-                issued_at=now,
-            )
-            envelope = sign_desired(body, self._signer)
-            conn.execute(
-                update(DesiredStateRow)
-                .where(DesiredStateRow.device_id == device_id)  # type: ignore[arg-type]
-                .values(
-                    body=body.model_dump(mode="json", by_alias=True),
-                    envelope=envelope.to_dict(),
+            seqs = _next_seqs(conn, valid, now)
+            for device_id in valid:
+                body = DesiredBody(
+                    device_id=device_id,
+                    seq=seqs[device_id],
+                    target=target,
+                    expires_at=now + expires,
                     rollout_id=rollout_id,
-                    updated_at=now,
+                    rollback=rollback,
+                    issued_at=now,
                 )
+                envelopes[device_id] = sign_desired(body, self._signer)
+            _store(conn, envelopes, rollout_id, now)
+        for device_id, envelope in envelopes.items():
+            logger.info(
+                "desired seq %s for %s: %s%s",
+                envelope.signed.seq,
+                device_id,
+                target.name,
+                " (rollback)" * rollback,
             )
-        logger.info(
-            "desired seq %s for %s: %s%s", seq, device_id, target.name, " (rollback)" * rollback
-        )
-        try:
-            self._publish_converged(device_id, envelope)
-        except PublishError as e:
-            raise PublishError(
-                f"desired seq {seq} for {device_id} is stored but not published ({e});"
-                " it is delivered by the next assign or republish"
-            ) from e
-        return envelope
+        for device_id, published in self._publish_converged(envelopes).items():
+            if isinstance(published, PublishError):
+                seq = envelopes[device_id].signed.seq
+                outcomes[device_id] = PublishError(
+                    f"desired seq {seq} for {device_id} is stored but not published "
+                    f"({published}); it is delivered by the next assign or republish"
+                )
+            else:
+                outcomes[device_id] = published
+        return outcomes
 
     def current(self, device_id: str) -> SignedDesiredState:
         """The device's stored desired state; raises `NotFoundError` if it has none."""
-        with Session(self._engine) as session:
-            row = session.get(DesiredStateRow, device_id)
-            if row is None or not row.envelope:
-                raise NotFoundError(f"device {device_id!r} has no desired state")
-            return SignedDesiredState.model_validate(row.envelope)
+        found = self.current_many([device_id])
+        if device_id not in found:
+            raise NotFoundError(f"device {device_id!r} has no desired state")
+        return found[device_id]
+
+    def current_many(self, device_ids: Sequence[str]) -> dict[str, SignedDesiredState]:
+        """The stored desired states of those of ``device_ids`` that have one."""
+        table = _table()
+        found: dict[str, SignedDesiredState] = {}
+        with self._engine.connect() as conn:
+            for chunk in _chunks(list(dict.fromkeys(device_ids))):
+                rows = conn.execute(
+                    select(table.c.device_id, table.c.envelope).where(table.c.device_id.in_(chunk))
+                )
+                for device_id, envelope in rows:
+                    if envelope:
+                        found[device_id] = SignedDesiredState.model_validate(envelope)
+        return found
 
     def republish(self, device_id: str) -> SignedDesiredState:
         """Publish the stored desired state again; raises `NotFoundError`, `PublishError`."""
-        envelope = self.current(device_id)
-        self._publish_converged(device_id, envelope)
-        return envelope
+        outcome = self.republish_many([device_id])[device_id]
+        if isinstance(outcome, FleetError):
+            raise outcome
+        return outcome
 
-    def _publish_converged(self, device_id: str, envelope: SignedDesiredState) -> None:
-        topic = device_topic(device_id, Channel.DESIRED)
+    def republish_many(self, device_ids: Sequence[str]) -> dict[str, Outcome]:
+        """`republish` for many devices, every publish in flight at once.
+
+        Per device: the envelope, `NotFoundError` (no stored state) or `PublishError`.
+        """
+        stored = self.current_many(device_ids)
+        outcomes: dict[str, Outcome] = {
+            d: NotFoundError(f"device {d!r} has no desired state")
+            for d in device_ids
+            if d not in stored
+        }
+        outcomes.update(self._publish_converged(stored))
+        return outcomes
+
+    def _publish_converged(self, envelopes: Mapping[str, SignedDesiredState]) -> dict[str, Outcome]:
+        """Publish each device's envelope, then make sure the retained one is the newest.
+
+        Another replica may store a newer state for a device meanwhile, and its publish
+        may reach the broker before ours: after the acknowledgements, re-read the seqs
+        and publish the newer envelopes again, for a few rounds.
+        """
+        outcomes: dict[str, Outcome] = dict(envelopes)
+        pending = dict(envelopes)
         for _ in range(MAX_CONVERGE_ROUNDS):
-            self._publisher.publish_retained(topic, envelope.to_bytes())
-            latest = self.current(device_id)
-            if latest.signed.seq <= envelope.signed.seq:
-                return
-            # A newer state was stored meanwhile; its publish may have reached the broker
-            # before ours, so make sure the retained message is the newest.
-            envelope = latest
-        logger.warning("desired state of %s kept changing while publishing", device_id)
+            ids = list(pending)
+            errors = self._publisher.publish_retained_many(
+                [(device_topic(d, Channel.DESIRED), pending[d].to_bytes()) for d in ids]
+            )
+            acknowledged = []
+            for device_id, error in zip(ids, errors, strict=True):
+                if error is None:
+                    acknowledged.append(device_id)
+                else:
+                    outcomes[device_id] = error
+            latest = self.current_many(acknowledged)
+            pending = {
+                d: latest[d]
+                for d in acknowledged
+                if d in latest and latest[d].signed.seq > pending[d].signed.seq
+            }
+            if not pending:
+                return outcomes
+        logger.warning("desired states of %s kept changing while publishing", sorted(pending))
+        return outcomes
 
 
-def _next_seq(conn: Connection, device_id: str, now: datetime) -> int:
-    table: Any = DesiredStateRow.__table__  # type: ignore[attr-defined]
+def _table() -> Any:
+    return DesiredStateRow.__table__  # type: ignore[attr-defined]
+
+
+def _chunks(items: Sequence[str], size: int = CHUNK) -> Iterator[Sequence[str]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _next_seqs(conn: Connection, device_ids: Sequence[str], now: datetime) -> dict[str, int]:
+    table = _table()
     insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    # The insert takes the write lock first, so the read-increment below cannot race.
+    # The insert takes the write lock (SQLite) or the row locks (PostgreSQL, by the
+    # update below) first, so the read-increment cannot race another replica.
     conn.execute(
-        insert(table)
-        .values(device_id=device_id, seq=0, body={}, envelope={}, updated_at=now)
-        .on_conflict_do_nothing(index_elements=["device_id"])
+        insert(table).on_conflict_do_nothing(index_elements=["device_id"]),
+        [
+            {"device_id": d, "seq": 0, "body": {}, "envelope": {}, "updated_at": now}
+            for d in device_ids
+        ],
     )
-    seq: int = conn.execute(
+    seqs: dict[str, int] = {}
+    for chunk in _chunks(device_ids):
+        rows = conn.execute(
+            update(table)
+            .where(table.c.device_id.in_(chunk))
+            .values(seq=table.c.seq + 1)
+            .returning(table.c.device_id, table.c.seq)
+        )
+        seqs.update({device_id: int(seq) for device_id, seq in rows})
+    return seqs
+
+
+def _store(
+    conn: Connection,
+    envelopes: Mapping[str, SignedDesiredState],
+    rollout_id: str | None,
+    now: datetime,
+) -> None:
+    table = _table()
+    conn.execute(
         update(table)
-        .where(table.c.device_id == device_id)
-        .values(seq=table.c.seq + 1)
-        .returning(table.c.seq)
-    ).scalar_one()
-    return seq
+        .where(table.c.device_id == bindparam("key"))
+        .values(
+            body=bindparam("new_body"),
+            envelope=bindparam("new_envelope"),
+            rollout_id=rollout_id,
+            updated_at=now,
+        ),
+        [
+            {
+                "key": device_id,
+                "new_body": envelope.signed.model_dump(mode="json", by_alias=True),
+                "new_envelope": envelope.to_dict(),
+            }
+            for device_id, envelope in envelopes.items()
+        ],
+    )

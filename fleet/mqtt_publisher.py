@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -21,6 +23,8 @@ from fleet.mqtt_client import make_client
 from fleet.settings import FleetSettings
 
 logger = logging.getLogger(__name__)
+
+MAX_INFLIGHT = 1000
 
 
 class MqttPublisher:
@@ -41,6 +45,9 @@ class MqttPublisher:
         self._client = make_client(settings, f"{base}-{role}-{uuid.uuid4().hex[:8]}")
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
+        # A rollout wave publishes hundreds of desired states at once; paho's default
+        # of 20 unacknowledged messages would make that 20 at a time.
+        self._client.max_inflight_messages_set(MAX_INFLIGHT)
         self._lock = threading.Lock()
 
     @property
@@ -64,6 +71,34 @@ class MqttPublisher:
         """Publish retained at QoS 1 and wait for the PUBACK; raises `PublishError`."""
         self.publish(topic, payload, retain=True)
 
+    def publish_retained_many(
+        self, messages: Sequence[tuple[str, bytes]]
+    ) -> list[PublishError | None]:
+        """Publish every message retained at QoS 1, then wait for all the PUBACKs.
+
+        One error per message (None: acknowledged); the whole batch shares one timeout,
+        counted from when the last message was handed to paho.
+        """
+        if not messages:
+            return []
+        if not self._connected.wait(self._timeout_s):
+            error = PublishError(f"not connected to the broker {self._settings.broker_url}")
+            return [error] * len(messages)
+        infos: list[mqtt.MQTTMessageInfo | PublishError] = []
+        with self._lock:
+            for topic, payload in messages:
+                try:
+                    infos.append(self._client.publish(topic, payload, qos=1, retain=True))
+                except (RuntimeError, ValueError) as e:
+                    infos.append(PublishError(f"publishing to {topic} failed: {e}"))
+        deadline = time.monotonic() + self._timeout_s
+        return [
+            info
+            if isinstance(info, PublishError)
+            else self._acknowledged(topic, info, deadline - time.monotonic())
+            for (topic, _), info in zip(messages, infos, strict=True)
+        ]
+
     def publish(self, topic: str, payload: bytes, *, retain: bool) -> None:
         """Publish at QoS 1 and wait for the PUBACK.
 
@@ -74,14 +109,22 @@ class MqttPublisher:
             raise PublishError(f"not connected to the broker {self._settings.broker_url}")
         with self._lock:
             info = self._client.publish(topic, payload, qos=1, retain=retain)
+        error = self._acknowledged(topic, info, self._timeout_s)
+        if error is not None:
+            raise error
+
+    def _acknowledged(
+        self, topic: str, info: mqtt.MQTTMessageInfo, timeout_s: float
+    ) -> PublishError | None:
         try:
-            info.wait_for_publish(self._timeout_s)
+            info.wait_for_publish(max(0.0, timeout_s))
         except (RuntimeError, ValueError) as e:
-            raise PublishError(f"publishing to {topic} failed: {e}") from e
+            return PublishError(f"publishing to {topic} failed: {e}")
         if not info.is_published():
-            raise PublishError(
+            return PublishError(
                 f"the broker did not acknowledge the message on {topic} within {self._timeout_s}s"
             )
+        return None
 
     def _on_connect(
         self, _c: mqtt.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Any = None

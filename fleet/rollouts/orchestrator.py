@@ -5,8 +5,9 @@ Every tick (``tick_interval_s``) the replica renews the orchestrator lease
 reads the state, builds observations and metrics (`fleet.rollouts.observe`), calls
 `decide`, **stores the new state first** (compare-and-set on the rollout's version, with
 the lease re-checked in the same transaction) and only then carries out the actions:
-``Assign`` → `Director.assign` of the rollout's target; ``RollBack`` → a signed rollback
-to the device's previous version. Every outcome goes into the rollout's history.
+``Assign`` → `Director.assign_many` of the rollout's target; ``RollBack`` → a signed
+rollback to the device's previous version, batched the same way per version. Every
+outcome goes into the rollout's history.
 
 Invariants (from the pure core's save-then-act contract):
 - an action is carried out only after the state that produced it is stored, so a crash
@@ -28,14 +29,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Protocol
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from fleet.errors import FleetError, NotFoundError
+from fleet.errors import FleetError
 from fleet.rollouts.lease import Lease
 from fleet.rollouts.model import Action, Assign, RollBack, RolloutState
 from fleet.rollouts.observe import observe, wave_metrics
@@ -55,24 +56,28 @@ from shared.signing.director import DesiredTarget, SignedDesiredState
 logger = logging.getLogger(__name__)
 
 LEASE_NAME = "rollout-orchestrator"
+# Devices per director batch; the lease is re-checked between batches.
+PUBLISH_BATCH = 250
 
 
 class RolloutDirector(Protocol):
     """What the orchestrator needs of `fleet.director.Director`."""
 
-    def assign(
+    def assign_many(
         self,
-        device_id: str,
+        device_ids: Sequence[str],
         target: DesiredTarget,
         *,
         rollout_id: str | None = None,
         rollback: bool = False,
         expires_in_s: int | None = None,
-    ) -> SignedDesiredState: ...
+    ) -> dict[str, SignedDesiredState | FleetError]: ...
 
-    def current(self, device_id: str) -> SignedDesiredState: ...
+    def current_many(self, device_ids: Sequence[str]) -> dict[str, SignedDesiredState]: ...
 
-    def republish(self, device_id: str) -> SignedDesiredState: ...
+    def republish_many(
+        self, device_ids: Sequence[str]
+    ) -> dict[str, SignedDesiredState | FleetError]: ...
 
 
 class TargetRegistry(Protocol):
@@ -246,99 +251,134 @@ class Orchestrator:
 
     def _perform(self, state: RolloutState, actions: list[Action], *, recovering: bool) -> None:
         lines: list[HistoryLine] = []
-        targets: dict[str, DesiredTarget] = {}
+        batches: dict[tuple[str, bool], list[Assign | RollBack]] = {}
+        for action in actions:
+            if not isinstance(action, Assign | RollBack):
+                continue
+            if isinstance(action, RollBack) and action.to_version is None:
+                lines.append(self._skipped(state, action))
+                continue
+            batches.setdefault(_destination(state, action), []).append(action)
         try:
-            for action in actions:
-                if isinstance(action, Assign | RollBack):
+            for (version, rollback), batch in batches.items():
+                for start in range(0, len(batch), PUBLISH_BATCH):
                     self._renew_if_due()
-                    line = self._publish(state, action, targets, recovering=recovering)
-                    lines.append(line)
-                    if line.kind == "action_failed":
-                        self._retry[(state.rollout_id, action.device_id)] = action
+                    chunk = batch[start : start + PUBLISH_BATCH]
+                    for action, line in zip(
+                        chunk,
+                        self._publish(state, version, rollback, chunk, recovering=recovering),
+                        strict=True,
+                    ):
+                        lines.append(line)
+                        if line.kind == "action_failed":
+                            self._retry[(state.rollout_id, action.device_id)] = action
         finally:
             if lines:
                 with self._engine.begin() as conn:
                     append(conn, state.rollout_id, lines)
 
+    def _skipped(self, state: RolloutState, action: Assign | RollBack) -> HistoryLine:
+        return HistoryLine(
+            kind="rollback_skipped",
+            ts=self._clock(),
+            device_id=action.device_id,
+            wave=state.devices[action.device_id].wave,
+            message=f"device ran no {state.spec.model.name} before this rollout: there is "
+            "no earlier version to roll back to, and the protocol has no uninstall",
+        )
+
     def _publish(
         self,
         state: RolloutState,
-        action: Assign | RollBack,
-        targets: dict[str, DesiredTarget],
+        version: str,
+        rollback: bool,
+        actions: list[Assign | RollBack],
         *,
         recovering: bool,
-    ) -> HistoryLine:
-        now = self._clock()
-        record = state.devices[action.device_id]
-        rollback = isinstance(action, RollBack)
-        version = action.to_version if isinstance(action, RollBack) else state.spec.model.version
-        if version is None:
-            return HistoryLine(
-                kind="rollback_skipped",
-                ts=now,
-                device_id=action.device_id,
-                wave=record.wave,
-                message=f"device ran no {state.spec.model.name} before this rollout: there is "
-                "no earlier version to roll back to, and the protocol has no uninstall",
-            )
-        try:
-            if version not in targets:
-                targets[version] = self._registry.published_target(state.spec.model.name, version)
-            envelope, republished = self._ensure(
-                action.device_id, targets[version], state.rollout_id, rollback=rollback
-            )
-        except FleetError as e:
-            logger.warning(
-                "rollout %s: %s of %s failed: %s",
-                state.rollout_id,
-                action.kind,
-                action.device_id,
-                e,
-            )
-            return HistoryLine(
-                kind="action_failed",
-                ts=now,
-                device_id=action.device_id,
-                wave=record.wave,
-                message=f"{action.kind} to {version} failed: {e}",
-                detail={"action": action.kind, "version": version, "error": e.code},
-            )
-        seq = envelope.signed.seq
-        what = "rollback to" if rollback else "assigned"
-        return HistoryLine(
-            kind="desired_republished" if republished else "desired_published",
-            ts=now,
-            device_id=action.device_id,
-            wave=record.wave,
-            message=f"{what} {version} (desired seq {seq})"
-            + (" re-published after a restart" if republished else ""),
-            detail={
-                "seq": seq,
-                "version": version,
-                "rollback": rollback,
-                "republished": republished,
-                "recovering": recovering,
-                "by": self.holder,
-            },
-        )
+    ) -> list[HistoryLine]:
+        """Carry out one batch of actions that send their devices to the same version.
 
-    def _ensure(
-        self, device_id: str, target: DesiredTarget, rollout_id: str, *, rollback: bool
-    ) -> tuple[SignedDesiredState, bool]:
-        """Re-publish the device's stored desired state if it is already this one; sign a
-        new one otherwise. Returns the envelope and whether it was a re-publish."""
+        A device whose stored desired state is already this one (same rollout, target
+        and rollback flag: the action was carried out before a crash) gets it
+        re-published with its seq, never signed again; the others get a new one.
+        Returns one history line per action, in order.
+        """
+        now = self._clock()
+        ids = [a.device_id for a in actions]
+        outcomes: dict[str, SignedDesiredState | FleetError] = {}
+        republished: set[str] = set()
         try:
-            current = self._director.current(device_id).signed
-        except NotFoundError:
-            current = None
-        if (
-            current is not None
-            and current.rollout_id == rollout_id
-            and current.rollback == rollback
-            and current.target.sha256 == target.sha256
-        ):
-            return self._director.republish(device_id), True
-        envelope = self._director.assign(
-            device_id, target, rollout_id=rollout_id, rollback=rollback
-        )
-        return envelope, False
+            target = self._registry.published_target(state.spec.model.name, version)
+            current = self._director.current_many(ids)
+            republished = {
+                d
+                for d, envelope in current.items()
+                if envelope.signed.rollout_id == state.rollout_id
+                and envelope.signed.rollback == rollback
+                and envelope.signed.target.sha256 == target.sha256
+            }
+            if republished:
+                outcomes.update(self._director.republish_many(sorted(republished)))
+            fresh = [d for d in ids if d not in republished]
+            if fresh:
+                outcomes.update(
+                    self._director.assign_many(
+                        fresh, target, rollout_id=state.rollout_id, rollback=rollback
+                    )
+                )
+        except FleetError as e:
+            outcomes = {d: outcomes.get(d, e) for d in ids}
+        what = "rollback to" if rollback else "assigned"
+        lines = []
+        for action in actions:
+            device_id = action.device_id
+            wave = state.devices[device_id].wave
+            outcome = outcomes[device_id]
+            if isinstance(outcome, FleetError):
+                logger.warning(
+                    "rollout %s: %s of %s failed: %s",
+                    state.rollout_id,
+                    action.kind,
+                    device_id,
+                    outcome,
+                )
+                lines.append(
+                    HistoryLine(
+                        kind="action_failed",
+                        ts=now,
+                        device_id=device_id,
+                        wave=wave,
+                        message=f"{action.kind} to {version} failed: {outcome}",
+                        detail={"action": action.kind, "version": version, "error": outcome.code},
+                    )
+                )
+                continue
+            again = device_id in republished
+            seq = outcome.signed.seq
+            lines.append(
+                HistoryLine(
+                    kind="desired_republished" if again else "desired_published",
+                    ts=now,
+                    device_id=device_id,
+                    wave=wave,
+                    message=f"{what} {version} (desired seq {seq})"
+                    + (" re-published after a restart" if again else ""),
+                    detail={
+                        "seq": seq,
+                        "version": version,
+                        "rollback": rollback,
+                        "republished": again,
+                        "recovering": recovering,
+                        "by": self.holder,
+                    },
+                )
+            )
+        return lines
+
+
+def _destination(state: RolloutState, action: Assign | RollBack) -> tuple[str, bool]:
+    """The version an action sends its device to, and whether that is a rollback."""
+    if isinstance(action, RollBack):
+        assert action.to_version is not None
+        return action.to_version, True
+    return state.spec.model.version, False

@@ -4,6 +4,7 @@ and a second replica taking the lease over."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import httpx
 import pytest
 
 from fleet.director import Director
+from fleet.errors import FleetError
 from fleet.rollouts.lease import current_holder
 from fleet.rollouts.orchestrator import LEASE_NAME, Orchestrator
 from fleet.service import FleetService
@@ -38,23 +40,31 @@ class CrashError(Exception):
 
 
 class CrashingDirector:
-    """The real director, except that the process dies at the ``crash_at``-th assign."""
+    """The real director, except that the process dies at the ``crash_at``-th assignment
+    (the ones before it in the same batch are stored and published)."""
 
     def __init__(self, director: Director, crash_at: int) -> None:
         self._director = director
         self._left = crash_at
 
-    def assign(self, device_id: str, target: DesiredTarget, **kw: Any) -> SignedDesiredState:
-        self._left -= 1
-        if self._left == 0:
-            raise CrashError(f"killed before assigning {device_id}")
-        return self._director.assign(device_id, target, **kw)
+    def assign_many(
+        self, device_ids: Sequence[str], target: DesiredTarget, **kw: Any
+    ) -> dict[str, SignedDesiredState | FleetError]:
+        done: dict[str, SignedDesiredState | FleetError] = {}
+        for device_id in device_ids:
+            self._left -= 1
+            if self._left == 0:
+                raise CrashError(f"killed before assigning {device_id}")
+            done.update(self._director.assign_many([device_id], target, **kw))
+        return done
 
-    def current(self, device_id: str) -> SignedDesiredState:
-        return self._director.current(device_id)
+    def current_many(self, device_ids: Sequence[str]) -> dict[str, SignedDesiredState]:
+        return self._director.current_many(device_ids)
 
-    def republish(self, device_id: str) -> SignedDesiredState:
-        return self._director.republish(device_id)
+    def republish_many(
+        self, device_ids: Sequence[str]
+    ) -> dict[str, SignedDesiredState | FleetError]:
+        return self._director.republish_many(device_ids)
 
 
 def _create(api: httpx.Client, tag: str, waves: list[dict[str, Any]]) -> str:
