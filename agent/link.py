@@ -23,8 +23,11 @@ birth < will < next birth, and a fleet may keep the state with the highest seq.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
+import select
+import socket
 import ssl
 import threading
 import time
@@ -48,7 +51,12 @@ log = logging.getLogger(__name__)
 StateBuilder = Callable[[int, bool, str | None], StateMessage]
 DesiredHandler = Callable[[bytes], None]
 
-_LOOP_TIMEOUT_S = 0.1
+# How long the link thread sleeps when nothing happens: it wakes at once for network
+# traffic and for `wake`/`stop`, so this only paces keepalive and deadline checks. (A
+# short fixed poll, as paho's own ``loop`` does, costs a thousand simulated agents most
+# of a core, and a real device its sleep.)
+_IDLE_WAIT_S = 1.0
+_DISCONNECT_WAIT_S = 0.1
 
 
 def backoff_s(attempt: int, *, min_s: float, max_s: float, rng: random.Random) -> float:
@@ -88,6 +96,10 @@ class Link:
         self._stop = threading.Event()
         self._stop_deadline = 0.0
         self._dirty = threading.Event()
+        # Other threads write a byte here to end the link thread's wait early.
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
         self._state_stale = threading.Event()
         self._flushed = False
         # Per connection; touched only by the link thread (paho calls back on it).
@@ -118,6 +130,12 @@ class Link:
     def wake(self) -> None:
         """Tell the link that the outbox has new rows (safe from any thread)."""
         self._dirty.set()
+        self._interrupt()
+
+    def _interrupt(self) -> None:
+        # BlockingIOError: a wake-up is already pending; OSError: the link has ended.
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"\0")
 
     def refresh_state(self) -> None:
         """Publish a fresh retained birth state soon (safe from any thread).
@@ -127,7 +145,7 @@ class Link:
         sent now; the next connection's birth carries the change anyway.
         """
         self._state_stale.set()
-        self._dirty.set()
+        self.wake()
 
     def stop(self, timeout_s: float = 5.0) -> bool:
         """Publish the retained offline state, flush the outbox, disconnect.
@@ -138,27 +156,63 @@ class Link:
         """
         self._stop_deadline = time.monotonic() + timeout_s
         self._stop.set()
-        self._dirty.set()
+        self.wake()
         if self._thread.is_alive():
             self._thread.join(timeout_s + 1.0)
         return self._flushed
 
     def _run(self) -> None:
-        attempt = 0
-        while not self._stop.is_set():
-            if self._session():
-                attempt = 0
-            if self._stop.is_set():
-                break
-            delay = backoff_s(
-                attempt,
-                min_s=self._config.reconnect_min_s,
-                max_s=self._config.reconnect_max_s,
-                rng=self._rng,
-            )
-            attempt += 1
-            log.debug("%s: reconnecting in %.2fs", self._device_id, delay)
-            self._stop.wait(delay)
+        try:
+            attempt = 0
+            while not self._stop.is_set():
+                if self._session():
+                    attempt = 0
+                if self._stop.is_set():
+                    break
+                delay = backoff_s(
+                    attempt,
+                    min_s=self._config.reconnect_min_s,
+                    max_s=self._config.reconnect_max_s,
+                    rng=self._rng,
+                )
+                attempt += 1
+                log.debug("%s: reconnecting in %.2fs", self._device_id, delay)
+                self._stop.wait(delay)
+        finally:
+            self._wake_r.close()
+            self._wake_w.close()
+
+    def _loop(self, client: mqtt.Client, timeout_s: float) -> MQTTErrorCode:
+        """One turn of paho's network loop, also ended early by `wake`.
+
+        paho's own ``loop`` does the same with ``select`` (no file descriptor above
+        1023, so at most ~150 agents in one simulator process) and cannot be woken by
+        another thread of ours; this uses ``poll`` and paho's public loop pieces.
+        """
+        sock = client.socket()
+        if sock is None:
+            return MQTTErrorCode.MQTT_ERR_NO_CONN
+        pending = isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
+        poller = select.poll()
+        poller.register(sock, select.POLLIN | (select.POLLOUT if client.want_write() else 0))
+        poller.register(self._wake_r, select.POLLIN)
+        try:
+            events = dict(poller.poll(0 if pending else int(timeout_s * 1000)))
+        except (OSError, ValueError):
+            return MQTTErrorCode.MQTT_ERR_CONN_LOST
+        if self._wake_r.fileno() in events:
+            with contextlib.suppress(BlockingIOError):
+                self._wake_r.recv(4096)
+        ready = events.get(sock.fileno(), 0)
+        if pending or ready & (select.POLLIN | select.POLLERR | select.POLLHUP):
+            rc = client.loop_read()
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                return rc
+        if client.want_write():
+            rc = client.loop_write()
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                return rc
+        return client.loop_misc()
 
     def _session(self) -> bool:
         """One connection from connect to loss; True if the broker accepted it."""
@@ -189,7 +243,7 @@ class Link:
         connect_deadline = time.monotonic() + self._config.connect_timeout_s
         accepted = False
         while True:
-            rc = client.loop(_LOOP_TIMEOUT_S)
+            rc = self._loop(client, self._wait_s(connect_deadline))
             self._handle_acks()
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or self._refused:
                 break
@@ -211,6 +265,15 @@ class Link:
             log.info("%s: lost the connection to %s", self._device_id, self._config.url)
         self._connected = False
         return accepted
+
+    def _wait_s(self, connect_deadline: float) -> float:
+        """How long the next loop turn may sleep: until the nearest deadline."""
+        wait = _IDLE_WAIT_S
+        if not self._connected:
+            wait = min(wait, connect_deadline - time.monotonic())
+        if self._stop.is_set():
+            wait = min(wait, self._stop_deadline - time.monotonic())
+        return max(0.0, wait)
 
     def _shutdown_step(self, client: mqtt.Client) -> bool:
         """Advance a graceful stop by one loop turn; True once the connection is closed."""
@@ -351,6 +414,6 @@ class Link:
         client.disconnect()
         deadline = time.monotonic() + 1.0
         while time.monotonic() < deadline:
-            if client.loop(_LOOP_TIMEOUT_S) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            if self._loop(client, _DISCONNECT_WAIT_S) != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 break
         log.info("%s: disconnected from %s", self._device_id, self._config.url)
