@@ -49,9 +49,10 @@ Drift score (only when the wave's gate has ``max_drift_score``; the candidate on
 from __future__ import annotations
 
 import math
+import time
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -85,10 +86,104 @@ class _Fold:
             self.previous, self.current = self.current, version
 
 
+class EventCache:
+    """The deployment events of each rollout read so far, so a tick reads only new ones.
+
+    A 1,000-device rollout collects ~10,000 events; reading and folding all of them
+    every tick was a third of the fleet's CPU during the rollout benchmark. Each tick
+    now reads the events received since ``overlap_s`` before the newest one already
+    seen (ingest batches commit out of receive order, by less than that), keyed by
+    ``(device, seq)`` so a re-read changes nothing, and folds only devices whose events
+    or registry row changed. In case a write lagged by more than the overlap (an
+    ingester retrying through a database outage), every ``full_every_s`` the cache
+    reads the rollout's events in full again.
+    """
+
+    def __init__(
+        self,
+        *,
+        overlap_s: float = 10.0,
+        full_every_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._overlap = timedelta(seconds=overlap_s)
+        self._full_every_s = full_every_s
+        self._clock = clock
+        self._rollouts: dict[str, _RolloutEvents] = {}
+
+    def retain(self, rollout_ids: Iterable[str]) -> None:
+        """Forget every rollout not in ``rollout_ids`` (no longer active)."""
+        keep = set(rollout_ids)
+        for rollout_id in list(self._rollouts):
+            if rollout_id not in keep:
+                del self._rollouts[rollout_id]
+
+    def events_of(self, conn: Connection, rollout_id: str) -> _RolloutEvents:
+        """The rollout's events, after reading what is new (see the class docstring)."""
+        entry = self._rollouts.get(rollout_id)
+        mono = self._clock()
+        query = select(
+            col(EventRow.device_id),
+            col(EventRow.seq),
+            col(EventRow.kind),
+            col(EventRow.model_version),
+            col(EventRow.received_at),
+            col(EventRow.reason),
+        ).where(col(EventRow.rollout_id) == rollout_id)
+        if (
+            entry is None
+            or entry.newest is None
+            or mono - entry.read_in_full_at >= self._full_every_s
+        ):
+            entry = _RolloutEvents(read_in_full_at=mono)
+            self._rollouts[rollout_id] = entry
+        else:
+            query = query.where(col(EventRow.received_at) >= entry.newest - self._overlap)
+        for event in conn.execute(query):
+            seen = entry.by_device.setdefault(event.device_id, {})
+            if event.seq not in seen:
+                seen[event.seq] = event
+                entry.changed.add(event.device_id)
+            if entry.newest is None or event.received_at > entry.newest:
+                entry.newest = event.received_at
+        return entry
+
+
+@dataclass
+class _RolloutEvents:
+    read_in_full_at: float
+    by_device: dict[str, dict[int, Any]] = field(default_factory=dict)
+    newest: datetime | None = None
+    # Devices with events not yet folded, and each device's fold with what it was
+    # computed from (its registry row).
+    changed: set[str] = field(default_factory=set)
+    folds: dict[str, tuple[Any, _Fold]] = field(default_factory=dict)
+
+    def fold(self, device_id: str, device: Any, model: str) -> _Fold:
+        cached = self.folds.get(device_id)
+        row = tuple(device) if device is not None else None
+        if cached is not None and cached[0] == row and device_id not in self.changed:
+            return cached[1]
+        events = self.by_device.get(device_id, {})
+        result = _fold(device, [events[seq] for seq in sorted(events)], model)
+        self.folds[device_id] = (row, result)
+        self.changed.discard(device_id)
+        return result
+
+
 def observe(
-    conn: Connection, state: RolloutState, *, now: datetime, offline_after_s: float
+    conn: Connection,
+    state: RolloutState,
+    *,
+    now: datetime,
+    offline_after_s: float,
+    cache: EventCache | None = None,
 ) -> dict[str, DeviceObservation]:
-    """One observation per target device that the fleet has heard of."""
+    """One observation per target device that the fleet has heard of.
+
+    ``cache`` (kept across calls by the orchestrator) makes a call read only the events
+    that are new since the previous one; without it every event is read.
+    """
     model = state.spec.model.name
     cutoff = now - timedelta(seconds=offline_after_s)
     devices: dict[str, Any] = {}
@@ -104,20 +199,7 @@ def observe(
             ).where(col(Device.device_id).in_(chunk))
         ):
             devices[row.device_id] = row
-    events: dict[str, list[Any]] = {}
-    for event in conn.execute(
-        select(
-            col(EventRow.device_id),
-            col(EventRow.seq),
-            col(EventRow.kind),
-            col(EventRow.model_version),
-            col(EventRow.received_at),
-            col(EventRow.reason),
-        )
-        .where(col(EventRow.rollout_id) == state.rollout_id)
-        .order_by(col(EventRow.device_id), col(EventRow.seq))
-    ):
-        events.setdefault(event.device_id, []).append(event)
+    events = (cache or EventCache()).events_of(conn, state.rollout_id)
     assigned: dict[str, datetime] = {}
     if any(r.assigned_at is None for r in state.devices.values()):
         for desired in conn.execute(
@@ -133,9 +215,9 @@ def observe(
     observations: dict[str, DeviceObservation] = {}
     for device_id in state.targets:
         device = devices.get(device_id)
-        if device is None and device_id not in events:
+        if device is None and device_id not in events.by_device:
             continue
-        fold = _fold(device, events.get(device_id, []), model)
+        fold = events.fold(device_id, device, model)
         online = bool(
             device is not None
             and device.online

@@ -39,7 +39,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from fleet.errors import FleetError
 from fleet.rollouts.lease import Lease
 from fleet.rollouts.model import Action, Assign, RollBack, RolloutState
-from fleet.rollouts.observe import observe, wave_metrics
+from fleet.rollouts.observe import EventCache, observe, wave_metrics
 from fleet.rollouts.policy import decide, unconfirmed_actions
 from fleet.rollouts.store import (
     HistoryLine,
@@ -120,6 +120,7 @@ class Orchestrator:
         self._renewed_at = 0.0
         # Actions whose publish failed, retried while the state still asks for them.
         self._retry: dict[tuple[str, str], Action] = {}
+        self._events = EventCache()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -178,6 +179,7 @@ class Orchestrator:
                 self._recovered = True
             with self._engine.connect() as conn:
                 rollouts = load_active(conn)
+            self._events.retain(r.id for r in rollouts)
             for stored in rollouts:
                 if self._stop.is_set():
                     break
@@ -213,7 +215,11 @@ class Orchestrator:
         now = self._clock()
         with self._engine.connect() as conn:
             observations = observe(
-                conn, stored.state, now=now, offline_after_s=self.offline_after_s
+                conn,
+                stored.state,
+                now=now,
+                offline_after_s=self.offline_after_s,
+                cache=self._events,
             )
             metrics = wave_metrics(conn, stored.state)
         decision = decide(stored.state, observations, metrics, now)

@@ -14,6 +14,8 @@ Invariants:
 from __future__ import annotations
 
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -86,31 +88,94 @@ class HistoryLine:
         )
 
 
+class _ParsedStates:
+    """Parsed rollout states by ``(id, version)``, the most recent ``size`` of them.
+
+    A version is written once (`save` is a compare-and-set that bumps it), so the pair
+    names one state for good. Parsing a 1,000-device state takes milliseconds, and the
+    orchestrator's every tick and every status request parsed it again.
+    """
+
+    def __init__(self, size: int = 64) -> None:
+        self._size = size
+        self._states: OrderedDict[tuple[str, int], RolloutState] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, rollout_id: str, version: int) -> RolloutState | None:
+        with self._lock:
+            state = self._states.get((rollout_id, version))
+            if state is not None:
+                self._states.move_to_end((rollout_id, version))
+            return state
+
+    def put(self, rollout_id: str, version: int, state: RolloutState) -> None:
+        with self._lock:
+            self._states[(rollout_id, version)] = state
+            self._states.move_to_end((rollout_id, version))
+            while len(self._states) > self._size:
+                self._states.popitem(last=False)
+
+    def parse(self, rollout_id: str, version: int, raw: Any) -> RolloutState:
+        state = self.get(rollout_id, version)
+        if state is None:
+            state = RolloutState.model_validate(raw)
+            self.put(rollout_id, version, state)
+        return state
+
+
+_STATES = _ParsedStates()
+
+
 def _stored(row: Any) -> StoredRollout:
     return StoredRollout(
         id=row.id,
         version=row.version,
-        state=RolloutState.model_validate(row.state),
+        state=_STATES.parse(row.id, row.version, row.state),
         created_by=row.created_by,
     )
 
 
+def _load_many(conn: Connection, *where: Any) -> list[StoredRollout]:
+    """The rollouts matching ``where``, oldest first, reading a state only if the cache
+    does not hold that version."""
+    heads = conn.execute(
+        select(_ROLLOUT.c.id, _ROLLOUT.c.version, _ROLLOUT.c.created_by)
+        .where(*where)
+        .order_by(_ROLLOUT.c.created_at, _ROLLOUT.c.id)
+    ).all()
+    read: dict[str, Any] = {}
+    missing = [h.id for h in heads if _STATES.get(h.id, h.version) is None]
+    if missing:
+        rows = conn.execute(
+            select(
+                _ROLLOUT.c.id, _ROLLOUT.c.version, _ROLLOUT.c.state, _ROLLOUT.c.created_by
+            ).where(_ROLLOUT.c.id.in_(missing))
+        )
+        read = {row.id: row for row in rows}
+    found = []
+    for head in heads:
+        # A rollout saved between the two reads: the second read's version stands.
+        found.append(_stored(read.get(head.id)) if head.id in read else _cached(head))
+    return found
+
+
+def _cached(head: Any) -> StoredRollout:
+    state = _STATES.get(head.id, head.version)
+    assert state is not None
+    return StoredRollout(head.id, head.version, state, head.created_by)
+
+
 def load(conn: Connection, rollout_id: str) -> StoredRollout:
     """The rollout ``rollout_id``; raises `NotFoundError`."""
-    row = conn.execute(select(_ROLLOUT).where(_ROLLOUT.c.id == rollout_id)).first()
-    if row is None:
+    found = _load_many(conn, _ROLLOUT.c.id == rollout_id)
+    if not found:
         raise NotFoundError(f"rollout {rollout_id!r} does not exist")
-    return _stored(row)
+    return found[0]
 
 
 def load_active(conn: Connection) -> list[StoredRollout]:
     """Every rollout not in a terminal status, oldest first."""
-    rows = conn.execute(
-        select(_ROLLOUT)
-        .where(_ROLLOUT.c.status.in_(ACTIVE_STATUSES))
-        .order_by(_ROLLOUT.c.created_at, _ROLLOUT.c.id)
-    ).all()
-    return [_stored(r) for r in rows]
+    return _load_many(conn, _ROLLOUT.c.status.in_(ACTIVE_STATUSES))
 
 
 def list_rollouts(
@@ -177,6 +242,8 @@ def save(
             f"rollout {stored.id!r} changed since version {stored.version} was read"
         )
     append(conn, stored.id, lines)
+    # Not cached here: the caller's transaction may still roll back, and another
+    # replica would then write this version with another state.
     return StoredRollout(stored.id, stored.version + 1, state, stored.created_by)
 
 

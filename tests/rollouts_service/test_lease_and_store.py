@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine
@@ -22,10 +23,11 @@ from fleet.rollouts.model import (
     Selector,
     Wave,
 )
-from fleet.rollouts.observe import observe, wave_metrics
+from fleet.rollouts.observe import EventCache, observe, wave_metrics
 from fleet.rollouts.policy import decide
 from fleet.store.engine import create_all, make_engine
 from fleet.store.tables import Device, EventRow, TelemetryRow
+from shared.messages import EventKind
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -195,6 +197,72 @@ def test_observations_follow_the_devices_events_in_seq_order(engine: Engine) -> 
     states = {d: r.state for d, r in decided.devices.items()}
     assert states["ok"] is DeviceRolloutState.HEALTHY
     assert states["bad"] is DeviceRolloutState.FAILED
+
+
+def test_an_event_cache_reads_only_new_events_and_agrees_with_a_full_read(
+    engine: Engine,
+) -> None:
+    with Session(engine) as session:
+        for d in ("a", "b"):
+            _device(session, d)
+        session.add_all(
+            [
+                _event("a", 20, "downloading", "1.1.0", "ro-3"),
+                _event("b", 21, "downloading", "1.1.0", "ro-3"),
+            ]
+        )
+        session.commit()
+    state = store.create(engine, "ro-3", _spec(), created_by="alice", now=T0).state
+    mono = [0.0]
+    cache = EventCache(overlap_s=5, full_every_s=60, clock=lambda: mono[0])
+
+    def both(at: datetime) -> tuple[dict[str, Any], dict[str, Any]]:
+        with engine.connect() as conn:
+            cached = observe(conn, state, now=at, offline_after_s=600, cache=cache)
+            full = observe(conn, state, now=at, offline_after_s=600)
+        return cached, full
+
+    now = T0 + timedelta(seconds=30)
+    cached, full = both(now)
+    assert cached == full
+    assert cached["a"].last_event_kind is EventKind.DOWNLOADING
+    with Session(engine) as session:
+        # "a" commits; "b"'s commit was received earlier (within the overlap) but its
+        # batch is written only now; a stale row far older than the overlap too.
+        session.add_all(
+            [
+                _event("a", 30, "committed", "1.1.0", "ro-3"),
+                _event("b", 27, "committed", "1.1.0", "ro-3"),
+                _event("b", 5, "info", "1.1.0", "ro-3"),
+            ]
+        )
+        session.commit()
+    cached, full = both(now)
+    assert cached == full
+    assert [cached[d].current_version for d in ("a", "b")] == ["1.1.0", "1.1.0"]
+    with Session(engine) as session:
+        late = _event("a", 31, "rolled_back", "1.1.0", "ro-3")
+        late.received_at = T0  # lagged far behind the newest event seen
+        session.add(late)
+        session.commit()
+    cached, full = both(now)
+    assert full["a"].last_event_kind is EventKind.ROLLED_BACK
+    assert cached["a"].last_event_kind is EventKind.COMMITTED  # missed, for now
+    mono[0] = 61.0  # a full re-read repairs it
+    cached, full = both(now)
+    assert cached == full
+    with Session(engine) as session:
+        device = session.get(Device, "b")
+        assert device is not None
+        device.model_version, device.last_state_seq = "1.0.0", 40  # rebooted into 1.0.0
+        session.add(device)
+        session.commit()
+    cached, full = both(now)
+    assert cached == full
+    assert cached["b"].current_version == "1.0.0"
+    cache.retain([])
+    cached, full = both(now)
+    assert cached == full
 
 
 def _telemetry(device_id: str, seq: int, version: str, errors: int, p95: float) -> TelemetryRow:
