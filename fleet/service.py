@@ -14,11 +14,13 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 import uuid
 
 import uvicorn
+from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
 
@@ -40,6 +42,37 @@ from fleet.store.engine import create_all, make_engine
 from shared.signing.tufapi import SSlibKey
 
 logger = logging.getLogger(__name__)
+
+
+def uvicorn_config(app: FastAPI, settings: FleetSettings) -> uvicorn.Config:
+    """How the API is served: address from ``settings``, server options tuned for fleets.
+
+    A rollout wave has hundreds of devices fetch metadata and the same artifact at once
+    (see tests/benchmarks/repo_serve_bench.py for what each option is worth):
+
+    - httptools and uvloop (dependencies of the ``fleet`` extra; uvloop where it exists,
+      so not on Windows) parse and send in C: 10-25 % less CPU per request than h11;
+    - the listen backlog holds a whole wave's connections while the loop is busy (the
+      kernel caps it at ``net.core.somaxconn``);
+    - a kept-alive connection stays open longer than the 60 s idle timeout of common
+      load balancers and than a device's pause between metadata refreshes: the server
+      closing an idle connection races a request already on its way, which the client
+      sees as "connection reset" or "closed without response";
+    - no access log: the level is warning, but uvicorn builds each line's arguments
+      anyway.
+    """
+    return uvicorn.Config(
+        app,
+        host=settings.api_host,
+        port=settings.api_port,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        http="httptools",
+        loop="asyncio" if sys.platform == "win32" else "uvloop",
+        backlog=4096,
+        timeout_keep_alive=75,
+    )
 
 
 class FleetService:
@@ -143,14 +176,7 @@ class FleetService:
             ingester=self._ingester,
             updates=self.updates,
         )
-        config = uvicorn.Config(
-            app,
-            host=self.settings.api_host,
-            port=self.settings.api_port,
-            log_level="warning",
-            lifespan="off",
-        )
-        self._server = uvicorn.Server(config)
+        self._server = uvicorn.Server(uvicorn_config(app, self.settings))
         self._thread = threading.Thread(target=self._server.run, name="fleet-api", daemon=True)
         self._thread.start()
         deadline = time.monotonic() + timeout_s

@@ -14,9 +14,12 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import Engine
+from sqlmodel import Session
+from starlette.concurrency import run_in_threadpool
 
 from fleet.api.auth import authenticate
-from fleet.api.deps import CurrentToken, SessionDep, SettingsDep
+from fleet.api.deps import CurrentToken, get_context
 from fleet.director import Director
 from fleet.errors import FleetError, PermissionDeniedError
 from fleet.registry import ModelRegistry, UpdatesDisabledError
@@ -58,7 +61,8 @@ class UpdateServices:
         return self.repository
 
 
-def get_updates(request: Request) -> UpdateServices:
+async def get_updates(request: Request) -> UpdateServices:
+    """The app's `UpdateServices` (async: a plain attribute read needs no worker thread)."""
     services: UpdateServices = request.app.state.updates
     return services
 
@@ -79,16 +83,22 @@ def require_role(role: TokenRole) -> Callable[[ApiToken], ApiToken]:
 _bearer = HTTPBearer(auto_error=False, description="the device token or an API token")
 
 
-def repository_client(
-    session: SessionDep,
-    settings: SettingsDep,
+async def repository_client(
+    request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> str:
     """Who fetches from the repository: ``device``, an API token's name, or ``public``.
 
     Raises `fleet.errors.AuthenticationError` (401) without a valid token unless the
     repository is configured public.
+
+    Every device of a rollout calls this at once, so the public and device-token cases
+    run on the event loop and touch no database (the settings are read straight from the
+    app's context, not through the ``get_settings`` dependency, whose sync call would
+    cost a worker-thread round trip); only an API token is looked up, in a worker thread.
     """
+    context = get_context(request)
+    settings = context.settings
     if settings.repository_public:
         return "public"
     token = credentials.credentials if credentials else None
@@ -99,7 +109,12 @@ def repository_client(
         and hmac.compare_digest(token.encode(), device_token.get_secret_value().encode())
     ):
         return DEVICE_TOKEN_NAME
-    return authenticate(session, token).name
+    return await run_in_threadpool(_api_token_name, context.engine, token)
+
+
+def _api_token_name(engine: Engine, token: str | None) -> str:
+    with Session(engine) as session:
+        return authenticate(session, token).name
 
 
 UpdatesDep = Annotated[UpdateServices, Depends(get_updates)]

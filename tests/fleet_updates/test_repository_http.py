@@ -1,16 +1,22 @@
-"""The image repository over HTTP: device auth, metadata, ranged artifact downloads."""
+"""The image repository over HTTP: device auth, metadata, ranged artifact downloads, and
+the cache that serves a rollout wave's identical requests."""
 
 from __future__ import annotations
 
 import hashlib
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 
+from fleet.api import repository as repository_api
+from fleet.api.repository import CachedFile, ImmutableFileCache
 from fleet.http_range import plan
 from fleet.service import FleetService
-from tests.fleet_updates.conftest import DEVICE_TOKEN, upload
+from tests.fleet_updates.conftest import DEVICE_TOKEN, MakeFleet, admin_client, upload
 
 ETAG = '"abc"'
 
@@ -140,3 +146,118 @@ def test_unknown_or_malformed_target_names_are_404(
     digest = path.rsplit("/", 1)[1].split(".", 1)[0]
     for name in (f"{'0' * 64}.wine-1.0.0.efpkg", "wine-1.0.0.efpkg", f"{digest}...%2Fx"):
         assert device.get(f"/v1/repository/targets/{name}").status_code == 404
+
+
+def test_timestamp_is_read_anew_while_versioned_metadata_is_immutable(
+    device: httpx.Client, api: httpx.Client, packages: dict[str, Path]
+) -> None:
+    """Publishing changes timestamp.json in place; a device must never get the old one."""
+    before = device.get("/v1/repository/metadata/timestamp.json")
+    root = device.get("/v1/repository/metadata/1.root.json")
+    assert before.headers["Cache-Control"] == "no-cache"
+    assert root.headers["Cache-Control"] == "public, max-age=31536000, immutable"
+    assert upload(api, packages["1.0.0"]).status_code == 201
+    assert api.post("/v1/models/wine/1.0.0/publish").status_code == 200
+    after = device.get("/v1/repository/metadata/timestamp.json")
+    assert after.status_code == 200
+    assert after.content != before.content
+    assert after.headers["ETag"] == f'"{hashlib.sha256(after.content).hexdigest()}"'
+    assert device.get("/v1/repository/metadata/1.root.json").content == root.content
+
+
+def test_public_repository_serves_metadata_and_artifacts_without_a_token(
+    make_fleet: MakeFleet, packages: dict[str, Path]
+) -> None:
+    fleet = make_fleet(repository_public=True)
+    with admin_client(fleet) as api:
+        assert upload(api, packages["1.0.0"]).status_code == 201
+        assert api.post("/v1/models/wine/1.0.0/publish").status_code == 200
+    data = packages["1.0.0"].read_bytes()
+    name = f"{hashlib.sha256(data).hexdigest()}.wine-1.0.0.efpkg"
+    assert httpx.get(f"{fleet.base_url}/v1/repository/metadata/1.root.json").status_code == 200
+    response = httpx.get(f"{fleet.base_url}/v1/repository/targets/{name}")
+    assert (response.status_code, response.content) == (200, data)
+
+
+def test_a_wave_of_concurrent_downloads_all_get_the_artifact(
+    fleet: FleetService, artifact: tuple[str, bytes]
+) -> None:
+    """Devices of a wave fetch the same artifact at once, the first ones before it is cached."""
+    path, data = artifact
+    results: list[tuple[int, bytes]] = []
+
+    def fetch(_: int) -> tuple[int, bytes]:
+        response = httpx.get(
+            fleet.base_url + path, headers={"Authorization": f"Bearer {DEVICE_TOKEN}"}, timeout=60
+        )
+        return response.status_code, response.content
+
+    with ThreadPoolExecutor(32) as pool:
+        results = list(pool.map(fetch, range(64)))
+    assert results == [(200, data)] * 64
+
+
+def test_an_artifact_too_big_to_cache_is_streamed_with_ranges(
+    device: httpx.Client, artifact: tuple[str, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(repository_api, "MAX_CACHED_FILE_BYTES", 100)
+    monkeypatch.setattr(repository_api, "CHUNK_BYTES", 1000)
+    path, data = artifact
+    whole = device.get(path)
+    assert (whole.status_code, whole.content) == (200, data)
+    assert int(whole.headers["Content-Length"]) == len(data)
+    offset = len(data) // 2 + 7
+    part = device.get(path, headers={"Range": f"bytes={offset}-"})
+    assert (part.status_code, part.content) == (206, data[offset:])
+    assert part.headers["Content-Range"] == f"bytes {offset}-{len(data) - 1}/{len(data)}"
+    restart = device.get(path, headers={"Range": f"bytes={offset}-", "If-Range": '"stale"'})
+    assert (restart.status_code, restart.content) == (200, data)
+
+
+def _cached(data: bytes) -> CachedFile:
+    return CachedFile(data, f'"{hashlib.sha256(data).hexdigest()}"')
+
+
+def test_file_cache_reads_a_file_once_however_many_miss_it_together() -> None:
+    cache = ImmutableFileCache(budget_bytes=1000, max_file_bytes=100)
+    reads: list[int] = []
+    release = threading.Event()
+
+    def read() -> CachedFile:
+        reads.append(1)
+        release.wait(5)
+        return _cached(b"x" * 10)
+
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(cache.load, "targets/a", read) for _ in range(8)]
+        time.sleep(0.2)  # every caller is blocked on the first read by now
+        release.set()
+        loaded = [f.result() for f in futures]
+    assert len(reads) == 1
+    assert all(found is loaded[0] for found in loaded)
+    assert cache.get("targets/a") is loaded[0]
+
+
+def test_file_cache_keeps_no_failed_read_and_no_file_over_its_limit() -> None:
+    cache = ImmutableFileCache(budget_bytes=1000, max_file_bytes=100)
+
+    def missing() -> CachedFile:
+        raise FileNotFoundError("gone")
+
+    with pytest.raises(FileNotFoundError):
+        cache.load("metadata/2.root.json", missing)
+    assert cache.get("metadata/2.root.json") is None
+    big = cache.load("targets/big", lambda: _cached(b"b" * 101))
+    assert big.data == b"b" * 101
+    assert cache.get("targets/big") is None
+
+
+def test_file_cache_evicts_the_least_recently_used_past_its_budget() -> None:
+    cache = ImmutableFileCache(budget_bytes=250, max_file_bytes=100)
+    for key in ("a", "b"):
+        cache.load(key, lambda: _cached(b"." * 100))
+    assert cache.get("a") is not None  # now "b" is the least recently used
+    cache.load("c", lambda: _cached(b"." * 100))
+    assert cache.get("b") is None
+    assert cache.get("a") is not None
+    assert cache.get("c") is not None
