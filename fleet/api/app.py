@@ -77,7 +77,9 @@ def create_app(
     return app
 
 
-def _fleet_error(_request: Request, error: FleetError) -> JSONResponse:
+async def _fleet_error(_request: Request, error: FleetError) -> JSONResponse:
+    # async: Starlette runs a sync handler in a worker thread, and every TUF refresh
+    # probes for a next root.json that is not there (a 404 each time).
     status = next((s for cls, s in HTTP_STATUS.items() if isinstance(error, cls)), 400)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     return JSONResponse(

@@ -38,12 +38,19 @@ class AppContext:
     ingester: IngestStatus | None
 
 
-def get_context(request: Request) -> AppContext:
+def context_of(request: Request) -> AppContext:
+    """The app's context, for code that has the request but is not a dependency."""
     context: AppContext = request.app.state.context
     return context
 
 
-def get_settings(context: Annotated[AppContext, Depends(get_context)]) -> FleetSettings:
+# The two below are async only because FastAPI runs a sync dependency in a worker
+# thread: a thread round trip per request for an attribute read.
+async def get_context(request: Request) -> AppContext:
+    return context_of(request)
+
+
+async def get_settings(context: Annotated[AppContext, Depends(get_context)]) -> FleetSettings:
     return context.settings
 
 

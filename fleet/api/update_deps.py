@@ -19,7 +19,7 @@ from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
 from fleet.api.auth import authenticate
-from fleet.api.deps import CurrentToken, get_context
+from fleet.api.deps import CurrentToken, context_of
 from fleet.director import Director
 from fleet.errors import FleetError, PermissionDeniedError
 from fleet.registry import ModelRegistry, UpdatesDisabledError
@@ -94,10 +94,9 @@ async def repository_client(
 
     Every device of a rollout calls this at once, so the public and device-token cases
     run on the event loop and touch no database (the settings are read straight from the
-    app's context, not through the ``get_settings`` dependency, whose sync call would
-    cost a worker-thread round trip); only an API token is looked up, in a worker thread.
+    app's context); only an API token is looked up, in a worker thread.
     """
-    context = get_context(request)
+    context = context_of(request)
     settings = context.settings
     if settings.repository_public:
         return "public"
