@@ -164,9 +164,8 @@ class SimulatedFleet:
     """Start, feed, disturb and stop a fleet of simulated devices in this process.
 
     ``indices`` (default: all of ``plan.count``) selects the devices this process runs,
-    so `simulators.shards.ShardedFleet` can split one plan over processes: paho's
-    network loop uses ``select()``, which cannot watch a descriptor numbered 1024 or
-    more, and each agent holds about six, so one process runs at most ~150 agents.
+    so `simulators.shards.ShardedFleet` can split one plan over processes: the agents
+    of one process share one GIL, so a process uses at most one core.
     """
 
     def __init__(self, plan: FleetPlan, indices: range | None = None) -> None:

@@ -1,9 +1,9 @@
 """One simulated fleet split over worker processes, driven from the parent.
 
-Why processes: paho-mqtt's network loop calls ``select()``, which cannot watch a file
-descriptor numbered 1024 or more, and each agent holds about six (its MQTT socket,
-paho's wake-up socket pair, its outbox's SQLite files); so one process runs at most
-~150 agents. Processes also let the simulated fleet use more than one core.
+Why processes: the agents of one process share one GIL, so one process uses at most
+one core, and a hundred agents that all install an update at once wait on each other
+for it. (The agent's link waits with ``poll()``, so the ~8 descriptors each agent holds
+no longer cap a process at ~150 agents the way paho's ``select()`` loop did.)
 
 Each worker runs a `SimulatedFleet` over a slice of the plan's device indices, so ids,
 profiles and state directories are the same as in one process. The parent talks to a
@@ -15,8 +15,10 @@ process that runs threads) and are daemonic, so they die with the parent.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import multiprocessing as mp
+import sys
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PER_PROCESS = 125
 THREAD_STACK_BYTES = 256 * 1024
+GIL_SWITCH_INTERVAL_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -53,10 +56,19 @@ def _worker(plan: FleetPlan, indices: range, conn: Connection, log_level: int, n
     logging.basicConfig(level=log_level, format="%(asctime)s %(name)s %(message)s")
     # Four threads per agent: small stacks keep a thousand of them cheap.
     threading.stack_size(THREAD_STACK_BYTES)
+    # When a wave reaches a worker, dozens of its agents want the GIL at once; at the
+    # default 5 ms switch interval each waiter times out and forces a hand-over every
+    # 5 ms, and a 1,000-device rollout spent over half of the workers' CPU in the kernel
+    # (futex wake-ups, context switches: perf, strace). Agents here are latency-tolerant.
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     raise_open_file_limit()
     fleet = SimulatedFleet(plan, indices)
     try:
         fleet.start()
+        # A hundred agents make a big heap of long-lived objects (models, sessions,
+        # clients) that every full garbage collection walks again (gc_collect_main was
+        # prominent in py-spy --native profiles of a worker); they live until the end.
+        gc.freeze()
         conn.send(("started", os.getpid()))
         while True:
             command, arg = conn.recv()
