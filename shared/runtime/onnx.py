@@ -12,6 +12,9 @@ Invariants:
   ``_sess`` (a future onnxruntime), the public ``run`` is used.
 - Outputs that the model declares as tensors come back as fresh ndarrays and are passed
   on as they are; non-tensor outputs (sequences, maps) are converted with `np.asarray`.
+  A model with one tensor output gets its output dict built as a literal:
+  ``dict(zip(..., strict=True))`` cost a few hundred nanoseconds, 3-5% of a tabular
+  model's run at batch 1.
 """
 
 from __future__ import annotations
@@ -96,6 +99,9 @@ class OnnxRuntime:
         self._tensor_outputs = all(
             a.type.startswith("tensor(") for a in self._session.get_outputs()
         )
+        self._only_output = (
+            self._output_names[0] if self._tensor_outputs and len(self._output_names) == 1 else None
+        )
         self._run: Run | None = _compiled_run(self._session)
 
     @property
@@ -121,6 +127,9 @@ class OnnxRuntime:
             results = run(self._output_names, inputs, None)
         except Exception as e:
             raise InferenceError(f"onnxruntime: {e}") from e
+        only = self._only_output
+        if only is not None:
+            return {only: results[0]}
         if self._tensor_outputs:
             return dict(zip(self._output_names, results, strict=True))
         return {

@@ -164,3 +164,90 @@ def test_a_non_contiguous_or_integer_input_takes_the_checked_path(wine_model: Tr
     assert from_ints["probabilities"].shape == (2, 3)
     with pytest.raises(InputError, match="must be float32, found complex128"):
         host.infer({"input": np.ones((1, 13), dtype=np.complex128)})
+
+
+def test_a_float32_array_of_the_wrong_shape_is_the_callers_error_not_the_models(
+    wine_model: TrainedModel,
+) -> None:
+    """The fast path leaves the shape to the runtime, then names what does not fit."""
+    host, _ = host_for(wine_model)
+    with pytest.raises(InputError, match=r"must have shape \['N', 13\], found \[1, 12\]") as caught:
+        host.infer({"input": np.zeros((1, 12), dtype=np.float32)}, ["r1"])
+    error = caught.value  # the runtime's own message is not chained to it
+    assert error.__context__ is None or error.__suppress_context__
+    stats = host.metrics.interval()
+    assert (stats.inferences, stats.errors) == (0, 0)
+
+
+def test_a_failing_runtime_given_a_bad_input_reports_the_input_and_counts_nothing() -> None:
+    metrics = InferenceMetrics()
+    host = ModelHost(metrics, ActiveModel(_FailingRuntime(), ModelRef(name="w", version="1")))
+    seen: list[bool] = []
+    metrics.observer = lambda ok, latency_ms: seen.append(ok)
+    with pytest.raises(InputError, match="must have shape"):
+        host.infer({"input": np.zeros((2, 13, 1), dtype=np.float32)})
+    assert (metrics.interval().errors, seen) == (0, [])
+
+
+def test_a_byte_swapped_float32_array_is_converted_not_misread(wine_model: TrainedModel) -> None:
+    """Equal to float32 but not native order: the runtime would read the bytes as they lie."""
+    host, active = host_for(wine_model)
+    rows = np.ascontiguousarray(wine_model.x_test[:3], dtype=np.float32)
+    expected = active.runtime.predict({"input": rows})["probabilities"]
+    _, outputs = host.infer({"input": rows.astype(">f4")})
+    np.testing.assert_array_equal(outputs["probabilities"], expected)
+
+
+def test_fast_and_checked_requests_fold_into_one_window_with_their_labels(
+    wine_model: TrainedModel,
+) -> None:
+    runtime = load_runtime(wine_model.path)
+    outputs = runtime.predict({"input": wine_model.x_test})
+    profile = build_profile(
+        {"input": wine_model.x_test}, outputs, labels=outputs["label"].astype(np.int64)
+    )
+    monitor = DriftMonitor(profile)
+    host = ModelHost(
+        InferenceMetrics(),
+        ActiveModel(runtime, ModelRef(name="wine", version="1")),
+        drift=lambda model: monitor,
+    )
+    rows = np.ascontiguousarray(wine_model.x_test[:6], dtype=np.float32)
+    for i in range(3):  # ndarrays of the model's dtype: the fast path
+        host.infer({"input": rows[i : i + 1]}, (f"fast{i}",))
+    for i in range(3, 6):  # nested lists: the checked path
+        host.infer({"input": rows[i : i + 1].tolist()}, [f"checked{i}"])
+    labels = outputs["label"]
+    for i in range(6):
+        rid = f"fast{i}" if i < 3 else f"checked{i}"
+        assert monitor.record_label(rid, int(labels[i]))
+    window = monitor.close()
+    assert window is not None
+    assert (window.count, window.labelled) == (6, 6)
+    assert window.classification is not None
+    confusion = np.array(window.classification.confusion)
+    assert np.trace(confusion) == 6
+
+
+class _AnyBatchRuntime:
+    """A runtime declaring batch 1 that, like a TFLite interpreter, resizes to any batch."""
+
+    runtime = "any-batch"
+    inputs = [TensorSpec(name="input", dtype="float32", shape=[1, 13])]
+    outputs = [TensorSpec(name="sum", dtype="float32", shape=[1])]
+
+    def predict(self, inputs: Tensors) -> Tensors:
+        return {"sum": np.asarray(inputs["input"]).sum(axis=1)}
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_declared_batch_size_is_enforced_by_the_host() -> None:
+    host = ModelHost(
+        InferenceMetrics(), ActiveModel(_AnyBatchRuntime(), ModelRef(name="w", version="1"))
+    )
+    _, outputs = host.infer({"input": np.ones((1, 13), dtype=np.float32)})
+    assert outputs["sum"].tolist() == [13.0]
+    with pytest.raises(InputError, match=r"must have shape \[1, 13\], found \[2, 13\]"):
+        host.infer({"input": np.ones((2, 13), dtype=np.float32)})

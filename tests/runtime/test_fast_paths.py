@@ -108,3 +108,18 @@ def test_quantized_input_fast_path_matches_the_converted_path(digits_data: Split
     converted = runtime.predict({"input": images.astype(np.float64)})["probabilities"]
     np.testing.assert_array_equal(fast, converted)
     assert fast.dtype == np.float32
+
+
+@pytest.mark.parametrize("file", ["wine_float.tflite", "wine_int8.tflite"])
+def test_tflite_checks_a_new_shape_before_resizing_to_it(file: str, wine_data: Split) -> None:
+    """Arrays shaped like the last call skip the shape check; any other shape gets it."""
+    runtime = load_runtime(model_path(file))
+    rows = np.ascontiguousarray(wine_data.x_test[:2], dtype=np.float32)
+    first = runtime.predict({"input": rows[:1]})["probabilities"]
+    for bad in ((1, 12), (2, 14)):
+        with pytest.raises(InferenceError, match=r"expected shape \[None, 13\]"):
+            runtime.predict({"input": np.zeros(bad, dtype=np.float32)})
+    both = runtime.predict({"input": rows})["probabilities"]
+    again = runtime.predict({"input": rows[:1]})["probabilities"]
+    np.testing.assert_array_equal(both[:1], first)
+    np.testing.assert_array_equal(again, first)
