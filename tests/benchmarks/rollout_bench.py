@@ -173,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-process", type=int, default=100, help="agents per sim process")
     parser.add_argument("--nice", type=int, default=10, help="CPU niceness of the sim processes")
     parser.add_argument("--model-bytes", type=int, default=1 << 20)
+    parser.add_argument(
+        "--inferences-per-s", type=float, default=1.0, help="each device's inference rate"
+    )
     parser.add_argument("--idle-s", type=float, default=30.0)
     parser.add_argument(
         "--capacity",
@@ -234,7 +237,11 @@ def main(argv: list[str] | None = None) -> int:
                 # paces retries, and a thousand 1 s ticks are a thousand GIL hand-offs.
                 tick_s=5.0,
             ),
-            profiles=(DeviceProfile(hardware="rpi4", tags=("bench",), inferences_per_s=1.0),),
+            profiles=(
+                DeviceProfile(
+                    hardware="rpi4", tags=("bench",), inferences_per_s=args.inferences_per_s
+                ),
+            ),
             telemetry_interval_s=10.0,
             # Drift monitoring is not what this benchmark measures.
             drift=False,
