@@ -147,7 +147,9 @@ class Director:
         expires = timedelta(seconds=expires_in_s or self._default_expires_s)
         envelopes: dict[str, SignedDesiredState] = {}
         with self._engine.begin() as conn:
-            seqs = _next_seqs(conn, valid, now)
+            # Sorted: the inserts lock rows in list order and the UPDATE's primary-key scan
+            # in id order, so two batches take their row locks in one order (no deadlock).
+            seqs = _next_seqs(conn, sorted(valid), now)
             for device_id in valid:
                 body = DesiredBody(
                     device_id=device_id,
