@@ -39,10 +39,14 @@ def device_message(
 
 
 def wait_until(
-    condition: Callable[[], bool], timeout_s: float = 10.0, what: str = "condition"
+    condition: Callable[[], bool],
+    timeout_s: float = 10.0,
+    what: str = "condition",
+    *,
+    poll_s: float = 0.02,
 ) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.02)
+        time.sleep(poll_s)

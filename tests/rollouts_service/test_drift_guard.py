@@ -46,8 +46,9 @@ from shared.drift import (
 from shared.messages import EventKind
 from simulators.models import SensorFeed, TrainedModel
 from tests.fleet_updates.conftest import MakeFleet, admin_client
-from tests.rollouts_service.conftest import FAST, StartDevices, publish_models, wait_status
+from tests.rollouts_service.conftest import FAST, StartDevices, publish_models
 from tests.rollouts_service.wine_windows import WineWindows
+from tests.support.rollouts import wait_status
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 DRIFT_GATE = Gate(max_drift_score=0.25, min_metric_samples=200, metrics_timeout_s=60)

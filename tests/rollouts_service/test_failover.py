@@ -19,14 +19,9 @@ from fleet.service import FleetService
 from shared.signing.director import DesiredTarget, SignedDesiredState
 from tests.fleet.publisher import wait_until
 from tests.fleet_updates.conftest import MakeFleet, admin_client
-from tests.rollouts_service.conftest import (
-    FAST,
-    StartDevices,
-    history,
-    publish_models,
-    wait_status,
-)
+from tests.rollouts_service.conftest import FAST, StartDevices, publish_models
 from tests.rollouts_service.devices import ProtocolFleet
+from tests.support.rollouts import history, wait_status
 
 SOAKED_WAVES: list[dict[str, Any]] = [
     {"count": 2, "gate": {"soak_s": 1.0, "timeout_s": 30}},

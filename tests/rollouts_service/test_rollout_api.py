@@ -13,7 +13,8 @@ from fleet.service import FleetService
 from fleet.store.tables import ApiToken, TokenRole
 from tests.fleet.publisher import wait_until
 from tests.fleet_updates.conftest import MakeFleet, admin_client, upload
-from tests.rollouts_service.conftest import FAST, StartDevices, history, wait_status
+from tests.rollouts_service.conftest import FAST, StartDevices
+from tests.support.rollouts import history, wait_status
 
 LONG_SOAK = {"soak_s": 600, "timeout_s": 30}
 

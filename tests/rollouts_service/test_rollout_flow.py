@@ -9,14 +9,9 @@ from typing import Any
 from fleet.rollouts.model import Candidate, Selector
 from fleet.rollouts.selector import select_targets
 from tests.fleet_updates.conftest import MakeFleet, admin_client
-from tests.rollouts_service.conftest import (
-    FAST,
-    StartDevices,
-    history,
-    publish_models,
-    wait_status,
-)
+from tests.rollouts_service.conftest import FAST, StartDevices, publish_models
 from tests.rollouts_service.devices import ProtocolFleet
+from tests.support.rollouts import history, wait_status
 
 THREE_WAVES = [{"count": 2}, {"fraction": 0.5}, {"fraction": 1.0}]
 

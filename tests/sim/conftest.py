@@ -8,7 +8,6 @@ device token).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from shared.modeltools.package import build_package
 from simulators.fleet import DeviceProfile, FleetPlan, UpdatePlan
 from simulators.models import TrainedModel
 from simulators.shards import ShardedFleet
+from tests.fleet.publisher import wait_until
 from tests.fleet_updates.conftest import (  # noqa: F401  (fixtures used by these tests)
     DEVICE_TOKEN,
     MakeFleet,
@@ -31,6 +31,7 @@ from tests.fleet_updates.conftest import (  # noqa: F401  (fixtures used by thes
     make_fleet,
     upload,
 )
+from tests.support import rollouts
 from tests.support.mosquitto import MosquittoBroker
 
 FAST = {"rollout_tick_interval_s": 0.2, "rollout_lease_s": 2.0}
@@ -136,36 +137,11 @@ def devices(api: httpx.Client) -> list[dict[str, Any]]:
 
 
 def wait_for(condition: Callable[[], bool], *, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.25)
+    # Polls slowly: a simulated fleet of hundreds of devices shares the fleet's CPU.
+    wait_until(condition, timeout_s, what, poll_s=0.25)
 
 
 def wait_status(
     api: httpx.Client, rollout_id: str, statuses: set[str], timeout_s: float
 ) -> dict[str, Any]:
-    seen: dict[str, Any] = {}
-
-    def reached() -> bool:
-        seen.clear()
-        seen.update(api.get(f"/v1/rollouts/{rollout_id}").json())
-        return seen.get("status") in statuses
-
-    wait_for(reached, timeout_s=timeout_s, what=f"rollout {rollout_id} to be {statuses}")
-    return seen
-
-
-def history(api: httpx.Client, rollout_id: str, **params: Any) -> list[dict[str, Any]]:
-    lines: list[dict[str, Any]] = []
-    after = 0
-    while True:
-        page = api.get(
-            f"/v1/rollouts/{rollout_id}/history",
-            params={"after_id": after, "limit": 10_000, **params},
-        ).json()
-        lines += page["items"]
-        if page["next_after_id"] is None:
-            return lines
-        after = page["next_after_id"]
+    return rollouts.wait_status(api, rollout_id, statuses, timeout_s, poll_s=0.25)

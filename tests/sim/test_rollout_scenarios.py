@@ -18,15 +18,8 @@ import pytest
 from simulators.faults import Fault, FaultKind
 from simulators.fleet import DeviceProfile
 from tests.fleet_updates.conftest import MakeFleet, admin_client
-from tests.sim.conftest import (
-    FAST,
-    StartSim,
-    devices,
-    history,
-    publish,
-    wait_for,
-    wait_status,
-)
+from tests.sim.conftest import FAST, StartSim, devices, publish, wait_for, wait_status
+from tests.support.rollouts import history
 
 pytestmark = pytest.mark.slow
 
