@@ -69,8 +69,8 @@ class Fault:
         return version != factory_version
 
 
-class PerturbedRuntime:
-    """A runtime whose outputs are wrong: floats shifted, integer labels moved by one."""
+class _WrappedRuntime:
+    """A runtime that passes everything to ``inner``; subclasses change `predict`."""
 
     def __init__(self, inner: ModelRuntime) -> None:
         self._inner = inner
@@ -85,6 +85,16 @@ class PerturbedRuntime:
         return self._inner.outputs
 
     def predict(self, inputs: Tensors) -> Tensors:
+        return self._inner.predict(inputs)
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class PerturbedRuntime(_WrappedRuntime):
+    """A runtime whose outputs are wrong: floats shifted, integer labels moved by one."""
+
+    def predict(self, inputs: Tensors) -> Tensors:
         out: Tensors = {}
         for name, value in self._inner.predict(inputs).items():
             if np.issubdtype(value.dtype, np.floating):
@@ -95,32 +105,17 @@ class PerturbedRuntime:
                 out[name] = value
         return out
 
-    def close(self) -> None:
-        self._inner.close()
 
-
-class SlowRuntime:
+class SlowRuntime(_WrappedRuntime):
     """A runtime that sleeps ``delay_s`` before each prediction (an overloaded device)."""
 
     def __init__(self, inner: ModelRuntime, delay_s: float) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._delay_s = delay_s
-        self.runtime = inner.runtime
-
-    @property
-    def inputs(self) -> list[TensorSpec]:
-        return self._inner.inputs
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        return self._inner.outputs
 
     def predict(self, inputs: Tensors) -> Tensors:
         time.sleep(self._delay_s)
         return self._inner.predict(inputs)
-
-    def close(self) -> None:
-        self._inner.close()
 
 
 class FaultyLoader:
