@@ -51,11 +51,14 @@ log = logging.getLogger(__name__)
 StateBuilder = Callable[[int, bool, str | None], StateMessage]
 DesiredHandler = Callable[[bytes], None]
 
-# How long the link thread sleeps when nothing happens: it wakes at once for network
-# traffic and for `wake`/`stop`, so this only paces keepalive and deadline checks. (A
-# short fixed poll, as paho's own ``loop`` does, costs a thousand simulated agents most
-# of a core, and a real device its sleep.)
-_IDLE_WAIT_S = 1.0
+# How long the link thread sleeps when nothing happens, as a share of the keepalive: it
+# wakes at once for network traffic and for `wake`/`stop`, so this only paces paho's
+# keepalive checks. A PINGREQ goes out at most keepalive/4 late, well inside the 1.5 x
+# keepalive a broker waits before it drops the client. (A short fixed poll, as paho's own
+# ``loop`` does, costs a thousand simulated agents most of a core, and a real device its
+# sleep.)
+_IDLE_WAIT_SHARE = 0.25
+_IDLE_WAIT_MIN_S = 1.0
 _DISCONNECT_WAIT_S = 0.1
 
 
@@ -111,6 +114,7 @@ class Link:
         self._birth_seq = 0
         self._shutdown_mid: int | None = None
         self._shutdown_acked = False
+        self._idle_wait_s = max(_IDLE_WAIT_MIN_S, config.keepalive_s * _IDLE_WAIT_SHARE)
         self.connects_total = 0
 
     @property
@@ -268,7 +272,7 @@ class Link:
 
     def _wait_s(self, connect_deadline: float) -> float:
         """How long the next loop turn may sleep: until the nearest deadline."""
-        wait = _IDLE_WAIT_S
+        wait = self._idle_wait_s
         if not self._connected:
             wait = min(wait, connect_deadline - time.monotonic())
         if self._stop.is_set():
@@ -390,7 +394,9 @@ class Link:
                     reason_code,
                 )
             self._outbox.ack(message_id)
-            self._dirty.set()
+            if self._outbox.depth > len(self._inflight):
+                # Rows wait behind the in-flight window; an ack made room for them.
+                self._dirty.set()
 
     def _pump(self, client: mqtt.Client) -> None:
         room = self._config.max_inflight - len(self._inflight)
