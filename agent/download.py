@@ -39,7 +39,7 @@ from shared.signing.errors import DigestMismatch, LengthMismatch, TransportError
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CHUNK_BYTES: Final = 64 * 1024
+DEFAULT_CHUNK_BYTES: Final = 256 * 1024
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
 

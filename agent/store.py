@@ -37,6 +37,7 @@ import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -168,8 +169,9 @@ class ModelStore:
             self._step("stage.fill")
             fill(tmp)
             self._step("stage.index")
-            _write_index(tmp)
-            _verify_dir(tmp)
+            # The index hashes the files just written; checking the manifest against
+            # it (rather than hashing them all again) verifies what is on disk.
+            _check_against_index(tmp, _write_index(tmp))
         except Exception:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -331,13 +333,15 @@ def _read_manifest(directory: Path) -> ModelManifest:
         raise StoreError(f"{path}: not a valid manifest: {e}") from e
 
 
-def _write_index(directory: Path) -> None:
-    files = {
+def _write_index(directory: Path) -> dict[str, dict[str, Any]]:
+    """Hash every file of ``directory`` into its `INDEX_FILE`; returns the index."""
+    files: dict[str, dict[str, Any]] = {
         str(p.relative_to(directory)): {"sha256": _sha256_file(p), "size": p.stat().st_size}
         for p in sorted(directory.rglob("*"))
         if p.is_file() and p.name != INDEX_FILE
     }
     (directory / INDEX_FILE).write_text(json.dumps({"files": files}, indent=1, sort_keys=True))
+    return files
 
 
 def _verify_dir(directory: Path) -> ModelManifest:
@@ -348,10 +352,6 @@ def _verify_dir(directory: Path) -> ModelManifest:
         index = json.loads(index_path.read_bytes())["files"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise StoreError(f"{index_path}: missing or unreadable ({e})") from e
-    manifest = _read_manifest(directory)
-    model = directory / manifest.model_file
-    if manifest.model_file not in index:
-        raise StoreError(f"{directory}: model file {manifest.model_file} is not in the index")
     for name, expected in index.items():
         path = directory / name
         if not path.is_file():
@@ -359,9 +359,24 @@ def _verify_dir(directory: Path) -> ModelManifest:
         found = _sha256_file(path)
         if found != expected["sha256"]:
             raise StoreError(f"{path}: sha256 is {found}, the store recorded {expected['sha256']}")
-    found = _sha256_file(model)
-    if found != manifest.sha256:
-        raise StoreError(f"{model}: sha256 is {found}, the manifest says {manifest.sha256}")
+    return _check_against_index(directory, index)
+
+
+def _check_against_index(directory: Path, index: dict[str, dict[str, Any]]) -> ModelManifest:
+    """The manifest of ``directory``, checked against an ``index`` that matches the files.
+
+    The model file's hash and size come from the index, so the caller must have just
+    hashed the files into it (`_write_index`) or checked them against it (`_verify_dir`).
+    """
+    manifest = _read_manifest(directory)
+    model = directory / manifest.model_file
+    entry = index.get(manifest.model_file)
+    if entry is None:
+        raise StoreError(f"{directory}: model file {manifest.model_file} is not in the index")
+    if entry["sha256"] != manifest.sha256:
+        raise StoreError(
+            f"{model}: sha256 is {entry['sha256']}, the manifest says {manifest.sha256}"
+        )
     size = model.stat().st_size
     if size != manifest.size_bytes:
         raise StoreError(f"{model}: {size} bytes, the manifest says {manifest.size_bytes}")
