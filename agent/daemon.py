@@ -33,6 +33,7 @@ from agent.outbox import Outbox
 from agent.systemd import SystemdNotifier
 from agent.telemetry import TelemetryCollector
 from agent.update.ports import RuntimeLoader
+from agent.update.runner import WorkGate
 from agent.update.wiring import ProbationMetrics, UpdateService
 from shared import __version__
 from shared.drift import ReferenceProfile
@@ -98,6 +99,8 @@ class Agent:
 
     ``runtime_loader`` loads every model the agent serves (default
     `shared.runtime.load_runtime`); a simulator passes a wrapper to inject faults.
+    ``update_gate`` is the update runner's ``work_gate`` (`agent.update.runner.UpdateRunner`):
+    a simulator shares one among the agents of a process; a device passes nothing.
     """
 
     def __init__(
@@ -106,9 +109,11 @@ class Agent:
         *,
         on_desired: DesiredHandler | None = None,
         runtime_loader: RuntimeLoader = load_runtime,
+        update_gate: WorkGate | None = None,
     ) -> None:
         self.config = config
         self._runtime_loader = runtime_loader
+        self._update_gate = update_gate
         self.metrics = ProbationMetrics()
         self.drift = DriftPublisher(
             device_id=config.device_id, config=config.drift, enqueue=self.enqueue
@@ -347,6 +352,7 @@ class Agent:
             host=self.model_host,
             publisher=self,
             runtime_loader=self._runtime_loader,
+            work_gate=self._update_gate,
         )
         self._updates = updates
         self.metrics.observer = updates.record_inference

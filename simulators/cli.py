@@ -111,6 +111,14 @@ def register_sim(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     parser.add_argument(
         "--per-process", type=int, default=125, help="agents per worker process (default 125)"
     )
+    parser.add_argument(
+        "--update-slots",
+        type=int,
+        default=1,
+        metavar="N",
+        help="agents of one worker that may run a heavy update step at once (0: no limit;"
+        " default 1, see simulators.fleet.FleetPlan.update_slots)",
+    )
     parser.add_argument("--duration", type=float, metavar="SECONDS")
     parser.set_defaults(handler=_run_sim)
 
@@ -126,6 +134,8 @@ def _run_sim(args: argparse.Namespace) -> int:
 
     if args.devices < 1:
         raise CLIError(f"--devices must be at least 1, got {args.devices}")
+    if args.update_slots < 0:
+        raise CLIError(f"--update-slots must be 0 (no limit) or more, got {args.update_slots}")
     if (args.repository_url is None) != (args.trust_dir is None):
         raise CLIError("--repository-url and --trust-dir go together (signed updates)")
     default = DeviceProfile(
@@ -155,6 +165,7 @@ def _run_sim(args: argparse.Namespace) -> int:
             id_prefix=args.prefix,
             factory_package=args.factory_package.resolve() if args.factory_package else None,
             updates=updates,
+            update_slots=args.update_slots,
         )
         sim = ShardedFleet(plan, per_process=args.per_process)
     except ValueError as e:

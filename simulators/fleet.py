@@ -99,6 +99,11 @@ class FleetPlan:
     # one process need slower timers than a real device's defaults.
     drift_tick_s: float = 1.0
     drift_window_s: float = 300.0
+    # How many agents of one process may run a heavy update step (download, verify,
+    # stage, activate, golden check) at once; 0 = no limit. Each real device has its own
+    # CPU; a hundred agents in one process share one GIL, and when all of them install
+    # at once they spend more CPU handing it over than installing.
+    update_slots: int = 0
 
 
 def raise_open_file_limit() -> int:
@@ -180,6 +185,9 @@ class SimulatedFleet:
         self._rng = random.Random(plan.seed)
         self._feeder: threading.Thread | None = None
         self._chaos: threading.Thread | None = None
+        self._update_gate = (
+            threading.BoundedSemaphore(plan.update_slots) if plan.update_slots > 0 else None
+        )
 
     def device_id(self, index: int) -> str:
         return f"{self.plan.id_prefix}-{index:04d}"
@@ -326,6 +334,7 @@ class SimulatedFleet:
             agent = Agent(
                 device.config,
                 runtime_loader=loader_for(device.profile.faults, self.plan.model_version),
+                update_gate=self._update_gate,
             )
             agent.start()
             device.agent = agent

@@ -9,9 +9,10 @@ Invariant: the state file always holds a state whose effects are either done or 
 redo, so a crash at any instant is resolved at the next start: the runner runs
 `ModelStore.recover`, loads the persisted state and feeds it `Resumed`.
 
-The one exception to "persist every step": a probation sample that changes nothing but
-counters is not written, because a restart restarts probation anyway (and an fsync per
-inference would wear an SD card).
+The exceptions to "persist every step" are the steps that change nothing but counters:
+a probation sample (a restart restarts probation anyway, and an fsync per inference
+would wear an SD card) and download progress (a resumed download starts from the bytes
+in its ``.part`` file, whatever the state says).
 """
 
 from __future__ import annotations
@@ -129,7 +130,19 @@ class EventSink(Protocol):
         ...
 
 
+class WorkGate(Protocol):
+    """Limits how many runners work at once (a `threading.Semaphore` is one)."""
+
+    def acquire(self) -> bool: ...
+
+    def release(self) -> None: ...
+
+
 # --- runner -----------------------------------------------------------------------------
+
+# The effects that take the work gate. Reports and clean-ups do not: a committed device
+# must not wait behind other devices' installs to say so.
+_HEAVY = (StartDownload, Verify, Stage, Activate, RunGolden, RollBack, EnsureActive)
 
 
 class UpdateRunner:
@@ -150,7 +163,19 @@ class UpdateRunner:
         policy: UpdatePolicy = DEFAULT_POLICY,
         clock: Callable[[], datetime] = utcnow,
         tick_s: float = 1.0,
+        work_gate: WorkGate | None = None,
     ) -> None:
+        """A runner over ``store`` whose state lives in ``state_path``; `start` runs it.
+
+        ``work_gate``, if given, is acquired before the first effect that does real work
+        (download, verify, stage, activate, golden check, rollback) and held
+        until the runner has no event queued, i.e. until it waits for the outside world
+        (a retry time, probation samples, the next desired state). A device passes none.
+        A simulator running many agents in one process passes one semaphore to all of
+        them, so they install in turns, as devices with a CPU each would, instead of all
+        at once on one GIL, handing it back and forth more than working
+        (`simulators.fleet.FleetPlan.update_slots`).
+        """
         self._state_path = state_path
         self._store = store
         self._downloads = downloads_dir
@@ -163,6 +188,8 @@ class UpdateRunner:
         self._policy = policy
         self._clock = clock
         self._tick_s = tick_s
+        self._work_gate = work_gate
+        self._holding_gate = False
         self._queue: queue.Queue[Event | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         downloads_dir.mkdir(parents=True, exist_ok=True)
@@ -220,18 +247,24 @@ class UpdateRunner:
         """One turn: step, persist, perform. Effects may queue further events."""
         before = self._state
         new, effects = step(before, event, self._clock(), policy=self._policy)
-        sample_only = (
-            isinstance(event, ProbationSample) and not effects and new.phase is before.phase
+        counters_only = (
+            isinstance(event, ProbationSample | DownloadProgress)
+            and not effects
+            and new.phase is before.phase
         )
-        if new != before and not sample_only:
+        if new != before and not counters_only:
             atomic_write_json(self._state_path, new)
         self._state = new
         if new.phase is not before.phase:
             log.info("update %s -> %s on %s", before.phase, new.phase, event.kind)
-        for effect in effects:
-            self._perform(effect)
-        if new.phase is Phase.STAGED:
-            self.submit(Tick(now=self._clock()))
+        try:
+            for effect in effects:
+                self._perform(effect)
+            if new.phase is Phase.STAGED:
+                self.submit(Tick(now=self._clock()))
+        finally:
+            if self._holding_gate and self._queue.empty():
+                self._release_gate()
 
     # --- internals ----------------------------------------------------------------------
 
@@ -242,6 +275,8 @@ class UpdateRunner:
             except queue.Empty:
                 event = Tick(now=self._clock())
             if event is None:
+                if self._holding_gate:
+                    self._release_gate()
                 return
             try:
                 self.handle(event)
@@ -281,8 +316,20 @@ class UpdateRunner:
         ):
             path.unlink(missing_ok=True)
 
+    def _take_gate(self, effect: Effect) -> None:
+        if self._work_gate is None or self._holding_gate or not isinstance(effect, _HEAVY):
+            return
+        self._work_gate.acquire()
+        self._holding_gate = True
+
+    def _release_gate(self) -> None:
+        if self._work_gate is not None:
+            self._holding_gate = False
+            self._work_gate.release()
+
     def _perform(self, effect: Effect) -> None:
         log.debug("effect %s", effect.kind)
+        self._take_gate(effect)
         match effect:
             case Report():
                 self._report(effect)

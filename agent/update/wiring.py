@@ -47,7 +47,7 @@ from agent.update.ports import (
     RuntimeLoader,
     TufDownloader,
 )
-from agent.update.runner import UpdateRunner
+from agent.update.runner import UpdateRunner, WorkGate
 from agent.update.types import DesiredRejected, DesiredTarget
 from shared.manifest import MANIFEST_FILE, ModelManifest, Version, VersionError
 from shared.messages import utcnow
@@ -87,11 +87,13 @@ class UpdateService:
         publisher: EventPublisher,
         clock: Callable[[], datetime] = utcnow,
         runtime_loader: RuntimeLoader = load_runtime,
+        work_gate: WorkGate | None = None,
     ) -> None:
         """Recover the store, install the factory model on a fresh device, load the state.
 
         ``runtime_loader`` loads every model the update path activates or golden-checks
         (`shared.runtime.load_runtime`; simulators wrap it to inject faults).
+        ``work_gate``: see `UpdateRunner` (simulators only).
 
         Raises `KeyFileError` if the director keys cannot be read, `TufError` if the
         pinned root cannot, `OSError` if the data directory is not writable, ValueError
@@ -141,6 +143,7 @@ class UpdateService:
             policy=settings.policy,
             clock=clock,
             tick_s=settings.tick_s,
+            work_gate=work_gate,
         )
         self._last_rejected: str | None = None
 

@@ -178,6 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--idle-s", type=float, default=30.0)
     parser.add_argument(
+        "--update-slots",
+        type=int,
+        default=1,
+        help="agents of one sim process that may run a heavy update step at once (0: all)",
+    )
+    parser.add_argument(
         "--capacity",
         type=int,
         default=0,
@@ -246,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
             # Drift monitoring is not what this benchmark measures.
             drift=False,
             drift_tick_s=30.0,
+            update_slots=args.update_slots,
         )
         if args.capacity:
             idle_plan = dataclasses.replace(
@@ -273,7 +280,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{time.monotonic() - started:.1f} s"
         )
         fleet_meter, sim_meter = Meter([fleet.pid]), Meter(sim.pids)
-        meters = [fleet_meter, sim_meter]
+        broker_pid = broker.pid if broker is not None else None
+        broker_meter = Meter([broker_pid] if broker_pid is not None else [])
+        meters = [fleet_meter, sim_meter, broker_meter]
         created_at = time.monotonic()
         created = api.post(
             "/v1/rollouts",
@@ -318,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{fleet_meter.peak_rss / 2**20:.0f} MiB | simulator CPU {sim_meter.used():.1f} s "
             f"({100 * sim_meter.system_share():.0f} % system), "
             f"peak RSS {sim_meter.peak_rss / 2**20:.0f} MiB ({len(sim.pids)} processes)"
+            + (f" | Mosquitto CPU {broker_meter.used():.1f} s" if broker_pid is not None else "")
         )
         idle = Meter([fleet.pid])
         time.sleep(args.idle_s)

@@ -96,3 +96,8 @@ class MosquittoBroker:
     @property
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        """The broker process's id while it runs (benchmarks meter its CPU)."""
+        return self._process.pid if self.running and self._process is not None else None

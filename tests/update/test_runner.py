@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent.store import ModelStore
-from agent.update.machine import Phase, UpdatePolicy
+from agent.update.machine import Phase, UpdatePolicy, UpdateState
 from agent.update.runner import GoldenOutcome, UpdateRunner
 from agent.update.types import DesiredTarget, InstalledModel, Report, Tick
 from shared.manifest import ModelManifest
@@ -261,3 +261,20 @@ def test_crash_after_commit_is_persisted_leaves_no_third_model_behind(
     assert restarted.state.phase is Phase.COMMITTED
     assert set(store.models()) == {packages[1].sha256, packages[0].sha256}
     assert not leftover.exists()
+
+
+def test_download_progress_is_not_written_to_the_state_file(
+    tmp_path: Path, packages: list[Package]
+) -> None:
+    # Counters only: a resumed download starts from its .part file, not from the state.
+    ports = Ports(packages)
+    runner = make_runner(tmp_path, ports)
+    runner.run_pending()  # the start-up resume
+    runner.desired(packages[0].target(1))
+    assert runner.run_pending(max_events=2) == 2  # desired (downloads), then its progress
+    on_disk = UpdateState.model_validate_json((tmp_path / "update-state.json").read_bytes())
+    assert runner.state.phase is on_disk.phase is Phase.DOWNLOADING
+    assert runner.state.downloaded_bytes == packages[0].target(1).length
+    assert on_disk.downloaded_bytes == 0
+    drive(runner)
+    assert runner.state.phase is Phase.COMMITTED
