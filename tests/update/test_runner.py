@@ -7,6 +7,7 @@ import zipfile
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -83,7 +84,13 @@ class Ports:
         return [r.event for r in self.reports]
 
 
-def make_runner(tmp_path: Path, ports: Ports) -> UpdateRunner:
+def make_runner(tmp_path: Path, ports: Ports, **options: Any) -> UpdateRunner:
+    """A runner in ``tmp_path`` on ``ports``; ``options`` override its keyword arguments."""
+    arguments: dict[str, Any] = {
+        "policy": UpdatePolicy(retry_base_s=0),
+        "clock": lambda: T0,
+        **options,
+    }
     return UpdateRunner(
         state_path=tmp_path / "update-state.json",
         store=ModelStore(tmp_path / "store"),
@@ -94,8 +101,7 @@ def make_runner(tmp_path: Path, ports: Ports) -> UpdateRunner:
         activator=ports,
         golden=ports,
         sink=ports,
-        policy=UpdatePolicy(retry_base_s=0),
-        clock=lambda: T0,
+        **arguments,
     )
 
 

@@ -9,16 +9,15 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 
 from agent.store import ModelStore
-from agent.update.machine import Phase, UpdatePolicy
+from agent.update.machine import Phase
 from agent.update.runner import GoldenOutcome, UpdateRunner, WorkGate
 from agent.update.types import DesiredTarget, InstalledModel
 from shared.messages import EventKind, utcnow
 from tests.update.support import Package
-from tests.update.test_runner import Ports
+from tests.update.test_runner import Ports, make_runner
 
 
 class CountingPorts(Ports):
@@ -56,23 +55,10 @@ class CountingPorts(Ports):
 
 
 def gated_runner(
-    directory: Path, ports: Ports, gate: WorkGate, *, start: bool = True
+    directory: Path, ports: Ports, gate: WorkGate | None, *, start: bool = True
 ) -> UpdateRunner:
-    runner = UpdateRunner(
-        state_path=directory / "update-state.json",
-        store=ModelStore(directory / "store"),
-        downloads_dir=directory / "downloads",
-        downloader=ports,
-        verifier=ports,
-        extractor=ports,
-        activator=ports,
-        golden=ports,
-        sink=ports,
-        policy=UpdatePolicy(retry_base_s=0),
-        clock=utcnow,
-        tick_s=0.05,
-        work_gate=gate,
-    )
+    """A runner on the wall clock, ticking fast, with ``gate`` (None: no gate)."""
+    runner = make_runner(directory, ports, clock=utcnow, tick_s=0.05, work_gate=gate)
     if start:
         runner.start()
     return runner
@@ -85,7 +71,7 @@ def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 20.0) 
         time.sleep(0.01)
 
 
-def serve_until_committed(runners: list[UpdateRunner], started: datetime) -> None:
+def serve_until_committed(runners: list[UpdateRunner]) -> None:
     """Feed healthy inferences (probation) until every runner committed."""
     deadline = time.monotonic() + 30
     while not all(r.state.phase is Phase.COMMITTED for r in runners):
@@ -108,7 +94,7 @@ def test_runners_sharing_a_gate_never_work_at_the_same_time(
     try:
         for runner in runners:
             runner.desired(packages[0].target(1))
-        serve_until_committed(runners, utcnow())
+        serve_until_committed(runners)
     finally:
         for runner in runners:
             runner.stop()
@@ -124,28 +110,14 @@ def test_without_a_gate_the_same_runners_do_overlap(
     # The counterpart that shows the first test can fail: no gate, overlapping steps.
     shared = {"now": 0, "max": 0}
     lock = threading.Lock()
-    runners = []
-    for i in range(3):
-        ports = CountingPorts(packages, shared, lock)
-        runner = UpdateRunner(
-            state_path=tmp_path / f"dev{i}" / "update-state.json",
-            store=ModelStore(tmp_path / f"dev{i}" / "store"),
-            downloads_dir=tmp_path / f"dev{i}" / "downloads",
-            downloader=ports,
-            verifier=ports,
-            extractor=ports,
-            activator=ports,
-            golden=ports,
-            sink=ports,
-            policy=UpdatePolicy(retry_base_s=0),
-            tick_s=0.05,
-        )
-        runner.start()
-        runners.append(runner)
+    runners = [
+        gated_runner(tmp_path / f"dev{i}", CountingPorts(packages, shared, lock), None)
+        for i in range(3)
+    ]
     try:
         for runner in runners:
             runner.desired(packages[0].target(1))
-        serve_until_committed(runners, utcnow())
+        serve_until_committed(runners)
     finally:
         for runner in runners:
             runner.stop()
@@ -172,7 +144,7 @@ def test_reports_pass_a_closed_gate_and_waiting_for_probation_frees_it(
         # Probation waits for inferences, not for work: the gate is free meanwhile.
         wait_for(lambda: gate.acquire(blocking=False), "the gate to be free in probation")
         # A committed device reports without the gate (only clean-up follows the commit).
-        serve_until_committed([runner], utcnow())
+        serve_until_committed([runner])
         wait_for(lambda: EventKind.COMMITTED in ports.kinds(), "the committed report")
         gate.release()
     finally:
