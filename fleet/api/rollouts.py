@@ -32,11 +32,14 @@ read and write the stored rollout.
 
 from __future__ import annotations
 
+import threading
 import uuid
+from collections import OrderedDict
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
 from fleet.api.deps import ContextDep, current_token
@@ -101,11 +104,50 @@ class RolloutCreate(BaseModel):
         )
 
 
-def _detail(context: ContextDep, stored: store.StoredRollout) -> views.RolloutDetail:
-    engine = context.engine
-    gates = store.history(engine, stored.id, kinds=["gate_decision"], limit=10_000)
+class DetailCache:
+    """Rollout details by ``(database, id, version)``, the most recent ``size`` of them.
+
+    A version names the rollout's state and the history lines its detail shows (gate
+    decisions, rollout-level lines: `fleet.rollouts.store` writes them only with a new
+    version), so one detail serves every request until the next version. The console
+    and the rollout benchmark poll a running rollout twice a second, and each request
+    read its history twice and counted its devices wave by wave.
+    """
+
+    def __init__(self, size: int = 32) -> None:
+        self._size = size
+        self._details: OrderedDict[tuple[str, str, int], views.RolloutDetail] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, engine: Engine, stored: store.StoredRollout) -> views.RolloutDetail:
+        """The detail of ``stored`` (read from ``engine``'s database), built if need be."""
+        key = (str(engine.url), stored.id, stored.version)
+        with self._lock:
+            found = self._details.get(key)
+            if found is not None:
+                self._details.move_to_end(key)
+                return found
+        built = build_detail(engine, stored)
+        with self._lock:
+            self._details[key] = built
+            while len(self._details) > self._size:
+                self._details.popitem(last=False)
+        return built
+
+
+def build_detail(engine: Engine, stored: store.StoredRollout) -> views.RolloutDetail:
+    """The detail of ``stored``, from its history as stored now (no cache)."""
+    # Gate decisions are rollout-level lines too: one read of the history, not two.
     timeline = store.history(engine, stored.id, rollout_level=True, limit=10_000)
+    gates = [line for line in timeline if line.kind == "gate_decision"]
     return views.detail(stored, gates, timeline)
+
+
+_DETAILS = DetailCache()
+
+
+def _detail(context: ContextDep, stored: store.StoredRollout) -> views.RolloutDetail:
+    return _DETAILS.get(context.engine, stored)
 
 
 def _load(context: ContextDep, rollout_id: str) -> store.StoredRollout:

@@ -72,20 +72,12 @@ class Lease:
         """
         now = self._clock()
         with self._engine.begin() as conn:
-            _ensure_row(conn, self.name, now)
-            result = conn.execute(
-                update(_TABLE)
-                .where(
-                    _TABLE.c.name == self.name,
-                    or_(
-                        _TABLE.c.holder == self.holder,
-                        _TABLE.c.holder.is_(None),
-                        _TABLE.c.expires_at <= now,
-                    ),
-                )
-                .values(holder=self.holder, expires_at=now + self.duration)
-            )
-            got = result.rowcount == 1
+            got = self._take(conn, now)
+            if not got and not self._exists(conn):
+                # The first try on this database: create the row, then take it. (Creating
+                # it every time cost an INSERT a tick for nothing.)
+                _ensure_row(conn, self.name, now)
+                got = self._take(conn, now)
             if got and not self._held:
                 conn.execute(
                     update(_TABLE).where(_TABLE.c.name == self.name).values(acquired_at=now)
@@ -94,6 +86,27 @@ class Lease:
             logger.info("%s %s lease %r", self.holder, "acquired" if got else "lost", self.name)
         self._held = got
         return got
+
+    def _take(self, conn: Connection, now: datetime) -> bool:
+        result = conn.execute(
+            update(_TABLE)
+            .where(
+                _TABLE.c.name == self.name,
+                or_(
+                    _TABLE.c.holder == self.holder,
+                    _TABLE.c.holder.is_(None),
+                    _TABLE.c.expires_at <= now,
+                ),
+            )
+            .values(holder=self.holder, expires_at=now + self.duration)
+        )
+        return result.rowcount == 1
+
+    def _exists(self, conn: Connection) -> bool:
+        return (
+            conn.execute(select(_TABLE.c.name).where(_TABLE.c.name == self.name)).first()
+            is not None
+        )
 
     def holds(self, conn: Connection) -> bool:
         """Whether this replica holds the lease, read inside the caller's transaction."""

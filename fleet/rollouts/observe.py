@@ -3,7 +3,9 @@
 `observe` turns the device registry (``device``), the deployment events devices reported
 (``device_event``) and the director's desired states (``desired_state``) into one
 `DeviceObservation` per target; `wave_metrics` turns telemetry (``telemetry``) into the
-`WaveMetrics` the gate's guards compare.
+`WaveMetrics` the gate's guards compare. The reads a tick repeats run on the database
+driver (`fleet.rollouts.reads`); what did not change since the previous tick is kept
+(`EventCache`).
 
 Rules (devices report events on their own per-device ``seq``, shared by every channel,
 so a birth state and an event can be ordered by it):
@@ -63,8 +65,9 @@ from sqlmodel import Session, col
 
 from fleet.drift.store import get_reference, get_thresholds
 from fleet.errors import NotFoundError
+from fleet.rollouts import reads
 from fleet.rollouts.model import DeviceObservation, RolloutState, VersionMetrics, WaveMetrics
-from fleet.store.tables import DesiredStateRow, Device, DriftWindowRow, EventRow, TelemetryRow
+from fleet.store.tables import DriftWindowRow, EventRow, TelemetryRow
 from shared.drift import SketchMismatchError, WindowSketch, evaluate, merge_all
 from shared.messages import EventKind
 from shared.modeltools.package import PACKAGE_SUFFIX
@@ -92,12 +95,21 @@ class EventCache:
 
     A 1,000-device rollout collects ~10,000 events; reading and folding all of them
     every tick was a third of the fleet's CPU during the rollout benchmark. Each tick
-    now reads the events received since ``overlap_s`` before the newest one already
-    seen (ingest batches commit out of receive order, by less than that), keyed by
-    ``(device, seq)`` so a re-read changes nothing, and folds only devices whose events
-    or registry row changed. In case a write lagged by more than the overlap (an
-    ingester retrying through a database outage), every ``full_every_s`` the cache
-    reads the rollout's events in full again.
+    now lists the keys ``(device, seq)`` of the events received since ``overlap_s``
+    before the newest one already seen (ingest batches commit out of receive order, by
+    less than that) and reads in full only the events it has not seen (by primary key,
+    `fleet.rollouts.reads`), so a re-read changes nothing and costs two small columns a
+    row. On SQLite, which numbers rows in commit order, a tick reads instead exactly
+    the events stored after the last one it read (`reads.events_inserted_after`):
+    listing the window still scanned every event of the rollout there. In case a write
+    lagged by more than the overlap (an ingester retrying through a database outage),
+    or SQLite renumbered rows (``VACUUM``), every ``full_every_s`` the cache lists the
+    keys of all the rollout's events again. Events are never changed nor deleted once
+    stored, so one read of an event is enough.
+
+    Each device's observation is kept with what it was made from (its registry row, as
+    `reads.device_rows` reads it, and the time of an assignment to adopt) and made
+    again only when one of those or the device's events changed.
     """
 
     def __init__(
@@ -123,31 +135,58 @@ class EventCache:
         """The rollout's events, after reading what is new (see the class docstring)."""
         entry = self._rollouts.get(rollout_id)
         mono = self._clock()
-        query = select(
-            col(EventRow.device_id),
-            col(EventRow.seq),
-            col(EventRow.kind),
-            col(EventRow.model_version),
-            col(EventRow.received_at),
-            col(EventRow.reason),
-        ).where(col(EventRow.rollout_id) == rollout_id)
-        if (
-            entry is None
-            or entry.newest is None
-            or mono - entry.read_in_full_at >= self._full_every_s
-        ):
-            entry = _RolloutEvents(read_in_full_at=mono)
-            self._rollouts[rollout_id] = entry
+        if entry is None:
+            entry = self._rollouts[rollout_id] = _RolloutEvents(read_in_full_at=mono)
+            entry.inserted = reads.last_insert(conn)  # before reading: nothing slips by
+            _read_events(conn, entry, rollout_id)
+            return entry
+        if mono - entry.read_in_full_at >= self._full_every_s:
+            entry.read_in_full_at = mono
+            if entry.inserted is not None:
+                entry.inserted = reads.last_insert(conn)
+            self._add_unseen(conn, entry, rollout_id, None)
+        elif entry.inserted is not None:
+            events, entry.inserted = reads.events_inserted_after(conn, rollout_id, entry.inserted)
+            entry.add(events)
+        elif entry.newest is None:
+            self._add_unseen(conn, entry, rollout_id, None)
         else:
-            query = query.where(col(EventRow.received_at) >= entry.newest - self._overlap)
-        for event in conn.execute(query):
-            seen = entry.by_device.setdefault(event.device_id, {})
-            if event.seq not in seen:
-                seen[event.seq] = event
-                entry.changed.add(event.device_id)
-            if entry.newest is None or event.received_at > entry.newest:
-                entry.newest = event.received_at
+            self._add_unseen(conn, entry, rollout_id, entry.newest - self._overlap)
         return entry
+
+    @staticmethod
+    def _add_unseen(
+        conn: Connection, entry: _RolloutEvents, rollout_id: str, since: datetime | None
+    ) -> None:
+        """Read the events of ``rollout_id`` received since ``since`` that ``entry`` lacks."""
+        by_device = entry.by_device
+        unseen = [
+            key
+            for key in reads.event_keys(conn, rollout_id, since)
+            if key.seq not in by_device.get(key.device_id, ())
+        ]
+        entry.add(reads.events(conn, unseen))
+
+
+def _read_events(conn: Connection, entry: _RolloutEvents, rollout_id: str) -> None:
+    """Add every event of ``rollout_id`` to ``entry`` (the plain query, read once)."""
+    entry.add(
+        conn.execute(
+            select(
+                col(EventRow.device_id),
+                col(EventRow.seq),
+                col(EventRow.kind),
+                col(EventRow.model_version),
+                col(EventRow.received_at),
+                col(EventRow.reason),
+            ).where(col(EventRow.rollout_id) == rollout_id)
+        )
+    )
+
+
+# What an observation is made from besides the device's events: its registry row (None
+# if it has none) and the time of an assignment to adopt.
+_Inputs = tuple[reads.DeviceRow | None, datetime | None]
 
 
 @dataclass
@@ -155,50 +194,70 @@ class _RolloutEvents:
     read_in_full_at: float
     by_device: dict[str, dict[int, Any]] = field(default_factory=dict)
     newest: datetime | None = None
-    # Devices with events not yet folded, and each device's fold with what it was
-    # computed from (its registry row).
+    # Where the database numbers rows in commit order (`reads.last_insert`): the number
+    # up to which every event stored has been read.
+    inserted: int | None = None
+    # Devices with events not yet folded into their observation.
     changed: set[str] = field(default_factory=set)
-    folds: dict[str, tuple[Any, _Fold]] = field(default_factory=dict)
-    # The last observation made of each device, reused while its inputs are the same
-    # (building a thousand pydantic models a tick showed in the profile too).
-    observations: dict[str, DeviceObservation] = field(default_factory=dict)
+    # The last observation made of each device, with its inputs: reused while they and
+    # its events are the same (folding and building a thousand pydantic models a tick
+    # showed in the profile).
+    observations: dict[str, tuple[_Inputs, DeviceObservation]] = field(default_factory=dict)
+
+    def add(self, events: Iterable[Any]) -> None:
+        """Keep ``events`` (rows with the columns of `reads.EventRead`) not seen yet."""
+        for event in events:
+            seen = self.by_device.setdefault(event.device_id, {})
+            if event.seq not in seen:
+                seen[event.seq] = event
+                self.changed.add(event.device_id)
+            if self.newest is None or event.received_at > self.newest:
+                self.newest = event.received_at
 
     def observation(
-        self, device_id: str, fold: _Fold, *, online: bool, assigned_at: datetime | None
+        self,
+        device_id: str,
+        device: reads.DeviceRow | None,
+        model: str,
+        *,
+        assigned_at: datetime | None,
     ) -> DeviceObservation:
+        """The observation of ``device_id`` (``device``: its registry row, or None)."""
+        inputs: _Inputs = (device, assigned_at)
         last = self.observations.get(device_id)
-        if (
-            last is not None
-            and last.online == online
-            and last.last_event_kind == fold.kind
-            and last.last_event_at == fold.at
-            and last.current_version == fold.current
-            and last.previous_version == fold.previous
-            and last.assigned_at == assigned_at
-        ):
-            return last
-        new = DeviceObservation(
-            device_id=device_id,
-            online=online,
-            last_event_kind=fold.kind,
-            last_event_at=fold.at,
-            current_version=fold.current,
-            previous_version=fold.previous,
-            assigned_at=assigned_at,
-        )
-        self.observations[device_id] = new
+        if last is not None and last[0] == inputs and device_id not in self.changed:
+            return last[1]
+        events = self.by_device.get(device_id, {})
+        fold = _fold(device, [events[seq] for seq in sorted(events)], model)
+        self.changed.discard(device_id)
+        online = device is not None and device.online
+        if last is not None and _same(last[1], fold, online=online, assigned_at=assigned_at):
+            new = last[1]
+        else:
+            new = DeviceObservation(
+                device_id=device_id,
+                online=online,
+                last_event_kind=fold.kind,
+                last_event_at=fold.at,
+                current_version=fold.current,
+                previous_version=fold.previous,
+                assigned_at=assigned_at,
+            )
+        self.observations[device_id] = (inputs, new)
         return new
 
-    def fold(self, device_id: str, device: Any, model: str) -> _Fold:
-        cached = self.folds.get(device_id)
-        row = tuple(device) if device is not None else None
-        if cached is not None and cached[0] == row and device_id not in self.changed:
-            return cached[1]
-        events = self.by_device.get(device_id, {})
-        result = _fold(device, [events[seq] for seq in sorted(events)], model)
-        self.folds[device_id] = (row, result)
-        self.changed.discard(device_id)
-        return result
+
+def _same(
+    last: DeviceObservation, fold: _Fold, *, online: bool, assigned_at: datetime | None
+) -> bool:
+    return (
+        last.online == online
+        and last.last_event_kind == fold.kind
+        and last.last_event_at == fold.at
+        and last.current_version == fold.current
+        and last.previous_version == fold.previous
+        and last.assigned_at == assigned_at
+    )
 
 
 def observe(
@@ -212,55 +271,29 @@ def observe(
     """One observation per target device that the fleet has heard of.
 
     ``cache`` (kept across calls by the orchestrator) makes a call read only the events
-    that are new since the previous one; without it every event is read.
+    that are new since the previous one, and reuse the observations whose inputs did
+    not change; without it every event is read.
     """
     model = state.spec.model.name
     cutoff = now - timedelta(seconds=offline_after_s)
-    devices: dict[str, Any] = {}
-    for chunk in _chunks(state.targets):
-        for row in conn.execute(
-            select(
-                col(Device.device_id),
-                col(Device.online),
-                col(Device.last_seen),
-                col(Device.model_name),
-                col(Device.model_version),
-                col(Device.last_state_seq),
-            ).where(col(Device.device_id).in_(chunk))
-        ):
-            devices[row.device_id] = row
+    devices = reads.device_rows(conn, state.targets, cutoff)
     events = (cache or EventCache()).events_of(conn, state.rollout_id)
     assigned: dict[str, datetime] = {}
     # Only a device our state has not assigned can have an assignment to adopt; reading
     # every desired state of the rollout (and its JSON body) each tick was a hot spot.
     unassigned = [d for d, r in state.devices.items() if r.assigned_at is None]
-    for chunk in _chunks(unassigned):
-        for desired in conn.execute(
-            select(
-                col(DesiredStateRow.device_id),
-                col(DesiredStateRow.updated_at),
-                col(DesiredStateRow.body),
-            ).where(
-                col(DesiredStateRow.rollout_id) == state.rollout_id,
-                col(DesiredStateRow.device_id).in_(chunk),
-            )
-        ):
-            body = desired.body
-            if isinstance(body, dict) and not body.get("rollback", False):
-                assigned[desired.device_id] = desired.updated_at
+    for desired in reads.desired_states(conn, state.rollout_id, unassigned):
+        body = desired.body
+        if isinstance(body, dict) and not body.get("rollback", False):
+            assigned[desired.device_id] = desired.updated_at
     observations: dict[str, DeviceObservation] = {}
+    by_device = events.by_device
     for device_id in state.targets:
         device = devices.get(device_id)
-        if device is None and device_id not in events.by_device:
+        if device is None and device_id not in by_device:
             continue
-        fold = events.fold(device_id, device, model)
-        online = bool(
-            device is not None
-            and device.online
-            and (device.last_seen is None or device.last_seen >= cutoff)
-        )
         observations[device_id] = events.observation(
-            device_id, fold, online=online, assigned_at=assigned.get(device_id)
+            device_id, device, model, assigned_at=assigned.get(device_id)
         )
     return observations
 

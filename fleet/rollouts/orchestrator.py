@@ -1,13 +1,14 @@
 """The rollout orchestrator: the I/O shell that runs `fleet.rollouts.policy.decide`.
 
-Every tick (``tick_interval_s``) the replica renews the orchestrator lease
-(`fleet.rollouts.lease`); only the holder drives rollouts. For each active rollout it
-reads the state, builds observations and metrics (`fleet.rollouts.observe`), calls
-`decide`, **stores the new state first** (compare-and-set on the rollout's version, with
-the lease re-checked in the same transaction) and only then carries out the actions:
-``Assign`` → `Director.assign_many` of the rollout's target; ``RollBack`` → a signed
-rollback to the device's previous version, batched the same way per version. Every
-outcome goes into the rollout's history.
+Every tick (``tick_interval_s``) the replica makes sure it holds the orchestrator lease
+(`fleet.rollouts.lease`): the holder renews it once a third of its duration has passed,
+a replica without it tries to take it; only the holder drives rollouts. For each active
+rollout it reads the state, builds observations and metrics (`fleet.rollouts.observe`),
+calls `decide`, **stores the new state first** (compare-and-set on the rollout's
+version, with the lease re-checked in the same transaction) and only then carries out
+the actions: ``Assign`` → `Director.assign_many` of the rollout's target; ``RollBack``
+→ a signed rollback to the device's previous version, batched the same way per version.
+Every outcome goes into the rollout's history.
 
 Invariants (from the pure core's save-then-act contract):
 - an action is carried out only after the state that produced it is stored, so a crash
@@ -17,7 +18,11 @@ Invariants (from the pure core's save-then-act contract):
   already this rollout's (same target, same rollback flag) it is re-published with its
   seq, never signed again, so no device gets a second assignment for one decision;
 - a replica that lost the lease stops carrying out actions at once; its stale writes
-  fail the compare-and-set.
+  fail the compare-and-set;
+- a state it saved is handed to the state cache only once its transaction committed
+  (`fleet.rollouts.store.committed`), so the next tick reads back only the rollout's
+  version, and parses the state only when another writer (a command, a replica) moved
+  it on.
 
 A rollback to ``to_version=None`` (the device ran no model of that name before) is not
 published: the protocol has no "uninstall", so it is skipped with a history line, and
@@ -46,6 +51,7 @@ from fleet.rollouts.store import (
     StaleRolloutError,
     StoredRollout,
     append,
+    committed,
     decision_lines,
     load_active,
     save,
@@ -169,7 +175,7 @@ class Orchestrator:
         Returns how many rollouts were driven (0 when another replica holds the lease).
         Raises `sqlalchemy.exc.SQLAlchemyError` when the database fails.
         """
-        if not self._renew():
+        if not self._hold():
             self._recovered = False
             return 0
         rollouts: list[StoredRollout] = []
@@ -206,9 +212,20 @@ class Orchestrator:
         self._renewed_at = time.monotonic()
         return self.lease.try_acquire()
 
+    def _renewal_due(self) -> bool:
+        return time.monotonic() - self._renewed_at >= self.lease.duration.total_seconds() / 3
+
+    def _hold(self) -> bool:
+        """Whether this replica holds the lease: the holder renews it once a third of it
+        has passed (it still has two thirds to run, and every save re-checks it in its
+        transaction); a replica without it tries to take it every tick. Renewing at every
+        tick cost a write transaction each half second for nothing."""
+        if self.lease.held and not self._renewal_due():
+            return True
+        return self._renew()
+
     def _renew_if_due(self) -> None:
-        due = time.monotonic() - self._renewed_at >= self.lease.duration.total_seconds() / 3
-        if due and not self._renew():
+        if self._renewal_due() and not self._renew():
             raise LeaseLostError(self.holder)
 
     def _drive(self, stored: StoredRollout) -> None:
@@ -228,10 +245,12 @@ class Orchestrator:
                 if not self.lease.holds(conn):
                     raise LeaseLostError(self.holder)
                 try:
-                    save(conn, stored, decision.state, decision_lines(decision, now))
+                    saved = save(conn, stored, decision.state, decision_lines(decision, now))
                 except StaleRolloutError as e:
                     logger.debug("%s; deciding again next tick", e)
                     return
+            # Committed: the next tick (and the API) need not read and parse it back.
+            committed(self._engine, saved)
             if decision.state.status != stored.state.status:
                 logger.info(
                     "rollout %s: %s -> %s",
@@ -243,6 +262,8 @@ class Orchestrator:
         self._perform(decision.state, [*retries, *decision.actions], recovering=bool(retries))
 
     def _due_retries(self, state: RolloutState) -> list[Action]:
+        if not any(key[0] == state.rollout_id for key in self._retry):
+            return []  # the usual case: spare listing every in-flight device each tick
         expected = unconfirmed_actions(state)
         due: list[Action] = []
         for key, action in list(self._retry.items()):

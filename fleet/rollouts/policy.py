@@ -151,6 +151,12 @@ class _Tick:
     metrics: WaveMetrics | None
     actions: list[Action] = field(default_factory=list)
     timeline: list[TimelineEntry] = field(default_factory=list)
+    # The records `_refresh` left as they were, and the status it saw then. A device's
+    # progress depends only on its record, its observation, ``now``, the plan and the
+    # status, and the others stay the same within one tick, so such a record needs no
+    # second look (decide iterates to a fixed point) until the status changes.
+    settled: dict[str, DeviceRecord] = field(default_factory=dict)
+    settled_status: RolloutStatus | None = None
 
     def note(
         self, event: str, message: str, *, wave: int | None = None, device_id: str | None = None
@@ -299,10 +305,18 @@ _COMMANDS: dict[OperatorCommand, tuple[frozenset[S], frozenset[S], _Handler]] = 
 
 
 def _refresh(state: RolloutState, tick: _Tick) -> RolloutState:
+    if tick.settled_status is not state.status:
+        tick.settled.clear()
+        tick.settled_status = state.status
+    settled = tick.settled
     changed: dict[str, DeviceRecord] = {}
     for device_id, record in state.devices.items():
+        if settled.get(device_id) is record:
+            continue
         new = _refresh_device(state, record, tick)
-        if new is not record:
+        if new is record:
+            settled[device_id] = record
+        else:
             changed[device_id] = new
     if not changed:
         return state

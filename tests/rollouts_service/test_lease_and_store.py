@@ -247,7 +247,10 @@ def test_an_event_cache_reads_only_new_events_and_agrees_with_a_full_read(
         session.commit()
     cached, full = both(now)
     assert full["a"].last_event_kind is EventKind.ROLLED_BACK
-    assert cached["a"].last_event_kind is EventKind.COMMITTED  # missed, for now
+    if engine.dialect.name == "sqlite":
+        assert cached == full  # SQLite numbers rows in commit order: read at once
+    else:
+        assert cached["a"].last_event_kind is EventKind.COMMITTED  # missed, for now
     mono[0] = 61.0  # a full re-read repairs it
     cached, full = both(now)
     assert cached == full
