@@ -81,10 +81,8 @@ def serve_until_committed(runners: list[UpdateRunner]) -> None:
         time.sleep(0.01)
 
 
-def test_runners_sharing_a_gate_never_work_at_the_same_time(
-    tmp_path: Path, packages: list[Package]
-) -> None:
-    gate = threading.BoundedSemaphore(1)
+def most_at_work_at_once(tmp_path: Path, packages: list[Package], gate: WorkGate | None) -> int:
+    """Run three runners sharing ``gate`` to commit; the most that were in a heavy step."""
     shared = {"now": 0, "max": 0}
     lock = threading.Lock()
     runners = [
@@ -98,7 +96,14 @@ def test_runners_sharing_a_gate_never_work_at_the_same_time(
     finally:
         for runner in runners:
             runner.stop()
-    assert shared["max"] == 1
+    return shared["max"]
+
+
+def test_runners_sharing_a_gate_never_work_at_the_same_time(
+    tmp_path: Path, packages: list[Package]
+) -> None:
+    gate = threading.BoundedSemaphore(1)
+    assert most_at_work_at_once(tmp_path, packages, gate) == 1
     # Every runner gave the gate back (a BoundedSemaphore refuses one release too many).
     assert gate.acquire(blocking=False)
     gate.release()
@@ -108,20 +113,7 @@ def test_without_a_gate_the_same_runners_do_overlap(
     tmp_path: Path, packages: list[Package]
 ) -> None:
     # The counterpart that shows the first test can fail: no gate, overlapping steps.
-    shared = {"now": 0, "max": 0}
-    lock = threading.Lock()
-    runners = [
-        gated_runner(tmp_path / f"dev{i}", CountingPorts(packages, shared, lock), None)
-        for i in range(3)
-    ]
-    try:
-        for runner in runners:
-            runner.desired(packages[0].target(1))
-        serve_until_committed(runners)
-    finally:
-        for runner in runners:
-            runner.stop()
-    assert shared["max"] > 1
+    assert most_at_work_at_once(tmp_path, packages, None) > 1
 
 
 def test_reports_pass_a_closed_gate_and_waiting_for_probation_frees_it(
