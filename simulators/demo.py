@@ -8,12 +8,15 @@ is read back through the fleet's own REST API, so the demo shows what an operato
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import secrets
+import signal
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -137,7 +140,10 @@ def run_demo(options: DemoOptions, stop: threading.Event | None = None) -> int:
                 f"after {options.drift_after_s:.0f}s; watch for the fleet's alerts"
             )
         print("  Ctrl-C stops everything.\n")
-        _watch(options, base, token, sim, stop)
+        with _ctrl_c_sets(stop):
+            _watch(options, base, token, sim, stop)
+        if stop.is_set():
+            print("\nstopping ...")
     except KeyboardInterrupt:
         print("\nstopping ...")
     finally:
@@ -197,6 +203,24 @@ def _fleet_plan(
             ),
         ),
     )
+
+
+@contextlib.contextmanager
+def _ctrl_c_sets(stop: threading.Event) -> Iterator[None]:
+    """While watching, Ctrl-C (SIGINT) sets ``stop`` instead of raising KeyboardInterrupt.
+
+    A KeyboardInterrupt that lands inside a finalizer (a socket or response closed by
+    the garbage collector) is printed and swallowed by Python, and the demo would run
+    on; setting an event cannot be lost. Only the main thread may handle signals.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _watch(
