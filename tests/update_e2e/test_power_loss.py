@@ -81,8 +81,17 @@ class Births:
         self.sub.wait_for(lambda _: self.count() > n, timeout_s)
 
 
-def read_state(data: Path) -> dict[str, Any]:
-    state: dict[str, Any] = json.loads((data / STATE_FILE).read_text())
+def read_state(data: Path, *, fresh_ok: bool = False) -> dict[str, Any]:
+    """The persisted update state.
+
+    A fresh device writes none until it accepts its first desired state, so one killed
+    before that has none; ``fresh_ok`` (first update only) reads that as idle, with no
+    seq. Once written, the state file is only ever replaced, never removed.
+    """
+    path = data / STATE_FILE
+    if fresh_ok and not path.exists():
+        return {"phase": "idle", "last_desired_seq": None}
+    state: dict[str, Any] = json.loads(path.read_text())
     return state
 
 
@@ -170,7 +179,7 @@ def test_agent_killed_at_random_instants_converges_every_update(
                 process.send_signal(signal.SIGKILL)
                 process.wait(10)
                 check_store(data / STORE_DIR)
-                state = read_state(data)
+                state = read_state(data, fresh_ok=seq == 1)
                 phases_at_kill[state["phase"] if state["last_desired_seq"] == seq else "idle"] += 1
                 process = start()
             deadline = time.monotonic() + 30
