@@ -32,7 +32,9 @@ from tests.update_e2e.support import Pkg, Rig, build, padded_model
 
 pytestmark = pytest.mark.slow
 
-PAD_BYTES = 24 * 1024 * 1024
+# Large enough that verifying, staging and activating (hashing, copying, loading the
+# model) last long enough for random kills to land in them.
+PAD_BYTES = 64 * 1024 * 1024
 UPDATES = 10
 KILLS_PER_UPDATE = 5
 MAX_KILL_DELAY_S = 1.2
@@ -175,10 +177,10 @@ def test_agent_killed_at_random_instants_converges_every_update(
             rollback = target is model_a
             rig.publish(device, rig.sign(device, target, seq, rollback=rollback))
             for _ in range(KILLS_PER_UPDATE):
-                # A resumed 24 MB update settles within about a second, so long delays
-                # mostly hit the committed state, and short ones keep interrupting
-                # probation until the agent rolls back. Even updates get short delays (the
-                # kills spread over the phases), odd ones long (some get through to commit).
+                # A resumed update settles within a second or two, so long delays mostly
+                # hit the committed state, and short ones keep interrupting probation
+                # until the agent rolls back. Even updates get short delays (the kills
+                # spread over the phases), odd ones long (some get through to commit).
                 cap = MAX_KILL_DELAY_S if seq % 2 else MAX_KILL_DELAY_S / 2
                 time.sleep(cap * rng.random() ** 1.5)
                 process.send_signal(signal.SIGKILL)
