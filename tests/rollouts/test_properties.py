@@ -25,6 +25,7 @@ from fleet.rollouts import (
     new_rollout,
     unconfirmed_actions,
 )
+from fleet.rollouts.model import RolloutSpec
 from fleet.rollouts.selector import select_targets
 from tests.rollouts.support import T0, Outcome, SimFleet, fleet, spec
 
@@ -72,18 +73,23 @@ def scenarios(draw: st.DrawFn) -> dict[str, object]:
     }
 
 
-@PROPERTY_SETTINGS
-@given(scenarios())
-def test_rollout_invariants_hold_over_random_fleets(sc: dict[str, object]) -> None:
-    devices = fleet(sc["n"])  # type: ignore[arg-type]
-    outcomes: list[Outcome] = sc["outcomes"]  # type: ignore[assignment]
-    rollout = spec(
+def scenario_rollout(sc: dict[str, object]) -> RolloutSpec:
+    """The rollout spec a drawn scenario describes."""
+    return spec(
         selector=Selector(fraction=sc["fraction"]),
         waves=sc["waves"],
         gate=sc["gate"],
         failure_policy=sc["policy"],
         max_assignments_per_minute=sc["rate"],
     )
+
+
+@PROPERTY_SETTINGS
+@given(scenarios())
+def test_rollout_invariants_hold_over_random_fleets(sc: dict[str, object]) -> None:
+    devices = fleet(sc["n"])  # type: ignore[arg-type]
+    outcomes: list[Outcome] = sc["outcomes"]  # type: ignore[assignment]
+    rollout = scenario_rollout(sc)
     selected = set(select_targets(devices, rollout.selector, seed="r-prop"))
     state = new_rollout("r-prop", rollout, devices, {}, T0)
     sim = SimFleet({d.device_id: o for d, o in zip(devices, outcomes, strict=True)})

@@ -15,13 +15,12 @@ from fleet.rollouts import (
     OperatorCommand,
     RolloutCommandError,
     RolloutState,
-    Selector,
     decide,
     new_rollout,
     policy,
 )
-from tests.rollouts.support import T0, Outcome, SimFleet, fleet, spec
-from tests.rollouts.test_properties import PROPERTY_SETTINGS, scenarios
+from tests.rollouts.support import T0, Outcome, SimFleet, fleet
+from tests.rollouts.test_properties import PROPERTY_SETTINGS, scenario_rollout, scenarios
 
 
 def decide_looking_at_every_record(
@@ -57,13 +56,7 @@ def decide_looking_at_every_record(
 def test_skipping_settled_records_decides_the_same(sc: dict[str, object]) -> None:
     devices = fleet(sc["n"])  # type: ignore[arg-type]
     outcomes: list[Outcome] = sc["outcomes"]  # type: ignore[assignment]
-    rollout = spec(
-        selector=Selector(fraction=sc["fraction"]),
-        waves=sc["waves"],
-        gate=sc["gate"],
-        failure_policy=sc["policy"],
-        max_assignments_per_minute=sc["rate"],
-    )
+    rollout = scenario_rollout(sc)
     state = new_rollout("r-settled", rollout, devices, {}, T0)
     sim = SimFleet({d.device_id: o for d, o in zip(devices, outcomes, strict=True)})
     offline: list[int] = sc["offline"]  # type: ignore[assignment]
