@@ -1,5 +1,5 @@
 """The edgefleet device agent. Never imports `fleet`; depends only on the `agent` extra."""
 
-from shared import __version__
+from edgefleet.shared import __version__
 
 __all__ = ["__version__"]

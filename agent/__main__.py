@@ -2,6 +2,6 @@
 
 import sys
 
-from shared.cli import main
+from edgefleet.shared.cli import main
 
 sys.exit(main(["agent", *sys.argv[1:]]))

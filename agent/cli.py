@@ -37,8 +37,8 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 
 def _load(args: argparse.Namespace) -> Any:
-    from agent.config import ConfigError, load_config
-    from shared.cli import CLIError
+    from edgefleet.agent.config import ConfigError, load_config
+    from edgefleet.shared.cli import CLIError
 
     path: Path | None = args.config
     if path is None and DEFAULT_CONFIG.exists():
@@ -50,13 +50,13 @@ def _load(args: argparse.Namespace) -> Any:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from agent.daemon import run_forever
+    from edgefleet.agent.daemon import run_forever
 
     return run_forever(_load(args))
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    from agent.config import redacted
+    from edgefleet.agent.config import redacted
 
     print(json.dumps(redacted(_load(args)), indent=2))
     return 0

@@ -29,9 +29,9 @@ from pydantic import (
     model_validator,
 )
 
-from agent.update.machine import UpdatePolicy
-from shared.runtime import RuntimeOptions
-from shared.topics import TopicError, validate_device_id
+from edgefleet.agent.update.machine import UpdatePolicy
+from edgefleet.shared.runtime import RuntimeOptions
+from edgefleet.shared.topics import TopicError, validate_device_id
 
 ENV_PREFIX = "EDGEFLEET_AGENT_"
 DEFAULT_DATA_DIR = Path("/var/lib/edgefleet-agent")

@@ -23,22 +23,22 @@ from typing import Any
 import psutil
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from agent.config import AgentConfig
-from agent.drift_monitor import DriftMonitor
-from agent.drift_publisher import DriftPublisher
-from agent.inference_api import InferenceApi
-from agent.link import DesiredHandler, Link
-from agent.model_host import ActiveModel, ModelHost
-from agent.outbox import Outbox
-from agent.systemd import SystemdNotifier
-from agent.telemetry import TelemetryCollector
-from agent.update.ports import RuntimeLoader
-from agent.update.runner import WorkGate
-from agent.update.wiring import ProbationMetrics, UpdateService
-from shared import __version__
-from shared.drift import ReferenceProfile
-from shared.manifest import MANIFEST_FILE, ModelManifest
-from shared.messages import (
+from edgefleet.agent.config import AgentConfig
+from edgefleet.agent.drift_monitor import DriftMonitor
+from edgefleet.agent.drift_publisher import DriftPublisher
+from edgefleet.agent.inference_api import InferenceApi
+from edgefleet.agent.link import DesiredHandler, Link
+from edgefleet.agent.model_host import ActiveModel, ModelHost
+from edgefleet.agent.outbox import Outbox
+from edgefleet.agent.systemd import SystemdNotifier
+from edgefleet.agent.telemetry import TelemetryCollector
+from edgefleet.agent.update.ports import RuntimeLoader
+from edgefleet.agent.update.runner import WorkGate
+from edgefleet.agent.update.wiring import ProbationMetrics, UpdateService
+from edgefleet.shared import __version__
+from edgefleet.shared.drift import ReferenceProfile
+from edgefleet.shared.manifest import MANIFEST_FILE, ModelManifest
+from edgefleet.shared.messages import (
     DeviceMessage,
     EventKind,
     EventMessage,
@@ -47,10 +47,10 @@ from shared.messages import (
     StateMessage,
     encode,
 )
-from shared.modeltools.package import PACKAGE_SUFFIX, PackageError, extract_package
-from shared.runtime import RuntimeLoadError, load_runtime
-from shared.runtime.base import Tensors
-from shared.topics import Channel, device_topic
+from edgefleet.shared.modeltools.package import PACKAGE_SUFFIX, PackageError, extract_package
+from edgefleet.shared.runtime import RuntimeLoadError, load_runtime
+from edgefleet.shared.runtime.base import Tensors
+from edgefleet.shared.topics import Channel, device_topic
 
 log = logging.getLogger(__name__)
 
@@ -98,9 +98,10 @@ class Agent:
     """One device's agent. `start` once, then `stop` once; not restartable.
 
     ``runtime_loader`` loads every model the agent serves (default
-    `shared.runtime.load_runtime`); a simulator passes a wrapper to inject faults.
-    ``update_gate`` is the update runner's ``work_gate`` (`agent.update.runner.UpdateRunner`):
-    a simulator shares one among the agents of a process; a device passes nothing.
+    `edgefleet.shared.runtime.load_runtime`); a simulator passes a wrapper to inject faults.
+    ``update_gate`` is the update runner's ``work_gate``
+    (`edgefleet.agent.update.runner.UpdateRunner`): a simulator shares one among the agents
+    of a process; a device passes nothing.
     """
 
     def __init__(

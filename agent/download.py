@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Final
 
-from shared.atomicio import fsync_dir
-from shared.signing.errors import DigestMismatch, LengthMismatch, TransportError
+from edgefleet.shared.atomicio import fsync_dir
+from edgefleet.shared.signing.errors import DigestMismatch, LengthMismatch, TransportError
 
 logger = logging.getLogger(__name__)
 

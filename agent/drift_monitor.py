@@ -17,7 +17,7 @@ Invariants:
 - Everything else happens off the request path, under one lock: the daemon's drift
   timer calls `maybe_close`, which drains the inbox in arrival order (counting rows,
   remembering request ids for labels), folds the rows into the window with vectorised
-  numpy (`shared.drift.WindowAccumulator`), and closes the window when it holds
+  numpy (`edgefleet.shared.drift.WindowAccumulator`), and closes the window when it holds
   ``window_count`` rows (the drain stops at that row's batch, so the next window starts
   with the next batch) or is ``window_s`` old (from its first row or label, by the
   monitor's monotonic clock). Only if ``fold_rows`` calls pile up in the inbox (the
@@ -32,7 +32,7 @@ Invariants:
 - A batch that does not fit the profile is dropped whole, counted in `rejected_rows` and
   logged; it never takes the other buffered rows down with it.
 - Input tensors of more than two dimensions (images) are flattened to ``[N, -1]`` when
-  folded by `shared.drift.profile.flatten_tensors`, the reshape `build_profile` applies
+  folded by `edgefleet.shared.drift.profile.flatten_tensors`, the reshape `build_profile` applies
   to the reference data, so the profile's features are the flattened elements:
   fine for the small images of sensors and tiny CNNs, too many features for a camera
   frame, whose profile should be built on an embedding output instead.
@@ -52,8 +52,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from shared.drift import DriftError, ReferenceProfile, WindowAccumulator, WindowSketch
-from shared.drift.profile import flatten_tensors
+from edgefleet.shared.drift import DriftError, ReferenceProfile, WindowAccumulator, WindowSketch
+from edgefleet.shared.drift.profile import flatten_tensors
 
 log = logging.getLogger(__name__)
 

@@ -24,12 +24,12 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 
-from agent.config import DriftConfig
-from agent.drift_monitor import DriftMonitor
-from agent.model_host import ActiveModel, ModelHost
-from shared.drift import ReferenceProfile, WindowSketch
-from shared.messages import DeviceMessage, DriftMessage, ModelRef, utcnow
-from shared.topics import Channel
+from edgefleet.agent.config import DriftConfig
+from edgefleet.agent.drift_monitor import DriftMonitor
+from edgefleet.agent.model_host import ActiveModel, ModelHost
+from edgefleet.shared.drift import ReferenceProfile, WindowSketch
+from edgefleet.shared.messages import DeviceMessage, DriftMessage, ModelRef, utcnow
+from edgefleet.shared.topics import Channel
 
 log = logging.getLogger(__name__)
 

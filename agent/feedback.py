@@ -25,7 +25,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
-from agent.drift_monitor import DriftMonitor
+from edgefleet.agent.drift_monitor import DriftMonitor
 
 MAX_REQUEST_ID_CHARS = 200
 MAX_FEEDBACK_ITEMS = 10_000

@@ -7,7 +7,7 @@ returns ``"request_ids"``: one per row, ``"<request_id>/<row>"``, which is what 
 for a single row names.
 
 ``POST /v1/feedback`` joins late labels to those predictions by request id; its body and
-answers are described in `agent.feedback`.
+answers are described in `edgefleet.agent.feedback`.
 
 ``GET /v1/health`` returns 200 with whether a model is loaded. Errors are JSON
 ``{"error": {"code", "message"}}``: 400 bad JSON or inputs, 404 unknown path (or an
@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from agent.feedback import (
+from edgefleet.agent.feedback import (
     MAX_REQUEST_ID_CHARS,
     FeedbackBatch,
     FeedbackError,
@@ -39,8 +39,8 @@ from agent.feedback import (
     record_one,
     usable_monitor,
 )
-from agent.model_host import InputError, ModelHost, NoModelLoadedError
-from shared.runtime import InferenceError
+from edgefleet.agent.model_host import InputError, ModelHost, NoModelLoadedError
+from edgefleet.shared.runtime import InferenceError
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def predict(host: ModelHost, body: bytes) -> dict[str, Any]:
 
 
 def feedback(host: ModelHost, body: bytes) -> dict[str, Any]:
-    """Answer one feedback request body (see `agent.feedback`); raises `ApiError`."""
+    """Answer one feedback request body (see `edgefleet.agent.feedback`); raises `ApiError`."""
     try:
         request = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

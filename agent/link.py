@@ -40,10 +40,10 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent.config import BrokerConfig
-from agent.outbox import Outbox
-from shared.messages import StateMessage, encode
-from shared.topics import Channel, device_topic
+from edgefleet.agent.config import BrokerConfig
+from edgefleet.agent.outbox import Outbox
+from edgefleet.shared.messages import StateMessage, encode
+from edgefleet.shared.topics import Channel, device_topic
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shared.messages import LatencyPercentiles
+from edgefleet.shared.messages import LatencyPercentiles
 
 DEFAULT_RING_SIZE = 8192
 

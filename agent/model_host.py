@@ -39,12 +39,12 @@ from typing import Any
 
 import numpy as np
 
-from agent.drift_monitor import ArrayObserver, DriftMonitor
-from agent.metrics import InferenceMetrics
-from shared.messages import ModelRef
-from shared.runtime import InferenceError, ModelRuntime
-from shared.runtime.base import Tensors
-from shared.tensors import TensorSpec
+from edgefleet.agent.drift_monitor import ArrayObserver, DriftMonitor
+from edgefleet.agent.metrics import InferenceMetrics
+from edgefleet.shared.messages import ModelRef
+from edgefleet.shared.runtime import InferenceError, ModelRuntime
+from edgefleet.shared.runtime.base import Tensors
+from edgefleet.shared.tensors import TensorSpec
 
 log = logging.getLogger(__name__)
 

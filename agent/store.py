@@ -41,13 +41,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from agent.atomic import (
+from edgefleet.agent.atomic import (
     atomic_symlink,
     fsync_dir,
     fsync_file,
     remove_stray_temp_files,
 )
-from shared.manifest import MANIFEST_FILE, ModelManifest
+from edgefleet.shared.manifest import MANIFEST_FILE, ModelManifest
 
 log = logging.getLogger(__name__)
 

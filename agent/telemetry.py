@@ -14,9 +14,9 @@ from pathlib import Path
 
 import psutil
 
-from agent.metrics import InferenceMetrics
-from agent.outbox import Outbox
-from shared.messages import ModelRef, TelemetryMessage
+from edgefleet.agent.metrics import InferenceMetrics
+from edgefleet.agent.outbox import Outbox
+from edgefleet.shared.messages import ModelRef, TelemetryMessage
 
 log = logging.getLogger(__name__)
 

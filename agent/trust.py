@@ -3,7 +3,7 @@
 `TrustedRepository` wraps `tuf.ngclient.Updater`: it starts from the root pinned at
 provisioning (``trusted_root.json``), walks the root chain, and refuses expired or
 rolled-back metadata (a freeze or replay attack) before it says anything about a target.
-It does not download artifacts: the update runner does that with `agent.download`
+It does not download artifacts: the update runner does that with `edgefleet.agent.download`
 (resumable, size-capped), after `verify_target_info` has checked that the director's claim
 (name, sha256, length) is exactly what the release key signed — mix-and-match protection.
 
@@ -27,7 +27,7 @@ from tuf.ngclient.config import UpdaterConfig
 from tuf.ngclient.fetcher import FetcherInterface
 from tuf.ngclient.updater import Updater
 
-from shared.signing.errors import (
+from edgefleet.shared.signing.errors import (
     DigestMismatch,
     Expired,
     LengthMismatch,
@@ -35,7 +35,7 @@ from shared.signing.errors import (
     TransportError,
     TufError,
 )
-from shared.signing.tufapi import TargetFile
+from edgefleet.shared.signing.tufapi import TargetFile
 
 logger = logging.getLogger(__name__)
 

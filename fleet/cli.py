@@ -60,10 +60,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def _serve(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from fleet.service import FleetService
-    from fleet.settings import FleetSettings
-    from shared.cli import CLIError
-    from shared.signing.errors import SigningError
+    from edgefleet.fleet.service import FleetService
+    from edgefleet.fleet.settings import FleetSettings
+    from edgefleet.shared.cli import CLIError
+    from edgefleet.shared.signing.errors import SigningError
 
     overrides: dict[str, Any] = {}
     for key, value in (
@@ -115,9 +115,9 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _lab_keys(args: argparse.Namespace) -> int:
-    from fleet.keys import create_lab_setup, passphrase_from_env
-    from shared.cli import CLIError
-    from shared.signing.errors import SigningError
+    from edgefleet.fleet.keys import create_lab_setup, passphrase_from_env
+    from edgefleet.shared.cli import CLIError
+    from edgefleet.shared.signing.errors import SigningError
 
     try:
         setup = create_lab_setup(args.dir, passphrase_from_env())

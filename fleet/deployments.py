@@ -16,9 +16,9 @@ from enum import StrEnum
 from pydantic import BaseModel
 from sqlmodel import Session, col, select
 
-from fleet.errors import NotFoundError
-from fleet.store.tables import DesiredStateRow, Device, EventRow
-from shared.signing.director import DesiredBody
+from edgefleet.fleet.errors import NotFoundError
+from edgefleet.fleet.store.tables import DesiredStateRow, Device, EventRow
+from edgefleet.shared.signing.director import DesiredBody
 
 TERMINAL = frozenset({"committed", "failed", "rejected", "rolled_back"})
 MAX_EVENTS = 5000

@@ -16,9 +16,9 @@ from sqlalchemy import select as sa_select
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Session, col, select
 
-from fleet.errors import InvalidRequestError, NotFoundError
-from fleet.store.tables import Device, DevicePublic, TelemetryPublic, TelemetryRow
-from fleet.store.types import as_utc
+from edgefleet.fleet.errors import InvalidRequestError, NotFoundError
+from edgefleet.fleet.store.tables import Device, DevicePublic, TelemetryPublic, TelemetryRow
+from edgefleet.fleet.store.types import as_utc
 
 
 class DeviceFilter(BaseModel):

@@ -32,12 +32,17 @@ from sqlalchemy import Connection, Engine, bindparam, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from fleet.errors import FleetError, InvalidRequestError, NotFoundError
-from fleet.store.tables import DesiredStateRow
-from shared.messages import utcnow
-from shared.signing.director import DesiredBody, DesiredTarget, SignedDesiredState, sign_desired
-from shared.signing.tufapi import Signer
-from shared.topics import Channel, TopicError, device_topic, validate_device_id
+from edgefleet.fleet.errors import FleetError, InvalidRequestError, NotFoundError
+from edgefleet.fleet.store.tables import DesiredStateRow
+from edgefleet.shared.messages import utcnow
+from edgefleet.shared.signing.director import (
+    DesiredBody,
+    DesiredTarget,
+    SignedDesiredState,
+    sign_desired,
+)
+from edgefleet.shared.signing.tufapi import Signer
+from edgefleet.shared.topics import Channel, TopicError, device_topic, validate_device_id
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ release (targets) key and publishes models itself; in production that key stays 
 with whoever approves releases (``edgefleet model sign``). The root key is needed only to
 create a repository or rotate keys, so it is loaded when present and never required.
 
-Key files are those of ``edgefleet keys init`` (`shared.signing.keys`), encrypted with
+Key files are those of ``edgefleet keys init`` (`edgefleet.shared.signing.keys`), encrypted with
 the passphrase in ``$EDGEFLEET_KEY_PASSPHRASE``.
 """
 
@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from fleet.repository import ImageRepository
-from shared.signing import keys, layout, tuf_metadata
-from shared.signing.bundle import write_bundle
-from shared.signing.errors import KeyFileError
-from shared.signing.tufapi import CryptoSigner, Signer, SSlibKey
+from edgefleet.fleet.repository import ImageRepository
+from edgefleet.shared.signing import keys, layout, tuf_metadata
+from edgefleet.shared.signing.bundle import write_bundle
+from edgefleet.shared.signing.errors import KeyFileError
+from edgefleet.shared.signing.tufapi import CryptoSigner, Signer, SSlibKey
 
 logger = logging.getLogger(__name__)
 

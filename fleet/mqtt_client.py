@@ -11,7 +11,7 @@ import ssl
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from fleet.settings import FleetSettings
+from edgefleet.fleet.settings import FleetSettings
 
 
 def make_client(

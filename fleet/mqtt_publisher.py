@@ -18,9 +18,9 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
-from fleet.director import PublishError
-from fleet.mqtt_client import make_client
-from fleet.settings import FleetSettings
+from edgefleet.fleet.director import PublishError
+from edgefleet.fleet.mqtt_client import make_client
+from edgefleet.fleet.settings import FleetSettings
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The model registry: verified uploads, their manifests and lineage, and publishing.
 
 Invariants:
-- a stored package passed `shared.modeltools.package.read_package` (members, manifest,
+- a stored package passed `edgefleet.shared.modeltools.package.read_package` (members, manifest,
   digests) before anything was written for it; a rejected upload leaves nothing behind;
 - the bytes of (name, version) never change: the same bytes again are a no-op, other
   bytes are a `ConflictError`;
@@ -25,19 +25,24 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from fleet.drift.store import put_reference
-from fleet.errors import FleetError, InvalidRequestError, NotFoundError
-from fleet.repo_access import RepositoryAccess
-from fleet.repository import KeyNotHeldError
-from fleet.repository import NotFoundError as RepoNotFoundError
-from fleet.store.tables import ModelVersion, ModelVersionPublic
-from shared.drift import ReferenceProfile
-from shared.messages import utcnow
-from shared.modeltools.package import PACKAGE_SUFFIX, PackageError, package_digest, read_package
-from shared.signing import tuf_metadata
-from shared.signing.director import DesiredTarget
-from shared.signing.errors import UpdateRejected
-from shared.signing.tufapi import TargetFile
+from edgefleet.fleet.drift.store import put_reference
+from edgefleet.fleet.errors import FleetError, InvalidRequestError, NotFoundError
+from edgefleet.fleet.repo_access import RepositoryAccess
+from edgefleet.fleet.repository import KeyNotHeldError
+from edgefleet.fleet.repository import NotFoundError as RepoNotFoundError
+from edgefleet.fleet.store.tables import ModelVersion, ModelVersionPublic
+from edgefleet.shared.drift import ReferenceProfile
+from edgefleet.shared.messages import utcnow
+from edgefleet.shared.modeltools.package import (
+    PACKAGE_SUFFIX,
+    PackageError,
+    package_digest,
+    read_package,
+)
+from edgefleet.shared.signing import tuf_metadata
+from edgefleet.shared.signing.director import DesiredTarget
+from edgefleet.shared.signing.errors import UpdateRejected
+from edgefleet.shared.signing.tufapi import TargetFile
 
 logger = logging.getLogger(__name__)
 

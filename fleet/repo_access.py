@@ -17,9 +17,9 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from fleet.repository import ImageRepository
-from shared.signing import layout
-from shared.signing.tufapi import Signer, TargetFile
+from edgefleet.fleet.repository import ImageRepository
+from edgefleet.shared.signing import layout
+from edgefleet.shared.signing.tufapi import Signer, TargetFile
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ class RepositoryAccess:
     """The fleet's handle on the image repository in ``repo_dir``."""
 
     def __init__(self, repo_dir: Path, keys: Mapping[str, Signer]) -> None:
-        """Raises `fleet.repository.NotFoundError` if ``repo_dir`` holds no repository."""
+        """Raises `edgefleet.fleet.repository.NotFoundError` if ``repo_dir`` holds no repository."""
         self.repo_dir = repo_dir
         self._keys = dict(keys)
         self._thread_lock = threading.Lock()
@@ -51,11 +51,13 @@ class RepositoryAccess:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
     def metadata_file(self, file_name: str) -> bytes:
-        """Bytes of a metadata URL's last segment; raises `fleet.repository.NotFoundError`."""
+        """Bytes of a metadata URL's last segment.
+
+        Raises `edgefleet.fleet.repository.NotFoundError`."""
         return self._reader.metadata_file(file_name)
 
     def target_path(self, hash_prefixed_name: str) -> Path:
-        """The artifact behind a target URL; raises `fleet.repository.NotFoundError`."""
+        """The artifact behind a target URL; raises `edgefleet.fleet.repository.NotFoundError`."""
         return self._reader.target_path(hash_prefixed_name)
 
     def current_targets(self) -> dict[str, TargetFile]:

@@ -9,7 +9,7 @@ client sees one consistent new state.
 
 Invariants:
 - the files under ``repo_dir`` always form a valid TUF repository (see
-  `shared.signing.layout`): each write is atomic, artifacts and versioned metadata land
+  `edgefleet.shared.signing.layout`): each write is atomic, artifacts and versioned metadata land
   before the timestamp that makes them visible;
 - versions only grow; an uploaded targets metadata must be newer than the current one;
 - every target listed in targets metadata has its artifact stored under
@@ -32,12 +32,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from shared.atomicio import fsync_dir
-from shared.signing import layout, tuf_metadata
-from shared.signing.errors import DigestMismatch, LengthMismatch, TufError
-from shared.signing.keys import TUF_ROLES
-from shared.signing.tuf_metadata import Expiries
-from shared.signing.tufapi import (
+from edgefleet.shared.atomicio import fsync_dir
+from edgefleet.shared.signing import layout, tuf_metadata
+from edgefleet.shared.signing.errors import DigestMismatch, LengthMismatch, TufError
+from edgefleet.shared.signing.keys import TUF_ROLES
+from edgefleet.shared.signing.tuf_metadata import Expiries
+from edgefleet.shared.signing.tufapi import (
     Metadata,
     Root,
     Signer,
@@ -81,8 +81,8 @@ class ImageRepository:
     ) -> None:
         """Open the repository in ``repo_dir`` (made by `create` or ``edgefleet keys init``).
 
-        Raises `NotFoundError` if there is none, `shared.signing.errors.Malformed` if a role's
-        metadata does not parse.
+        Raises `NotFoundError` if there is none,
+        `edgefleet.shared.signing.errors.Malformed` if a role's metadata does not parse.
         """
         self._dir = repo_dir
         self._keys = {role: keys[role] for role in TUF_ROLES if role in keys}
@@ -207,7 +207,7 @@ class ImageRepository:
         does not store yet. The metadata must be signed by the targets key in the current
         root, unexpired and newer than the current targets.
 
-        Raises `shared.signing.errors.Malformed` (not targets metadata), `TufError` (bad
+        Raises `edgefleet.shared.signing.errors.Malformed` (not targets metadata), `TufError` (bad
         signature or not newer), `Expired`, `DigestMismatch` / `LengthMismatch` (an
         uploaded artifact differs from what is signed), `NotFoundError` (a listed target has no
         artifact). Nothing is changed when it raises.

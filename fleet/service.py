@@ -4,7 +4,7 @@
 ``api_port=0`` resolves to a real port) and the ingester is connecting; `stop` shuts
 the API, then the ingester (which writes what it has queued), then the engine.
 
-With ``settings.keys_dir`` it also loads the signing keys (`fleet.keys`), opens (or
+With ``settings.keys_dir`` it also loads the signing keys (`edgefleet.fleet.keys`), opens (or
 creates) the image repository, connects the director's MQTT publisher and starts the
 thread that re-signs snapshot/timestamp metadata before they expire.
 """
@@ -24,22 +24,22 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
 
-from fleet.api.app import create_app
-from fleet.api.auth import bootstrap_admin_token
-from fleet.api.update_deps import UpdateServices
-from fleet.director import Director
-from fleet.drift.monitor import DriftMonitorService
-from fleet.drift.notify import MqttAlertPublisher, Notifier
-from fleet.ingest.metrics import IngestMetrics
-from fleet.ingest.subscriber import Ingester
-from fleet.keys import FleetKeys, load_fleet_keys, open_repository, passphrase_from_env
-from fleet.mqtt_publisher import MqttPublisher
-from fleet.registry import ModelRegistry
-from fleet.repo_access import MetadataRefresher, RepositoryAccess
-from fleet.rollouts.orchestrator import Orchestrator
-from fleet.settings import FleetSettings
-from fleet.store.engine import create_all, make_engine
-from shared.signing.tufapi import SSlibKey
+from edgefleet.fleet.api.app import create_app
+from edgefleet.fleet.api.auth import bootstrap_admin_token
+from edgefleet.fleet.api.update_deps import UpdateServices
+from edgefleet.fleet.director import Director
+from edgefleet.fleet.drift.monitor import DriftMonitorService
+from edgefleet.fleet.drift.notify import MqttAlertPublisher, Notifier
+from edgefleet.fleet.ingest.metrics import IngestMetrics
+from edgefleet.fleet.ingest.subscriber import Ingester
+from edgefleet.fleet.keys import FleetKeys, load_fleet_keys, open_repository, passphrase_from_env
+from edgefleet.fleet.mqtt_publisher import MqttPublisher
+from edgefleet.fleet.registry import ModelRegistry
+from edgefleet.fleet.repo_access import MetadataRefresher, RepositoryAccess
+from edgefleet.fleet.rollouts.orchestrator import Orchestrator
+from edgefleet.fleet.settings import FleetSettings
+from edgefleet.fleet.store.engine import create_all, make_engine
+from edgefleet.shared.signing.tufapi import SSlibKey
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ class FleetService:
         """Create tables, bootstrap the admin token, load keys, start ingest and the API.
 
         Raises `RuntimeError` if the API does not come up within ``timeout_s``,
-        `shared.signing.errors.KeyFileError` if the keys cannot be loaded (wrong
+        `edgefleet.shared.signing.errors.KeyFileError` if the keys cannot be loaded (wrong
         passphrase, missing file) or there is no repository and no key to create one.
         """
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """An AsyncAPI 2.6 document generated from the wire models, for third-party subscribers.
 
-Generated, never hand-written, so it cannot drift from `shared.messages` and
-`shared.topics`. ``edgefleet protocol asyncapi`` prints it.
+Generated, never hand-written, so it cannot drift from `edgefleet.shared.messages` and
+`edgefleet.shared.topics`. ``edgefleet protocol asyncapi`` prints it.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import argparse
 import json
 from typing import Any
 
-from shared import __version__
-from shared.messages import CHANNEL_MODELS, AlertMessage, WireModel
-from shared.topics import ALERTS_TOPIC, PREFIX, Channel
+from edgefleet.shared import __version__
+from edgefleet.shared.messages import CHANNEL_MODELS, AlertMessage, WireModel
+from edgefleet.shared.topics import ALERTS_TOPIC, PREFIX, Channel
 
 _CHANNEL_DOC: dict[Channel, tuple[str, int, bool, str]] = {
     # channel: (direction, qos, retained, description)

@@ -20,8 +20,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
-from shared.messages import WireModel
-from shared.tensors import TensorSpec
+from edgefleet.shared.messages import WireModel
+from edgefleet.shared.tensors import TensorSpec
 
 FORMAT_VERSION = 1
 RUNTIMES = ("onnx", "tflite")

@@ -15,9 +15,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
-from shared.drift.window import WindowSketch
-from shared.signing.director import DesiredBody, DirectorSignature
-from shared.topics import DEVICE_ID_PATTERN, Channel
+from edgefleet.shared.drift.window import WindowSketch
+from edgefleet.shared.signing.director import DesiredBody, DirectorSignature
+from edgefleet.shared.topics import DEVICE_ID_PATTERN, Channel
 
 SCHEMA_PREFIX = "edgefleet/v1/"
 
@@ -156,12 +156,12 @@ class DesiredMessage(WireModel):
     """Fleet→device (retained): the director's signed desired state, as it is on the wire.
 
     The payload on ``edgefleet/v1/devices/{d}/desired`` *is* the director's envelope
-    (`shared.signing.director.SignedDesiredState`): ``{"signed": <body>, "signatures":
+    (`edgefleet.shared.signing.director.SignedDesiredState`): ``{"signed": <body>, "signatures":
     [...]}``; the body carries ``"schema": "edgefleet/v1/desired-state"``, the device id,
     a growing ``seq``, the target (name, sha256, length, version), ``expires_at``,
     ``rollout_id`` and ``rollback``. This model only types that shape (for the AsyncAPI
     document and for subscribers that want to read it): it does not check signatures.
-    A device must verify the raw bytes with `shared.signing.director.verify_desired`,
+    A device must verify the raw bytes with `edgefleet.shared.signing.director.verify_desired`,
     because the signature covers the body exactly as received.
     """
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from shared.messages import WireModel
+from edgefleet.shared.messages import WireModel
 
 
 class TensorSpec(WireModel):

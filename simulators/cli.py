@@ -40,8 +40,8 @@ def register_demo(subparsers: argparse._SubParsersAction[argparse.ArgumentParser
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from shared.cli import CLIError
-    from simulators.demo import DemoOptions, run_demo
+    from edgefleet.shared.cli import CLIError
+    from edgefleet.simulators.demo import DemoOptions, run_demo
 
     if args.devices < 1:
         raise CLIError(f"--devices must be at least 1, got {args.devices}")
@@ -126,11 +126,11 @@ def register_sim(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
 def _run_sim(args: argparse.Namespace) -> int:
     import threading
 
-    from shared.cli import CLIError
-    from simulators.fleet import DeviceProfile, FleetPlan, UpdatePlan
-    from simulators.models import train_wine_classifier
-    from simulators.profiles import ProfileError, parse_profile
-    from simulators.shards import ShardedFleet
+    from edgefleet.shared.cli import CLIError
+    from edgefleet.simulators.fleet import DeviceProfile, FleetPlan, UpdatePlan
+    from edgefleet.simulators.models import train_wine_classifier
+    from edgefleet.simulators.profiles import ProfileError, parse_profile
+    from edgefleet.simulators.shards import ShardedFleet
 
     if args.devices < 1:
         raise CLIError(f"--devices must be at least 1, got {args.devices}")

@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from simulators.broker import EmbeddedBroker
+from edgefleet.simulators.broker import EmbeddedBroker
 
 if TYPE_CHECKING:
-    from fleet.settings import FleetSettings
-    from simulators.fleet import FleetPlan, SimulatedFleet
-    from simulators.models import TrainedModel
+    from edgefleet.fleet.settings import FleetSettings
+    from edgefleet.simulators.fleet import FleetPlan, SimulatedFleet
+    from edgefleet.simulators.models import TrainedModel
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +98,8 @@ def fetch_summary(base_url: str, token: str) -> dict[str, Any]:
 
 def run_demo(options: DemoOptions, stop: threading.Event | None = None) -> int:
     """Run the demo until ``stop`` is set, ``duration_s`` passes, or Ctrl-C; returns 0."""
-    from fleet.service import FleetService
-    from simulators.fleet import SimulatedFleet
+    from edgefleet.fleet.service import FleetService
+    from edgefleet.simulators.fleet import SimulatedFleet
 
     stop = stop or threading.Event()
     data_dir = options.data_dir.resolve()
@@ -158,7 +158,7 @@ def run_demo(options: DemoOptions, stop: threading.Event | None = None) -> int:
 def _fleet_settings(
     options: DemoOptions, data_dir: Path, broker_url: str, token: str
 ) -> FleetSettings:
-    from fleet.settings import FleetSettings
+    from edgefleet.fleet.settings import FleetSettings
 
     return FleetSettings(
         data_dir=data_dir / "fleet",
@@ -178,7 +178,7 @@ def _fleet_settings(
 def _fleet_plan(
     options: DemoOptions, data_dir: Path, broker_url: str, model: TrainedModel, package: Path
 ) -> FleetPlan:
-    from simulators.fleet import DeviceProfile, FleetPlan
+    from edgefleet.simulators.fleet import DeviceProfile, FleetPlan
 
     # Half the devices at each site; site-b's sensors drift partway through the demo.
     half = options.devices // 2
@@ -247,8 +247,8 @@ def _demo_model(data_dir: Path) -> tuple[TrainedModel, Path]:
     """Train the demo model and package it with a reference profile of its training data."""
     import numpy as np
 
-    from shared.modeltools.package import build_package
-    from simulators.models import train_wine_classifier
+    from edgefleet.shared.modeltools.package import build_package
+    from edgefleet.simulators.models import train_wine_classifier
 
     print("training the demo model on scikit-learn's wine data ...")
     model = train_wine_classifier(data_dir / "models" / "wine.onnx")

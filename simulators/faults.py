@@ -1,7 +1,8 @@
 """Faults a simulated device can suffer, injected into the REAL agent at its own seams.
 
-Model faults go through the agent's ``runtime_loader`` seam (`agent.update.ports.RuntimeLoader`):
-`FaultyLoader` loads the model with `shared.runtime.load_runtime` and, for the model
+Model faults go through the agent's ``runtime_loader`` seam
+(`edgefleet.agent.update.ports.RuntimeLoader`):
+`FaultyLoader` loads the model with `edgefleet.shared.runtime.load_runtime` and, for the model
 versions a fault names, wraps the runtime or refuses it. The agent's own golden check,
 probation and rollback then react for real:
 
@@ -9,11 +10,11 @@ probation and rollback then react for real:
 - ``slow``: every prediction sleeps ``slow_ms`` first (probation's latency budget);
 - ``crash``: loading raises `RuntimeLoadError` (activation fails, the agent rolls back).
 
-Connection faults are carried out by `simulators.fleet.SimulatedFleet`:
+Connection faults are carried out by `edgefleet.simulators.fleet.SimulatedFleet`:
 
 - ``offline``: the agent is stopped and started again on a schedule (a device switched
   off: it publishes ``online: false`` and later converges from the retained desired state);
-- ``flaky``: the device's MQTT connection goes through `simulators.proxy.FlakyProxy`,
+- ``flaky``: the device's MQTT connection goes through `edgefleet.simulators.proxy.FlakyProxy`,
   which drops it at random (no clean DISCONNECT: the broker publishes the will).
 
 A model fault applies to the versions in ``versions``; empty means every model except
@@ -29,11 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.update.ports import RuntimeLoader, read_manifest
-from shared.runtime import ModelRuntime, RuntimeLoadError, RuntimeOptions, load_runtime
-from shared.runtime.base import Tensors
-from shared.signing.errors import Malformed
-from shared.tensors import TensorSpec
+from edgefleet.agent.update.ports import RuntimeLoader, read_manifest
+from edgefleet.shared.runtime import ModelRuntime, RuntimeLoadError, RuntimeOptions, load_runtime
+from edgefleet.shared.runtime.base import Tensors
+from edgefleet.shared.signing.errors import Malformed
+from edgefleet.shared.tensors import TensorSpec
 
 
 class FaultKind(StrEnum):

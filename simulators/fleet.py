@@ -1,14 +1,14 @@
 """A simulated fleet: N real agents in one process, each with its own MQTT connection,
 state directory and identity, fed synthetic sensor readings, with faults injected.
 
-The agents are `agent.daemon.Agent` itself, not a copy: what the simulator exercises is
+The agents are `edgefleet.agent.daemon.Agent` itself, not a copy: what the simulator exercises is
 what a device runs, including signed updates when `FleetPlan.updates` is set (the
 repository URL, the provisioning bundle and the device token). Readings are scored
 through `Agent.infer`, the same path the local inference API uses. One feeder thread
 drives every device, and one chaos thread switches ``offline`` devices off and on, so a
 thousand simulated devices do not need a thousand extra threads.
 
-Faults (`simulators.faults`): model faults go in through the agent's ``runtime_loader``
+Faults (`edgefleet.simulators.faults`): model faults go in through the agent's ``runtime_loader``
 seam; ``offline`` stops the agent and later starts a new one on the same state
 directory (a reboot after a power cut: the update runner resumes, the retained desired
 state converges it); ``flaky`` routes the device through a `FlakyProxy`.
@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from agent.config import AgentConfig
-from agent.daemon import Agent
-from simulators.faults import Fault, FaultKind, loader_for
-from simulators.models import INPUT_NAME, SensorFeed, TrainedModel
-from simulators.proxy import FlakyProxy
+from edgefleet.agent.config import AgentConfig
+from edgefleet.agent.daemon import Agent
+from edgefleet.simulators.faults import Fault, FaultKind, loader_for
+from edgefleet.simulators.models import INPUT_NAME, SensorFeed, TrainedModel
+from edgefleet.simulators.proxy import FlakyProxy
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ class SimulatedFleet:
     """Start, feed, disturb and stop a fleet of simulated devices in this process.
 
     ``indices`` (default: all of ``plan.count``) selects the devices this process runs,
-    so `simulators.shards.ShardedFleet` can split one plan over processes: the agents
+    so `edgefleet.simulators.shards.ShardedFleet` can split one plan over processes: the agents
     of one process share one GIL, so a process uses at most one core.
     """
 

@@ -1,7 +1,7 @@
 """``--profile`` strings of ``edgefleet sim`` parsed into `DeviceProfile` (pure).
 
 Grammar: comma-separated ``key=value`` pairs; lists inside a value are separated by
-``;``; ``fault`` may repeat. See `simulators.cli.PROFILE_HELP` for the keys.
+``;``; ``fault`` may repeat. See `edgefleet.simulators.cli.PROFILE_HELP` for the keys.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
-from simulators.faults import Fault, FaultKind
-from simulators.fleet import DeviceProfile
+from edgefleet.simulators.faults import Fault, FaultKind
+from edgefleet.simulators.fleet import DeviceProfile
 
 _FAULT_PARAMS = ("slow_ms", "period_s", "down_s")
 _FIELDS: dict[str, tuple[str, Callable[[str], object]]] = {

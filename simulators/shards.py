@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
-from simulators.fleet import FleetPlan, SimulatedFleet, raise_open_file_limit
+from edgefleet.simulators.fleet import FleetPlan, SimulatedFleet, raise_open_file_limit
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import AgentConfig
-from agent.daemon import Agent
-from simulators.models import TrainedModel, train_wine_classifier
+from edgefleet.agent.config import AgentConfig
+from edgefleet.agent.daemon import Agent
+from edgefleet.simulators.models import TrainedModel, train_wine_classifier
 from tests.support import pg
 from tests.support.mosquitto import MosquittoBroker
 

@@ -6,5 +6,5 @@ cd "$(dirname "$0")/.."
 EXTRAS=dev NEED_MOSQUITTO=1 source packaging/dev/bootstrap.sh
 
 echo "== ruff" && ruff check .
-echo "== mypy" && mypy agent fleet shared simulators
+echo "== mypy" && mypy -p edgefleet
 echo "== pytest" && pytest -q -p no:cacheprovider "$@"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from shared.asyncapi import asyncapi_document
-from shared.cli import main
-from shared.topics import Channel
+from edgefleet.shared.asyncapi import asyncapi_document
+from edgefleet.shared.cli import main
+from edgefleet.shared.topics import Channel
 
 
 def _refs(node: object) -> list[str]:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from shared.messages import (
+from edgefleet.shared.messages import (
     DriftMessage,
     EventKind,
     EventMessage,
@@ -19,7 +19,7 @@ from shared.messages import (
     decode_device_message,
     encode,
 )
-from shared.topics import Channel
+from edgefleet.shared.topics import Channel
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 

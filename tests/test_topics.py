@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.topics import (
+from edgefleet.shared.topics import (
     Channel,
     DeviceTopic,
     TopicError,

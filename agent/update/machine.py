@@ -1,7 +1,7 @@
 """The update state machine: a pure function from (state, event, now) to (state, effects).
 
 No I/O, no clock, no randomness: `step` only reads its arguments, so every transition can
-be tested from a table and replayed. The runner (`agent.update.runner`) persists the
+be tested from a table and replayed. The runner (`edgefleet.agent.update.runner`) persists the
 returned state atomically *before* it carries out the effects, so a crash between the
 two is resolved by `Resumed`, which re-issues the effects of the persisted phase (all
 effects are idempotent).
@@ -48,7 +48,7 @@ from typing import Any
 
 from pydantic import Field
 
-from agent.update.types import (
+from edgefleet.agent.update.types import (
     Activate,
     Activated,
     ActivationFailed,
@@ -83,7 +83,7 @@ from agent.update.types import (
     Verify,
     VerifyFailed,
 )
-from shared.messages import EventKind
+from edgefleet.shared.messages import EventKind
 
 
 class Phase(StrEnum):

@@ -1,6 +1,6 @@
 """The update runner's ports, implemented for real: TUF, HTTP, packages, runtimes, events.
 
-Each class implements one protocol of `agent.update.runner` and converts the errors of
+Each class implements one protocol of `edgefleet.agent.update.runner` and converts the errors of
 the library it wraps into `UpdateRejected` (bad data: do not retry) or `TransportError`
 (the network failed: retry later) at its boundary.
 
@@ -24,29 +24,29 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from agent.download import download
-from agent.model_host import ActiveModel, ModelHost
-from agent.trust import TargetInfo, TrustedRepository
-from agent.update.runner import GoldenOutcome
-from agent.update.types import DesiredTarget, InstalledModel, Report
-from shared.manifest import MANIFEST_FILE, ModelManifest
-from shared.messages import EventKind, ModelRef
-from shared.modeltools.package import (
+from edgefleet.agent.download import download
+from edgefleet.agent.model_host import ActiveModel, ModelHost
+from edgefleet.agent.trust import TargetInfo, TrustedRepository
+from edgefleet.agent.update.runner import GoldenOutcome
+from edgefleet.agent.update.types import DesiredTarget, InstalledModel, Report
+from edgefleet.shared.manifest import MANIFEST_FILE, ModelManifest
+from edgefleet.shared.messages import EventKind, ModelRef
+from edgefleet.shared.modeltools.package import (
     DataError,
     PackageError,
     check_golden,
     extract_package,
     read_package_manifest,
 )
-from shared.runtime import ModelRuntime, RuntimeLoadError, RuntimeOptions, load_runtime
-from shared.signing.errors import (
+from edgefleet.shared.runtime import ModelRuntime, RuntimeLoadError, RuntimeOptions, load_runtime
+from edgefleet.shared.signing.errors import (
     DigestMismatch,
     LengthMismatch,
     Malformed,
     TransportError,
     TufError,
 )
-from shared.signing.versions import check_downgrade
+from edgefleet.shared.signing.versions import check_downgrade
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,8 @@ DEFAULT_CLOSE_GRACE_S = 5.0
 
 
 class RuntimeLoader(Protocol):
-    """Loads a model file into a runtime: `shared.runtime.load_runtime` or a wrapper of it.
+    """Loads a model file into a runtime: `edgefleet.shared.runtime.load_runtime` or a
+    wrapper of it.
 
     The seam through which a simulator injects faults into a real agent (perturbed
     outputs, slow inference, a load that fails); it must raise `RuntimeLoadError` for a
@@ -270,7 +271,7 @@ class GoldenRunner:
 
 
 class EventPublisher(Protocol):
-    """What the sink needs of `agent.daemon.Agent`."""
+    """What the sink needs of `edgefleet.agent.daemon.Agent`."""
 
     def publish_event(
         self,

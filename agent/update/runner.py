@@ -28,10 +28,10 @@ from typing import Protocol
 
 from pydantic import ValidationError
 
-from agent.atomic import atomic_write_json
-from agent.store import ModelStore, StoreError
-from agent.update.machine import DEFAULT_POLICY, Phase, UpdatePolicy, UpdateState, step
-from agent.update.types import (
+from edgefleet.agent.atomic import atomic_write_json
+from edgefleet.agent.store import ModelStore, StoreError
+from edgefleet.agent.update.machine import DEFAULT_POLICY, Phase, UpdatePolicy, UpdateState, step
+from edgefleet.agent.update.types import (
     Activate,
     Activated,
     ActivationFailed,
@@ -63,8 +63,8 @@ from agent.update.types import (
     Verify,
     VerifyFailed,
 )
-from shared.messages import utcnow
-from shared.signing.errors import TransportError, UpdateRejected
+from edgefleet.shared.messages import utcnow
+from edgefleet.shared.signing.errors import TransportError, UpdateRejected
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ class UpdateRunner:
         A simulator running many agents in one process passes one semaphore to all of
         them, so they install in turns, as devices with a CPU each would, instead of all
         at once on one GIL, handing it back and forth more than working
-        (`simulators.fleet.FleetPlan.update_slots`).
+        (`edgefleet.simulators.fleet.FleetPlan.update_slots`).
         """
         self._state_path = state_path
         self._store = store

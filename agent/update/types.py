@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.messages import EventKind
+from edgefleet.shared.messages import EventKind
 
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
@@ -50,7 +50,7 @@ class DesiredTarget(Frozen):
 
 
 class Budget(Frozen):
-    """Probation budget of one model (same fields as `shared.manifest.ProbationBudget`).
+    """Probation budget of one model (same fields as `edgefleet.shared.manifest.ProbationBudget`).
 
     Probation ends after ``min_inferences`` samples or ``duration_s`` seconds, whichever
     comes first; the model is committed only if its golden samples passed and the samples

@@ -1,13 +1,13 @@
 """The signed-update path of one agent: desired states in, a verified model serving out.
 
 `UpdateService` owns the model store, the TUF client and the `UpdateRunner` with its real
-ports (`agent.update.ports`). The agent gives it the raw payloads of its ``desired``
+ports (`edgefleet.agent.update.ports`). The agent gives it the raw payloads of its ``desired``
 topic (`on_desired`, called on the MQTT link thread: it verifies the signature, which is
 fast, and only queues work) and each inference's outcome (`record_inference`).
 
 Layout under the agent's ``data_dir``::
 
-    store/              the two-slot model store (`agent.store`)
+    store/              the two-slot model store (`edgefleet.agent.store`)
     downloads/          artifacts being downloaded (``<sha256>.efpkg.part``) or verified
     tuf/                the TUF metadata cache (the trust anchor stays in ``trust_dir``)
     update-state.json   the runner's persisted state
@@ -31,13 +31,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from agent.config import AgentConfig
-from agent.metrics import InferenceMetrics
-from agent.model_host import ModelHost
-from agent.store import ModelStore, StoreError
-from agent.trust import TrustedRepository
-from agent.update.machine import UpdateState
-from agent.update.ports import (
+from edgefleet.agent.config import AgentConfig
+from edgefleet.agent.metrics import InferenceMetrics
+from edgefleet.agent.model_host import ModelHost
+from edgefleet.agent.store import ModelStore, StoreError
+from edgefleet.agent.trust import TrustedRepository
+from edgefleet.agent.update.machine import UpdateState
+from edgefleet.agent.update.ports import (
     ArtifactVerifier,
     EventPublisher,
     GoldenRunner,
@@ -47,15 +47,19 @@ from agent.update.ports import (
     RuntimeLoader,
     TufDownloader,
 )
-from agent.update.runner import UpdateRunner, WorkGate
-from agent.update.types import DesiredRejected, DesiredTarget
-from shared.manifest import MANIFEST_FILE, ModelManifest, Version, VersionError
-from shared.messages import utcnow
-from shared.modeltools.package import PACKAGE_SUFFIX, PackageError, extract_package
-from shared.runtime import RuntimeLoadError, load_runtime
-from shared.signing.bundle import DIRECTOR_KEYS_FILE, TRUSTED_ROOT_FILE, load_director_keys
-from shared.signing.director import DesiredBody, verify_desired
-from shared.signing.errors import UpdateRejected
+from edgefleet.agent.update.runner import UpdateRunner, WorkGate
+from edgefleet.agent.update.types import DesiredRejected, DesiredTarget
+from edgefleet.shared.manifest import MANIFEST_FILE, ModelManifest, Version, VersionError
+from edgefleet.shared.messages import utcnow
+from edgefleet.shared.modeltools.package import PACKAGE_SUFFIX, PackageError, extract_package
+from edgefleet.shared.runtime import RuntimeLoadError, load_runtime
+from edgefleet.shared.signing.bundle import (
+    DIRECTOR_KEYS_FILE,
+    TRUSTED_ROOT_FILE,
+    load_director_keys,
+)
+from edgefleet.shared.signing.director import DesiredBody, verify_desired
+from edgefleet.shared.signing.errors import UpdateRejected
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +96,7 @@ class UpdateService:
         """Recover the store, install the factory model on a fresh device, load the state.
 
         ``runtime_loader`` loads every model the update path activates or golden-checks
-        (`shared.runtime.load_runtime`; simulators wrap it to inject faults).
+        (`edgefleet.shared.runtime.load_runtime`; simulators wrap it to inject faults).
         ``work_gate``: see `UpdateRunner` (simulators only).
 
         Raises `KeyFileError` if the director keys cannot be read, `TufError` if the

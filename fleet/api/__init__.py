@@ -1,5 +1,5 @@
 """The fleet's REST API (FastAPI)."""
 
-from fleet.api.app import create_app
+from edgefleet.fleet.api.app import create_app
 
 __all__ = ["create_app"]

@@ -7,23 +7,23 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
 
-from fleet.api import deployments, devices, health, models, repository, rollouts
-from fleet.api.deps import AppContext, IngestStatus
-from fleet.api.update_deps import PayloadTooLargeError, UpdateServices
-from fleet.director import PublishError
-from fleet.drift.api import router as drift_router
-from fleet.errors import (
+from edgefleet.fleet.api import deployments, devices, health, models, repository, rollouts
+from edgefleet.fleet.api.deps import AppContext, IngestStatus
+from edgefleet.fleet.api.update_deps import PayloadTooLargeError, UpdateServices
+from edgefleet.fleet.director import PublishError
+from edgefleet.fleet.drift.api import router as drift_router
+from edgefleet.fleet.errors import (
     AuthenticationError,
     FleetError,
     InvalidRequestError,
     NotFoundError,
     PermissionDeniedError,
 )
-from fleet.registry import ConflictError, ModelRegistry, UpdatesDisabledError
-from fleet.rollouts.model import RolloutConflictError
-from fleet.settings import FleetSettings
-from fleet.store.engine import create_all, make_engine
-from shared import __version__
+from edgefleet.fleet.registry import ConflictError, ModelRegistry, UpdatesDisabledError
+from edgefleet.fleet.rollouts.model import RolloutConflictError
+from edgefleet.fleet.settings import FleetSettings
+from edgefleet.fleet.store.engine import create_all, make_engine
+from edgefleet.shared import __version__
 
 HTTP_STATUS: dict[type[FleetError], int] = {
     NotFoundError: 404,
@@ -49,7 +49,7 @@ def create_app(
     """A fleet API app. Without ``engine`` it makes one from settings and creates tables.
 
     Without ``updates`` the registry accepts uploads but nothing can be published or
-    assigned (`fleet.service.FleetService` passes the services built from the keys).
+    assigned (`edgefleet.fleet.service.FleetService` passes the services built from the keys).
 
     Raises `ValueError` for an unsupported ``settings.database_url``.
     """

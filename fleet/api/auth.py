@@ -14,9 +14,9 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from fleet.errors import AuthenticationError
-from fleet.settings import FleetSettings
-from fleet.store.tables import ApiToken, TokenRole
+from edgefleet.fleet.errors import AuthenticationError
+from edgefleet.fleet.settings import FleetSettings
+from edgefleet.fleet.store.tables import ApiToken, TokenRole
 
 logger = logging.getLogger(__name__)
 

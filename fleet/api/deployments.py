@@ -12,12 +12,12 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path
 from pydantic import BaseModel, ConfigDict, Field
 
-from fleet import deployments
-from fleet.api.deps import SessionDep, current_token
-from fleet.api.update_deps import Operator, UpdatesDep
-from shared.manifest import NAME_PATTERN
-from shared.signing.director import SignedDesiredState
-from shared.topics import DEVICE_ID_PATTERN
+from edgefleet.fleet import deployments
+from edgefleet.fleet.api.deps import SessionDep, current_token
+from edgefleet.fleet.api.update_deps import Operator, UpdatesDep
+from edgefleet.shared.manifest import NAME_PATTERN
+from edgefleet.shared.signing.director import SignedDesiredState
+from edgefleet.shared.topics import DEVICE_ID_PATTERN
 
 router = APIRouter(
     prefix="/v1/devices", tags=["deployments"], dependencies=[Depends(current_token)]

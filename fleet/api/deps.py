@@ -16,9 +16,9 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from fleet.api.auth import authenticate
-from fleet.settings import FleetSettings
-from fleet.store.tables import ApiToken
+from edgefleet.fleet.api.auth import authenticate
+from edgefleet.fleet.settings import FleetSettings
+from edgefleet.fleet.store.tables import ApiToken
 
 
 class IngestStatus(Protocol):

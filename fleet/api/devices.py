@@ -7,8 +7,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query
 
-from fleet.api.deps import SessionDep, SettingsDep, current_token
-from fleet.devices import (
+from edgefleet.fleet.api.deps import SessionDep, SettingsDep, current_token
+from edgefleet.fleet.devices import (
     DeviceFilter,
     DevicePage,
     TelemetryPage,
@@ -16,9 +16,9 @@ from fleet.devices import (
     get_device,
     list_devices,
 )
-from fleet.store.tables import DevicePublic
-from shared.messages import utcnow
-from shared.topics import DEVICE_ID_PATTERN
+from edgefleet.fleet.store.tables import DevicePublic
+from edgefleet.shared.messages import utcnow
+from edgefleet.shared.topics import DEVICE_ID_PATTERN
 
 router = APIRouter(prefix="/v1/devices", tags=["devices"], dependencies=[Depends(current_token)])
 

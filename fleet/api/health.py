@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from fleet.api.deps import ContextDep
+from edgefleet.fleet.api.deps import ContextDep
 
 router = APIRouter(tags=["operations"])
 

@@ -19,11 +19,11 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from fleet.api.deps import SettingsDep, current_token
-from fleet.api.update_deps import Approver, Operator, PayloadTooLargeError, UpdatesDep
-from fleet.errors import InvalidRequestError
-from fleet.store.tables import ModelVersionPublic
-from shared.manifest import NAME_PATTERN
+from edgefleet.fleet.api.deps import SettingsDep, current_token
+from edgefleet.fleet.api.update_deps import Approver, Operator, PayloadTooLargeError, UpdatesDep
+from edgefleet.fleet.errors import InvalidRequestError
+from edgefleet.fleet.store.tables import ModelVersionPublic
+from edgefleet.shared.manifest import NAME_PATTERN
 
 router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=[Depends(current_token)])
 

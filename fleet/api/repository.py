@@ -4,11 +4,11 @@
 ``N.snapshot.json``, ``N.targets.json`` (and the unversioned latest of each role, for the
 release owner's ``edgefleet model sign``); ``GET /v1/repository/targets/<sha256>.<name>``
 serves an artifact with Range, ETag (its sha256) and If-Range, so the agent's
-downloader (`agent.download`) resumes where it stopped. A device's repository URL is
+downloader (`edgefleet.agent.download`) resumes where it stopped. A device's repository URL is
 ``http(s)://<fleet>/v1/repository``.
 
 Devices authenticate with the fleet's device token (or any API token); see
-`fleet.api.update_deps.repository_client`.
+`edgefleet.fleet.api.update_deps.repository_client`.
 
 A rollout makes every device of a wave fetch the same few files at once, so the GET
 routes are ``async`` and serve from `ImmutableFileCache` (one per app) whatever cannot
@@ -37,11 +37,16 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from fleet.api.update_deps import Approver, PayloadTooLargeError, RepositoryClient, UpdatesDep
-from fleet.errors import NotFoundError
-from fleet.http_range import RangePlan, plan
-from fleet.repo_access import RepositoryAccess
-from fleet.repository import NotFoundError as RepoNotFoundError
+from edgefleet.fleet.api.update_deps import (
+    Approver,
+    PayloadTooLargeError,
+    RepositoryClient,
+    UpdatesDep,
+)
+from edgefleet.fleet.errors import NotFoundError
+from edgefleet.fleet.http_range import RangePlan, plan
+from edgefleet.fleet.repo_access import RepositoryAccess
+from edgefleet.fleet.repository import NotFoundError as RepoNotFoundError
 
 logger = logging.getLogger(__name__)
 

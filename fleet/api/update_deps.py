@@ -1,6 +1,6 @@
 """Dependencies of the signed-update routes: the services, role checks, device auth.
 
-`UpdateServices` is built once per app (by `fleet.service.FleetService` with the keys
+`UpdateServices` is built once per app (by `edgefleet.fleet.service.FleetService` with the keys
 loaded, or by `create_app` with none: uploads work, publishing answers 503) and read
 through `get_updates`, so tests can override it like any other dependency.
 """
@@ -18,13 +18,13 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
-from fleet.api.auth import authenticate
-from fleet.api.deps import CurrentToken, context_of
-from fleet.director import Director
-from fleet.errors import FleetError, PermissionDeniedError
-from fleet.registry import ModelRegistry, UpdatesDisabledError
-from fleet.repo_access import RepositoryAccess
-from fleet.store.tables import ApiToken, TokenRole
+from edgefleet.fleet.api.auth import authenticate
+from edgefleet.fleet.api.deps import CurrentToken, context_of
+from edgefleet.fleet.director import Director
+from edgefleet.fleet.errors import FleetError, PermissionDeniedError
+from edgefleet.fleet.registry import ModelRegistry, UpdatesDisabledError
+from edgefleet.fleet.repo_access import RepositoryAccess
+from edgefleet.fleet.store.tables import ApiToken, TokenRole
 
 ROLE_ORDER = (TokenRole.VIEWER, TokenRole.OPERATOR, TokenRole.APPROVER, TokenRole.ADMIN)
 DEVICE_TOKEN_NAME = "device"  # noqa: S105  (how a device caller is named in logs, not a secret)
@@ -89,7 +89,7 @@ async def repository_client(
 ) -> str:
     """Who fetches from the repository: ``device``, an API token's name, or ``public``.
 
-    Raises `fleet.errors.AuthenticationError` (401) without a valid token unless the
+    Raises `edgefleet.fleet.errors.AuthenticationError` (401) without a valid token unless the
     repository is configured public.
 
     Every device of a rollout calls this at once, so the public and device-token cases

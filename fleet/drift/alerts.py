@@ -1,6 +1,6 @@
 """From drift reports to alert decisions, with a cool-down. Pure: the clock is an argument.
 
-Kinds, from one slice's `shared.drift.DriftReport`:
+Kinds, from one slice's `edgefleet.shared.drift.DriftReport`:
 
 - ``data_drift``: the inputs moved away from the reference (the report's verdict);
 - ``prediction_drift``: the model's outputs moved;
@@ -25,8 +25,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from fleet.drift.rollup import slice_fields
-from shared.drift import DriftReport
+from edgefleet.fleet.drift.rollup import slice_fields
+from edgefleet.shared.drift import DriftReport
 
 Severity = Literal["info", "warning", "critical"]
 

@@ -13,8 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from fleet.drift.rollup import WindowRecord, buckets, rollup
-from shared.drift import (
+from edgefleet.fleet.drift.rollup import WindowRecord, buckets, rollup
+from edgefleet.shared.drift import (
     ClassificationMetrics,
     DriftReport,
     DriftThresholds,
@@ -22,8 +22,8 @@ from shared.drift import (
     RegressionMetrics,
     evaluate,
 )
-from shared.drift.labels import classification_metrics, regression_metrics
-from shared.drift.thresholds import FeatureVerdict, MetricDrop
+from edgefleet.shared.drift.labels import classification_metrics, regression_metrics
+from edgefleet.shared.drift.thresholds import FeatureVerdict, MetricDrop
 
 
 class SliceScores(BaseModel):
@@ -102,7 +102,7 @@ def judge(
 ) -> DriftReport | None:
     """The verdict on the merge of ``records`` (all comparable); None if there are none.
 
-    Raises `shared.drift.SketchMismatchError` for a sketch whose shape does not fit the
+    Raises `edgefleet.shared.drift.SketchMismatchError` for a sketch whose shape does not fit the
     profile (a corrupt window).
     """
     if not records:

@@ -16,10 +16,10 @@ from fastapi import APIRouter, Depends, Path, Query, Response
 from pydantic import BaseModel, Field, ValidationError
 from sqlmodel import col, select
 
-from fleet.api.deps import SessionDep, current_token
-from fleet.api.update_deps import Operator
-from fleet.drift.alerts import AlertKind
-from fleet.drift.analysis import (
+from edgefleet.fleet.api.deps import SessionDep, current_token
+from edgefleet.fleet.api.update_deps import Operator
+from edgefleet.fleet.drift.alerts import AlertKind
+from edgefleet.fleet.drift.analysis import (
     SliceMetrics,
     SliceScores,
     TimeSeries,
@@ -27,8 +27,8 @@ from fleet.drift.analysis import (
     slice_scores,
     time_series,
 )
-from fleet.drift.rollup import SliceFilter, WindowRecord
-from fleet.drift.store import (
+from edgefleet.fleet.drift.rollup import SliceFilter, WindowRecord
+from edgefleet.fleet.drift.store import (
     DriftAlert,
     DriftAlertPublic,
     Webhook,
@@ -44,11 +44,11 @@ from fleet.drift.store import (
     put_reference,
     put_thresholds,
 )
-from fleet.errors import InvalidRequestError, NotFoundError
-from shared.drift import DriftThresholds, ReferenceProfile
-from shared.manifest import NAME_PATTERN
-from shared.messages import utcnow
-from shared.topics import DEVICE_ID_PATTERN
+from edgefleet.fleet.errors import InvalidRequestError, NotFoundError
+from edgefleet.shared.drift import DriftThresholds, ReferenceProfile
+from edgefleet.shared.manifest import NAME_PATTERN
+from edgefleet.shared.messages import utcnow
+from edgefleet.shared.topics import DEVICE_ID_PATTERN
 
 router = APIRouter(prefix="/v1", tags=["drift"], dependencies=[Depends(current_token)])
 

@@ -4,7 +4,7 @@
 ``lookback_s`` for every model version that has some, cuts them into slices (the whole
 fleet, each device, each tag, each hardware type by default), merges each slice, judges
 it against the version's reference profile with the model's thresholds, and raises the
-alerts that `fleet.drift.alerts` decides and the cool-down lets through.
+alerts that `edgefleet.fleet.drift.alerts` decides and the cool-down lets through.
 
 The cool-down reads the stored alerts, so several replicas running the monitor, or a
 restarted one, do not repeat each other's alerts beyond a race inside one evaluation.
@@ -21,20 +21,20 @@ from sqlalchemy import Engine, func
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col
 
-from fleet.drift.alerts import AlertDecision, apply_cooldown, decide
-from fleet.drift.analysis import comparable, judge
-from fleet.drift.notify import Notifier
-from fleet.drift.rollup import SLICERS, SliceFilter, rollup, slices
-from fleet.drift.store import (
+from edgefleet.fleet.drift.alerts import AlertDecision, apply_cooldown, decide
+from edgefleet.fleet.drift.analysis import comparable, judge
+from edgefleet.fleet.drift.notify import Notifier
+from edgefleet.fleet.drift.rollup import SLICERS, SliceFilter, rollup, slices
+from edgefleet.fleet.drift.store import (
     DriftAlert,
     get_reference,
     get_thresholds,
     load_windows,
     model_versions_with_windows,
 )
-from fleet.errors import NotFoundError
-from shared.drift import DriftError
-from shared.messages import utcnow
+from edgefleet.fleet.errors import NotFoundError
+from edgefleet.shared.drift import DriftError
+from edgefleet.shared.messages import utcnow
 
 logger = logging.getLogger(__name__)
 

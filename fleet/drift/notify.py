@@ -22,13 +22,13 @@ from pydantic import BaseModel, Field
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
-from fleet.director import PublishError
-from fleet.drift.alerts import AlertDecision
-from fleet.drift.store import DriftAlert, Webhook, WebhookDelivery, new_id
-from fleet.mqtt_publisher import MqttPublisher
-from fleet.settings import FleetSettings
-from shared.messages import AlertMessage, ModelRef, encode, utcnow
-from shared.topics import ALERTS_TOPIC
+from edgefleet.fleet.director import PublishError
+from edgefleet.fleet.drift.alerts import AlertDecision
+from edgefleet.fleet.drift.store import DriftAlert, Webhook, WebhookDelivery, new_id
+from edgefleet.fleet.mqtt_publisher import MqttPublisher
+from edgefleet.fleet.settings import FleetSettings
+from edgefleet.shared.messages import AlertMessage, ModelRef, encode, utcnow
+from edgefleet.shared.topics import ALERTS_TOPIC
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 A slice is any set of windows of one model version: a device, a tag, a hardware type,
 a time range, or the whole fleet. Because window sketches merge by addition
-(`shared.drift.merge`), the merged sketch of a slice is the sketch of the union of its
+(`edgefleet.shared.drift.merge`), the merged sketch of a slice is the sketch of the union of its
 devices' data, so every statistic of a slice is exact, not an average of averages.
 
 Time: a window belongs to the range [since, until) when it overlaps it, and to the time
@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from shared.drift import SketchMismatchError, WindowSketch, merge_all
+from edgefleet.shared.drift import SketchMismatchError, WindowSketch, merge_all
 
 FLEET_SLICE = "fleet"
 

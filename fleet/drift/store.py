@@ -22,12 +22,12 @@ from pydantic import ValidationError
 from sqlalchemy import BigInteger, Index, Text
 from sqlmodel import Field, Session, SQLModel, col, select
 
-from fleet.drift.rollup import SliceFilter, WindowRecord
-from fleet.errors import InvalidRequestError, NotFoundError
-from fleet.store.tables import Device, DriftWindowRow
-from fleet.store.types import PortableJSON, UTCDateTime
-from shared.drift import DriftThresholds, ReferenceProfile, WindowSketch
-from shared.messages import utcnow
+from edgefleet.fleet.drift.rollup import SliceFilter, WindowRecord
+from edgefleet.fleet.errors import InvalidRequestError, NotFoundError
+from edgefleet.fleet.store.tables import Device, DriftWindowRow
+from edgefleet.fleet.store.types import PortableJSON, UTCDateTime
+from edgefleet.shared.drift import DriftThresholds, ReferenceProfile, WindowSketch
+from edgefleet.shared.messages import utcnow
 
 
 class ReferenceProfileRow(SQLModel, table=True):

@@ -1,9 +1,9 @@
 """Telemetry ingest: decode (pure), write batches (store), subscribe (MQTT)."""
 
-from fleet.ingest.decode import Accepted, Decoded, Ignored, Rejected, decode
-from fleet.ingest.metrics import IngestMetrics
-from fleet.ingest.subscriber import Ingester
-from fleet.ingest.writer import BatchWriter, TransientStoreError, WriteResult
+from edgefleet.fleet.ingest.decode import Accepted, Decoded, Ignored, Rejected, decode
+from edgefleet.fleet.ingest.metrics import IngestMetrics
+from edgefleet.fleet.ingest.subscriber import Ingester
+from edgefleet.fleet.ingest.writer import BatchWriter, TransientStoreError, WriteResult
 
 __all__ = [
     "Accepted",

@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import Column, Connection, Table
 from sqlalchemy.engine import Dialect
 
-from fleet.store.types import UTCDateTime
+from edgefleet.fleet.store.types import UTCDateTime
 
 Converter = Callable[[Any], Any]
 
@@ -30,7 +30,7 @@ Converter = Callable[[Any], Any]
 def sqlite_utc_text(value: datetime | None) -> str | None:
     """``value`` as SQLAlchemy stores a `UTCDateTime` on SQLite: naive UTC text.
 
-    A naive value is taken to be UTC already, as `fleet.store.types.as_utc` does.
+    A naive value is taken to be UTC already, as `edgefleet.fleet.store.types.as_utc` does.
     """
     if value is None:
         return None

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from shared.messages import (
+from edgefleet.shared.messages import (
     DriftMessage,
     EventMessage,
     MessageError,
@@ -19,7 +19,7 @@ from shared.messages import (
     TelemetryMessage,
     decode_device_message,
 )
-from shared.topics import DEVICE_TO_FLEET, Channel, TopicError, parse_topic
+from edgefleet.shared.topics import DEVICE_TO_FLEET, Channel, TopicError, parse_topic
 
 DeviceMessage = StateMessage | TelemetryMessage | EventMessage | DriftMessage
 

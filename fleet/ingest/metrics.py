@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from fleet.ingest.writer import WriteResult
+from edgefleet.fleet.ingest.writer import WriteResult
 
 
 class IngestMetrics:

@@ -2,7 +2,7 @@
 
 A row is a tuple in the order of its ``*_COLUMNS`` constant (the writer hands tuples
 straight to the driver's ``executemany``); times stay `datetime` here and are converted
-for the dialect by `fleet.ingest.bulk`.
+for the dialect by `edgefleet.fleet.ingest.bulk`.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Final
 
-from fleet.store.types import as_utc
-from shared.messages import DriftMessage, EventMessage, StateMessage, TelemetryMessage
+from edgefleet.fleet.store.types import as_utc
+from edgefleet.shared.messages import DriftMessage, EventMessage, StateMessage, TelemetryMessage
 
 Row = tuple[Any, ...]
 
@@ -119,7 +119,7 @@ DRIFT_COLUMNS: Final = (
 def drift_row(message: DriftMessage, received_at: datetime) -> Row:
     """The `DriftWindowRow` values of ``message``, in `DRIFT_COLUMNS` order.
 
-    The sketch is stored as its JSON form (what `fleet.drift.store` validates back).
+    The sketch is stored as its JSON form (what `edgefleet.fleet.drift.store` validates back).
     """
     model = message.model
     sketch = message.sketch

@@ -26,13 +26,13 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from sqlalchemy import Engine
 
-from fleet.ingest.decode import Accepted, Ignored, Rejected, decode
-from fleet.ingest.handoff import BatchHandoff, ClosedError
-from fleet.ingest.metrics import IngestMetrics
-from fleet.ingest.writer import BatchWriter, TransientStoreError
-from fleet.mqtt_client import make_client
-from fleet.settings import FleetSettings
-from shared.topics import device_filter, shared_filter
+from edgefleet.fleet.ingest.decode import Accepted, Ignored, Rejected, decode
+from edgefleet.fleet.ingest.handoff import BatchHandoff, ClosedError
+from edgefleet.fleet.ingest.metrics import IngestMetrics
+from edgefleet.fleet.ingest.writer import BatchWriter, TransientStoreError
+from edgefleet.fleet.mqtt_client import make_client
+from edgefleet.fleet.settings import FleetSettings
+from edgefleet.shared.topics import device_filter, shared_filter
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Persist a batch of decoded messages: one transaction, one bulk insert per table.
 
 The hot inserts (telemetry, events, drift, the device upsert) are multi-row statements
-on the driver (`fleet.ingest.bulk`), storing exactly what the ORM would; state updates
+on the driver (`edgefleet.fleet.ingest.bulk`), storing exactly what the ORM would; state updates
 and dead letters are rare and stay SQLAlchemy Core statements.
 
 Invariants:
@@ -30,9 +30,9 @@ from sqlalchemy import Connection, Engine, Table, or_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
-from fleet.ingest.bulk import BulkStatement, quoted
-from fleet.ingest.decode import Accepted, Rejected
-from fleet.ingest.rows import (
+from edgefleet.fleet.ingest.bulk import BulkStatement, quoted
+from edgefleet.fleet.ingest.decode import Accepted, Rejected
+from edgefleet.fleet.ingest.rows import (
     DRIFT_COLUMNS,
     EVENT_COLUMNS,
     TELEMETRY_COLUMNS,
@@ -43,9 +43,15 @@ from fleet.ingest.rows import (
     state_values,
     telemetry_row,
 )
-from fleet.store.tables import DeadLetter, Device, DriftWindowRow, EventRow, TelemetryRow
-from shared.messages import DriftMessage, EventMessage, StateMessage, TelemetryMessage, encode
-from shared.topics import Channel, device_topic
+from edgefleet.fleet.store.tables import DeadLetter, Device, DriftWindowRow, EventRow, TelemetryRow
+from edgefleet.shared.messages import (
+    DriftMessage,
+    EventMessage,
+    StateMessage,
+    TelemetryMessage,
+    encode,
+)
+from edgefleet.shared.topics import Channel, device_topic
 
 logger = logging.getLogger(__name__)
 

@@ -2,11 +2,11 @@
 
 `policy.new_rollout` plans a rollout, `policy.decide` runs one tick of it and
 `policy.apply_command` applies an operator's command; an orchestrator persists the
-returned state and carries out the returned actions. See `fleet.rollouts.policy` for
+returned state and carries out the returned actions. See `edgefleet.fleet.rollouts.policy` for
 the rules.
 """
 
-from fleet.rollouts.model import (
+from edgefleet.fleet.rollouts.model import (
     Action,
     Assign,
     Candidate,
@@ -38,7 +38,7 @@ from fleet.rollouts.model import (
     Wave,
     WaveMetrics,
 )
-from fleet.rollouts.policy import (
+from edgefleet.fleet.rollouts.policy import (
     apply_command,
     decide,
     held_devices,

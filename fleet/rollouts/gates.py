@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from fleet.rollouts.model import (
+from edgefleet.fleet.rollouts.model import (
     DeviceRecord,
     DeviceRolloutState,
     Gate,

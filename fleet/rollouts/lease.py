@@ -31,8 +31,8 @@ from sqlalchemy import Connection, Engine, and_, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from fleet.rollouts.tables import Lease as LeaseRow
-from shared.messages import utcnow
+from edgefleet.fleet.rollouts.tables import Lease as LeaseRow
+from edgefleet.shared.messages import utcnow
 
 logger = logging.getLogger(__name__)
 

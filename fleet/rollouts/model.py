@@ -22,8 +22,8 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
-from fleet.errors import FleetError, InvalidRequestError
-from shared.messages import EventKind
+from edgefleet.fleet.errors import FleetError, InvalidRequestError
+from edgefleet.shared.messages import EventKind
 
 # --- errors -----------------------------------------------------------------------------
 
@@ -251,7 +251,7 @@ class VersionMetrics(Frozen):
 
     ``drift_score`` is the largest PSI over the version's input and output features of
     the merged drift windows against the version's reference profile
-    (`fleet.rollouts.observe` defines which windows); None while there is no verdict
+    (`edgefleet.fleet.rollouts.observe` defines which windows); None while there is no verdict
     (no reference profile, or fewer rows than the drift thresholds' ``min_count``),
     with ``drift_unavailable`` saying why. ``drift_samples`` counts the merged rows.
     """

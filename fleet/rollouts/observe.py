@@ -4,7 +4,7 @@
 (``device_event``) and the director's desired states (``desired_state``) into one
 `DeviceObservation` per target; `wave_metrics` turns telemetry (``telemetry``) into the
 `WaveMetrics` the gate's guards compare. The reads a tick repeats run on the database
-driver (`fleet.rollouts.reads`); what did not change since the previous tick is kept
+driver (`edgefleet.fleet.rollouts.reads`); what did not change since the previous tick is kept
 (`EventCache`).
 
 Rules (devices report events on their own per-device ``seq``, shared by every channel,
@@ -33,12 +33,12 @@ Drift score (only when the wave's gate has ``max_drift_score``; the candidate on
 - the windows: every stored drift window (``drift_window``) of a device of the current
   wave, of the rollout's model at the target version, received (fleet clock, as for
   telemetry: device clocks may be skewed) at or after that device's assignment, and
-  counted against the version's reference profile (`fleet.drift.store.get_reference`,
+  counted against the version's reference profile (`edgefleet.fleet.drift.store.get_reference`,
   stored when its package was uploaded); windows counted against another profile, or
   whose sketch does not parse, are left out;
-- merged by addition (`shared.drift.merge_all`) and judged by `shared.drift.evaluate`
-  with the model's drift thresholds (`fleet.drift.store.get_thresholds`; ignored
-  features stay out);
+- merged by addition (`edgefleet.shared.drift.merge_all`) and judged by
+  `edgefleet.shared.drift.evaluate` with the model's drift thresholds
+  (`edgefleet.fleet.drift.store.get_thresholds`; ignored features stay out);
 - the score is the largest PSI of any input or output feature of that merge, and
   ``drift_feature`` names it. PSI is the drift thresholds' primary signal: it is first
   in their default ``alert_on`` and, unlike KS, defined for categorical features
@@ -63,14 +63,19 @@ from pydantic import ValidationError
 from sqlalchemy import Connection, func, select
 from sqlmodel import Session, col
 
-from fleet.drift.store import get_reference, get_thresholds
-from fleet.errors import NotFoundError
-from fleet.rollouts import reads
-from fleet.rollouts.model import DeviceObservation, RolloutState, VersionMetrics, WaveMetrics
-from fleet.store.tables import DriftWindowRow, EventRow, TelemetryRow
-from shared.drift import SketchMismatchError, WindowSketch, evaluate, merge_all
-from shared.messages import EventKind
-from shared.modeltools.package import PACKAGE_SUFFIX
+from edgefleet.fleet.drift.store import get_reference, get_thresholds
+from edgefleet.fleet.errors import NotFoundError
+from edgefleet.fleet.rollouts import reads
+from edgefleet.fleet.rollouts.model import (
+    DeviceObservation,
+    RolloutState,
+    VersionMetrics,
+    WaveMetrics,
+)
+from edgefleet.fleet.store.tables import DriftWindowRow, EventRow, TelemetryRow
+from edgefleet.shared.drift import SketchMismatchError, WindowSketch, evaluate, merge_all
+from edgefleet.shared.messages import EventKind
+from edgefleet.shared.modeltools.package import PACKAGE_SUFFIX
 
 CHUNK = 500
 ACTIVE_EVENTS = frozenset({EventKind.COMMITTED.value, EventKind.HEALTHY.value})
@@ -98,7 +103,7 @@ class EventCache:
     now lists the keys ``(device, seq)`` of the events received since ``overlap_s``
     before the newest one already seen (ingest batches commit out of receive order, by
     less than that) and reads in full only the events it has not seen (by primary key,
-    `fleet.rollouts.reads`), so a re-read changes nothing and costs two small columns a
+    `edgefleet.fleet.rollouts.reads`), so a re-read changes nothing and costs two small columns a
     row. On SQLite, which numbers rows in commit order, a tick reads instead exactly
     the events stored after the last one it read (`reads.events_inserted_after`):
     listing the window still scanned every event of the rollout there. In case a write

@@ -1,9 +1,9 @@
-"""The rollout orchestrator: the I/O shell that runs `fleet.rollouts.policy.decide`.
+"""The rollout orchestrator: the I/O shell that runs `edgefleet.fleet.rollouts.policy.decide`.
 
 Every tick (``tick_interval_s``) the replica makes sure it holds the orchestrator lease
-(`fleet.rollouts.lease`): the holder renews it once a third of its duration has passed,
+(`edgefleet.fleet.rollouts.lease`): the holder renews it once a third of its duration has passed,
 a replica without it tries to take it; only the holder drives rollouts. For each active
-rollout it reads the state, builds observations and metrics (`fleet.rollouts.observe`),
+rollout it reads the state, builds observations and metrics (`edgefleet.fleet.rollouts.observe`),
 calls `decide`, **stores the new state first** (compare-and-set on the rollout's
 version, with the lease re-checked in the same transaction) and only then carries out
 the actions: ``Assign`` → `Director.assign_many` of the rollout's target; ``RollBack``
@@ -20,7 +20,7 @@ Invariants (from the pure core's save-then-act contract):
 - a replica that lost the lease stops carrying out actions at once; its stale writes
   fail the compare-and-set;
 - a state it saved is handed to the state cache only once its transaction committed
-  (`fleet.rollouts.store.committed`), so the next tick reads back only the rollout's
+  (`edgefleet.fleet.rollouts.store.committed`), so the next tick reads back only the rollout's
   version, and parses the state only when another writer (a command, a replica) moved
   it on.
 
@@ -41,12 +41,12 @@ from typing import Protocol
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from fleet.errors import FleetError
-from fleet.rollouts.lease import Lease
-from fleet.rollouts.model import Action, Assign, RollBack, RolloutState
-from fleet.rollouts.observe import EventCache, observe, wave_metrics
-from fleet.rollouts.policy import decide, unconfirmed_actions
-from fleet.rollouts.store import (
+from edgefleet.fleet.errors import FleetError
+from edgefleet.fleet.rollouts.lease import Lease
+from edgefleet.fleet.rollouts.model import Action, Assign, RollBack, RolloutState
+from edgefleet.fleet.rollouts.observe import EventCache, observe, wave_metrics
+from edgefleet.fleet.rollouts.policy import decide, unconfirmed_actions
+from edgefleet.fleet.rollouts.store import (
     HistoryLine,
     StaleRolloutError,
     StoredRollout,
@@ -56,8 +56,8 @@ from fleet.rollouts.store import (
     load_active,
     save,
 )
-from shared.messages import utcnow
-from shared.signing.director import DesiredTarget, SignedDesiredState
+from edgefleet.shared.messages import utcnow
+from edgefleet.shared.signing.director import DesiredTarget, SignedDesiredState
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ PUBLISH_BATCH = 250
 
 
 class RolloutDirector(Protocol):
-    """What the orchestrator needs of `fleet.director.Director`."""
+    """What the orchestrator needs of `edgefleet.fleet.director.Director`."""
 
     def assign_many(
         self,
@@ -87,7 +87,7 @@ class RolloutDirector(Protocol):
 
 
 class TargetRegistry(Protocol):
-    """What the orchestrator needs of `fleet.registry.ModelRegistry`."""
+    """What the orchestrator needs of `edgefleet.fleet.registry.ModelRegistry`."""
 
     def published_target(self, name: str, version: str) -> DesiredTarget: ...
 

@@ -11,7 +11,7 @@ and acting, `unconfirmed_actions` lists what must be (re-)done; doing it twice i
 
 Rules:
 
-1. **Plan.** `new_rollout` selects the targets (`fleet.rollouts.selector`: a stable hash
+1. **Plan.** `new_rollout` selects the targets (`edgefleet.fleet.rollouts.selector`: a stable hash
    order), refuses devices held by another active rollout, and fixes the waves. Devices
    that join the fleet later are not added.
 2. **Assignment.** Devices of waves up to the current one are assigned (``Assign``) in
@@ -63,8 +63,8 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from fleet.rollouts.gates import GateVerdict, evaluate_gate, failure_reasons
-from fleet.rollouts.model import (
+from edgefleet.fleet.rollouts.gates import GateVerdict, evaluate_gate, failure_reasons
+from edgefleet.fleet.rollouts.model import (
     TERMINAL_STATUSES,
     Action,
     Assign,
@@ -88,8 +88,8 @@ from fleet.rollouts.model import (
     TimelineEntry,
     WaveMetrics,
 )
-from fleet.rollouts.selector import check_overlap, plan_waves, select_targets, split_waves
-from shared.messages import EventKind
+from edgefleet.fleet.rollouts.selector import check_overlap, plan_waves, select_targets, split_waves
+from edgefleet.shared.messages import EventKind
 
 S = RolloutStatus
 D = DeviceRolloutState

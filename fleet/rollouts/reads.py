@@ -7,11 +7,11 @@ database; and an exact lookup of a few (device, seq) pairs has no Core form that
 plans well (a row-value ``IN`` scans the table, a ``VALUES`` join needs column aliases
 SQLite lacks). Here each statement is plain SQL for the dialect, run through
 `Connection.exec_driver_sql`, so SQLAlchemy still owns the connection, the transaction
-and the wrapping of driver errors (as `fleet.ingest.bulk` does for the ingester's
+and the wrapping of driver errors (as `edgefleet.fleet.ingest.bulk` does for the ingester's
 writes).
 
 Invariant: values are bound and read back through the columns' own SQLAlchemy
-processors (`fleet.ingest.bulk.column_converter` for a bound time), so each function
+processors (`edgefleet.fleet.ingest.bulk.column_converter` for a bound time), so each function
 returns what the equivalent Core query returns; the tests compare them.
 """
 
@@ -24,8 +24,8 @@ from typing import Any, NamedTuple
 from sqlalchemy import Column, Connection, Table
 from sqlalchemy.engine import Dialect
 
-from fleet.ingest.bulk import column_converter
-from fleet.store.tables import DesiredStateRow, Device, EventRow
+from edgefleet.fleet.ingest.bulk import column_converter
+from edgefleet.fleet.store.tables import DesiredStateRow, Device, EventRow
 
 _DEVICE: Table = Device.__table__  # type: ignore[attr-defined]
 _EVENT: Table = EventRow.__table__  # type: ignore[attr-defined]

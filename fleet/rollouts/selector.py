@@ -17,7 +17,7 @@ import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from fractions import Fraction
 
-from fleet.rollouts.model import (
+from edgefleet.fleet.rollouts.model import (
     Candidate,
     Gate,
     PlannedWave,

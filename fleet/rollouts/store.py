@@ -12,7 +12,7 @@ Invariants:
 - the history lines about no single device and the gate decisions (what the rollout's
   detail shows beside its state) are written only with a new version (`create`,
   `save`); `append` takes only device lines. So ``(id, version)`` names the state *and*
-  those lines, and a view of them can be cached by it (`fleet.api.rollouts`);
+  those lines, and a view of them can be cached by it (`edgefleet.fleet.api.rollouts`);
 - a parsed state is cached by ``(database, id, version)``, put there when it is read or
   once the transaction that saved it has committed (`committed`).
 """
@@ -32,9 +32,9 @@ from sqlalchemy import Connection, Engine, Text, cast, insert, literal, select, 
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Session, col
 
-from fleet.errors import NotFoundError
-from fleet.rollouts.lease import lock_row
-from fleet.rollouts.model import (
+from edgefleet.fleet.errors import NotFoundError
+from edgefleet.fleet.rollouts.lease import lock_row
+from edgefleet.fleet.rollouts.model import (
     TERMINAL_STATUSES,
     Candidate,
     Decision,
@@ -45,9 +45,9 @@ from fleet.rollouts.model import (
     RolloutStatus,
     TimelineEntry,
 )
-from fleet.rollouts.policy import apply_command, held_devices, new_rollout
-from fleet.rollouts.tables import Rollout, RolloutEvent
-from fleet.store.tables import Device
+from edgefleet.fleet.rollouts.policy import apply_command, held_devices, new_rollout
+from edgefleet.fleet.rollouts.tables import Rollout, RolloutEvent
+from edgefleet.fleet.store.tables import Device
 
 logger = logging.getLogger(__name__)
 
@@ -312,8 +312,8 @@ def create(
 ) -> StoredRollout:
     """Plan and store a new rollout over the devices the registry knows.
 
-    Raises `fleet.rollouts.model.SelectionError` (nothing matches, unknown device ids)
-    and `fleet.rollouts.model.RolloutOverlapError` naming the devices another active
+    Raises `edgefleet.fleet.rollouts.model.SelectionError` (nothing matches, unknown device ids)
+    and `edgefleet.fleet.rollouts.model.RolloutOverlapError` naming the devices another active
     rollout holds. Nothing is stored when it raises.
     """
     with engine.begin() as conn:
@@ -383,7 +383,7 @@ def command(
 ) -> StoredRollout:
     """Apply an operator's command and store the result with its history.
 
-    Raises `NotFoundError`, `fleet.rollouts.model.RolloutCommandError` (the status
+    Raises `NotFoundError`, `edgefleet.fleet.rollouts.model.RolloutCommandError` (the status
     forbids it; HTTP 409), `StaleRolloutError` if the orchestrator kept writing in
     between for every one of `COMMAND_ATTEMPTS` attempts.
     """

@@ -1,7 +1,7 @@
 """The rollout tables: one row per rollout, its history, and the orchestrator leases.
 
 Invariants:
-- ``Rollout.state`` is the JSON of a `fleet.rollouts.model.RolloutState` (it round-trips);
+- ``Rollout.state`` is the JSON of a `edgefleet.fleet.rollouts.model.RolloutState` (it round-trips);
   ``status`` mirrors ``state.status`` so active rollouts can be found without parsing;
 - ``Rollout.version`` grows by one on every write, and every write is a compare-and-set
   on it (``UPDATE ... WHERE version = :read``), so two writers never lose each other's
@@ -9,7 +9,7 @@ Invariants:
 - ``RolloutEvent`` is append-only: every action, gate decision, operator command and
   timeline entry of a rollout, with ``device_id`` set when it concerns one device;
 - a `Lease` row names its holder and when the lease lapses; it is taken or renewed only
-  by a conditional UPDATE (see `fleet.rollouts.lease`).
+  by a conditional UPDATE (see `edgefleet.fleet.rollouts.lease`).
 
 Importing this module registers the tables on ``SQLModel.metadata``.
 """
@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import BigInteger, Index, Text
 from sqlmodel import Field, SQLModel
 
-from fleet.store.types import PortableJSON, UTCDateTime
+from edgefleet.fleet.store.types import PortableJSON, UTCDateTime
 
 
 class Rollout(SQLModel, table=True):
@@ -62,7 +62,7 @@ class RolloutEvent(SQLModel, table=True):
 
 
 class Lease(SQLModel, table=True):
-    """A named lease: who holds it and until when (see `fleet.rollouts.lease`)."""
+    """A named lease: who holds it and until when (see `edgefleet.fleet.rollouts.lease`)."""
 
     __tablename__ = "lease"
 

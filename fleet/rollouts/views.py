@@ -14,15 +14,15 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from fleet.rollouts.model import (
+from edgefleet.fleet.rollouts.model import (
     DeviceRecord,
     DeviceRolloutState,
     Gate,
     RolloutSpec,
     RolloutStatus,
 )
-from fleet.rollouts.store import StoredRollout, wave_sizes
-from fleet.rollouts.tables import RolloutEvent
+from edgefleet.fleet.rollouts.store import StoredRollout, wave_sizes
+from edgefleet.fleet.rollouts.tables import RolloutEvent
 
 
 def counts(records: Iterable[DeviceRecord]) -> dict[str, int]:

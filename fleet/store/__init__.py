@@ -1,7 +1,7 @@
 """The fleet's database: tables (SQLModel) and the engine factory for SQLite and PostgreSQL."""
 
-from fleet.store.engine import create_all, make_engine, normalise_url
-from fleet.store.tables import (
+from edgefleet.fleet.store.engine import create_all, make_engine, normalise_url
+from edgefleet.fleet.store.tables import (
     ApiToken,
     DeadLetter,
     Device,

@@ -14,7 +14,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlmodel import SQLModel
 
-import fleet.store.tables  # noqa: F401  (registers the tables on SQLModel.metadata)
+import edgefleet.fleet.store.tables  # noqa: F401  (registers the tables on SQLModel.metadata)
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
@@ -65,9 +65,9 @@ def create_all(engine: Engine) -> None:
     """Create the tables that do not exist yet (migrations are future work: Alembic)."""
     # Each table module registers on SQLModel.metadata when imported; import every one
     # here so the schema is complete whatever the caller happened to import before.
-    import fleet.drift.store
-    import fleet.rollouts.tables
-    import fleet.store.tables  # noqa: F401
+    import edgefleet.fleet.drift.store
+    import edgefleet.fleet.rollouts.tables
+    import edgefleet.fleet.store.tables  # noqa: F401
 
     SQLModel.metadata.create_all(engine)
 

@@ -17,8 +17,8 @@ from typing import Any
 from sqlalchemy import BigInteger, Index, LargeBinary, Text
 from sqlmodel import Field, SQLModel
 
-from fleet.store.types import PortableJSON, UTCDateTime
-from shared.messages import utcnow
+from edgefleet.fleet.store.types import PortableJSON, UTCDateTime
+from edgefleet.shared.messages import utcnow
 
 
 class DeviceBase(SQLModel):

@@ -5,12 +5,22 @@ bins (`WindowAccumulator`); the fleet merges windows by addition (`merge`) and j
 them (`evaluate`). Only numpy and pydantic are needed on either side.
 """
 
-from shared.drift.accumulator import WindowAccumulator
-from shared.drift.base import DriftError, DriftInputError, ProfileError, SketchMismatchError
-from shared.drift.labels import ClassificationMetrics, RegressionMetrics, metric_summary
-from shared.drift.profile import ReferenceProfile, build_profile
-from shared.drift.thresholds import DriftReport, DriftThresholds, FeatureThresholds, evaluate
-from shared.drift.window import WindowSketch, merge, merge_all
+from edgefleet.shared.drift.accumulator import WindowAccumulator
+from edgefleet.shared.drift.base import (
+    DriftError,
+    DriftInputError,
+    ProfileError,
+    SketchMismatchError,
+)
+from edgefleet.shared.drift.labels import ClassificationMetrics, RegressionMetrics, metric_summary
+from edgefleet.shared.drift.profile import ReferenceProfile, build_profile
+from edgefleet.shared.drift.thresholds import (
+    DriftReport,
+    DriftThresholds,
+    FeatureThresholds,
+    evaluate,
+)
+from edgefleet.shared.drift.window import WindowSketch, merge, merge_all
 
 __all__ = [
     "ClassificationMetrics",

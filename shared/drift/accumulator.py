@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from shared.drift.base import DriftInputError
-from shared.drift.categories import encode_categories, missing_mask
-from shared.drift.profile import (
+from edgefleet.shared.drift.base import DriftInputError
+from edgefleet.shared.drift.categories import encode_categories, missing_mask
+from edgefleet.shared.drift.profile import (
     CategoricalFeature,
     FeatureBase,
     NumericFeature,
@@ -31,7 +31,7 @@ from shared.drift.profile import (
     numeric_values,
     tensor_layout,
 )
-from shared.drift.window import (
+from edgefleet.shared.drift.window import (
     CategoricalCounts,
     ClassificationCounts,
     NumericCounts,

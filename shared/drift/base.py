@@ -1,7 +1,7 @@
 """The pydantic base and the error hierarchy every drift module shares.
 
-`shared.drift` must not import `shared.messages` (the messages import the sketch), so it
-has its own base with the same wire behaviour: unknown fields ignored, frozen.
+`edgefleet.shared.drift` must not import `edgefleet.shared.messages` (the messages import
+the sketch), so it has its own base with the same wire behaviour: unknown fields ignored, frozen.
 """
 
 from __future__ import annotations

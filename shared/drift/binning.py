@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from shared.drift.base import ProfileError
+from edgefleet.shared.drift.base import ProfileError
 
 Floats = NDArray[np.float64]
 

@@ -11,7 +11,7 @@ import math
 import numpy as np
 from numpy.typing import NDArray
 
-from shared.drift.base import DriftInputError
+from edgefleet.shared.drift.base import DriftInputError
 
 
 def category_key(value: object) -> str:

@@ -8,10 +8,10 @@ from typing import Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from shared.drift.base import ProfileError
-from shared.drift.binning import quantile_edges
-from shared.drift.categories import category_key, missing_mask
-from shared.drift.profile import LabelSpec, ReferenceProfile, Tensors
+from edgefleet.shared.drift.base import ProfileError
+from edgefleet.shared.drift.binning import quantile_edges
+from edgefleet.shared.drift.categories import category_key, missing_mask
+from edgefleet.shared.drift.profile import LabelSpec, ReferenceProfile, Tensors
 
 
 def _pick(candidates: list[str], what: str, available: Sequence[str]) -> str:
@@ -87,8 +87,8 @@ def baseline_metrics(
     profile: ReferenceProfile, inputs: Tensors, outputs: Tensors, labels: NDArray[np.generic]
 ) -> dict[str, float]:
     """The headline metrics of the model on the reference data itself."""
-    from shared.drift.accumulator import WindowAccumulator
-    from shared.drift.labels import metric_summary
+    from edgefleet.shared.drift.accumulator import WindowAccumulator
+    from edgefleet.shared.drift.labels import metric_summary
 
     accumulator = WindowAccumulator(profile)
     accumulator.add(inputs, outputs, labels)

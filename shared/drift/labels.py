@@ -16,9 +16,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from shared.drift.base import DriftModel
-from shared.drift.profile import OTHER
-from shared.drift.window import ClassificationCounts, RegressionCounts
+from edgefleet.shared.drift.base import DriftModel
+from edgefleet.shared.drift.profile import OTHER
+from edgefleet.shared.drift.window import ClassificationCounts, RegressionCounts
 
 
 class ClassificationMetrics(DriftModel):

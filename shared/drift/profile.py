@@ -4,7 +4,7 @@ Built once from training or validation data (`build_profile`), serialised as JSO
 the package manifest, and shared by device (binning) and fleet (comparison).
 
 Invariants:
-- a numeric feature has ``len(edges) + 1`` bins (see `shared.drift.binning`) and its
+- a numeric feature has ``len(edges) + 1`` bins (see `edgefleet.shared.drift.binning`) and its
   reference ``counts`` has exactly that length, with zero under- and overflow;
 - a categorical feature has ``len(categories) + 1`` bins, the last one "other";
 - features address the model's tensors: ``tensor`` by name and ``column`` (``None`` for
@@ -31,9 +31,9 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import Field
 
-from shared.drift.base import DriftInputError, DriftModel, ProfileError
-from shared.drift.binning import bin_index, quantile_edges
-from shared.drift.categories import category_key, encode_categories, missing_mask
+from edgefleet.shared.drift.base import DriftInputError, DriftModel, ProfileError
+from edgefleet.shared.drift.binning import bin_index, quantile_edges
+from edgefleet.shared.drift.categories import category_key, encode_categories, missing_mask
 
 PROFILE_VERSION = 1
 OTHER = "__other__"
@@ -408,7 +408,7 @@ def build_profile(
         raise ProfileError("reference data has no rows")
     profile = ReferenceProfile(rows=rows, inputs=input_features, outputs=output_features)
     if labels is not None:
-        from shared.drift.label_spec import label_spec
+        from edgefleet.shared.drift.label_spec import label_spec
 
         spec = label_spec(
             output_tensors,
@@ -421,7 +421,7 @@ def build_profile(
             score_bins=score_bins,
         )
         profile = profile.model_copy(update={"labels": spec})
-        from shared.drift.label_spec import baseline_metrics
+        from edgefleet.shared.drift.label_spec import baseline_metrics
 
         baseline = baseline_metrics(profile, tensors, output_tensors, np.asarray(labels))
         profile = profile.model_copy(

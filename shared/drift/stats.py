@@ -1,6 +1,6 @@
 """Drift statistics on binned counts: a window's counts against the reference's.
 
-Both sides are counts in the same bins (`shared.drift.binning`), so every statistic
+Both sides are counts in the same bins (`edgefleet.shared.drift.binning`), so every statistic
 here is a function of two count vectors (plus the edges for Wasserstein). Approximations
 and their bounds, for a window and a reference binned from raw samples:
 
@@ -16,7 +16,7 @@ and their bounds, for a window and a reference binned from raw samples:
 - Jensen-Shannon distance uses base 2, so it lies in [0, 1], and needs no epsilon.
 - chi-square is the two-sample (homogeneity) test on the 2xB table of reference and
   window counts, bins empty on both sides dropped; its p-value comes from
-  `shared.drift.special.chi2_sf`.
+  `edgefleet.shared.drift.special.chi2_sf`.
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import Field
 
-from shared.drift.base import DriftModel, SketchMismatchError
-from shared.drift.profile import CategoricalFeature, NumericFeature
-from shared.drift.special import chi2_sf, kolmogorov_sf
-from shared.drift.window import CategoricalCounts, NumericCounts
+from edgefleet.shared.drift.base import DriftModel, SketchMismatchError
+from edgefleet.shared.drift.profile import CategoricalFeature, NumericFeature
+from edgefleet.shared.drift.special import chi2_sf, kolmogorov_sf
+from edgefleet.shared.drift.window import CategoricalCounts, NumericCounts
 
 PSI_EPSILON = 1e-4
 

@@ -43,11 +43,11 @@ from typing import Literal
 
 from pydantic import Field
 
-from shared.drift.base import DriftModel, SketchMismatchError
-from shared.drift.labels import metric_summary
-from shared.drift.profile import CategoricalFeature, NumericFeature, ReferenceProfile
-from shared.drift.stats import FeatureScores, feature_scores
-from shared.drift.window import CategoricalCounts, NumericCounts, WindowSketch
+from edgefleet.shared.drift.base import DriftModel, SketchMismatchError
+from edgefleet.shared.drift.labels import metric_summary
+from edgefleet.shared.drift.profile import CategoricalFeature, NumericFeature, ReferenceProfile
+from edgefleet.shared.drift.stats import FeatureScores, feature_scores
+from edgefleet.shared.drift.window import CategoricalCounts, NumericCounts, WindowSketch
 
 Check = Literal["psi", "js", "ks", "chi2", "wasserstein", "missing"]
 Status = Literal["ok", "warn", "alert", "not_judged"]

@@ -17,7 +17,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from shared.drift.base import DriftModel, SketchMismatchError
+from edgefleet.shared.drift.base import DriftModel, SketchMismatchError
 
 SKETCH_VERSION = 1
 

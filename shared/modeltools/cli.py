@@ -7,7 +7,7 @@ import argparse
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``edgefleet model`` and its subcommands."""
-    from shared.modeltools import package, quantize, sign
+    from edgefleet.shared.modeltools import package, quantize, sign
 
     parser = subparsers.add_parser("model", help="package, quantize and sign model files")
     commands = parser.add_subparsers(title="model commands", metavar="COMMAND")

@@ -6,8 +6,13 @@ import argparse
 import json
 from pathlib import Path
 
-from shared.manifest import ModelManifest
-from shared.modeltools.package import PackageError, PackageMember, package_digest, read_package
+from edgefleet.shared.manifest import ModelManifest
+from edgefleet.shared.modeltools.package import (
+    PackageError,
+    PackageMember,
+    package_digest,
+    read_package,
+)
 
 
 def describe(path: Path, manifest: ModelManifest, members: list[PackageMember]) -> str:
@@ -37,7 +42,7 @@ def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 
 def _inspect_command(args: argparse.Namespace) -> int:
-    from shared.cli import CLIError
+    from edgefleet.shared.cli import CLIError
 
     try:
         manifest, members = read_package(args.package)

@@ -12,7 +12,7 @@ Invariants:
   manifest names, and the model and golden files must match the manifest's sha256 and
   size before anything is reported as valid or left extracted.
 
-Building runs the model, so it needs the agent's runtimes (`shared.runtime`), imported
+Building runs the model, so it needs the agent's runtimes (`edgefleet.shared.runtime`), imported
 lazily: this is off-device tooling, and reading/extracting/checking needs only numpy.
 """
 
@@ -37,8 +37,8 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import BaseModel, ValidationError
 
-from shared.atomicio import atomic_write
-from shared.manifest import (
+from edgefleet.shared.atomicio import atomic_write
+from edgefleet.shared.manifest import (
     FORMAT_VERSION,
     GOLDEN_FILE,
     MANIFEST_FILE,
@@ -51,8 +51,8 @@ from shared.manifest import (
     Version,
     VersionError,
 )
-from shared.messages import WireModel
-from shared.tensors import TensorSpec
+from edgefleet.shared.messages import WireModel
+from edgefleet.shared.tensors import TensorSpec
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ class GoldenFailureError(PackageError):
 
 
 class Predictor(Protocol):
-    """What golden checks need from a loaded model; `shared.runtime.ModelRuntime` fits."""
+    """What golden checks need from a loaded model; `edgefleet.shared.runtime.ModelRuntime` fits."""
 
     @property
     def inputs(self) -> list[TensorSpec]: ...
@@ -446,7 +446,7 @@ def _default_created_at(model_file: Path) -> datetime:
 
 def _default_profile_builder() -> ProfileBuilder | None:
     try:
-        from shared.drift.profile import build_profile
+        from edgefleet.shared.drift.profile import build_profile
     except ImportError as e:
         log.info("packaging without a reference profile: shared.drift.profile: %s", e)
         return None
@@ -487,7 +487,7 @@ def build_package(
     Golden samples are ``golden_count`` rows spread evenly over ``reference_data`` (or
     seeded synthetic inputs without it), with the outputs the model gives for them now.
     The reference profile is built from ``reference_data`` by ``profile_builder`` (by
-    default `shared.drift.profile.build_profile` when that module exists). ``created_at``
+    default `edgefleet.shared.drift.profile.build_profile` when that module exists). ``created_at``
     defaults to ``SOURCE_DATE_EPOCH`` or the model file's mtime, so rebuilding the same
     inputs gives byte-identical packages.
 
@@ -495,7 +495,7 @@ def build_package(
     `DataError`/`SchemaMismatchError` (reference data) and `GoldenFailureError`.
     """
     runtime_name = _check_identity(model_file, name, version, min_agent_version, runtime)
-    from shared.runtime import RuntimeLoadError, load_runtime
+    from edgefleet.shared.runtime import RuntimeLoadError, load_runtime
 
     try:
         model = load_runtime(model_file, runtime=runtime_name)
@@ -869,7 +869,7 @@ def package_digest(path: Path) -> tuple[str, int]:
 
 def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``edgefleet model package`` and ``edgefleet model inspect``."""
-    from shared.modeltools import inspect
+    from edgefleet.shared.modeltools import inspect
 
     p = commands.add_parser("package", help="build a model package (.efpkg) from a model file")
     p.add_argument("model_file", type=Path, metavar="MODEL_FILE", help=".onnx or .tflite file")
@@ -887,7 +887,7 @@ def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 
 def _parse_metrics(items: list[str]) -> dict[str, float]:
-    from shared.cli import CLIError
+    from edgefleet.shared.cli import CLIError
 
     metrics: dict[str, float] = {}
     for item in items:
@@ -902,7 +902,7 @@ def _parse_metrics(items: list[str]) -> dict[str, float]:
 
 
 def _package_command(args: argparse.Namespace) -> int:
-    from shared.cli import CLIError
+    from edgefleet.shared.cli import CLIError
 
     if args.golden < 0:
         raise CLIError(f"--golden {args.golden}: expected a count >= 0")

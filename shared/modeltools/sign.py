@@ -3,7 +3,7 @@
 Reads the repository's current ``targets.json``, adds the package as a target (length,
 sha256, and ``custom`` {name, version, runtime}), bumps the version, signs it with the
 release key and writes the result. Upload it with the package; the fleet's
-`fleet.repository.ImageRepository.accept_targets` verifies it against the root before
+`edgefleet.fleet.repository.ImageRepository.accept_targets` verifies it against the root before
 serving it. The release key never needs to touch the fleet.
 """
 
@@ -43,11 +43,11 @@ def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 def _sign(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime, timedelta
 
-    from shared.atomicio import atomic_write
-    from shared.cli import CLIError
-    from shared.signing import keys, tuf_metadata
-    from shared.signing.errors import KeyFileError, Malformed
-    from shared.signing.versions import Version
+    from edgefleet.shared.atomicio import atomic_write
+    from edgefleet.shared.cli import CLIError
+    from edgefleet.shared.signing import keys, tuf_metadata
+    from edgefleet.shared.signing.errors import KeyFileError, Malformed
+    from edgefleet.shared.signing.versions import Version
 
     custom = {
         key: value

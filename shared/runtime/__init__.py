@@ -5,7 +5,7 @@ In `shared` because packaging tools (golden outputs, quantization reports) and t
 imported lazily, so importing this package needs neither onnxruntime nor LiteRT.
 """
 
-from shared.runtime.base import (
+from edgefleet.shared.runtime.base import (
     InferenceError,
     ModelRuntime,
     RuntimeLoadError,

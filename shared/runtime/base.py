@@ -14,7 +14,7 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.tensors import TensorSpec
+from edgefleet.shared.tensors import TensorSpec
 
 Tensors = dict[str, NDArray[np.generic]]
 
@@ -83,12 +83,12 @@ def load_runtime(
     if not path.is_file():
         raise RuntimeLoadError(f"{path}: model file not found")
     if name == "onnx":
-        from shared.runtime.onnx import OnnxRuntime
+        from edgefleet.shared.runtime.onnx import OnnxRuntime
 
         return OnnxRuntime(path, options)
     if name == "tflite":
         try:
-            from shared.runtime.tflite import TfliteRuntime
+            from edgefleet.shared.runtime.tflite import TfliteRuntime
         except ImportError as e:
             raise RuntimeLoadError(
                 f"{path}: the TFLite runtime is not installed (pip install 'edgefleet[tflite]')"

@@ -26,8 +26,8 @@ from typing import Any, cast
 import numpy as np
 import onnxruntime as ort
 
-from shared.runtime.base import InferenceError, RuntimeLoadError, RuntimeOptions, Tensors
-from shared.tensors import TensorSpec
+from edgefleet.shared.runtime.base import InferenceError, RuntimeLoadError, RuntimeOptions, Tensors
+from edgefleet.shared.tensors import TensorSpec
 
 _OPT_LEVEL = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,

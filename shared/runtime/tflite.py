@@ -40,8 +40,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from shared.runtime.base import InferenceError, RuntimeLoadError, RuntimeOptions, Tensors
-from shared.tensors import TensorSpec
+from edgefleet.shared.runtime.base import InferenceError, RuntimeLoadError, RuntimeOptions, Tensors
+from edgefleet.shared.tensors import TensorSpec
 
 try:
     from ai_edge_litert.interpreter import Interpreter

@@ -13,9 +13,9 @@ import json
 from pathlib import Path
 from typing import Final
 
-from shared.atomicio import atomic_write
-from shared.signing.errors import KeyFileError
-from shared.signing.tufapi import SSlibKey
+from edgefleet.shared.atomicio import atomic_write
+from edgefleet.shared.signing.errors import KeyFileError
+from edgefleet.shared.signing.tufapi import SSlibKey
 
 TRUSTED_ROOT_FILE: Final = "trusted_root.json"
 DIRECTOR_KEYS_FILE: Final = "director_pub.json"

@@ -12,7 +12,7 @@ from typing import Any
 from securesystemslib.exceptions import FormatError
 from securesystemslib.formats import encode_canonical
 
-from shared.signing.errors import Malformed
+from edgefleet.shared.signing.errors import Malformed
 
 
 def canonical_bytes(document: Any) -> bytes:

@@ -55,10 +55,10 @@ def _passphrase_args(parser: argparse.ArgumentParser) -> None:
 def _init(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
-    from shared.cli import CLIError
-    from shared.signing import keys, layout, tuf_metadata
-    from shared.signing.bundle import write_bundle
-    from shared.signing.errors import KeyFileError
+    from edgefleet.shared.cli import CLIError
+    from edgefleet.shared.signing import keys, layout, tuf_metadata
+    from edgefleet.shared.signing.bundle import write_bundle
+    from edgefleet.shared.signing.errors import KeyFileError
 
     key_dir: Path = args.dir
     repo_dir: Path = args.repo_dir or key_dir / "repository"
@@ -95,10 +95,10 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _export_root(args: argparse.Namespace) -> int:
-    from shared.cli import CLIError
-    from shared.signing import keys, layout
-    from shared.signing.bundle import write_bundle
-    from shared.signing.errors import KeyFileError
+    from edgefleet.shared.cli import CLIError
+    from edgefleet.shared.signing import keys, layout
+    from edgefleet.shared.signing.bundle import write_bundle
+    from edgefleet.shared.signing.errors import KeyFileError
 
     root_path: Path = args.repo_dir / layout.METADATA_DIR / "root.json"
     try:

@@ -6,9 +6,9 @@ Wire format (``edgefleet/v1/desired-state``)::
                 "expires_at", "rollout_id", "rollback", "issued_at"},
      "signatures": [{"keyid": ..., "sig": <hex Ed25519 signature>}]}
 
-A signature covers the canonical JSON (`shared.signing.canonical`) of the ``signed`` object
-*exactly as received*, so fields a newer director adds are covered too, and an older
-device that ignores them still verifies the signature.
+A signature covers the canonical JSON (`edgefleet.shared.signing.canonical`) of the
+``signed`` object *exactly as received*, so fields a newer director adds are covered
+too, and an older device that ignores them still verifies the signature.
 
 `verify_desired` is pure: bytes, trusted keys, the device's last accepted sequence number
 and a reference time in; a validated `DesiredBody` or an `UpdateRejected` out. Checks run
@@ -27,8 +27,8 @@ from typing import Any, Final, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 from securesystemslib.exceptions import UnverifiedSignatureError, VerificationError
 
-from shared.signing.canonical import canonical_bytes
-from shared.signing.errors import (
+from edgefleet.shared.signing.canonical import canonical_bytes
+from edgefleet.shared.signing.errors import (
     BadSignature,
     Expired,
     Malformed,
@@ -36,8 +36,8 @@ from shared.signing.errors import (
     UnknownKey,
     WrongDevice,
 )
-from shared.signing.tufapi import Signature, Signer, SSlibKey
-from shared.topics import DEVICE_ID_PATTERN
+from edgefleet.shared.signing.tufapi import Signature, Signer, SSlibKey
+from edgefleet.shared.topics import DEVICE_ID_PATTERN
 
 logger = logging.getLogger(__name__)
 

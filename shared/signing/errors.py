@@ -9,7 +9,7 @@ from __future__ import annotations
 
 
 class SigningError(Exception):
-    """Base of every error raised by `shared.signing`."""
+    """Base of every error raised by `edgefleet.shared.signing`."""
 
 
 class KeyFileError(SigningError):

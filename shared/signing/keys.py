@@ -24,9 +24,9 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
 )
 
-from shared.atomicio import atomic_write
-from shared.signing.errors import KeyFileError
-from shared.signing.tufapi import CryptoSigner, SSlibKey
+from edgefleet.shared.atomicio import atomic_write
+from edgefleet.shared.signing.errors import KeyFileError
+from edgefleet.shared.signing.tufapi import CryptoSigner, SSlibKey
 
 logger = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ import re
 from pathlib import Path
 from typing import Any, Final
 
-from shared.atomicio import atomic_write
-from shared.signing.tuf_metadata import to_bytes
-from shared.signing.tufapi import Metadata
+from edgefleet.shared.atomicio import atomic_write
+from edgefleet.shared.signing.tuf_metadata import to_bytes
+from edgefleet.shared.signing.tufapi import Metadata
 
 METADATA_DIR: Final = "metadata"
 TARGETS_DIR: Final = "targets"

@@ -25,9 +25,9 @@ from tuf.api.exceptions import UnsignedMetadataError
 from tuf.api.serialization import DeserializationError
 from tuf.api.serialization.json import JSONSerializer
 
-from shared.signing.errors import Expired, Malformed, TufError
-from shared.signing.keys import TUF_ROLES
-from shared.signing.tufapi import (
+from edgefleet.shared.signing.errors import Expired, Malformed, TufError
+from edgefleet.shared.signing.keys import TUF_ROLES
+from edgefleet.shared.signing.tufapi import (
     Metadata,
     MetaFile,
     Root,

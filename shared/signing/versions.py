@@ -1,12 +1,12 @@
 """The downgrade rule: a device never installs an older model unless the director signed
-a rollback. Versions are `shared.manifest.Version` (semantic versioning 2.0.0), the same
+a rollback. Versions are `edgefleet.shared.manifest.Version` (semantic versioning 2.0.0), the same
 type the model packages use, so the two can never disagree on ordering.
 """
 
 from __future__ import annotations
 
-from shared.manifest import Version, VersionError
-from shared.signing.errors import Downgrade, Malformed
+from edgefleet.shared.manifest import Version, VersionError
+from edgefleet.shared.signing.errors import Downgrade, Malformed
 
 __all__ = ["Version", "check_downgrade", "parse_version"]
 

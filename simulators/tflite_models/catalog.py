@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.tensors import TensorSpec
+from edgefleet.shared.tensors import TensorSpec
 
 MODEL_DIR = Path(__file__).resolve().parent
 MANIFEST_PATH = MODEL_DIR / "manifest.json"

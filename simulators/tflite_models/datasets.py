@@ -1,7 +1,7 @@
 """The train / held-out splits of scikit-learn's bundled data sets that the models use.
 
 Fixed seeds, so ``generate.py``, the tests and the benchmark all see the same rows. The
-wine split is the same as `simulators.models.train_wine_classifier` makes.
+wine split is the same as `edgefleet.simulators.models.train_wine_classifier` makes.
 """
 
 from __future__ import annotations

@@ -40,8 +40,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from shared.tensors import TensorSpec
-from simulators.tflite_models.catalog import (
+from edgefleet.shared.tensors import TensorSpec
+from edgefleet.simulators.tflite_models.catalog import (
     MODEL_DIR,
     Manifest,
     ModelFile,
@@ -49,7 +49,7 @@ from simulators.tflite_models.catalog import (
     QuantParams,
     sha256_of,
 )
-from simulators.tflite_models.datasets import Split, digits_split, wine_split
+from edgefleet.simulators.tflite_models.datasets import Split, digits_split, wine_split
 
 logger = logging.getLogger(__name__)
 
@@ -306,15 +306,15 @@ def _check_onnx_matches_keras(onnx_bytes: bytes, model: Any, x: NDArray[np.float
 def _raw_tensors(path: Path) -> tuple[list[ModelTensor], list[ModelTensor]]:
     """Tensor specs as stored in the file (int8 stays int8), with quantization."""
     if path.suffix == ".onnx":
-        from shared.runtime import load_runtime
+        from edgefleet.shared.runtime import load_runtime
 
         runtime = load_runtime(path)
         ins = [ModelTensor(**s.model_dump()) for s in runtime.inputs]
         outs = [ModelTensor(**s.model_dump()) for s in runtime.outputs]
         runtime.close()
         return ins, outs
-    from shared.runtime import RuntimeOptions
-    from shared.runtime.tflite import TfliteRuntime
+    from edgefleet.shared.runtime import RuntimeOptions
+    from edgefleet.shared.runtime.tflite import TfliteRuntime
 
     stored = TfliteRuntime(path, RuntimeOptions(), raw=True)
     quant = stored.quantization
@@ -330,7 +330,7 @@ def _raw_tensors(path: Path) -> tuple[list[ModelTensor], list[ModelTensor]]:
 
 
 def _accuracy(path: Path, split: Split) -> float:
-    from shared.runtime import load_runtime
+    from edgefleet.shared.runtime import load_runtime
 
     runtime = load_runtime(path)
     probabilities = runtime.predict({"input": split.x_test})["probabilities"]

@@ -14,7 +14,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.config import AgentConfig
+from edgefleet.agent.config import AgentConfig
 from tests.support.mosquitto import MosquittoBroker
 
 REPO = Path(__file__).resolve().parents[2]

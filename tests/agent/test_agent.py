@@ -10,10 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from agent.daemon import Agent
-from shared.messages import EventKind, StateMessage, TelemetryMessage, decode_device_message
-from shared.topics import Channel
-from simulators.models import TrainedModel
+from edgefleet.agent.daemon import Agent
+from edgefleet.shared.messages import (
+    EventKind,
+    StateMessage,
+    TelemetryMessage,
+    decode_device_message,
+)
+from edgefleet.shared.topics import Channel
+from edgefleet.simulators.models import TrainedModel
 from tests.agent.conftest import Subscriber, agent_config
 from tests.support.mosquitto import MosquittoBroker
 

@@ -24,7 +24,7 @@ class AgentProcess:
         self.log = log
         self._out = log.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "agent", "run", "--config", str(config)],
+            [sys.executable, "-m", "edgefleet.agent", "run", "--config", str(config)],
             cwd=REPO,
             stdout=self._out,
             stderr=subprocess.STDOUT,

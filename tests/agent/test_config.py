@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import AgentConfig, ConfigError, env_overrides, load_config, redacted
+from edgefleet.agent.config import AgentConfig, ConfigError, env_overrides, load_config, redacted
 from tests.agent.conftest import REPO
 
 EXAMPLE = REPO / "packaging" / "agent" / "agent.example.toml"

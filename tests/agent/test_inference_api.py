@@ -8,12 +8,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agent.inference_api import InferenceApi
-from agent.metrics import InferenceMetrics
-from agent.model_host import ActiveModel, ModelHost
-from shared.messages import ModelRef
-from shared.runtime import load_runtime
-from simulators.models import TrainedModel
+from edgefleet.agent.inference_api import InferenceApi
+from edgefleet.agent.metrics import InferenceMetrics
+from edgefleet.agent.model_host import ActiveModel, ModelHost
+from edgefleet.shared.messages import ModelRef
+from edgefleet.shared.runtime import load_runtime
+from edgefleet.simulators.models import TrainedModel
 
 MAX_BODY = 4096
 

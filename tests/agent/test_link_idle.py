@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import BrokerConfig
-from agent.link import Link
-from agent.outbox import Outbox
-from shared.messages import StateMessage
+from edgefleet.agent.config import BrokerConfig
+from edgefleet.agent.link import Link
+from edgefleet.agent.outbox import Outbox
+from edgefleet.shared.messages import StateMessage
 from tests.support.mosquitto import MosquittoBroker
 
 

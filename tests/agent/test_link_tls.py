@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from agent.daemon import Agent
+from edgefleet.agent.daemon import Agent
 from tests.agent.conftest import agent_config
 from tests.support.mosquitto import MosquittoBroker, free_port
 

@@ -6,8 +6,8 @@ import threading
 import numpy as np
 import pytest
 
-from agent.link import backoff_s
-from agent.metrics import InferenceMetrics
+from edgefleet.agent.link import backoff_s
+from edgefleet.agent.metrics import InferenceMetrics
 
 
 def test_interval_reports_counts_and_percentiles_then_resets() -> None:

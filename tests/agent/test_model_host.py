@@ -5,15 +5,21 @@ import threading
 import numpy as np
 import pytest
 
-from agent.drift_monitor import DriftMonitor
-from agent.metrics import InferenceMetrics
-from agent.model_host import ActiveModel, InputError, ModelHost, NoModelLoadedError, check_inputs
-from shared.drift import build_profile
-from shared.messages import ModelRef
-from shared.runtime import InferenceError, load_runtime
-from shared.runtime.base import Tensors
-from shared.tensors import TensorSpec
-from simulators.models import TrainedModel
+from edgefleet.agent.drift_monitor import DriftMonitor
+from edgefleet.agent.metrics import InferenceMetrics
+from edgefleet.agent.model_host import (
+    ActiveModel,
+    InputError,
+    ModelHost,
+    NoModelLoadedError,
+    check_inputs,
+)
+from edgefleet.shared.drift import build_profile
+from edgefleet.shared.messages import ModelRef
+from edgefleet.shared.runtime import InferenceError, load_runtime
+from edgefleet.shared.runtime.base import Tensors
+from edgefleet.shared.tensors import TensorSpec
+from edgefleet.simulators.models import TrainedModel
 
 SPECS = [TensorSpec(name="input", dtype="float32", shape=[None, 13])]
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.outbox import Outbox, clock_floor_seq
+from edgefleet.agent.outbox import Outbox, clock_floor_seq
 
 NOW = 1_700_000_000.0
 
@@ -112,7 +112,7 @@ def test_full_disk_is_counted_not_raised_and_writes_resume_after_acks(
     outbox = open_outbox(tmp_path, max_db_bytes=65536)
     big = b"x" * 3000
     stored: list[int] = []
-    with caplog.at_level(logging.WARNING, logger="agent.outbox"):
+    with caplog.at_level(logging.WARNING, logger="edgefleet.agent.outbox"):
         for _ in range(60):
             seq = outbox.enqueue("t", "events", lambda s: big)
             if seq is None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.systemd import SystemdNotifier
+from edgefleet.agent.systemd import SystemdNotifier
 
 
 @pytest.fixture

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from agent.config import AgentConfig
-from shared.drift import ReferenceProfile, build_profile
-from shared.manifest import ModelManifest
-from shared.messages import DriftMessage, decode_device_message
-from shared.modeltools.package import build_package, read_package
-from shared.topics import Channel
-from simulators.models import TrainedModel
+from edgefleet.agent.config import AgentConfig
+from edgefleet.shared.drift import ReferenceProfile, build_profile
+from edgefleet.shared.manifest import ModelManifest
+from edgefleet.shared.messages import DriftMessage, decode_device_message
+from edgefleet.shared.modeltools.package import build_package, read_package
+from edgefleet.shared.topics import Channel
+from edgefleet.simulators.models import TrainedModel
 from tests.agent.conftest import Received, Subscriber, agent_config, channel_subscribers
 from tests.support.mosquitto import MosquittoBroker
 from tests.update_e2e.support import FAST_PROBATION, Pkg

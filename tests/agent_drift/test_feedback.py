@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score
 
-from shared.drift import evaluate
+from edgefleet.shared.drift import evaluate
 from tests.agent_drift.conftest import (
     Packages,
     post,

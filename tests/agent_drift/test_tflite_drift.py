@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.drift import ReferenceProfile, evaluate
-from shared.modeltools.package import build_package, read_package
-from simulators.models import SensorFeed
-from simulators.tflite_models.catalog import model_path
-from simulators.tflite_models.datasets import digits_split, wine_split
+from edgefleet.shared.drift import ReferenceProfile, evaluate
+from edgefleet.shared.modeltools.package import build_package, read_package
+from edgefleet.simulators.models import SensorFeed
+from edgefleet.simulators.tflite_models.catalog import model_path
+from edgefleet.simulators.tflite_models.datasets import digits_split, wine_split
 from tests.agent_drift.conftest import profiled_config, wait_drift
 from tests.update_e2e.support import Pkg
 

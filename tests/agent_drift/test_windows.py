@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from agent.config import DriftConfig
-from shared.drift import evaluate
-from simulators.models import SensorFeed
+from edgefleet.agent.config import DriftConfig
+from edgefleet.shared.drift import evaluate
+from edgefleet.simulators.models import SensorFeed
 from tests.agent_drift.conftest import Packages, drift_messages, profiled_config, wait_drift
 from tests.update_e2e.support import Rig
 

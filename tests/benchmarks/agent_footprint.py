@@ -25,7 +25,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from simulators.models import train_wine_classifier  # noqa: E402
+from edgefleet.simulators.models import train_wine_classifier  # noqa: E402
 from tests.support.mosquitto import MosquittoBroker  # noqa: E402
 
 

@@ -8,7 +8,7 @@ Models, at batch 1 with one intra-op thread:
 - ``digits_cnn``: the committed digits CNN (8x8x1 images, ~20 us a call), ONNX and TFLite;
 - ``small_cnn``: a 32x32x3 CNN of edge-device size (4 convolutions, ~61k parameters,
   ~3.4 M multiply-adds), written as ONNX at run time by
-  `simulators.tflite_models.small_cnn` (seeded convolution weights; see there why
+  `edgefleet.simulators.tflite_models.small_cnn` (seeded convolution weights; see there why
   that does not change the timing).
 
 Paths, all fed the same held-out rows in the same order, from the same thread:
@@ -18,7 +18,7 @@ Paths, all fed the same held-out rows in the same order, from the same thread:
 - ``bare C`` (ONNX only): the session's compiled ``_sess.run``, which the agent's ONNX
   runtime calls after its own input check: ``session.run`` minus its Python checks, the
   floor no Python caller can go under. ``on/bare C`` is the agent's full cost;
-- ``agent on``: `agent.daemon.Agent.infer` of a started agent serving a real model
+- ``agent on``: `edgefleet.agent.daemon.Agent.infer` of a started agent serving a real model
   package (built with `build_package`, default reference profile, images flattened one
   feature per pixel) with drift monitoring on, a fresh request id per call, and its
   drift timer folding and closing windows (every 10,000 rows) in the background;
@@ -66,12 +66,12 @@ import numpy as np
 import onnxruntime as ort
 from numpy.typing import NDArray
 
-from agent.config import AgentConfig
-from agent.daemon import Agent
-from shared.modeltools.package import build_package
-from simulators.tflite_models.catalog import model_path
-from simulators.tflite_models.datasets import digits_split, wine_split
-from simulators.tflite_models.small_cnn import build_small_cnn, digit_images
+from edgefleet.agent.config import AgentConfig
+from edgefleet.agent.daemon import Agent
+from edgefleet.shared.modeltools.package import build_package
+from edgefleet.simulators.tflite_models.catalog import model_path
+from edgefleet.simulators.tflite_models.datasets import digits_split, wine_split
+from edgefleet.simulators.tflite_models.small_cnn import build_small_cnn, digit_images
 
 Call = Callable[[NDArray[np.float32], str], object]
 WARMUP_S = 0.3

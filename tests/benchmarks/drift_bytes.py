@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from shared.drift import WindowAccumulator, build_profile
-from shared.messages import DriftMessage, ModelRef, encode
-from simulators.models import SensorFeed, train_wine_classifier
+from edgefleet.shared.drift import WindowAccumulator, build_profile
+from edgefleet.shared.messages import DriftMessage, ModelRef, encode
+from edgefleet.simulators.models import SensorFeed, train_wine_classifier
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ Run: .venv/bin/python tests/benchmarks/drift_detection.py [--seeds 5]  (~1-2 min
 For each scikit-learn bundled data set (breast_cancer, wine, digits) and seed, half the
 rows (stratified) are the reference: a logistic regression is trained on them, exported
 to ONNX and packaged with `build_package(..., reference_data=...)`, so the package
-carries the reference profile a device would get. One in-process `agent.daemon.Agent`
+carries the reference profile a device would get. One in-process `edgefleet.agent.daemon.Agent`
 per data set and seed serves that package (no broker: closed drift windows are read
 back from the agent's outbox, exactly the `DriftMessage`s it would publish). The stream
 replays windows of ``--window`` rows drawn with replacement from the other half through
@@ -16,12 +16,13 @@ replays windows of ``--window`` rows drawn with replacement from the other half 
 - ``scale1.5``: that feature's spread around its mean grows by half.
 
 Each window the agent closed is judged by the fleet-side verdict
-(`shared.drift.evaluate`, as `fleet.drift` runs it) under several rules, and the very
-rows the agent saw go to scipy's raw two-sample KS per feature (Bonferroni over the
-non-constant features, alpha 0.05, the alibi-detect default). Printed per data set,
-shift and detector: false-alarm rate (alarms over the windows before the shift) and
-delay (windows until the first alarm after it; a miss counts as ``--after`` + 1),
-median over the seeds, and in how many seeds the shift was detected at all.
+(`edgefleet.shared.drift.evaluate`, as `edgefleet.fleet.drift` runs it) under several
+rules, and the very rows the agent saw go to scipy's raw two-sample KS per feature
+(Bonferroni over the non-constant features, alpha 0.05, the alibi-detect default).
+Printed per data set, shift and detector: false-alarm rate (alarms over the windows
+before the shift) and delay (windows until the first alarm after it; a miss counts as
+``--after`` + 1), median over the seeds, and in how many seeds the shift was detected
+at all.
 """
 
 from __future__ import annotations
@@ -43,18 +44,18 @@ from scipy import stats
 from sklearn.datasets import load_breast_cancer, load_digits, load_wine
 from sklearn.model_selection import train_test_split
 
-from agent.config import AgentConfig
-from agent.daemon import Agent
-from shared.drift import (
+from edgefleet.agent.config import AgentConfig
+from edgefleet.agent.daemon import Agent
+from edgefleet.shared.drift import (
     DriftThresholds,
     FeatureThresholds,
     ReferenceProfile,
     WindowSketch,
     evaluate,
 )
-from shared.messages import DriftMessage
-from shared.modeltools.package import build_package, read_package
-from shared.topics import Channel
+from edgefleet.shared.messages import DriftMessage
+from edgefleet.shared.modeltools.package import build_package, read_package
+from edgefleet.shared.topics import Channel
 
 ALPHA = 0.05
 SHIFTS = ("class", "mean+0.5sd", "scale1.5")

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from agent.drift_monitor import DriftMonitor
-from shared.drift import build_profile
-from simulators.models import SensorFeed, train_wine_classifier
+from edgefleet.agent.drift_monitor import DriftMonitor
+from edgefleet.shared.drift import build_profile
+from edgefleet.simulators.models import SensorFeed, train_wine_classifier
 
 
 def main() -> None:

@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def make_payloads(messages: int, devices: int) -> list[tuple[str, bytes]]:
-    from shared.messages import LatencyPercentiles, TelemetryMessage, encode, utcnow
-    from shared.topics import Channel, device_topic
+    from edgefleet.shared.messages import LatencyPercentiles, TelemetryMessage, encode, utcnow
+    from edgefleet.shared.topics import Channel, device_topic
 
     now = utcnow()
     out = []
@@ -136,9 +136,9 @@ def ingester_run(
 ) -> float:
     from prometheus_client import CollectorRegistry
 
-    from fleet.ingest import Ingester, IngestMetrics
-    from fleet.settings import FleetSettings
-    from fleet.store import create_all, make_engine
+    from edgefleet.fleet.ingest import Ingester, IngestMetrics
+    from edgefleet.fleet.settings import FleetSettings
+    from edgefleet.fleet.store import create_all, make_engine
 
     # A persistent session without $share: the broker queues all N while the ingester
     # is away, so the run times the ingester draining them, not the publisher.

@@ -5,9 +5,9 @@
 
 Sets up what the fleet holds during the rollout benchmark (tests/benchmarks/
 rollout_bench.py) without its thousand agents: a real Mosquitto, a fleet replica
-(`fleet.service.FleetService`, lab keys, SQLite, no ingester, its own orchestrator off),
+(`edgefleet.fleet.service.FleetService`, lab keys, SQLite, no ingester, its own orchestrator off),
 wine 1.0.0 and 1.1.0 uploaded and published, and ``--devices`` devices registered with
-birth states written by the real ingest writer (`fleet.ingest.writer.BatchWriter`). A
+birth states written by the real ingest writer (`edgefleet.fleet.ingest.writer.BatchWriter`). A
 rollout of 1.1.0 in 4 waves (5 %, 25 %, 50 %, 100 %) is created through the API and
 driven by an `Orchestrator` of the benchmark's own (the real one, with the replica's
 director and registry), every device of a wave reporting its whole deployment at once,
@@ -88,7 +88,7 @@ class Devices:
         return self._seq[device_id]
 
     def _state(self, device_id: str) -> Any:
-        from shared.messages import ModelRef, StateMessage
+        from edgefleet.shared.messages import ModelRef, StateMessage
 
         return StateMessage(
             device_id=device_id,
@@ -102,14 +102,14 @@ class Devices:
         )
 
     def write(self, messages: list[Any]) -> None:
-        from fleet.ingest.decode import Accepted
-        from shared.messages import (
+        from edgefleet.fleet.ingest.decode import Accepted
+        from edgefleet.shared.messages import (
             EventMessage,
             StateMessage,
             TelemetryMessage,
             utcnow,
         )
-        from shared.topics import Channel
+        from edgefleet.shared.topics import Channel
 
         channels: dict[type[Any], Channel] = {
             StateMessage: Channel.STATE,
@@ -129,7 +129,7 @@ class Devices:
 
     def advance(self, device_id: str, rollout_id: str) -> Any:
         """The next message of ``device_id``'s deployment."""
-        from shared.messages import EventKind, EventMessage, ModelRef
+        from edgefleet.shared.messages import EventKind, EventMessage, ModelRef
 
         index = self.step.get(device_id, 0)
         self.step[device_id] = index + 1
@@ -149,7 +149,7 @@ class Devices:
 
     def telemetry(self, count: int) -> list[Any]:
         """The next ``count`` devices' telemetry, round robin."""
-        from shared.messages import LatencyPercentiles, ModelRef, TelemetryMessage
+        from edgefleet.shared.messages import LatencyPercentiles, ModelRef, TelemetryMessage
 
         out = []
         for _ in range(count):
@@ -176,9 +176,9 @@ class Devices:
 
 
 def _packages(base: Path) -> dict[str, Path]:
-    from shared.manifest import ProbationBudget
-    from shared.modeltools.package import build_package
-    from simulators.models import train_wine_classifier
+    from edgefleet.shared.manifest import ProbationBudget
+    from edgefleet.shared.modeltools.package import build_package
+    from edgefleet.simulators.models import train_wine_classifier
 
     model = train_wine_classifier(base / "wine.onnx")
     probation = ProbationBudget(min_inferences=3, duration_s=1.0, max_latency_p95_ms=10_000)
@@ -199,13 +199,13 @@ def measure(args: argparse.Namespace) -> Timings:
     """Run the scenario of the module docstring on the code importable here."""
     import httpx
 
-    import fleet
-    from fleet.ingest.writer import BatchWriter
-    from fleet.keys import create_lab_setup
-    from fleet.rollouts import store
-    from fleet.rollouts.orchestrator import Orchestrator
-    from fleet.service import FleetService
-    from fleet.settings import FleetSettings
+    from edgefleet import fleet
+    from edgefleet.fleet.ingest.writer import BatchWriter
+    from edgefleet.fleet.keys import create_lab_setup
+    from edgefleet.fleet.rollouts import store
+    from edgefleet.fleet.rollouts.orchestrator import Orchestrator
+    from edgefleet.fleet.service import FleetService
+    from edgefleet.fleet.settings import FleetSettings
     from tests.support.mosquitto import MosquittoBroker
 
     base = Path(tempfile.mkdtemp(prefix="edgefleet-orchestrator-bench-"))
@@ -298,7 +298,7 @@ def measure(args: argparse.Namespace) -> Timings:
 
         # The earlier waves went by in seconds; in the rollout benchmark they took most of a
         # minute, so the events a tick re-lists (those of the last 10 s, see
-        # `fleet.rollouts.observe.EventCache`) are the last wave's. Let them age as much.
+        # `edgefleet.fleet.rollouts.observe.EventCache`) are the last wave's. Let them age as much.
         turns = _Turns(args.sync)
         turns.meet()
         time.sleep(args.settle_s)
@@ -429,7 +429,8 @@ def _child(
     ``code_root``'s, timed in turns with the other run sharing ``sync``, ``phase`` of
     a tick interval after it."""
     bootstrap = (
-        "import runpy, sys; sys.path.insert(0, sys.argv.pop(1)); "
+        "import runpy, sys; root = sys.argv.pop(1); "
+        "sys.path[:0] = [root + '/packaging/python', root]; "
         "runpy.run_path(sys.argv.pop(1), run_name='__main__')"
     )
     command = [

@@ -4,17 +4,17 @@
         [--variants before,after] [--target-requests 300] [--metadata-refreshes 300]
 
 Starts Mosquitto, then one fleet replica per variant, each in its OWN process (the real
-`fleet.service.FleetService`, lab keys, SQLite shared by all, ingest off), uploads and
+`edgefleet.fleet.service.FleetService`, lab keys, SQLite shared by all, ingest off), uploads and
 publishes a ~1 MB model package once, and in every round, for each variant in turn
 (the order alternates between rounds so drift in the machine's load hits both alike):
 
 - *target*: ``--target-requests`` GETs of ``/v1/repository/targets/<sha256>.<name>`` by
   ``--clients`` threads (split over ``--client-procs`` processes so the client is not one
   GIL), each on a NEW connection with ``Connection: close`` and the device token, read in
-  64 KiB chunks and hashed, as `agent.download.download` (urllib) does;
+  64 KiB chunks and hashed, as `edgefleet.agent.download.download` (urllib) does;
 - *metadata*: ``--metadata-refreshes`` TUF refreshes, each the four GETs python-tuf makes
   (``N+1.root.json`` -> 404, ``timestamp.json``, ``S.snapshot.json``, ``T.targets.json``),
-  over one kept-alive urllib3 connection per thread, as `agent.trust.HeaderFetcher` does.
+  over one kept-alive urllib3 connection per thread, as `edgefleet.agent.trust.HeaderFetcher` does.
 
 It prints, per variant, the medians over the rounds (and the min..max spread) of MB/s,
 requests/s, the fleet process's CPU milliseconds per MB and per request, client latency
@@ -25,8 +25,8 @@ Variants, and why they live here and not in the product: the product has exactly
 way of serving the repository, so the pre-optimisation path ("before") is re-created
 inside the server process this script starts, by `_install_before`: the old handlers
 and the old auth dependency are kept below verbatim (``_before_*``) and put in place of
-the product's GET routes on ``fleet.api.repository.router`` before the app is built, and
-``fleet.service.uvicorn_config`` is swapped for the old server options (`_old_server`:
+the product's GET routes on ``edgefleet.fleet.api.repository.router`` before the app is built, and
+``edgefleet.fleet.service.uvicorn_config`` is swapped for the old server options (`_old_server`:
 h11, the asyncio loop, uvicorn's 2048 backlog and 5 s keep-alive, access log on: what
 ran before httptools and uvloop were dependencies).
 
@@ -76,14 +76,14 @@ from fastapi.responses import StreamingResponse
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-import fleet.service
-from fleet.api import repository as repo_api
-from fleet.api.auth import authenticate
-from fleet.api.deps import SessionDep, SettingsDep
-from fleet.api.update_deps import DEVICE_TOKEN_NAME, UpdatesDep
-from fleet.errors import NotFoundError
-from fleet.http_range import RangePlan, plan
-from fleet.repository import NotFoundError as RepoNotFoundError
+import edgefleet.fleet.service as fleet_service
+from edgefleet.fleet.api import repository as repo_api
+from edgefleet.fleet.api.auth import authenticate
+from edgefleet.fleet.api.deps import SessionDep, SettingsDep
+from edgefleet.fleet.api.update_deps import DEVICE_TOKEN_NAME, UpdatesDep
+from edgefleet.fleet.errors import NotFoundError
+from edgefleet.fleet.http_range import RangePlan, plan
+from edgefleet.fleet.repository import NotFoundError as RepoNotFoundError
 
 TOKEN = "bench-admin-token-0123456789abcdef"
 DEVICE_TOKEN = "bench-device-token-0123456789abcdef"
@@ -199,13 +199,13 @@ def _old_server() -> None:
             loop="asyncio",
         )
 
-    fleet.service.uvicorn_config = config  # type: ignore[assignment]
+    fleet_service.uvicorn_config = config  # type: ignore[assignment]
 
 
 def _serve(variant: str, base: Path, port: int, broker_url: str, keys_dir: Path) -> int:
     """The server process: one fleet replica in ``variant`` until SIGTERM."""
-    from fleet.service import FleetService
-    from fleet.settings import FleetSettings
+    from edgefleet.fleet.service import FleetService
+    from edgefleet.fleet.settings import FleetSettings
 
     if variant == "before":
         _install_before()
@@ -437,8 +437,8 @@ def _start_server(
 
 
 def _build_package(base: Path, model_bytes: int) -> Path:
-    from shared.modeltools.package import build_package
-    from simulators.models import train_wine_classifier
+    from edgefleet.shared.modeltools.package import build_package
+    from edgefleet.simulators.models import train_wine_classifier
     from tests.update_e2e.support import padded_model
 
     model = train_wine_classifier(base / "wine.onnx")
@@ -529,8 +529,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve:
         return _serve(args.serve, args.base, args.port, args.broker, args.keys_dir)
 
-    from fleet.keys import create_lab_setup
-    from simulators.fleet import raise_open_file_limit
+    from edgefleet.fleet.keys import create_lab_setup
+    from edgefleet.simulators.fleet import raise_open_file_limit
     from tests.support.mosquitto import MosquittoBroker
 
     variants = [v.strip() for v in args.variants.split(",")]

@@ -4,7 +4,7 @@
 
 Starts Mosquitto (tests/support/mosquitto.py) unless ``--broker`` is given, the fleet
 service as its own PROCESS (``edgefleet fleet serve``, lab keys, SQLite) and the
-simulated fleet in worker processes (`simulators.shards.ShardedFleet`: real agent code,
+simulated fleet in worker processes (`edgefleet.simulators.shards.ShardedFleet`: real agent code,
 one MQTT connection per device). Uploads wine 1.0.0 (the factory model) and 1.1.0 padded
 to 1 MB with an unused initializer, rolls 1.1.0 out in 4 waves (5 %, 25 %, 50 %, 100 %)
 and prints the time from rollout creation to each wave healthy and to 100 % healthy,
@@ -14,7 +14,7 @@ every 10 s and prints the fleet's CPU meanwhile.
 
 The agents of one simulator process install in turns, ``--update-slots`` at a time
 (default 1; 0 lets all of them at once, the way to measure what that costs): see
-`simulators.fleet.FleetPlan.update_slots`. The working directory (over a gigabyte of
+`edgefleet.simulators.fleet.FleetPlan.update_slots`. The working directory (over a gigabyte of
 device state for 1,000 devices) is removed at the end unless ``--keep`` is given.
 """
 
@@ -34,12 +34,12 @@ from typing import Any
 import httpx
 import psutil
 
-from fleet.keys import create_lab_setup
-from shared.manifest import ProbationBudget
-from shared.modeltools.package import build_package
-from simulators.fleet import DeviceProfile, FleetPlan, UpdatePlan, raise_open_file_limit
-from simulators.models import train_wine_classifier
-from simulators.shards import ShardedFleet
+from edgefleet.fleet.keys import create_lab_setup
+from edgefleet.shared.manifest import ProbationBudget
+from edgefleet.shared.modeltools.package import build_package
+from edgefleet.simulators.fleet import DeviceProfile, FleetPlan, UpdatePlan, raise_open_file_limit
+from edgefleet.simulators.models import train_wine_classifier
+from edgefleet.simulators.shards import ShardedFleet
 from tests.support.mosquitto import MosquittoBroker, free_port, wait_for_port
 from tests.update_e2e.support import padded_model
 
@@ -107,7 +107,10 @@ def _serve_fleet(base: Path, broker_url: str, lab_dir: Path, port: int) -> subpr
     }
     log = (base / "fleet.log").open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "fleet", "serve"], env=env, stdout=log, stderr=log
+        [sys.executable, "-m", "edgefleet.shared.cli", "fleet", "serve"],
+        env=env,
+        stdout=log,
+        stderr=log,
     )
     wait_for_port(port, timeout_s=60)
     return process

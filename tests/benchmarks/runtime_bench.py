@@ -9,8 +9,8 @@ times batch-1 calls three ways, all with one intra-op thread:
 
 - bare: ``onnxruntime.InferenceSession.run`` / LiteRT ``set_tensor, invoke, get_tensor``
   (int8 inputs pre-quantized, outputs left as int8);
-- runtime: ``shared.runtime.load_runtime(...).predict`` (float in, float out);
-- host: ``agent.model_host.ModelHost.infer`` (input checks and metrics on top).
+- runtime: ``edgefleet.shared.runtime.load_runtime(...).predict`` (float in, float out);
+- host: ``edgefleet.agent.model_host.ModelHost.infer`` (input checks and metrics on top).
 
 Each run is ``--iterations`` calls cycling over held-out rows after a warm-up; the
 figures are medians over ``--repeats`` runs: p50 and p99 latency in microseconds, and
@@ -33,13 +33,13 @@ import onnxruntime as ort
 from ai_edge_litert.interpreter import Interpreter
 from numpy.typing import NDArray
 
-from agent.metrics import InferenceMetrics
-from agent.model_host import ActiveModel, ModelHost
-from shared.messages import ModelRef
-from shared.modeltools.quantize import quantize_onnx
-from shared.runtime import RuntimeOptions, load_runtime
-from simulators.tflite_models.catalog import model_path
-from simulators.tflite_models.datasets import Split, digits_split, wine_split
+from edgefleet.agent.metrics import InferenceMetrics
+from edgefleet.agent.model_host import ActiveModel, ModelHost
+from edgefleet.shared.messages import ModelRef
+from edgefleet.shared.modeltools.quantize import quantize_onnx
+from edgefleet.shared.runtime import RuntimeOptions, load_runtime
+from edgefleet.simulators.tflite_models.catalog import model_path
+from edgefleet.simulators.tflite_models.datasets import Split, digits_split, wine_split
 
 Call = Callable[[NDArray[np.float32]], object]
 WARMUP = 50

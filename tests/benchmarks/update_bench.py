@@ -37,8 +37,8 @@ import psutil
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from shared.manifest import ProbationBudget  # noqa: E402
-from simulators.models import train_wine_classifier  # noqa: E402
+from edgefleet.shared.manifest import ProbationBudget  # noqa: E402
+from edgefleet.simulators.models import train_wine_classifier  # noqa: E402
 from tests.agent.conftest import Subscriber  # noqa: E402
 from tests.support.mosquitto import MosquittoBroker  # noqa: E402
 from tests.update_e2e.support import Pkg, Rig, build, event_docs, padded_model  # noqa: E402
@@ -117,7 +117,7 @@ def one_run(
     births = Subscriber(broker.port, [f"edgefleet/v1/devices/{device}/state"])
     log = (root / "agent.log").open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "agent", "run", "--config", str(config)],
+        [sys.executable, "-m", "edgefleet.agent", "run", "--config", str(config)],
         cwd=REPO,
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shared.drift import ReferenceProfile, build_profile
+from edgefleet.shared.drift import ReferenceProfile, build_profile
 
 FEATURES = ["temperature", "pressure", "count"]
 

@@ -13,8 +13,12 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from shared.drift import WindowAccumulator, build_profile, merge_all
-from shared.drift.labels import auc_binning_bound, classification_metrics, regression_metrics
+from edgefleet.shared.drift import WindowAccumulator, build_profile, merge_all
+from edgefleet.shared.drift.labels import (
+    auc_binning_bound,
+    classification_metrics,
+    regression_metrics,
+)
 
 
 def scored_classifier(rng: np.random.Generator, n: int, k: int, noise: float):
@@ -80,7 +84,7 @@ def test_metrics_from_merged_counts_match_sklearn(seed, k, noise) -> None:
 
 
 def test_auc_is_exact_when_no_positive_shares_a_bin_with_a_negative() -> None:
-    from shared.drift.labels import binned_roc_auc
+    from edgefleet.shared.drift.labels import binned_roc_auc
 
     assert binned_roc_auc([0, 0, 3, 5], [4, 2, 0, 0]) == pytest.approx(1.0)
     assert binned_roc_auc([4, 0], [0, 4]) == pytest.approx(0.0)

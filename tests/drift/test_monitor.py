@@ -8,8 +8,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from agent.drift_monitor import DriftMonitor
-from shared.drift import WindowSketch, build_profile
+from edgefleet.agent.drift_monitor import DriftMonitor
+from edgefleet.shared.drift import WindowSketch, build_profile
 from tests.drift.conftest import classify, make_inputs
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shared.drift import ProfileError, ReferenceProfile, WindowAccumulator, build_profile
-from shared.drift.profile import OTHER, CategoricalFeature, NumericFeature
+from edgefleet.shared.drift import ProfileError, ReferenceProfile, WindowAccumulator, build_profile
+from edgefleet.shared.drift.profile import OTHER, CategoricalFeature, NumericFeature
 
 
 def test_profile_survives_a_json_round_trip_with_the_same_id(profile) -> None:

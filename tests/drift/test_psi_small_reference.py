@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from shared.drift import (
+from edgefleet.shared.drift import (
     DriftThresholds,
     FeatureThresholds,
     ReferenceProfile,
@@ -12,7 +12,7 @@ from shared.drift import (
     WindowSketch,
     build_profile,
 )
-from shared.drift.thresholds import evaluate
+from edgefleet.shared.drift.thresholds import evaluate
 from tests.drift.conftest import FEATURES, classify, make_inputs
 
 

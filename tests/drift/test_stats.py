@@ -12,9 +12,9 @@ from scipy import special
 from scipy import stats as sps
 from scipy.spatial.distance import jensenshannon
 
-from shared.drift import stats
-from shared.drift.binning import bin_index, quantile_edges
-from shared.drift.special import chi2_sf, kolmogorov_sf
+from edgefleet.shared.drift import stats
+from edgefleet.shared.drift.binning import bin_index, quantile_edges
+from edgefleet.shared.drift.special import chi2_sf, kolmogorov_sf
 
 counts = st.lists(st.integers(0, 500), min_size=2, max_size=15)
 

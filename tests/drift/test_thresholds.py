@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from shared.drift import DriftThresholds, FeatureThresholds, WindowAccumulator, evaluate
+from edgefleet.shared.drift import DriftThresholds, FeatureThresholds, WindowAccumulator, evaluate
 from tests.drift.conftest import classify, make_inputs
 
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.drift import (
+from edgefleet.shared.drift import (
     DriftInputError,
     SketchMismatchError,
     WindowAccumulator,
@@ -19,9 +19,9 @@ from shared.drift import (
     merge,
     merge_all,
 )
-from shared.drift.window import NumericCounts
-from shared.messages import DriftMessage, decode_device_message, encode
-from shared.topics import Channel
+from edgefleet.shared.drift.window import NumericCounts
+from edgefleet.shared.messages import DriftMessage, decode_device_message, encode
+from edgefleet.shared.topics import Channel
 from tests.drift.conftest import FEATURES, classify, make_inputs
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)

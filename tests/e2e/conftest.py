@@ -14,8 +14,8 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from fleet.service import FleetService
-from fleet.settings import FleetSettings
+from edgefleet.fleet.service import FleetService
+from edgefleet.fleet.settings import FleetSettings
 
 T = TypeVar("T")
 

@@ -1,6 +1,6 @@
 """Drift end to end: real agents → Mosquitto → fleet ingest → drift monitor → alerts.
 
-In-process `agent.daemon.Agent`s serve a packaged wine model whose reference profile
+In-process `edgefleet.agent.daemon.Agent`s serve a packaged wine model whose reference profile
 carries a label spec; the same package is uploaded to the fleet's registry
 (``POST /v1/models``), which is how the fleet learns the profile. The fleet's drift
 monitor runs every 0.5 s; alerts are checked in the REST API, on the MQTT alerts topic
@@ -20,14 +20,14 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from agent.daemon import Agent
-from fleet.drift.notify import WebhookPayload
-from fleet.service import FleetService
-from shared.drift import ReferenceProfile, build_profile
-from shared.messages import AlertMessage
-from shared.modeltools.package import build_package, read_package
-from shared.topics import ALERTS_TOPIC
-from simulators.models import SensorFeed, TrainedModel
+from edgefleet.agent.daemon import Agent
+from edgefleet.fleet.drift.notify import WebhookPayload
+from edgefleet.fleet.service import FleetService
+from edgefleet.shared.drift import ReferenceProfile, build_profile
+from edgefleet.shared.messages import AlertMessage
+from edgefleet.shared.modeltools.package import build_package, read_package
+from edgefleet.shared.topics import ALERTS_TOPIC
+from edgefleet.simulators.models import SensorFeed, TrainedModel
 from tests.agent.conftest import Subscriber, agent_config
 from tests.e2e.conftest import Console, WebhookReceiver, eventually
 from tests.support.mosquitto import MosquittoBroker

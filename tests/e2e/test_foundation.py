@@ -16,10 +16,10 @@ import httpx
 import pytest
 from sqlmodel import Session, col, select
 
-from agent.daemon import Agent
-from fleet.store.tables import EventRow
-from shared.messages import EventKind
-from simulators.models import TrainedModel
+from edgefleet.agent.daemon import Agent
+from edgefleet.fleet.store.tables import EventRow
+from edgefleet.shared.messages import EventKind
+from edgefleet.simulators.models import TrainedModel
 from tests.agent.conftest import REPO, agent_config, toml_config
 from tests.e2e.conftest import Console, eventually
 from tests.support.mosquitto import MosquittoBroker, free_port, wait_for_port
@@ -39,7 +39,7 @@ def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
 
 def _run_agent(config: Path, processes: list[subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "agent", "run", "--config", str(config)],
+        [sys.executable, "-m", "edgefleet.agent", "run", "--config", str(config)],
         cwd=REPO,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
         stdout=subprocess.DEVNULL,

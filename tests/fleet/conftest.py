@@ -8,8 +8,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from fleet.service import FleetService
-from fleet.settings import FleetSettings
+from edgefleet.fleet.service import FleetService
+from edgefleet.fleet.settings import FleetSettings
 from tests.support.mosquitto import MosquittoBroker
 
 MakeService = Callable[..., FleetService]

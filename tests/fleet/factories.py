@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from shared.messages import (
+from edgefleet.shared.messages import (
     EventKind,
     EventMessage,
     LatencyPercentiles,

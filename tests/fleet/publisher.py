@@ -8,8 +8,8 @@ from collections.abc import Callable, Iterable
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from shared.messages import WireModel, encode
-from shared.topics import Channel, device_topic
+from edgefleet.shared.messages import WireModel, encode
+from edgefleet.shared.topics import Channel, device_topic
 
 
 def publish(port: int, messages: Iterable[tuple[str, bytes, bool]]) -> None:

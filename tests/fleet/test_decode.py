@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from fleet.ingest.decode import Accepted, Ignored, Rejected, decode
-from shared.messages import encode
-from shared.topics import Channel, device_topic
+from edgefleet.fleet.ingest.decode import Accepted, Ignored, Rejected, decode
+from edgefleet.shared.messages import encode
+from edgefleet.shared.topics import Channel, device_topic
 from tests.fleet.factories import event, state, telemetry
 
 NOW = datetime(2026, 3, 1, tzinfo=UTC)

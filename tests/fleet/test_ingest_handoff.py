@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from fleet.ingest.handoff import BatchHandoff, ClosedError
+from edgefleet.fleet.ingest.handoff import BatchHandoff, ClosedError
 
 
 def test_a_full_batch_is_taken_at_once_in_order() -> None:

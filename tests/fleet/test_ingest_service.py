@@ -14,12 +14,12 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import func, select
 from sqlmodel import Session
 
-from fleet.ingest import Ingester, IngestMetrics
-from fleet.service import FleetService
-from fleet.settings import FleetSettings
-from fleet.store import DeadLetter, TelemetryRow, create_all, make_engine
-from shared.messages import DriftMessage, utcnow
-from shared.topics import Channel, device_topic
+from edgefleet.fleet.ingest import Ingester, IngestMetrics
+from edgefleet.fleet.service import FleetService
+from edgefleet.fleet.settings import FleetSettings
+from edgefleet.fleet.store import DeadLetter, TelemetryRow, create_all, make_engine
+from edgefleet.shared.messages import DriftMessage, utcnow
+from edgefleet.shared.topics import Channel, device_topic
 from tests.fleet.conftest import MakeService
 from tests.fleet.factories import state, telemetry
 from tests.fleet.publisher import device_message, publish, wait_until

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from fleet.settings import FleetSettings
-from fleet.store.engine import normalise_url
+from edgefleet.fleet.settings import FleetSettings
+from edgefleet.fleet.store.engine import normalise_url
 
 
 def test_the_database_defaults_to_sqlite_in_the_data_dir(tmp_path: Path) -> None:

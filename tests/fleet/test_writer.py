@@ -14,12 +14,19 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlmodel import Session
 
-from fleet.ingest.bulk import column_converter, sqlite_utc_text
-from fleet.ingest.decode import Accepted, DeviceMessage, Rejected, decode
-from fleet.ingest.writer import BatchWriter, TransientStoreError
-from fleet.store import DeadLetter, Device, EventRow, TelemetryRow, create_all, make_engine
-from shared.messages import encode
-from shared.topics import Channel, device_topic
+from edgefleet.fleet.ingest.bulk import column_converter, sqlite_utc_text
+from edgefleet.fleet.ingest.decode import Accepted, DeviceMessage, Rejected, decode
+from edgefleet.fleet.ingest.writer import BatchWriter, TransientStoreError
+from edgefleet.fleet.store import (
+    DeadLetter,
+    Device,
+    EventRow,
+    TelemetryRow,
+    create_all,
+    make_engine,
+)
+from edgefleet.shared.messages import encode
+from edgefleet.shared.topics import Channel, device_topic
 from tests.fleet.factories import T0, event, state, telemetry
 
 NOW = datetime(2026, 3, 1, 12, 30, tzinfo=UTC)

@@ -2,7 +2,7 @@
 
 Windows are built the way a device builds them: real rows (resampled from the wine
 training data, optionally shifted), the real ONNX model's outputs on them, folded by
-`shared.drift.WindowAccumulator`, sent as `DriftMessage`s by a plain paho client and
+`edgefleet.shared.drift.WindowAccumulator`, sent as `DriftMessage`s by a plain paho client and
 stored by the real ingester of a running `FleetService`.
 """
 
@@ -23,17 +23,17 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlmodel import Session, SQLModel
 
-from fleet.api.app import create_app
-from fleet.drift.api import router as drift_router
+from edgefleet.fleet.api.app import create_app
+from edgefleet.fleet.drift.api import router as drift_router
 
 # Importing fleet.drift.store registers the drift tables before the service's create_all.
-from fleet.drift.store import put_reference
-from fleet.service import FleetService
-from fleet.store.tables import DriftWindowRow
-from shared.drift import ReferenceProfile, WindowAccumulator, WindowSketch, build_profile
-from shared.messages import DriftMessage, ModelRef
-from shared.topics import Channel
-from simulators.models import SensorFeed, TrainedModel
+from edgefleet.fleet.drift.store import put_reference
+from edgefleet.fleet.service import FleetService
+from edgefleet.fleet.store.tables import DriftWindowRow
+from edgefleet.shared.drift import ReferenceProfile, WindowAccumulator, WindowSketch, build_profile
+from edgefleet.shared.messages import DriftMessage, ModelRef
+from edgefleet.shared.topics import Channel
+from edgefleet.simulators.models import SensorFeed, TrainedModel
 from tests.fleet.conftest import api, make_service, service  # noqa: F401  (fixtures)
 from tests.fleet.factories import state
 from tests.fleet.publisher import device_message, publish, wait_until

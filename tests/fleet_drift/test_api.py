@@ -6,9 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 from fastapi.testclient import TestClient
 
-from fleet.drift.monitor import DriftMonitorService
-from fleet.drift.notify import Notifier
-from shared.messages import utcnow
+from edgefleet.fleet.drift.monitor import DriftMonitorService
+from edgefleet.fleet.drift.notify import Notifier
+from edgefleet.shared.messages import utcnow
 from tests.fleet_drift.conftest import MODEL, VERSION, Fleet, Window, WineData
 
 HOUR = timedelta(hours=1)

@@ -14,12 +14,12 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from sqlmodel import Session, select
 
-from fleet.drift.alerts import AlertKind
-from fleet.drift.monitor import DriftMonitorService
-from fleet.drift.notify import MqttAlertPublisher, Notifier, RetryPolicy, WebhookPayload
-from fleet.drift.store import DriftAlert, Webhook, WebhookDelivery
-from shared.messages import AlertMessage, utcnow
-from shared.topics import ALERTS_TOPIC
+from edgefleet.fleet.drift.alerts import AlertKind
+from edgefleet.fleet.drift.monitor import DriftMonitorService
+from edgefleet.fleet.drift.notify import MqttAlertPublisher, Notifier, RetryPolicy, WebhookPayload
+from edgefleet.fleet.drift.store import DriftAlert, Webhook, WebhookDelivery
+from edgefleet.shared.messages import AlertMessage, utcnow
+from edgefleet.shared.topics import ALERTS_TOPIC
 from tests.fleet_drift.conftest import MODEL, VERSION, Fleet, Receiver, Window, WineData
 
 

@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from fleet.drift.alerts import AlertDecision, AlertKind, apply_cooldown, decide
-from fleet.drift.rollup import (
+from edgefleet.fleet.drift.alerts import AlertDecision, AlertKind, apply_cooldown, decide
+from edgefleet.fleet.drift.rollup import (
     SliceFilter,
     WindowRecord,
     bucket_start,
@@ -19,9 +19,9 @@ from fleet.drift.rollup import (
     rollup,
     slices,
 )
-from shared.drift import SketchMismatchError, WindowAccumulator, build_profile, evaluate
-from shared.drift.thresholds import FeatureVerdict
-from shared.drift.window import NumericCounts
+from edgefleet.shared.drift import SketchMismatchError, WindowAccumulator, build_profile, evaluate
+from edgefleet.shared.drift.thresholds import FeatureVerdict
+from edgefleet.shared.drift.window import NumericCounts
 from tests.fleet_drift.conftest import WineData
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

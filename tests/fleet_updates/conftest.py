@@ -10,11 +10,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from fleet.keys import LabSetup, create_lab_setup
-from fleet.service import FleetService
-from fleet.settings import FleetSettings
-from shared.modeltools.package import build_package
-from simulators.models import TrainedModel
+from edgefleet.fleet.keys import LabSetup, create_lab_setup
+from edgefleet.fleet.service import FleetService
+from edgefleet.fleet.settings import FleetSettings
+from edgefleet.shared.modeltools.package import build_package
+from edgefleet.simulators.models import TrainedModel
 from tests.support.mosquitto import MosquittoBroker
 
 DEVICE_TOKEN = "device-token-for-tests-0123456789"

@@ -8,7 +8,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from shared.topics import Channel, device_topic
+from edgefleet.shared.topics import Channel, device_topic
 
 
 def retained_desired(port: int, device_id: str, timeout_s: float = 10.0) -> bytes:

@@ -8,11 +8,11 @@ from typing import Any
 
 import httpx
 
-from fleet import deployments
-from fleet.service import FleetService
-from fleet.store.tables import EventRow
-from shared.messages import EventKind, EventMessage, ModelRef
-from shared.topics import Channel
+from edgefleet.fleet import deployments
+from edgefleet.fleet.service import FleetService
+from edgefleet.fleet.store.tables import EventRow
+from edgefleet.shared.messages import EventKind, EventMessage, ModelRef
+from edgefleet.shared.topics import Channel
 from tests.fleet.factories import T0
 from tests.fleet.publisher import device_message, publish, wait_until
 from tests.fleet_updates.conftest import upload

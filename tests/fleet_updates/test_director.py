@@ -9,13 +9,17 @@ from pathlib import Path
 import httpx
 import pytest
 
-from agent.trust import TrustedRepository
-from fleet.keys import LabSetup
-from fleet.service import FleetService
-from shared.modeltools.package import sha256_file
-from shared.signing.bundle import DIRECTOR_KEYS_FILE, TRUSTED_ROOT_FILE, load_director_keys
-from shared.signing.director import verify_desired
-from shared.signing.errors import ReplayedOrOlder
+from edgefleet.agent.trust import TrustedRepository
+from edgefleet.fleet.keys import LabSetup
+from edgefleet.fleet.service import FleetService
+from edgefleet.shared.modeltools.package import sha256_file
+from edgefleet.shared.signing.bundle import (
+    DIRECTOR_KEYS_FILE,
+    TRUSTED_ROOT_FILE,
+    load_director_keys,
+)
+from edgefleet.shared.signing.director import verify_desired
+from edgefleet.shared.signing.errors import ReplayedOrOlder
 from tests.fleet_updates.conftest import DEVICE_TOKEN, MakeFleet, admin_client, upload
 from tests.fleet_updates.mqtt_helpers import retained_desired
 from tests.support.mosquitto import MosquittoBroker
@@ -208,8 +212,8 @@ def test_operator_role_is_needed_to_assign(
 ) -> None:
     from sqlmodel import Session
 
-    from fleet.api.auth import hash_token, new_token
-    from fleet.store.tables import ApiToken, TokenRole
+    from edgefleet.fleet.api.auth import hash_token, new_token
+    from edgefleet.fleet.store.tables import ApiToken, TokenRole
 
     token = new_token()
     with Session(fleet.engine) as session:

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from fleet.keys import create_lab_setup
-from fleet.repo_access import MetadataRefresher, RepositoryAccess
-from fleet.repository import ImageRepository
-from fleet.service import FleetService
-from fleet.settings import FleetSettings
-from shared.signing import keys
-from shared.signing.errors import KeyFileError
+from edgefleet.fleet.keys import create_lab_setup
+from edgefleet.fleet.repo_access import MetadataRefresher, RepositoryAccess
+from edgefleet.fleet.repository import ImageRepository
+from edgefleet.fleet.service import FleetService
+from edgefleet.fleet.settings import FleetSettings
+from edgefleet.shared.signing import keys
+from edgefleet.shared.signing.errors import KeyFileError
 from tests.fleet.publisher import wait_until
 
 

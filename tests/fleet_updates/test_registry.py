@@ -10,12 +10,12 @@ import httpx
 import pytest
 from sqlmodel import Session, select
 
-from fleet.keys import LabSetup
-from fleet.service import FleetService
-from fleet.store.tables import ModelVersion
-from shared.modeltools.package import sha256_file
-from shared.signing import keys, tuf_metadata
-from shared.signing.tufapi import CryptoSigner
+from edgefleet.fleet.keys import LabSetup
+from edgefleet.fleet.service import FleetService
+from edgefleet.fleet.store.tables import ModelVersion
+from edgefleet.shared.modeltools.package import sha256_file
+from edgefleet.shared.signing import keys, tuf_metadata
+from edgefleet.shared.signing.tufapi import CryptoSigner
 from tests.fleet_updates.conftest import MakeFleet, admin_client, retar, upload
 
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from fleet.api import repository as repository_api
-from fleet.api.repository import CachedFile, ImmutableFileCache
-from fleet.http_range import plan
-from fleet.service import FleetService
+from edgefleet.fleet.api import repository as repository_api
+from edgefleet.fleet.api.repository import CachedFile, ImmutableFileCache
+from edgefleet.fleet.http_range import plan
+from edgefleet.fleet.service import FleetService
 from tests.fleet_updates.conftest import DEVICE_TOKEN, MakeFleet, admin_client, upload
 
 ETAG = '"abc"'

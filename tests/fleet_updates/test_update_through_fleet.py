@@ -1,7 +1,7 @@
 """End to end through the fleet: upload, publish, assign; a real agent installs the model.
 
 The fleet (lab keys) serves the TUF repository over its own HTTP API and publishes the
-director's signed desired state on a real Mosquitto; an in-process `agent.daemon.Agent`
+director's signed desired state on a real Mosquitto; an in-process `edgefleet.agent.daemon.Agent`
 provisioned with the fleet's bundle downloads, verifies, activates and commits it, and
 the fleet sees that in the device's deployments and state.
 """
@@ -15,11 +15,11 @@ from typing import Any
 import httpx
 import pytest
 
-from agent.daemon import Agent
-from fleet.keys import LabSetup
-from shared.manifest import ProbationBudget
-from shared.modeltools.package import build_package, sha256_file
-from simulators.models import TrainedModel
+from edgefleet.agent.daemon import Agent
+from edgefleet.fleet.keys import LabSetup
+from edgefleet.shared.manifest import ProbationBudget
+from edgefleet.shared.modeltools.package import build_package, sha256_file
+from edgefleet.simulators.models import TrainedModel
 from tests.agent.conftest import agent_config
 from tests.fleet.publisher import wait_until
 from tests.fleet_updates.conftest import DEVICE_TOKEN, MakeFleet, admin_client, upload

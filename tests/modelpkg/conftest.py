@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.modeltools.package import build_package
-from simulators.models import INPUT_NAME, TrainedModel, train_wine_classifier
+from edgefleet.shared.modeltools.package import build_package
+from edgefleet.simulators.models import INPUT_NAME, TrainedModel, train_wine_classifier
 
 NARROW_FEATURES = 4
 

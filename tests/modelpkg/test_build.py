@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.manifest import Tolerance
-from shared.modeltools.package import (
+from edgefleet.shared.manifest import Tolerance
+from edgefleet.shared.modeltools.package import (
     DataError,
     GoldenFailureError,
     ManifestError,
@@ -24,7 +24,7 @@ from shared.modeltools.package import (
     load_golden,
     read_package,
 )
-from simulators.models import TrainedModel
+from edgefleet.simulators.models import TrainedModel
 
 WHEN = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 

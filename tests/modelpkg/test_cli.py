@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from shared.cli import CLIError, main
-from shared.manifest import ModelManifest
-from shared.modeltools import package
-from simulators.models import TrainedModel
+from edgefleet.shared.cli import CLIError, main
+from edgefleet.shared.manifest import ModelManifest
+from edgefleet.shared.modeltools import package
+from edgefleet.simulators.models import TrainedModel
 
 
 def _model_cli_loads() -> bool:
@@ -22,7 +22,7 @@ def _model_cli_loads() -> bool:
 
     try:
         for tool in ("quantize", "sign"):
-            importlib.import_module(f"shared.modeltools.{tool}")
+            importlib.import_module(f"edgefleet.shared.modeltools.{tool}")
     except ImportError:
         return False
     return True

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.modeltools.package import (
+from edgefleet.shared.modeltools.package import (
     DigestMismatchError,
     ManifestError,
     PackageError,

@@ -7,16 +7,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.manifest import Tolerance
-from shared.modeltools.package import (
+from edgefleet.shared.manifest import Tolerance
+from edgefleet.shared.modeltools.package import (
     DataError,
     check_golden,
     compare_golden,
     extract_package,
     load_golden,
 )
-from shared.runtime import load_runtime
-from simulators.models import TrainedModel
+from edgefleet.shared.runtime import load_runtime
+from edgefleet.simulators.models import TrainedModel
 
 TOL = Tolerance(atol=1e-4, rtol=1e-4)
 

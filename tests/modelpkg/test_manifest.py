@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from shared.manifest import ModelManifest
+from edgefleet.shared.manifest import ModelManifest
 
 GOOD: dict[str, Any] = {
     "name": "wine",

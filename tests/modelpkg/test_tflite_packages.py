@@ -1,8 +1,8 @@
 """TFLite model packages, built from the committed models and their held-out data.
 
-The models are the real files of `simulators.tflite_models` (float and int8), run by the
+The models are the real files of `edgefleet.simulators.tflite_models` (float and int8), run by the
 agent's LiteRT runtime; the reference data are the training rows of
-`simulators.tflite_models.datasets`.
+`edgefleet.simulators.tflite_models.datasets`.
 """
 
 from __future__ import annotations
@@ -14,16 +14,16 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from agent.drift_monitor import DriftMonitor
-from shared.drift import ProfileError
-from shared.drift.profile import (
+from edgefleet.agent.drift_monitor import DriftMonitor
+from edgefleet.shared.drift import ProfileError
+from edgefleet.shared.drift.profile import (
     MAX_FLAT_FEATURES,
     NumericFeature,
     ReferenceProfile,
     build_profile,
 )
-from shared.manifest import ModelManifest, Tolerance
-from shared.modeltools.package import (
+from edgefleet.shared.manifest import ModelManifest, Tolerance
+from edgefleet.shared.modeltools.package import (
     GoldenResult,
     build_package,
     check_golden,
@@ -31,10 +31,10 @@ from shared.modeltools.package import (
     load_golden,
     read_package,
 )
-from shared.runtime import load_runtime
-from shared.tensors import TensorSpec
-from simulators.tflite_models.catalog import load_manifest, model_path
-from simulators.tflite_models.datasets import Split, digits_split, wine_split
+from edgefleet.shared.runtime import load_runtime
+from edgefleet.shared.tensors import TensorSpec
+from edgefleet.simulators.tflite_models.catalog import load_manifest, model_path
+from edgefleet.simulators.tflite_models.datasets import Split, digits_split, wine_split
 from tests.update_e2e.support import Pkg, repackage
 
 GOLDEN_COUNT = 16

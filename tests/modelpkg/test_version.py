@@ -8,7 +8,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from shared.manifest import Version, VersionError, compare_versions
+from edgefleet.shared.manifest import Version, VersionError, compare_versions
 
 # Each version precedes the next one (the example chain from semver.org, extended).
 ORDERED = [

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal, TypeVar
 
-from fleet.rollouts import (
+from edgefleet.fleet.rollouts import (
     Action,
     Assign,
     Candidate,
@@ -20,7 +20,7 @@ from fleet.rollouts import (
     RollBack,
     RolloutSpec,
 )
-from shared.messages import EventKind
+from edgefleet.shared.messages import EventKind
 
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 OLD, NEW = "1.0.0", "2.0.0"

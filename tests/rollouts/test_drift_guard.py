@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fleet.rollouts import (
+from edgefleet.fleet.rollouts import (
     Assign,
     FailurePolicy,
     Gate,
@@ -24,7 +24,7 @@ from fleet.rollouts import (
     decide,
     new_rollout,
 )
-from fleet.rollouts.model import DeviceObservation
+from edgefleet.fleet.rollouts.model import DeviceObservation
 from tests.rollouts.support import NEW, OLD, T0, fleet, healthy, idle, of_kind, spec
 
 DRIFT = Gate(max_drift_score=0.25, min_metric_samples=200, soak_s=60, metrics_timeout_s=600)

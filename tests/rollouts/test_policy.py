@@ -6,7 +6,7 @@ from datetime import UTC, datetime, time, timedelta
 
 import pytest
 
-from fleet.rollouts import (
+from edgefleet.fleet.rollouts import (
     Assign,
     Complete,
     FailurePolicy,
@@ -30,8 +30,8 @@ from fleet.rollouts import (
     new_rollout,
     unconfirmed_actions,
 )
-from fleet.rollouts.model import DeviceObservation, RolloutSpec
-from shared.messages import EventKind
+from edgefleet.fleet.rollouts.model import DeviceObservation, RolloutSpec
+from edgefleet.shared.messages import EventKind
 from tests.rollouts.support import (
     NEW,
     OLD,
@@ -473,7 +473,7 @@ def test_naive_time_is_refused() -> None:
 def test_new_rollout_refuses_devices_held_by_another_active_rollout() -> None:
     devices = fleet(4)
     other = new_rollout("r-0", spec(selector={"device_ids": ["dev-001"]}), devices, {}, T0)
-    from fleet.rollouts import RolloutOverlapError
+    from edgefleet.fleet.rollouts import RolloutOverlapError
 
     with pytest.raises(RolloutOverlapError, match="dev-001 \\(held by active rollout 'r-0'\\)"):
         new_rollout("r-1", spec(), devices, {"r-0": held_devices(other)}, T0)

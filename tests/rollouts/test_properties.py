@@ -8,7 +8,7 @@ from datetime import timedelta
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from fleet.rollouts import (
+from edgefleet.fleet.rollouts import (
     Assign,
     DeviceRolloutState,
     FailurePolicy,
@@ -25,8 +25,8 @@ from fleet.rollouts import (
     new_rollout,
     unconfirmed_actions,
 )
-from fleet.rollouts.model import RolloutSpec
-from fleet.rollouts.selector import select_targets
+from edgefleet.fleet.rollouts.model import RolloutSpec
+from edgefleet.fleet.rollouts.selector import select_targets
 from tests.rollouts.support import T0, Outcome, SimFleet, fleet, spec
 
 S = RolloutStatus

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from fleet.rollouts import (
+from edgefleet.fleet.rollouts import (
     Candidate,
     Gate,
     MaintenanceWindow,
@@ -18,7 +18,13 @@ from fleet.rollouts import (
     Selector,
     Wave,
 )
-from fleet.rollouts.selector import check_overlap, plan_waves, select_targets, share, split_waves
+from edgefleet.fleet.rollouts.selector import (
+    check_overlap,
+    plan_waves,
+    select_targets,
+    share,
+    split_waves,
+)
 from tests.rollouts.support import fleet, spec
 
 MIXED = [

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 
 from hypothesis import given
 
-from fleet.rollouts import (
+from edgefleet.fleet.rollouts import (
     Decision,
     DeviceObservation,
     DeviceRecord,

@@ -10,9 +10,9 @@ import httpx
 import numpy as np
 import pytest
 
-from fleet.service import FleetService
-from shared.modeltools.package import build_package
-from simulators.models import TrainedModel
+from edgefleet.fleet.service import FleetService
+from edgefleet.shared.modeltools.package import build_package
+from edgefleet.simulators.models import TrainedModel
 from tests.fleet.publisher import wait_until
 from tests.fleet_updates.conftest import (  # noqa: F401  (fixtures used by these tests)
     MakeFleet,

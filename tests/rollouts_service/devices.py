@@ -1,8 +1,8 @@
-"""Devices simulated at the protocol level (`shared.topics`, `shared.messages`).
+"""Devices simulated at the protocol level (`edgefleet.shared.topics`, `edgefleet.shared.messages`).
 
 Each `ProtocolFleet` device publishes a retained birth state, verifies every desired state
 it receives with the director's public key exactly as an agent does
-(`shared.signing.director.verify_desired`: signature, device id, growing seq, expiry),
+(`edgefleet.shared.signing.director.verify_desired`: signature, device id, growing seq, expiry),
 and answers with the deployment events a real agent publishes: ``downloading``,
 ``verified``, ``staged``, ``activated``, then ``healthy`` + ``committed`` (it now runs
 the target) or ``failed`` + ``rolled_back`` (it keeps what it ran), or ``info``
@@ -25,8 +25,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from shared.drift import WindowSketch
-from shared.messages import (
+from edgefleet.shared.drift import WindowSketch
+from edgefleet.shared.messages import (
     DriftMessage,
     EventKind,
     EventMessage,
@@ -35,10 +35,10 @@ from shared.messages import (
     encode,
     utcnow,
 )
-from shared.signing.director import DesiredBody, trusted_keys, verify_desired
-from shared.signing.errors import ReplayedOrOlder
-from shared.signing.tufapi import SSlibKey
-from shared.topics import Channel, device_filter, device_topic, parse_topic
+from edgefleet.shared.signing.director import DesiredBody, trusted_keys, verify_desired
+from edgefleet.shared.signing.errors import ReplayedOrOlder
+from edgefleet.shared.signing.tufapi import SSlibKey
+from edgefleet.shared.topics import Channel, device_filter, device_topic, parse_topic
 
 # (device id, version it now runs) -> the window it sends, or None for no window.
 DriftSource = Callable[[str, str], WindowSketch | None]

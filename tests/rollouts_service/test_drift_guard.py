@@ -15,10 +15,10 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-import fleet.rollouts.tables  # noqa: F401  (registers the rollout tables)
-from fleet.drift.store import put_reference, put_thresholds
-from fleet.rollouts import store
-from fleet.rollouts.model import (
+import edgefleet.fleet.rollouts.tables  # noqa: F401  (registers the rollout tables)
+from edgefleet.fleet.drift.store import put_reference, put_thresholds
+from edgefleet.fleet.rollouts import store
+from edgefleet.fleet.rollouts.model import (
     DeviceObservation,
     Gate,
     GateDecision,
@@ -30,11 +30,11 @@ from fleet.rollouts.model import (
     Wave,
     WaveMetrics,
 )
-from fleet.rollouts.observe import wave_metrics
-from fleet.rollouts.policy import decide
-from fleet.store.engine import create_all, make_engine
-from fleet.store.tables import Device, DriftWindowRow
-from shared.drift import (
+from edgefleet.fleet.rollouts.observe import wave_metrics
+from edgefleet.fleet.rollouts.policy import decide
+from edgefleet.fleet.store.engine import create_all, make_engine
+from edgefleet.fleet.store.tables import Device, DriftWindowRow
+from edgefleet.shared.drift import (
     DriftThresholds,
     ReferenceProfile,
     WindowAccumulator,
@@ -43,8 +43,8 @@ from shared.drift import (
     evaluate,
     merge_all,
 )
-from shared.messages import EventKind
-from simulators.models import SensorFeed, TrainedModel
+from edgefleet.shared.messages import EventKind
+from edgefleet.simulators.models import SensorFeed, TrainedModel
 from tests.fleet_updates.conftest import MakeFleet, admin_client
 from tests.rollouts_service.conftest import FAST, StartDevices, publish_models
 from tests.rollouts_service.wine_windows import WineWindows

@@ -11,12 +11,12 @@ from typing import Any
 import httpx
 import pytest
 
-from fleet.director import Director
-from fleet.errors import FleetError
-from fleet.rollouts.lease import current_holder
-from fleet.rollouts.orchestrator import LEASE_NAME, Orchestrator
-from fleet.service import FleetService
-from shared.signing.director import DesiredTarget, SignedDesiredState
+from edgefleet.fleet.director import Director
+from edgefleet.fleet.errors import FleetError
+from edgefleet.fleet.rollouts.lease import current_holder
+from edgefleet.fleet.rollouts.orchestrator import LEASE_NAME, Orchestrator
+from edgefleet.fleet.service import FleetService
+from edgefleet.shared.signing.director import DesiredTarget, SignedDesiredState
 from tests.fleet.publisher import wait_until
 from tests.fleet_updates.conftest import MakeFleet, admin_client
 from tests.rollouts_service.conftest import FAST, StartDevices, publish_models

@@ -11,10 +11,10 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-import fleet.rollouts.tables  # noqa: F401  (registers the rollout tables)
-from fleet.rollouts import store
-from fleet.rollouts.lease import Lease, current_holder
-from fleet.rollouts.model import (
+import edgefleet.fleet.rollouts.tables  # noqa: F401  (registers the rollout tables)
+from edgefleet.fleet.rollouts import store
+from edgefleet.fleet.rollouts.lease import Lease, current_holder
+from edgefleet.fleet.rollouts.model import (
     DeviceRolloutState,
     Gate,
     ModelTarget,
@@ -23,11 +23,11 @@ from fleet.rollouts.model import (
     Selector,
     Wave,
 )
-from fleet.rollouts.observe import EventCache, observe, wave_metrics
-from fleet.rollouts.policy import decide
-from fleet.store.engine import create_all, make_engine
-from fleet.store.tables import Device, EventRow, TelemetryRow
-from shared.messages import EventKind
+from edgefleet.fleet.rollouts.observe import EventCache, observe, wave_metrics
+from edgefleet.fleet.rollouts.policy import decide
+from edgefleet.fleet.store.engine import create_all, make_engine
+from edgefleet.fleet.store.tables import Device, EventRow, TelemetryRow
+from edgefleet.shared.messages import EventKind
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

@@ -8,9 +8,9 @@ from typing import Any
 import httpx
 from sqlmodel import Session
 
-from fleet.api.auth import hash_token
-from fleet.service import FleetService
-from fleet.store.tables import ApiToken, TokenRole
+from edgefleet.fleet.api.auth import hash_token
+from edgefleet.fleet.service import FleetService
+from edgefleet.fleet.store.tables import ApiToken, TokenRole
 from tests.fleet.publisher import wait_until
 from tests.fleet_updates.conftest import MakeFleet, admin_client, upload
 from tests.rollouts_service.conftest import FAST, StartDevices

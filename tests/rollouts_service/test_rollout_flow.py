@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fleet.rollouts.model import Candidate, Selector
-from fleet.rollouts.selector import select_targets
+from edgefleet.fleet.rollouts.model import Candidate, Selector
+from edgefleet.fleet.rollouts.selector import select_targets
 from tests.fleet_updates.conftest import MakeFleet, admin_client
 from tests.rollouts_service.conftest import FAST, StartDevices, publish_models
 from tests.rollouts_service.devices import ProtocolFleet

@@ -14,9 +14,9 @@ import pytest
 from sqlalchemy import Engine, select, update
 from sqlmodel import Session
 
-from fleet.api.rollouts import DetailCache, build_detail
-from fleet.rollouts import reads, store, views
-from fleet.rollouts.model import (
+from edgefleet.fleet.api.rollouts import DetailCache, build_detail
+from edgefleet.fleet.rollouts import reads, store, views
+from edgefleet.fleet.rollouts.model import (
     ModelTarget,
     OperatorCommand,
     RolloutSpec,
@@ -25,12 +25,12 @@ from fleet.rollouts.model import (
     Selector,
     Wave,
 )
-from fleet.rollouts.observe import EventCache, observe
-from fleet.rollouts.orchestrator import LEASE_NAME, Orchestrator
-from fleet.rollouts.policy import decide
-from fleet.rollouts.tables import Lease, Rollout
-from fleet.store.engine import create_all, make_engine
-from fleet.store.tables import DesiredStateRow, Device, EventRow
+from edgefleet.fleet.rollouts.observe import EventCache, observe
+from edgefleet.fleet.rollouts.orchestrator import LEASE_NAME, Orchestrator
+from edgefleet.fleet.rollouts.policy import decide
+from edgefleet.fleet.rollouts.tables import Lease, Rollout
+from edgefleet.fleet.store.engine import create_all, make_engine
+from edgefleet.fleet.store.tables import DesiredStateRow, Device, EventRow
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 DEVICES = [f"d{i}" for i in range(6)]

@@ -1,9 +1,9 @@
 """Drift windows of the wine model, built the way an agent builds them.
 
 `WineWindows` reads each version's reference profile from its real package (as the agent
-does when it activates it), draws sensor rows with `simulators.models.SensorFeed`
+does when it activates it), draws sensor rows with `edgefleet.simulators.models.SensorFeed`
 (shifted by ``shift`` standard deviations, or not), runs the real ONNX model on them and
-folds inputs and outputs with `shared.drift.WindowAccumulator`. It remembers every
+folds inputs and outputs with `edgefleet.shared.drift.WindowAccumulator`. It remembers every
 window it made, so a test can compute the score the fleet should find.
 """
 
@@ -17,9 +17,15 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from shared.drift import ReferenceProfile, WindowAccumulator, WindowSketch, evaluate, merge_all
-from shared.modeltools.package import read_package
-from simulators.models import SensorFeed, TrainedModel
+from edgefleet.shared.drift import (
+    ReferenceProfile,
+    WindowAccumulator,
+    WindowSketch,
+    evaluate,
+    merge_all,
+)
+from edgefleet.shared.modeltools.package import read_package
+from edgefleet.simulators.models import SensorFeed, TrainedModel
 from tests.rollouts_service.devices import DriftSource
 
 

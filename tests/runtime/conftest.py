@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from simulators.tflite_models.datasets import Split, digits_split, wine_split
+from edgefleet.simulators.tflite_models.datasets import Split, digits_split, wine_split
 
 
 @pytest.fixture(scope="session")

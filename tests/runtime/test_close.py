@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shared.runtime import InferenceError, load_runtime
-from shared.runtime.base import Tensors
-from simulators.tflite_models.catalog import model_path
+from edgefleet.shared.runtime import InferenceError, load_runtime
+from edgefleet.shared.runtime.base import Tensors
+from edgefleet.simulators.tflite_models.catalog import model_path
 
 
 @pytest.mark.parametrize("file", ["wine_float.onnx", "wine_float.tflite", "wine_int8.tflite"])

@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shared.runtime import InferenceError, load_runtime
-from simulators.tflite_models.catalog import model_path
-from simulators.tflite_models.datasets import Split
+from edgefleet.shared.runtime import InferenceError, load_runtime
+from edgefleet.simulators.tflite_models.catalog import model_path
+from edgefleet.simulators.tflite_models.datasets import Split
 
 FILES = ["wine_float.onnx", "wine_float.tflite", "wine_int8.tflite"]
 

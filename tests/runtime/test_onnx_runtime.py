@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from shared.runtime import (
+from edgefleet.shared.runtime import (
     InferenceError,
     ModelRuntime,
     RuntimeLoadError,
     RuntimeOptions,
     load_runtime,
 )
-from simulators.tflite_models.catalog import load_manifest, model_path
+from edgefleet.simulators.tflite_models.catalog import load_manifest, model_path
 
 
 def _probs(runtime: ModelRuntime, x: Any) -> NDArray[np.float64]:

@@ -9,14 +9,14 @@ import numpy as np
 import onnx
 import pytest
 
-from shared.cli import main
-from shared.modeltools.quantize import (
+from edgefleet.shared.cli import main
+from edgefleet.shared.modeltools.quantize import (
     AccuracyDropTooLarge,
     QuantizeError,
     quantize_onnx,
 )
-from shared.runtime import load_runtime
-from simulators.tflite_models.catalog import model_path
+from edgefleet.shared.runtime import load_runtime
+from edgefleet.simulators.tflite_models.catalog import model_path
 
 # These tasks are easy and the models small: int8 measured no accuracy loss on wine and
 # within one row in 540 on digits. Two points covers rounding on another CPU while

@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from shared.runtime import (
+from edgefleet.shared.runtime import (
     InferenceError,
     ModelRuntime,
     RuntimeLoadError,
     RuntimeOptions,
     load_runtime,
 )
-from shared.runtime.tflite import TfliteRuntime
-from simulators.tflite_models.catalog import load_manifest, model_path, sha256_of
+from edgefleet.shared.runtime.tflite import TfliteRuntime
+from edgefleet.simulators.tflite_models.catalog import load_manifest, model_path, sha256_of
 
 
 def _probs(runtime: ModelRuntime, x: Any) -> NDArray[np.float64]:

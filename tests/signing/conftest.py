@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.trust import TrustedRepository
-from fleet.repository import ImageRepository
-from shared.signing import keys
-from shared.signing.tufapi import CryptoSigner
+from edgefleet.agent.trust import TrustedRepository
+from edgefleet.fleet.repository import ImageRepository
+from edgefleet.shared.signing import keys
+from edgefleet.shared.signing.tufapi import CryptoSigner
 from tests.signing.repo_server import RepoServer
 
 

@@ -8,15 +8,15 @@ from typing import Any
 
 import pytest
 
-from shared.signing import keys
-from shared.signing.director import (
+from edgefleet.shared.signing import keys
+from edgefleet.shared.signing.director import (
     DesiredBody,
     DesiredTarget,
     sign_desired,
     trusted_keys,
     verify_desired,
 )
-from shared.signing.errors import (
+from edgefleet.shared.signing.errors import (
     BadSignature,
     Expired,
     Malformed,
@@ -25,7 +25,7 @@ from shared.signing.errors import (
     UpdateRejected,
     WrongDevice,
 )
-from shared.signing.tufapi import CryptoSigner
+from edgefleet.shared.signing.tufapi import CryptoSigner
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 
@@ -128,7 +128,7 @@ def test_desired_state_for_another_device_is_rejected(director: CryptoSigner):
 def test_signature_covers_unknown_fields_that_are_then_ignored(director: CryptoSigner):
     # A newer director may add fields; an older device must verify and ignore them.
     raw = body().model_dump(mode="json", by_alias=True) | {"priority": "high"}
-    from shared.signing.canonical import canonical_bytes
+    from edgefleet.shared.signing.canonical import canonical_bytes
 
     sig = director.sign(canonical_bytes(raw))
     envelope: dict[str, Any] = {
@@ -159,7 +159,7 @@ def test_malformed_envelope_is_rejected(director: CryptoSigner, payload: bytes, 
 
 
 def test_correctly_signed_but_invalid_body_is_malformed(director: CryptoSigner):
-    from shared.signing.canonical import canonical_bytes
+    from edgefleet.shared.signing.canonical import canonical_bytes
 
     raw = body().model_dump(mode="json", by_alias=True) | {"seq": -1}
     sig = director.sign(canonical_bytes(raw))

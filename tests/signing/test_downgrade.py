@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.signing.errors import Downgrade, Malformed
-from shared.signing.versions import Version, check_downgrade
+from edgefleet.shared.signing.errors import Downgrade, Malformed
+from edgefleet.shared.signing.versions import Version, check_downgrade
 
 
 def test_downgrade_not_signed_as_rollback_is_rejected():

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.download import download
-from shared.signing.errors import DigestMismatch, LengthMismatch, TransportError
+from edgefleet.agent.download import download
+from edgefleet.shared.signing.errors import DigestMismatch, LengthMismatch, TransportError
 from tests.signing.repo_server import RepoServer
 
 SIZE = 512 * 1024

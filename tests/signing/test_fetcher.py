@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from tuf.api import exceptions as tuf_errors
 
-from agent.trust import HeaderFetcher
+from edgefleet.agent.trust import HeaderFetcher
 
 
 class _Handler(BaseHTTPRequestHandler):

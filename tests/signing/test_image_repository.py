@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.trust import TrustedRepository
-from fleet.repository import ImageRepository, KeyNotHeldError, NotFoundError
-from shared.modeltools import sign as sign_command
-from shared.signing import keys, tuf_metadata
-from shared.signing.errors import (
+from edgefleet.agent.trust import TrustedRepository
+from edgefleet.fleet.repository import ImageRepository, KeyNotHeldError, NotFoundError
+from edgefleet.shared.modeltools import sign as sign_command
+from edgefleet.shared.signing import keys, tuf_metadata
+from edgefleet.shared.signing.errors import (
     DigestMismatch,
     Expired,
     LengthMismatch,
@@ -20,7 +20,7 @@ from shared.signing.errors import (
     TransportError,
     TufError,
 )
-from shared.signing.tufapi import CryptoSigner
+from edgefleet.shared.signing.tufapi import CryptoSigner
 from tests.signing.conftest import Clock
 from tests.signing.repo_server import RepoServer
 
@@ -172,7 +172,7 @@ def test_root_v2_not_signed_by_the_v1_root_key_is_rejected(
         repo.root.expires - timedelta(days=300),
         tuf_metadata.Expiries(),
     )
-    from shared.signing.tufapi import Metadata
+    from edgefleet.shared.signing.tufapi import Metadata
 
     md = Metadata(root)
     md.sign(attacker_root)

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from shared.cli import main
-from shared.signing import keys
-from shared.signing.bundle import load_director_keys
-from shared.signing.errors import KeyFileError
-from shared.signing.tuf_metadata import parse, verify_role
-from shared.signing.tufapi import Root
+from edgefleet.shared.cli import main
+from edgefleet.shared.signing import keys
+from edgefleet.shared.signing.bundle import load_director_keys
+from edgefleet.shared.signing.errors import KeyFileError
+from edgefleet.shared.signing.tuf_metadata import parse, verify_role
+from edgefleet.shared.signing.tufapi import Root
 
 
 def test_keys_encrypted_at_rest_need_the_right_passphrase(tmp_path: Path):

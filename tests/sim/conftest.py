@@ -1,7 +1,7 @@
 """A simulated fleet of real agents (in worker processes) against a real fleet service.
 
 The fleet service runs in the test process with lab keys on SQLite and a per-test
-Mosquitto; the devices are `simulators.shards.ShardedFleet` workers running the real
+Mosquitto; the devices are `edgefleet.simulators.shards.ShardedFleet` workers running the real
 agent with updates enabled (the fleet's repository URL, its provisioning bundle, the
 device token).
 """
@@ -15,13 +15,13 @@ from typing import Any
 import httpx
 import pytest
 
-from fleet.keys import LabSetup
-from fleet.service import FleetService
-from shared.manifest import ProbationBudget
-from shared.modeltools.package import build_package
-from simulators.fleet import DeviceProfile, FleetPlan, UpdatePlan
-from simulators.models import TrainedModel
-from simulators.shards import ShardedFleet
+from edgefleet.fleet.keys import LabSetup
+from edgefleet.fleet.service import FleetService
+from edgefleet.shared.manifest import ProbationBudget
+from edgefleet.shared.modeltools.package import build_package
+from edgefleet.simulators.fleet import DeviceProfile, FleetPlan, UpdatePlan
+from edgefleet.simulators.models import TrainedModel
+from edgefleet.simulators.shards import ShardedFleet
 from tests.fleet.publisher import wait_until
 from tests.fleet_updates.conftest import (  # noqa: F401  (fixtures used by these tests)
     DEVICE_TOKEN,

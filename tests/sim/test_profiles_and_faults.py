@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from shared.manifest import MANIFEST_FILE, ModelManifest
-from shared.modeltools.package import check_golden, extract_package
-from shared.runtime import RuntimeLoadError
-from simulators.faults import Fault, FaultKind, FaultyLoader
-from simulators.fleet import DeviceProfile, expand_profiles
-from simulators.profiles import ProfileError, parse_profile
+from edgefleet.shared.manifest import MANIFEST_FILE, ModelManifest
+from edgefleet.shared.modeltools.package import check_golden, extract_package
+from edgefleet.shared.runtime import RuntimeLoadError
+from edgefleet.simulators.faults import Fault, FaultKind, FaultyLoader
+from edgefleet.simulators.fleet import DeviceProfile, expand_profiles
+from edgefleet.simulators.profiles import ProfileError, parse_profile
 
 
 def test_profile_string_sets_hardware_tags_count_and_faults() -> None:

@@ -1,8 +1,8 @@
 """Staged rollouts over simulated fleets of REAL agents: the scenarios of the staged-rollouts
 issue, on a real Mosquitto, a real fleet service (lab keys, SQLite) and real signed updates.
 
-Each device runs `agent.daemon.Agent` in a simulator worker process; faults go in
-through the agent's own seams (`simulators.faults`), so the golden check, the rollback
+Each device runs `edgefleet.agent.daemon.Agent` in a simulator worker process; faults go in
+through the agent's own seams (`edgefleet.simulators.faults`), so the golden check, the rollback
 and the convergence from the retained desired state are the agent's own.
 """
 
@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from simulators.faults import Fault, FaultKind
-from simulators.fleet import DeviceProfile
+from edgefleet.simulators.faults import Fault, FaultKind
+from edgefleet.simulators.fleet import DeviceProfile
 from tests.fleet_updates.conftest import MakeFleet, admin_client
 from tests.sim.conftest import FAST, StartSim, devices, publish, wait_for, wait_status
 from tests.support.rollouts import history

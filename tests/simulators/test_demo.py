@@ -20,7 +20,7 @@ def _demo(tmp_path: Path, *extra: str) -> subprocess.Popen[str]:
         [
             sys.executable,
             "-m",
-            "shared.cli",
+            "edgefleet.shared.cli",
             "demo",
             "--devices",
             "3",

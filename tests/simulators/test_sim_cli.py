@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.cli import main
+from edgefleet.shared.cli import main
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from simulators.models import TrainedModel
+from edgefleet.simulators.models import TrainedModel
 from tests.update.support import Package, make_package
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import onnx
 
-from agent.update.types import DesiredTarget
-from shared.manifest import MANIFEST_FILE, ModelManifest, ProbationBudget
-from shared.tensors import TensorSpec
+from edgefleet.agent.update.types import DesiredTarget
+from edgefleet.shared.manifest import MANIFEST_FILE, ModelManifest, ProbationBudget
+from edgefleet.shared.tensors import TensorSpec
 
 MODEL_FILE = "model.onnx"
 

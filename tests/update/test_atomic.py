@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from agent.atomic import (
+from edgefleet.agent.atomic import (
     atomic_symlink,
     atomic_write_bytes,
     atomic_write_json,
     remove_stray_temp_files,
 )
-from agent.update.machine import Phase, UpdateState
+from edgefleet.agent.update.machine import Phase, UpdateState
 
 
 def test_write_replaces_content_and_leaves_no_temp(tmp_path: Path):

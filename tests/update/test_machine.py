@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.update.machine import Phase, UpdatePolicy, UpdateState, step
-from agent.update.types import (
+from edgefleet.agent.update.machine import Phase, UpdatePolicy, UpdateState, step
+from edgefleet.agent.update.types import (
     Activate,
     Activated,
     ActivationFailed,
@@ -40,7 +40,7 @@ from agent.update.types import (
     Verify,
     VerifyFailed,
 )
-from shared.messages import EventKind
+from edgefleet.shared.messages import EventKind
 
 T0 = datetime(2024, 5, 1, tzinfo=UTC)
 OLD = InstalledModel(name="wine", version="1.0.0", sha256="a" * 64)

@@ -11,14 +11,14 @@ from typing import Any
 
 import pytest
 
-from agent.store import ModelStore
-from agent.update.machine import Phase, UpdatePolicy, UpdateState
-from agent.update.runner import GoldenOutcome, UpdateRunner
-from agent.update.types import DesiredTarget, InstalledModel, Report, Tick
-from shared.manifest import ModelManifest
-from shared.messages import EventKind
-from shared.runtime import load_runtime
-from shared.signing.errors import DigestMismatch, TransportError
+from edgefleet.agent.store import ModelStore
+from edgefleet.agent.update.machine import Phase, UpdatePolicy, UpdateState
+from edgefleet.agent.update.runner import GoldenOutcome, UpdateRunner
+from edgefleet.agent.update.types import DesiredTarget, InstalledModel, Report, Tick
+from edgefleet.shared.manifest import ModelManifest
+from edgefleet.shared.messages import EventKind
+from edgefleet.shared.runtime import load_runtime
+from edgefleet.shared.signing.errors import DigestMismatch, TransportError
 from tests.update.support import Package
 
 T0 = datetime(2024, 5, 1, tzinfo=UTC)

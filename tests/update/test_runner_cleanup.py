@@ -1,6 +1,6 @@
 """A failed or superseded download leaves nothing in ``downloads/``: no artifact, no partials.
 
-The downloads are real (`agent.download.download` over HTTP from `RepoServer`, whose
+The downloads are real (`edgefleet.agent.download.download` over HTTP from `RepoServer`, whose
 connection is cut mid-body), so the ``.part`` and ``.part.etag`` files are the ones the
 real downloader writes; the other ports are the fakes of `tests.update.test_runner`.
 """
@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from agent.download import download
-from agent.store import ModelStore
-from agent.update.machine import Phase, UpdatePolicy
-from agent.update.runner import UpdateRunner
-from agent.update.types import DesiredTarget
-from shared.messages import EventKind
+from edgefleet.agent.download import download
+from edgefleet.agent.store import ModelStore
+from edgefleet.agent.update.machine import Phase, UpdatePolicy
+from edgefleet.agent.update.runner import UpdateRunner
+from edgefleet.agent.update.types import DesiredTarget
+from edgefleet.shared.messages import EventKind
 from tests.signing.repo_server import RepoServer
 from tests.update.support import Package
 from tests.update.test_runner import T0, Ports, drive

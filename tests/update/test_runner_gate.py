@@ -11,11 +11,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from agent.store import ModelStore
-from agent.update.machine import Phase
-from agent.update.runner import GoldenOutcome, UpdateRunner, WorkGate
-from agent.update.types import DesiredTarget, InstalledModel
-from shared.messages import EventKind, utcnow
+from edgefleet.agent.store import ModelStore
+from edgefleet.agent.update.machine import Phase
+from edgefleet.agent.update.runner import GoldenOutcome, UpdateRunner, WorkGate
+from edgefleet.agent.update.types import DesiredTarget, InstalledModel
+from edgefleet.shared.messages import EventKind, utcnow
 from tests.update.support import Package
 from tests.update.test_runner import Ports, make_runner
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.store import ModelStore, StoreError
-from shared.manifest import MANIFEST_FILE
+from edgefleet.agent.store import ModelStore, StoreError
+from edgefleet.shared.manifest import MANIFEST_FILE
 from tests.update.support import MODEL_FILE, Package
 
 
@@ -188,7 +188,7 @@ def test_crash_after_any_step_leaves_a_verified_model_active(
 _CHILD = """
 import shutil, sys
 from pathlib import Path
-from agent.store import ModelStore
+from edgefleet.agent.store import ModelStore
 root, pkgs = Path(sys.argv[1]), Path(sys.argv[2])
 store = ModelStore(root)
 versions = sorted(p.name for p in pkgs.iterdir())

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.manifest import ProbationBudget
-from simulators.models import TrainedModel, train_wine_classifier
+from edgefleet.shared.manifest import ProbationBudget
+from edgefleet.simulators.models import TrainedModel, train_wine_classifier
 from tests.agent.conftest import Subscriber, channel_subscribers
 from tests.support.mosquitto import MosquittoBroker
 from tests.update_e2e.support import Pkg, Rig, build, repackage

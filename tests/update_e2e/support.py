@@ -1,6 +1,6 @@
 """The fleet side of the update end-to-end tests, for real: packages, TUF, director, MQTT.
 
-`Rig` is one fleet in miniature: a TUF image repository (`fleet.repository`) with fresh
+`Rig` is one fleet in miniature: a TUF image repository (`edgefleet.fleet.repository`) with fresh
 keys, served over HTTP by `tests.signing.repo_server`, a director key signing desired
 states, and a plain paho client publishing them retained on a device's desired topic.
 """
@@ -22,14 +22,19 @@ import paho.mqtt.client as mqtt
 from onnx import numpy_helper
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.config import AgentConfig
-from fleet.repository import ImageRepository
-from shared.manifest import GOLDEN_FILE, MANIFEST_FILE, ModelManifest, ProbationBudget
-from shared.modeltools.package import build_package, manifest_bytes
-from shared.signing import keys
-from shared.signing.bundle import write_bundle
-from shared.signing.director import DesiredBody, DesiredTarget, SignedDesiredState, sign_desired
-from shared.signing.tufapi import CryptoSigner
+from edgefleet.agent.config import AgentConfig
+from edgefleet.fleet.repository import ImageRepository
+from edgefleet.shared.manifest import GOLDEN_FILE, MANIFEST_FILE, ModelManifest, ProbationBudget
+from edgefleet.shared.modeltools.package import build_package, manifest_bytes
+from edgefleet.shared.signing import keys
+from edgefleet.shared.signing.bundle import write_bundle
+from edgefleet.shared.signing.director import (
+    DesiredBody,
+    DesiredTarget,
+    SignedDesiredState,
+    sign_desired,
+)
+from edgefleet.shared.signing.tufapi import CryptoSigner
 from tests.agent.conftest import agent_config
 from tests.signing.repo_server import RepoServer
 from tests.support.mosquitto import MosquittoBroker

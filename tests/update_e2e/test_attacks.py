@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from agent.update.machine import AT_REST
-from shared.signing import keys
+from edgefleet.agent.update.machine import AT_REST
+from edgefleet.shared.signing import keys
 from tests.update_e2e.conftest import Packages
 from tests.update_e2e.support import Rig, event_docs
 from tests.update_e2e.test_updates import assert_serves, wait_event

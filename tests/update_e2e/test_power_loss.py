@@ -21,11 +21,11 @@ from typing import Any
 
 import pytest
 
-from agent.store import ModelStore, StoreError
-from agent.update.machine import Phase
-from agent.update.wiring import STATE_FILE, STORE_DIR
-from shared.manifest import ProbationBudget
-from simulators.models import TrainedModel
+from edgefleet.agent.store import ModelStore, StoreError
+from edgefleet.agent.update.machine import Phase
+from edgefleet.agent.update.wiring import STATE_FILE, STORE_DIR
+from edgefleet.shared.manifest import ProbationBudget
+from edgefleet.simulators.models import TrainedModel
 from tests.agent.conftest import REPO, Subscriber
 from tests.support.mosquitto import MosquittoBroker
 from tests.update_e2e.support import Pkg, Rig, build, padded_model
@@ -158,7 +158,7 @@ def test_agent_killed_at_random_instants_converges_every_update(
     def start() -> subprocess.Popen[bytes]:
         seen = births.count()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "agent", "run", "--config", str(config)],
+            [sys.executable, "-m", "edgefleet.agent", "run", "--config", str(config)],
             cwd=REPO,
             stdout=log,
             stderr=subprocess.STDOUT,

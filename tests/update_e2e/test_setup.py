@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import AgentConfig, ConfigError, load_config
-from agent.store import ModelStore
-from agent.update.wiring import FACTORY_VERSION, install_factory_model
-from simulators.models import TrainedModel
+from edgefleet.agent.config import AgentConfig, ConfigError, load_config
+from edgefleet.agent.store import ModelStore
+from edgefleet.agent.update.wiring import FACTORY_VERSION, install_factory_model
+from edgefleet.simulators.models import TrainedModel
 from tests.update_e2e.conftest import Packages
 
 

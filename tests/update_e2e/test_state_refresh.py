@@ -8,9 +8,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from agent.daemon import Agent
-from shared.runtime import ModelRuntime, RuntimeLoadError, RuntimeOptions, load_runtime
-from simulators.models import TrainedModel
+from edgefleet.agent.daemon import Agent
+from edgefleet.shared.runtime import ModelRuntime, RuntimeLoadError, RuntimeOptions, load_runtime
+from edgefleet.simulators.models import TrainedModel
 from tests.agent.conftest import Subscriber
 from tests.support.mosquitto import MosquittoBroker
 from tests.update_e2e.conftest import Packages

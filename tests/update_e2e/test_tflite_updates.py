@@ -21,12 +21,12 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from agent.daemon import Agent
-from agent.update.machine import Phase
-from shared.manifest import ProbationBudget, Tolerance
-from shared.modeltools.package import build_package
-from simulators.tflite_models.catalog import load_manifest, model_path
-from simulators.tflite_models.datasets import Split, wine_split
+from edgefleet.agent.daemon import Agent
+from edgefleet.agent.update.machine import Phase
+from edgefleet.shared.manifest import ProbationBudget, Tolerance
+from edgefleet.shared.modeltools.package import build_package
+from edgefleet.simulators.tflite_models.catalog import load_manifest, model_path
+from edgefleet.simulators.tflite_models.datasets import Split, wine_split
 from tests.update_e2e.support import FAST_PROBATION, Pkg, Rig, repackage
 from tests.update_e2e.test_updates import EXPECTED_PROGRESS, kinds_for, wait_event
 

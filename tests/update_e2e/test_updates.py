@@ -13,9 +13,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from agent.daemon import Agent
-from agent.update.machine import Phase
-from simulators.models import TrainedModel
+from edgefleet.agent.daemon import Agent
+from edgefleet.agent.update.machine import Phase
+from edgefleet.simulators.models import TrainedModel
 from tests.agent.conftest import Subscriber
 from tests.update_e2e.conftest import Packages
 from tests.update_e2e.support import Rig, event_docs
