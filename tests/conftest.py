@@ -15,6 +15,14 @@ from edgefleet.simulators.models import TrainedModel, train_wine_classifier
 from tests.support import pg
 from tests.support.mosquitto import MosquittoBroker
 
+# Fixtures every folder may use live in tests/support/ and are registered here once;
+# a folder's own conftest.py holds only what its tests alone need.
+pytest_plugins = [
+    "tests.support.agent",
+    "tests.support.drift_reference",
+    "tests.support.fleet_fixtures",
+]
+
 
 @pytest.fixture
 def mosquitto(tmp_path: Path) -> Iterator[MosquittoBroker]:

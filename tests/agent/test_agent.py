@@ -19,7 +19,7 @@ from edgefleet.shared.messages import (
 )
 from edgefleet.shared.topics import Channel
 from edgefleet.simulators.models import TrainedModel
-from tests.agent.conftest import Subscriber, agent_config
+from tests.support.agent import Subscriber, agent_config
 from tests.support.mosquitto import MosquittoBroker
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.agent.conftest import REPO, Subscriber, toml_config
+from tests.support.agent import REPO, Subscriber, toml_config
 from tests.support.mosquitto import MosquittoBroker
 
 pytestmark = pytest.mark.slow

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from edgefleet.agent.config import AgentConfig, ConfigError, env_overrides, load_config, redacted
-from tests.agent.conftest import REPO
+from tests.support.agent import REPO
 
 EXAMPLE = REPO / "packaging" / "agent" / "agent.example.toml"
 

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from edgefleet.agent.daemon import Agent
-from tests.agent.conftest import agent_config
+from tests.support.agent import agent_config
 from tests.support.mosquitto import MosquittoBroker, free_port
 
 pytestmark = pytest.mark.skipif(

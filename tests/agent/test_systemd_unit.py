@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.agent.conftest import REPO
+from tests.support.agent import REPO
 
 UNIT = REPO / "packaging" / "systemd" / "edgefleet-agent.service"
 

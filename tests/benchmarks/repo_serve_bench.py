@@ -439,7 +439,7 @@ def _start_server(
 def _build_package(base: Path, model_bytes: int) -> Path:
     from edgefleet.shared.modeltools.package import build_package
     from edgefleet.simulators.models import train_wine_classifier
-    from tests.update_e2e.support import padded_model
+    from tests.e2e.updates.support import padded_model
 
     model = train_wine_classifier(base / "wine.onnx")
     big = padded_model(model.path, base / "wine-big.onnx", model_bytes)

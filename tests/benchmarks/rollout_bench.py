@@ -40,8 +40,8 @@ from edgefleet.shared.modeltools.package import build_package
 from edgefleet.simulators.fleet import DeviceProfile, FleetPlan, UpdatePlan, raise_open_file_limit
 from edgefleet.simulators.models import train_wine_classifier
 from edgefleet.simulators.shards import ShardedFleet
+from tests.e2e.updates.support import padded_model
 from tests.support.mosquitto import MosquittoBroker, free_port, wait_for_port
-from tests.update_e2e.support import padded_model
 
 TOKEN = "bench-admin-token-0123456789abcdef"
 DEVICE_TOKEN = "bench-device-token-0123456789abcdef"

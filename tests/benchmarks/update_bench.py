@@ -39,9 +39,9 @@ sys.path.insert(0, str(REPO))
 
 from edgefleet.shared.manifest import ProbationBudget  # noqa: E402
 from edgefleet.simulators.models import train_wine_classifier  # noqa: E402
-from tests.agent.conftest import Subscriber  # noqa: E402
+from tests.e2e.updates.support import Pkg, Rig, build, event_docs, padded_model  # noqa: E402
+from tests.support.agent import Subscriber  # noqa: E402
 from tests.support.mosquitto import MosquittoBroker  # noqa: E402
-from tests.update_e2e.support import Pkg, Rig, build, event_docs, padded_model  # noqa: E402
 
 Mark = str | tuple[str, str]  # an event kind, or (kind, reason)
 

@@ -8,14 +8,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 import pytest
 
 from edgefleet.fleet.service import FleetService
-from edgefleet.fleet.settings import FleetSettings
 
 T = TypeVar("T")
 
@@ -56,31 +54,6 @@ class Console:
         response.raise_for_status()
         items: list[dict[str, Any]] = response.json()["items"]
         return items
-
-
-@pytest.fixture
-def start_fleet(database_url: str, tmp_path: Path) -> Iterator[Callable[..., FleetService]]:
-    """Start a fleet service on this test's database and a given broker; stopped after."""
-    started: list[FleetService] = []
-
-    def start(broker_url: str, **overrides: Any) -> FleetService:
-        values: dict[str, Any] = {
-            "database_url": database_url,
-            "broker_url": broker_url,
-            "data_dir": tmp_path / "fleet",
-            "api_port": 0,
-            "ingest_flush_interval_s": 0.05,
-        } | overrides
-        service = FleetService(FleetSettings(**values))
-        started.append(service)
-        service.start()
-        assert service.ingester is not None
-        assert service.ingester.wait_connected(10), "the fleet's ingester did not connect"
-        return service
-
-    yield start
-    for service in started:
-        service.stop()
 
 
 @dataclass

@@ -28,8 +28,8 @@ from edgefleet.shared.messages import AlertMessage
 from edgefleet.shared.modeltools.package import build_package, read_package
 from edgefleet.shared.topics import ALERTS_TOPIC
 from edgefleet.simulators.models import SensorFeed, TrainedModel
-from tests.agent.conftest import Subscriber, agent_config
 from tests.e2e.conftest import Console, WebhookReceiver, eventually
+from tests.support.agent import Subscriber, agent_config
 from tests.support.mosquitto import MosquittoBroker
 
 pytestmark = pytest.mark.slow

@@ -20,8 +20,8 @@ from edgefleet.agent.daemon import Agent
 from edgefleet.fleet.store.tables import EventRow
 from edgefleet.shared.messages import EventKind
 from edgefleet.simulators.models import TrainedModel
-from tests.agent.conftest import REPO, agent_config, toml_config
 from tests.e2e.conftest import Console, eventually
+from tests.support.agent import REPO, agent_config, toml_config
 from tests.support.mosquitto import MosquittoBroker, free_port, wait_for_port
 
 pytestmark = pytest.mark.slow

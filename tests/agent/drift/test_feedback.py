@@ -1,0 +1,177 @@
+"""Feedback over the local API: late labels join predictions by request id; bad ones are 4xx."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score
+
+from edgefleet.shared.drift import evaluate
+from tests.agent.drift.conftest import (
+    Packages,
+    post,
+    post_json,
+    profiled_config,
+    wait_drift,
+)
+
+
+def test_feedback_labels_join_by_request_id_and_accuracy_matches_scikit_learn(
+    tmp_path, mosquitto, packages: Packages, start_agent, drift_of, unique_id, wine_model
+) -> None:
+    device = f"fb-{unique_id}"
+    sub = drift_of(device)
+    agent = start_agent(profiled_config(tmp_path, mosquitto, device, packages.profiled))
+    port = agent.api_port
+    assert port is not None
+    request_ids, predicted = [], []
+    for i, row in enumerate(wine_model.x_test):
+        document: dict[str, Any] = {"inputs": {"input": [row.tolist()]}}
+        if i % 2:
+            document["request_id"] = f"client-{unique_id}-{i}"
+        status, answer = post_json(port, "/v1/predict", document)
+        assert status == 200, answer
+        if i % 2:
+            assert answer["request_id"] == f"client-{unique_id}-{i}"
+        request_ids.append(answer["request_id"])
+        predicted.append(answer["outputs"]["label"][0])
+    assert len(set(request_ids)) == len(request_ids), "generated request ids are unique"
+    truth = [int(y) for y in wine_model.y_test]
+    # Half one by one, the rest (plus an unknown id) as one batch.
+    half = len(truth) // 2
+    for request_id, label in zip(request_ids[:half], truth[:half], strict=True):
+        status, answer = post_json(port, "/v1/feedback", {"request_id": request_id, "label": label})
+        assert (status, answer) == (200, {"request_id": request_id, "joined": True})
+    items = [
+        {"request_id": r, "label": y} for r, y in zip(request_ids[half:], truth[half:], strict=True)
+    ]
+    items.append({"request_id": "never-predicted", "label": 1})
+    status, answer = post_json(port, "/v1/feedback", {"items": items})
+    assert status == 200
+    assert (answer["joined"], answer["unknown"]) == (len(truth) - half, 1)
+    assert answer["results"][-1] == {
+        "request_id": "never-predicted",
+        "joined": False,
+        "error": "unknown_request_id",
+    }
+    agent.stop(5.0)
+    [window] = wait_drift(sub, device, len(truth))
+    assert window.sketch is not None
+    assert window.sketch.labelled == len(truth)
+    report = evaluate(packages.profile(packages.profiled), window.sketch)
+    assert report.metrics["accuracy"] == pytest.approx(accuracy_score(truth, predicted))
+
+
+def test_batch_predictions_get_one_request_id_per_row_for_feedback(
+    tmp_path, mosquitto, packages: Packages, start_agent, unique_id, wine_model
+) -> None:
+    agent = start_agent(
+        profiled_config(tmp_path, mosquitto, f"rows-{unique_id}", packages.profiled)
+    )
+    port = agent.api_port
+    assert port is not None
+    status, answer = post_json(
+        port, "/v1/predict", {"inputs": {"input": wine_model.x_test[:3].tolist()}}
+    )
+    assert status == 200
+    assert answer["request_ids"] == [f"{answer['request_id']}/{row}" for row in range(3)]
+    status, joined = post_json(
+        port, "/v1/feedback", {"request_id": answer["request_ids"][2], "label": 0}
+    )
+    assert (status, joined["joined"]) == (200, True)
+    # A label joins once: the same request id again is unknown.
+    status, again = post_json(
+        port, "/v1/feedback", {"request_id": answer["request_ids"][2], "label": 0}
+    )
+    assert (status, again["error"]["code"]) == (404, "unknown_request_id")
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (b"{not json", "bad_json"),
+        (b'{"label": 1}', "bad_request"),
+        (b'{"request_id": "x"}', "bad_request"),
+        (b'{"request_id": "x", "label": null}', "bad_request"),
+        (b'{"request_id": "x", "label": [1, 2]}', "bad_request"),
+        (b'{"request_id": 7, "label": 1}', "bad_request"),
+        (b'{"request_id": "x", "label": 1, "extra": true}', "bad_request"),
+        (b'{"items": []}', "bad_request"),
+        (b'{"items": [{"request_id": "x"}]}', "bad_request"),
+        (b"[1, 2]", "bad_request"),
+    ],
+)
+def test_malformed_feedback_is_a_400_that_records_nothing(
+    tmp_path, mosquitto, packages: Packages, start_agent, unique_id, wine_model, body, code
+) -> None:
+    agent = start_agent(profiled_config(tmp_path, mosquitto, f"bad-{unique_id}", packages.profiled))
+    port = agent.api_port
+    assert port is not None
+    status, _ = post_json(
+        port,
+        "/v1/predict",
+        {"inputs": {"input": wine_model.x_test[:1].tolist()}, "request_id": "x"},
+    )
+    assert status == 200
+    status, error = post(port, "/v1/feedback", body)
+    assert status == 400
+    assert error["error"]["code"] == code
+    assert error["error"]["message"]
+    # Nothing was consumed: the prediction still takes its label.
+    status, joined = post_json(port, "/v1/feedback", {"request_id": "x", "label": 1})
+    assert (status, joined["joined"]) == (200, True)
+
+
+def test_feedback_for_an_unknown_request_id_is_a_404_naming_it(
+    tmp_path, mosquitto, packages: Packages, start_agent, unique_id
+) -> None:
+    agent = start_agent(profiled_config(tmp_path, mosquitto, f"unk-{unique_id}", packages.profiled))
+    port = agent.api_port
+    assert port is not None
+    status, error = post_json(port, "/v1/feedback", {"request_id": "nope-123", "label": 2})
+    assert status == 404
+    assert error["error"]["code"] == "unknown_request_id"
+    assert "nope-123" in error["error"]["message"]
+
+
+def test_feedback_for_an_unmonitored_model_is_a_409(
+    tmp_path, mosquitto, packages: Packages, start_agent, unique_id, wine_model
+) -> None:
+    agent = start_agent(profiled_config(tmp_path, mosquitto, f"unmon-{unique_id}", packages.bare))
+    port = agent.api_port
+    assert port is not None
+    status, answer = post_json(
+        port, "/v1/predict", {"inputs": {"input": wine_model.x_test[:1].tolist()}}
+    )
+    assert status == 200
+    status, error = post_json(
+        port, "/v1/feedback", {"request_id": answer["request_id"], "label": 1}
+    )
+    assert status == 409
+    assert error["error"]["code"] == "not_monitored"
+
+
+def test_reservoir_is_off_by_default_and_capped_when_on(
+    tmp_path, mosquitto, packages: Packages, start_agent, unique_id, wine_model
+) -> None:
+    off = start_agent(profiled_config(tmp_path, mosquitto, f"roff-{unique_id}", packages.profiled))
+    on = start_agent(
+        profiled_config(
+            tmp_path, mosquitto, f"ron-{unique_id}", packages.profiled, reservoir_size=5
+        )
+    )
+    for agent in (off, on):
+        for i in range(30):
+            agent.infer({"input": wine_model.x_test[i : i + 1]})
+    off_monitor, on_monitor = off.model_host.drift_monitor, on.model_host.drift_monitor
+    assert off_monitor is not None
+    assert on_monitor is not None
+    assert off_monitor.reservoir_size == 0
+    assert off_monitor.reservoir() == {}
+    sample = on_monitor.reservoir()["input"]
+    assert sample.shape == (5, wine_model.x_test.shape[1])
+    # Every kept row is one the agent really saw.
+    seen = {row.tobytes() for row in wine_model.x_test[:30]}
+    assert all(row.tobytes() in seen for row in np.asarray(sample))
