@@ -5,6 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 EXTRAS=dev NEED_MOSQUITTO=1 source packaging/dev/bootstrap.sh
 
-echo "== ruff" && ruff check .
+echo "== ruff" && ruff check . && ruff format --check .
 echo "== mypy" && mypy -p edgefleet
 echo "== pytest" && pytest -q -p no:cacheprovider "$@"
