@@ -21,6 +21,7 @@ pytest_plugins = [
     "tests.support.agent",
     "tests.support.drift_reference",
     "tests.support.fleet_fixtures",
+    "tests.support.webhooks",
 ]
 
 

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import json
-import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import httpx
@@ -54,43 +50,3 @@ class Console:
         response.raise_for_status()
         items: list[dict[str, Any]] = response.json()["items"]
         return items
-
-
-@dataclass
-class WebhookReceiver:
-    """A real stdlib HTTP server that records the JSON bodies POSTed to ``url``."""
-
-    url: str = ""
-    bodies: list[dict[str, Any]] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def received(self) -> list[dict[str, Any]]:
-        with self.lock:
-            return list(self.bodies)
-
-
-@pytest.fixture
-def webhook_receiver() -> Iterator[WebhookReceiver]:
-    """A webhook endpoint on a free loopback port that answers 204 to every POST."""
-    receiver = WebhookReceiver()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            with receiver.lock:
-                receiver.bodies.append(json.loads(body))
-            self.send_response(204)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *_args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, name="webhook-receiver", daemon=True)
-    thread.start()
-    receiver.url = f"http://127.0.0.1:{server.server_address[1]}/hooks/drift"
-    yield receiver
-    server.shutdown()
-    server.server_close()
-    thread.join(5)

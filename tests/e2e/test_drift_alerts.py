@@ -28,9 +28,10 @@ from edgefleet.shared.messages import AlertMessage
 from edgefleet.shared.modeltools.package import build_package, read_package
 from edgefleet.shared.topics import ALERTS_TOPIC
 from edgefleet.simulators.models import SensorFeed, TrainedModel
-from tests.e2e.conftest import Console, WebhookReceiver, eventually
+from tests.e2e.conftest import Console, eventually
 from tests.support.agent import Subscriber, agent_config
 from tests.support.mosquitto import MosquittoBroker
+from tests.support.webhooks import WebhookReceiver
 
 pytestmark = pytest.mark.slow
 

@@ -8,12 +8,9 @@ stored by the real ingester of a running `FleetService`.
 
 from __future__ import annotations
 
-import json
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import numpy as np
@@ -177,44 +174,3 @@ def drift_api(fleet: Fleet) -> Iterator[TestClient]:
     assert token
     with TestClient(app, headers={"Authorization": f"Bearer {token}"}) as client:
         yield client
-
-
-@dataclass
-class Receiver:
-    """A real HTTP server that records POSTs and fails the first ``fail_first`` with 503."""
-
-    fail_first: int = 0
-    requests: list[dict[str, Any]] = field(default_factory=list)
-    failed: int = 0
-    url: str = ""
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    state_ = Receiver()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            with state_.lock:
-                fail = state_.failed < state_.fail_first
-                if fail:
-                    state_.failed += 1
-                else:
-                    state_.requests.append(json.loads(body))
-            self.send_response(503 if fail else 204)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *_args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    state_.url = f"http://127.0.0.1:{server.server_address[1]}/hooks/drift"
-    yield state_
-    server.shutdown()
-    server.server_close()
-    thread.join(5)

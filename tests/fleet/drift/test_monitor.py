@@ -20,7 +20,8 @@ from edgefleet.fleet.drift.notify import MqttAlertPublisher, Notifier, RetryPoli
 from edgefleet.fleet.drift.store import DriftAlert, Webhook, WebhookDelivery
 from edgefleet.shared.messages import AlertMessage, utcnow
 from edgefleet.shared.topics import ALERTS_TOPIC
-from tests.fleet.drift.conftest import MODEL, VERSION, Fleet, Receiver, Window, WineData
+from tests.fleet.drift.conftest import MODEL, VERSION, Fleet, Window, WineData
+from tests.support.webhooks import WebhookReceiver
 
 
 def monitor(fleet: Fleet, *, slices=("device",), cooldown_s: float = 600.0, publisher=None):
@@ -104,13 +105,13 @@ def test_windows_of_a_version_without_a_reference_are_not_judged(
 
 
 def test_an_alert_reaches_mqtt_subscribers_and_a_flaky_webhook_exactly_once(
-    fleet: Fleet, wine: WineData, receiver: Receiver
+    fleet: Fleet, wine: WineData, webhook_receiver: WebhookReceiver
 ) -> None:
     fleet.register(wine.profile)
-    receiver.fail_first = 2
+    webhook_receiver.fail_first = 2
     with Session(fleet.engine) as session:
         session.add(
-            Webhook(id="hook1", url=receiver.url, kinds=["data_drift"], created_at=utcnow())
+            Webhook(id="hook1", url=webhook_receiver.url, kinds=["data_drift"], created_at=utcnow())
         )
         session.commit()
     got: list[bytes] = []
@@ -151,9 +152,9 @@ def test_an_alert_reaches_mqtt_subscribers_and_a_flaky_webhook_exactly_once(
     assert data.evidence["model"] == {"name": MODEL, "version": VERSION}
     assert all(a.published for a in raised)
     # The webhook only takes data_drift: it failed twice with 503, then took it once.
-    assert receiver.failed == 2
-    assert len(receiver.requests) == 1
-    payload = WebhookPayload.model_validate(receiver.requests[0])
+    assert webhook_receiver.failed == 2
+    assert len(webhook_receiver.received()) == 1
+    payload = WebhookPayload.model_validate(webhook_receiver.received()[0])
     assert payload.alert.id == data.id
     assert payload.retraining.model.name == MODEL
     assert payload.retraining.reason == "data_drift"
