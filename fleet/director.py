@@ -32,7 +32,7 @@ from sqlalchemy import Connection, Engine, bindparam, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from edgefleet.fleet.errors import FleetError, InvalidRequestError, NotFoundError
+from edgefleet.fleet.errors import FleetError, InvalidRequestError, NotFoundError, PublishError
 from edgefleet.fleet.store.tables import DesiredStateRow
 from edgefleet.shared.messages import utcnow
 from edgefleet.shared.signing.director import (
@@ -48,12 +48,6 @@ logger = logging.getLogger(__name__)
 
 MAX_CONVERGE_ROUNDS = 5
 CHUNK = 500  # device ids per IN (...) list: well under SQLite's bound-parameter limit
-
-
-class PublishError(FleetError):
-    """The desired state is stored but the broker did not acknowledge it."""
-
-    code = "publish_failed"
 
 
 class DesiredPublisher(Protocol):

@@ -27,6 +27,16 @@ class PermissionDeniedError(FleetError):
     code = "forbidden"
 
 
+class PublishError(FleetError):
+    """The broker did not acknowledge a publish (no connection, or no PUBACK in time).
+
+    Raised by the fleet's publishers (`edgefleet.fleet.mqtt_publisher`); for a desired
+    state the director has already stored the envelope, so a re-publish converges.
+    """
+
+    code = "publish_failed"
+
+
 class InvalidRequestError(FleetError):
     """Arguments that are well-formed but make no sense together (e.g. since > until)."""
 

@@ -18,7 +18,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edgefleet.fleet.director import PublishError
+from edgefleet.fleet.errors import PublishError
 from edgefleet.fleet.mqtt_client import make_client
 from edgefleet.fleet.settings import FleetSettings
 

@@ -36,7 +36,7 @@ from edgefleet.fleet.keys import FleetKeys, load_fleet_keys, open_repository, pa
 from edgefleet.fleet.mqtt_publisher import MqttPublisher
 from edgefleet.fleet.registry import ModelRegistry
 from edgefleet.fleet.repo_access import MetadataRefresher, RepositoryAccess
-from edgefleet.fleet.rollouts.orchestrator import Orchestrator
+from edgefleet.fleet.rollout_service.orchestrator import Orchestrator
 from edgefleet.fleet.settings import FleetSettings
 from edgefleet.fleet.store.engine import create_all, make_engine
 from edgefleet.shared.signing.tufapi import SSlibKey

@@ -7,17 +7,16 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
 
-from edgefleet.fleet.api import deployments, devices, health, models, repository, rollouts
+from edgefleet.fleet.api import deployments, devices, drift, health, models, repository, rollouts
 from edgefleet.fleet.api.deps import AppContext, IngestStatus
 from edgefleet.fleet.api.update_deps import PayloadTooLargeError, UpdateServices
-from edgefleet.fleet.director import PublishError
-from edgefleet.fleet.drift.api import router as drift_router
 from edgefleet.fleet.errors import (
     AuthenticationError,
     FleetError,
     InvalidRequestError,
     NotFoundError,
     PermissionDeniedError,
+    PublishError,
 )
 from edgefleet.fleet.registry import ConflictError, ModelRegistry, UpdatesDisabledError
 from edgefleet.fleet.rollouts.model import RolloutConflictError
@@ -72,7 +71,7 @@ def create_app(
     app.include_router(models.router)
     app.include_router(repository.router)
     app.include_router(rollouts.router)
-    app.include_router(drift_router)
+    app.include_router(drift.router)
     app.add_exception_handler(FleetError, _fleet_error)  # type: ignore[arg-type]
     return app
 

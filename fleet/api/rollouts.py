@@ -21,13 +21,13 @@ replaces on the same wave's devices; ``max_drift_score`` bounds the new version'
 on the wave: the largest PSI of any input or output feature of the drift windows its
 devices sent since their assignment, merged, against the reference profile in the
 version's package (0.1 is a small shift, 0.25 a clear one; see
-`edgefleet.fleet.rollouts.observe`). Each guard waits for ``min_metric_samples`` (the drift guard
-also for the model's drift ``min_count`` rows, and for a reference profile) and fails
-the gate if they are still missing ``metrics_timeout_s`` after the soak; the gate's
-reasons say which feature and score failed it.
+`edgefleet.fleet.rollout_service.observe`). Each guard waits for ``min_metric_samples``
+(the drift guard also for the model's drift ``min_count`` rows, and for a reference
+profile) and fails the gate if they are still missing ``metrics_timeout_s`` after the
+soak; the gate's reasons say which feature and score failed it.
 
-The orchestrator (`edgefleet.fleet.rollouts.orchestrator`) does the assigning; these routes only
-read and write the stored rollout.
+The orchestrator (`edgefleet.fleet.rollout_service.orchestrator`) does the assigning;
+these routes only read and write the stored rollout.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from starlette.concurrency import run_in_threadpool
 
 from edgefleet.fleet.api.deps import ContextDep, current_token
 from edgefleet.fleet.api.update_deps import Operator, UpdatesDep
-from edgefleet.fleet.rollouts import store, views
+from edgefleet.fleet.rollout_service import store, views
 from edgefleet.fleet.rollouts.model import (
     DEFAULT_WAVES,
     FailurePolicy,
@@ -108,8 +108,8 @@ class DetailCache:
     """Rollout details by ``(database, id, version)``, the most recent ``size`` of them.
 
     A version names the rollout's state and the history lines its detail shows (gate
-    decisions, rollout-level lines: `edgefleet.fleet.rollouts.store` writes them only with a new
-    version), so one detail serves every request until the next version. The console
+    decisions, rollout-level lines: `edgefleet.fleet.rollout_service.store` writes them
+    only with a new version), so one detail serves every request until the next version. The console
     and the rollout benchmark poll a running rollout twice a second, and each request
     read its history twice and counted its devices wave by wave.
     """

@@ -26,13 +26,13 @@ from edgefleet.fleet.drift.analysis import comparable, judge
 from edgefleet.fleet.drift.notify import Notifier
 from edgefleet.fleet.drift.rollup import SLICERS, SliceFilter, rollup, slices
 from edgefleet.fleet.drift.store import (
-    DriftAlert,
     get_reference,
     get_thresholds,
     load_windows,
     model_versions_with_windows,
 )
 from edgefleet.fleet.errors import NotFoundError
+from edgefleet.fleet.store.drift_tables import DriftAlert
 from edgefleet.shared.drift import DriftError
 from edgefleet.shared.messages import utcnow
 

@@ -22,11 +22,12 @@ from pydantic import BaseModel, Field
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
-from edgefleet.fleet.director import PublishError
 from edgefleet.fleet.drift.alerts import AlertDecision
-from edgefleet.fleet.drift.store import DriftAlert, Webhook, WebhookDelivery, new_id
+from edgefleet.fleet.drift.store import new_id
+from edgefleet.fleet.errors import PublishError
 from edgefleet.fleet.mqtt_publisher import MqttPublisher
 from edgefleet.fleet.settings import FleetSettings
+from edgefleet.fleet.store.drift_tables import DriftAlert, Webhook, WebhookDelivery
 from edgefleet.shared.messages import AlertMessage, ModelRef, encode, utcnow
 from edgefleet.shared.topics import ALERTS_TOPIC
 

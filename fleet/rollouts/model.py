@@ -251,8 +251,8 @@ class VersionMetrics(Frozen):
 
     ``drift_score`` is the largest PSI over the version's input and output features of
     the merged drift windows against the version's reference profile
-    (`edgefleet.fleet.rollouts.observe` defines which windows); None while there is no verdict
-    (no reference profile, or fewer rows than the drift thresholds' ``min_count``),
+    (`edgefleet.fleet.rollout_service.observe` defines which windows); None while there is
+    no verdict (no reference profile, or fewer rows than the drift thresholds' ``min_count``),
     with ``drift_unavailable`` saying why. ``drift_samples`` counts the merged rows.
     """
 

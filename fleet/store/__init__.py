@@ -1,4 +1,9 @@
-"""The fleet's database: tables (SQLModel) and the engine factory for SQLite and PostgreSQL."""
+"""The fleet's database: every table (SQLModel) and the engine factory for SQLite and PostgreSQL.
+
+`tables` holds the device registry, telemetry, events, tokens, models and desired
+states; `rollout_tables` the rollouts, their history and the leases; `drift_tables` the
+reference profiles, thresholds, alerts and webhooks. `create_all` creates all of them.
+"""
 
 from edgefleet.fleet.store.engine import create_all, make_engine, normalise_url
 from edgefleet.fleet.store.tables import (

@@ -65,8 +65,8 @@ def create_all(engine: Engine) -> None:
     """Create the tables that do not exist yet (migrations are future work: Alembic)."""
     # Each table module registers on SQLModel.metadata when imported; import every one
     # here so the schema is complete whatever the caller happened to import before.
-    import edgefleet.fleet.drift.store
-    import edgefleet.fleet.rollouts.tables
+    import edgefleet.fleet.store.drift_tables
+    import edgefleet.fleet.store.rollout_tables
     import edgefleet.fleet.store.tables  # noqa: F401
 
     SQLModel.metadata.create_all(engine)

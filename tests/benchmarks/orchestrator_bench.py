@@ -202,8 +202,8 @@ def measure(args: argparse.Namespace) -> Timings:
     from edgefleet import fleet
     from edgefleet.fleet.ingest.writer import BatchWriter
     from edgefleet.fleet.keys import create_lab_setup
-    from edgefleet.fleet.rollouts import store
-    from edgefleet.fleet.rollouts.orchestrator import Orchestrator
+    from edgefleet.fleet.rollout_service import store
+    from edgefleet.fleet.rollout_service.orchestrator import Orchestrator
     from edgefleet.fleet.service import FleetService
     from edgefleet.fleet.settings import FleetSettings
     from tests.support.mosquitto import MosquittoBroker
@@ -298,7 +298,8 @@ def measure(args: argparse.Namespace) -> Timings:
 
         # The earlier waves went by in seconds; in the rollout benchmark they took most of a
         # minute, so the events a tick re-lists (those of the last 10 s, see
-        # `edgefleet.fleet.rollouts.observe.EventCache`) are the last wave's. Let them age as much.
+        # `edgefleet.fleet.rollout_service.observe.EventCache`) are the last wave's. Let them
+        # age as much.
         turns = _Turns(args.sync)
         turns.meet()
         time.sleep(args.settle_s)

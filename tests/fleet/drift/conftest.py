@@ -21,9 +21,7 @@ from sqlalchemy import func, select
 from sqlmodel import Session, SQLModel
 
 from edgefleet.fleet.api.app import create_app
-from edgefleet.fleet.drift.api import router as drift_router
-
-# Importing fleet.drift.store registers the drift tables before the service's create_all.
+from edgefleet.fleet.api.drift import router as drift_router
 from edgefleet.fleet.drift.store import put_reference
 from edgefleet.fleet.service import FleetService
 from edgefleet.fleet.store.tables import DriftWindowRow

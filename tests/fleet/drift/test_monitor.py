@@ -17,7 +17,7 @@ from sqlmodel import Session, select
 from edgefleet.fleet.drift.alerts import AlertKind
 from edgefleet.fleet.drift.monitor import DriftMonitorService
 from edgefleet.fleet.drift.notify import MqttAlertPublisher, Notifier, RetryPolicy, WebhookPayload
-from edgefleet.fleet.drift.store import DriftAlert, Webhook, WebhookDelivery
+from edgefleet.fleet.store.drift_tables import DriftAlert, Webhook, WebhookDelivery
 from edgefleet.shared.messages import AlertMessage, utcnow
 from edgefleet.shared.topics import ALERTS_TOPIC
 from tests.fleet.drift.conftest import MODEL, VERSION, Fleet, Window, WineData

@@ -14,8 +14,8 @@ from edgefleet.fleet.service import FleetService
 from edgefleet.shared.modeltools.package import build_package
 from edgefleet.simulators.models import TrainedModel
 from tests.fleet.publisher import wait_until
-from tests.fleet.rollouts.devices import ProtocolFleet
-from tests.fleet.rollouts.wine_windows import WineWindows
+from tests.fleet.rollout_service.devices import ProtocolFleet
+from tests.fleet.rollout_service.wine_windows import WineWindows
 from tests.support.fleet_fixtures import upload
 from tests.support.mosquitto import MosquittoBroker
 

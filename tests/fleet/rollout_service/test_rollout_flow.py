@@ -8,8 +8,8 @@ from typing import Any
 
 from edgefleet.fleet.rollouts.model import Candidate, Selector
 from edgefleet.fleet.rollouts.selector import select_targets
-from tests.fleet.rollouts.conftest import FAST, StartDevices, publish_models
-from tests.fleet.rollouts.devices import ProtocolFleet
+from tests.fleet.rollout_service.conftest import FAST, StartDevices, publish_models
+from tests.fleet.rollout_service.devices import ProtocolFleet
 from tests.support.fleet_fixtures import MakeFleet, admin_client
 from tests.support.rollouts import history, wait_status
 

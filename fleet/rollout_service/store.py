@@ -33,7 +33,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Session, col
 
 from edgefleet.fleet.errors import NotFoundError
-from edgefleet.fleet.rollouts.lease import lock_row
+from edgefleet.fleet.rollout_service.lease import lock_row
 from edgefleet.fleet.rollouts.model import (
     TERMINAL_STATUSES,
     Candidate,
@@ -46,7 +46,7 @@ from edgefleet.fleet.rollouts.model import (
     TimelineEntry,
 )
 from edgefleet.fleet.rollouts.policy import apply_command, held_devices, new_rollout
-from edgefleet.fleet.rollouts.tables import Rollout, RolloutEvent
+from edgefleet.fleet.store.rollout_tables import Rollout, RolloutEvent
 from edgefleet.fleet.store.tables import Device
 
 logger = logging.getLogger(__name__)

@@ -4,8 +4,8 @@
 (``device_event``) and the director's desired states (``desired_state``) into one
 `DeviceObservation` per target; `wave_metrics` turns telemetry (``telemetry``) into the
 `WaveMetrics` the gate's guards compare. The reads a tick repeats run on the database
-driver (`edgefleet.fleet.rollouts.reads`); what did not change since the previous tick is kept
-(`EventCache`).
+driver (`edgefleet.fleet.rollout_service.reads`); what did not change since the previous
+tick is kept (`EventCache`).
 
 Rules (devices report events on their own per-device ``seq``, shared by every channel,
 so a birth state and an event can be ordered by it):
@@ -65,7 +65,7 @@ from sqlmodel import Session, col
 
 from edgefleet.fleet.drift.store import get_reference, get_thresholds
 from edgefleet.fleet.errors import NotFoundError
-from edgefleet.fleet.rollouts import reads
+from edgefleet.fleet.rollout_service import reads
 from edgefleet.fleet.rollouts.model import (
     DeviceObservation,
     RolloutState,
@@ -103,8 +103,8 @@ class EventCache:
     now lists the keys ``(device, seq)`` of the events received since ``overlap_s``
     before the newest one already seen (ingest batches commit out of receive order, by
     less than that) and reads in full only the events it has not seen (by primary key,
-    `edgefleet.fleet.rollouts.reads`), so a re-read changes nothing and costs two small columns a
-    row. On SQLite, which numbers rows in commit order, a tick reads instead exactly
+    `edgefleet.fleet.rollout_service.reads`), so a re-read changes nothing and costs two
+    small columns a row. On SQLite, which numbers rows in commit order, a tick reads instead exactly
     the events stored after the last one it read (`reads.events_inserted_after`):
     listing the window still scanned every event of the rollout there. In case a write
     lagged by more than the overlap (an ingester retrying through a database outage),

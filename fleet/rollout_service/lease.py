@@ -31,7 +31,7 @@ from sqlalchemy import Connection, Engine, and_, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from edgefleet.fleet.rollouts.tables import Lease as LeaseRow
+from edgefleet.fleet.store.rollout_tables import Lease as LeaseRow
 from edgefleet.shared.messages import utcnow
 
 logger = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ from edgefleet.shared.drift import (
 )
 from edgefleet.shared.modeltools.package import read_package
 from edgefleet.simulators.models import SensorFeed, TrainedModel
-from tests.fleet.rollouts.devices import DriftSource
+from tests.fleet.rollout_service.devices import DriftSource
 
 
 class WineWindows:

@@ -29,12 +29,6 @@ from edgefleet.fleet.drift.analysis import (
 )
 from edgefleet.fleet.drift.rollup import SliceFilter, WindowRecord
 from edgefleet.fleet.drift.store import (
-    DriftAlert,
-    DriftAlertPublic,
-    Webhook,
-    WebhookDelivery,
-    WebhookDeliveryPublic,
-    WebhookPublic,
     get_reference,
     get_thresholds,
     known_model,
@@ -45,6 +39,14 @@ from edgefleet.fleet.drift.store import (
     put_thresholds,
 )
 from edgefleet.fleet.errors import InvalidRequestError, NotFoundError
+from edgefleet.fleet.store.drift_tables import (
+    DriftAlert,
+    DriftAlertPublic,
+    Webhook,
+    WebhookDelivery,
+    WebhookDeliveryPublic,
+    WebhookPublic,
+)
 from edgefleet.shared.drift import DriftThresholds, ReferenceProfile
 from edgefleet.shared.manifest import NAME_PATTERN
 from edgefleet.shared.messages import utcnow

@@ -1,13 +1,14 @@
 """The rollout orchestrator: the I/O shell that runs `edgefleet.fleet.rollouts.policy.decide`.
 
 Every tick (``tick_interval_s``) the replica makes sure it holds the orchestrator lease
-(`edgefleet.fleet.rollouts.lease`): the holder renews it once a third of its duration has passed,
-a replica without it tries to take it; only the holder drives rollouts. For each active
-rollout it reads the state, builds observations and metrics (`edgefleet.fleet.rollouts.observe`),
-calls `decide`, **stores the new state first** (compare-and-set on the rollout's
-version, with the lease re-checked in the same transaction) and only then carries out
-the actions: ``Assign`` → `Director.assign_many` of the rollout's target; ``RollBack``
-→ a signed rollback to the device's previous version, batched the same way per version.
+(`edgefleet.fleet.rollout_service.lease`): the holder renews it once a third of its
+duration has passed, a replica without it tries to take it; only the holder drives
+rollouts. For each active rollout it reads the state, builds observations and metrics
+(`edgefleet.fleet.rollout_service.observe`), calls `decide`, **stores the new state
+first** (compare-and-set on the rollout's version, with the lease re-checked in the
+same transaction) and only then carries out the actions: ``Assign`` →
+`Director.assign_many` of the rollout's target; ``RollBack`` → a signed rollback to
+the device's previous version, batched the same way per version.
 Every outcome goes into the rollout's history.
 
 Invariants (from the pure core's save-then-act contract):
@@ -20,8 +21,8 @@ Invariants (from the pure core's save-then-act contract):
 - a replica that lost the lease stops carrying out actions at once; its stale writes
   fail the compare-and-set;
 - a state it saved is handed to the state cache only once its transaction committed
-  (`edgefleet.fleet.rollouts.store.committed`), so the next tick reads back only the rollout's
-  version, and parses the state only when another writer (a command, a replica) moved
+  (`edgefleet.fleet.rollout_service.store.committed`), so the next tick reads back only
+  the rollout's version, and parses the state only when another writer (a command, a replica) moved
   it on.
 
 A rollback to ``to_version=None`` (the device ran no model of that name before) is not
@@ -42,11 +43,9 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from edgefleet.fleet.errors import FleetError
-from edgefleet.fleet.rollouts.lease import Lease
-from edgefleet.fleet.rollouts.model import Action, Assign, RollBack, RolloutState
-from edgefleet.fleet.rollouts.observe import EventCache, observe, wave_metrics
-from edgefleet.fleet.rollouts.policy import decide, unconfirmed_actions
-from edgefleet.fleet.rollouts.store import (
+from edgefleet.fleet.rollout_service.lease import Lease
+from edgefleet.fleet.rollout_service.observe import EventCache, observe, wave_metrics
+from edgefleet.fleet.rollout_service.store import (
     HistoryLine,
     StaleRolloutError,
     StoredRollout,
@@ -56,6 +55,8 @@ from edgefleet.fleet.rollouts.store import (
     load_active,
     save,
 )
+from edgefleet.fleet.rollouts.model import Action, Assign, RollBack, RolloutState
+from edgefleet.fleet.rollouts.policy import decide, unconfirmed_actions
 from edgefleet.shared.messages import utcnow
 from edgefleet.shared.signing.director import DesiredTarget, SignedDesiredState
 

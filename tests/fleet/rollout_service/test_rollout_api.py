@@ -12,7 +12,7 @@ from edgefleet.fleet.api.auth import hash_token
 from edgefleet.fleet.service import FleetService
 from edgefleet.fleet.store.tables import ApiToken, TokenRole
 from tests.fleet.publisher import wait_until
-from tests.fleet.rollouts.conftest import FAST, StartDevices
+from tests.fleet.rollout_service.conftest import FAST, StartDevices
 from tests.support.fleet_fixtures import MakeFleet, admin_client, upload
 from tests.support.rollouts import history, wait_status
 

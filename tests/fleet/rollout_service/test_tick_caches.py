@@ -15,7 +15,9 @@ from sqlalchemy import Engine, select, update
 from sqlmodel import Session
 
 from edgefleet.fleet.api.rollouts import DetailCache, build_detail
-from edgefleet.fleet.rollouts import reads, store, views
+from edgefleet.fleet.rollout_service import reads, store, views
+from edgefleet.fleet.rollout_service.observe import EventCache, observe
+from edgefleet.fleet.rollout_service.orchestrator import LEASE_NAME, Orchestrator
 from edgefleet.fleet.rollouts.model import (
     ModelTarget,
     OperatorCommand,
@@ -25,11 +27,9 @@ from edgefleet.fleet.rollouts.model import (
     Selector,
     Wave,
 )
-from edgefleet.fleet.rollouts.observe import EventCache, observe
-from edgefleet.fleet.rollouts.orchestrator import LEASE_NAME, Orchestrator
 from edgefleet.fleet.rollouts.policy import decide
-from edgefleet.fleet.rollouts.tables import Lease, Rollout
 from edgefleet.fleet.store.engine import create_all, make_engine
+from edgefleet.fleet.store.rollout_tables import Lease, Rollout
 from edgefleet.fleet.store.tables import DesiredStateRow, Device, EventRow
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

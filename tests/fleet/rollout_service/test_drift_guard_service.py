@@ -15,9 +15,10 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-import edgefleet.fleet.rollouts.tables  # noqa: F401  (registers the rollout tables)
+import edgefleet.fleet.store.rollout_tables  # noqa: F401  (registers the rollout tables)
 from edgefleet.fleet.drift.store import put_reference, put_thresholds
-from edgefleet.fleet.rollouts import store
+from edgefleet.fleet.rollout_service import store
+from edgefleet.fleet.rollout_service.observe import wave_metrics
 from edgefleet.fleet.rollouts.model import (
     DeviceObservation,
     Gate,
@@ -30,7 +31,6 @@ from edgefleet.fleet.rollouts.model import (
     Wave,
     WaveMetrics,
 )
-from edgefleet.fleet.rollouts.observe import wave_metrics
 from edgefleet.fleet.rollouts.policy import decide
 from edgefleet.fleet.store.engine import create_all, make_engine
 from edgefleet.fleet.store.tables import Device, DriftWindowRow
@@ -45,8 +45,8 @@ from edgefleet.shared.drift import (
 )
 from edgefleet.shared.messages import EventKind
 from edgefleet.simulators.models import SensorFeed, TrainedModel
-from tests.fleet.rollouts.conftest import FAST, StartDevices, publish_models
-from tests.fleet.rollouts.wine_windows import WineWindows
+from tests.fleet.rollout_service.conftest import FAST, StartDevices, publish_models
+from tests.fleet.rollout_service.wine_windows import WineWindows
 from tests.support.fleet_fixtures import MakeFleet, admin_client
 from tests.support.rollouts import wait_status
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from edgefleet.fleet.rollout_service.store import StoredRollout, wave_sizes
 from edgefleet.fleet.rollouts.model import (
     DeviceRecord,
     DeviceRolloutState,
@@ -21,8 +22,7 @@ from edgefleet.fleet.rollouts.model import (
     RolloutSpec,
     RolloutStatus,
 )
-from edgefleet.fleet.rollouts.store import StoredRollout, wave_sizes
-from edgefleet.fleet.rollouts.tables import RolloutEvent
+from edgefleet.fleet.store.rollout_tables import RolloutEvent
 
 
 def counts(records: Iterable[DeviceRecord]) -> dict[str, int]:

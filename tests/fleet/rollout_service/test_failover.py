@@ -13,13 +13,13 @@ import pytest
 
 from edgefleet.fleet.director import Director
 from edgefleet.fleet.errors import FleetError
-from edgefleet.fleet.rollouts.lease import current_holder
-from edgefleet.fleet.rollouts.orchestrator import LEASE_NAME, Orchestrator
+from edgefleet.fleet.rollout_service.lease import current_holder
+from edgefleet.fleet.rollout_service.orchestrator import LEASE_NAME, Orchestrator
 from edgefleet.fleet.service import FleetService
 from edgefleet.shared.signing.director import DesiredTarget, SignedDesiredState
 from tests.fleet.publisher import wait_until
-from tests.fleet.rollouts.conftest import FAST, StartDevices, publish_models
-from tests.fleet.rollouts.devices import ProtocolFleet
+from tests.fleet.rollout_service.conftest import FAST, StartDevices, publish_models
+from tests.fleet.rollout_service.devices import ProtocolFleet
 from tests.support.fleet_fixtures import MakeFleet, admin_client
 from tests.support.rollouts import history, wait_status
 

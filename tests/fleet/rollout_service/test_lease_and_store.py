@@ -11,9 +11,10 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-import edgefleet.fleet.rollouts.tables  # noqa: F401  (registers the rollout tables)
-from edgefleet.fleet.rollouts import store
-from edgefleet.fleet.rollouts.lease import Lease, current_holder
+import edgefleet.fleet.store.rollout_tables  # noqa: F401  (registers the rollout tables)
+from edgefleet.fleet.rollout_service import store
+from edgefleet.fleet.rollout_service.lease import Lease, current_holder
+from edgefleet.fleet.rollout_service.observe import EventCache, observe, wave_metrics
 from edgefleet.fleet.rollouts.model import (
     DeviceRolloutState,
     Gate,
@@ -23,7 +24,6 @@ from edgefleet.fleet.rollouts.model import (
     Selector,
     Wave,
 )
-from edgefleet.fleet.rollouts.observe import EventCache, observe, wave_metrics
 from edgefleet.fleet.rollouts.policy import decide
 from edgefleet.fleet.store.engine import create_all, make_engine
 from edgefleet.fleet.store.tables import Device, EventRow, TelemetryRow

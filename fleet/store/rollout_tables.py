@@ -9,7 +9,7 @@ Invariants:
 - ``RolloutEvent`` is append-only: every action, gate decision, operator command and
   timeline entry of a rollout, with ``device_id`` set when it concerns one device;
 - a `Lease` row names its holder and when the lease lapses; it is taken or renewed only
-  by a conditional UPDATE (see `edgefleet.fleet.rollouts.lease`).
+  by a conditional UPDATE (see `edgefleet.fleet.rollout_service.lease`).
 
 Importing this module registers the tables on ``SQLModel.metadata``.
 """
@@ -62,7 +62,7 @@ class RolloutEvent(SQLModel, table=True):
 
 
 class Lease(SQLModel, table=True):
-    """A named lease: who holds it and until when (see `edgefleet.fleet.rollouts.lease`)."""
+    """A named lease: who holds it and until when (see `edgefleet.fleet.rollout_service.lease`)."""
 
     __tablename__ = "lease"
 
