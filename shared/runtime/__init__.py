@@ -10,9 +10,8 @@ from edgefleet.shared.runtime.base import (
     ModelRuntime,
     RuntimeLoadError,
     RuntimeOptions,
-    load_runtime,
-    runtime_for_path,
 )
+from edgefleet.shared.runtime.loader import load_runtime, runtime_for_path
 
 __all__ = [
     "InferenceError",

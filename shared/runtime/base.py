@@ -1,4 +1,7 @@
-"""The runtime interface every model backend implements, and the factory that picks one.
+"""The runtime interface every model backend implements: errors, options, `ModelRuntime`.
+
+The backends (`onnx`, `tflite`) import this module; the factory that picks one is
+`edgefleet.shared.runtime.loader`, so no backend imports the module that imports it.
 
 A runtime is loaded once per model version and then called from many threads (the
 inference API serves requests concurrently), so `predict` must be thread-safe; both
@@ -7,7 +10,6 @@ ONNX Runtime sessions and our TFLite wrapper are.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal, Protocol
 
 import numpy as np
@@ -17,8 +19,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from edgefleet.shared.tensors import TensorSpec
 
 Tensors = dict[str, NDArray[np.generic]]
-
-RUNTIME_BY_SUFFIX = {".onnx": "onnx", ".tflite": "tflite"}
 
 
 class RuntimeLoadError(Exception):
@@ -58,41 +58,3 @@ class ModelRuntime(Protocol):
         ...
 
     def close(self) -> None: ...
-
-
-def runtime_for_path(path: Path) -> str:
-    """The runtime name for a model file, from its suffix; raises `RuntimeLoadError`."""
-    try:
-        return RUNTIME_BY_SUFFIX[path.suffix.lower()]
-    except KeyError:
-        raise RuntimeLoadError(
-            f"{path}: unknown model format {path.suffix!r}; expected one of "
-            f"{sorted(RUNTIME_BY_SUFFIX)}"
-        ) from None
-
-
-def load_runtime(
-    path: Path, *, runtime: str | None = None, options: RuntimeOptions | None = None
-) -> ModelRuntime:
-    """Load ``path`` with the named runtime (or the one its suffix implies).
-
-    Raises `RuntimeLoadError` if the file is missing or the runtime rejects it.
-    """
-    options = options or RuntimeOptions()
-    name = runtime or runtime_for_path(path)
-    if not path.is_file():
-        raise RuntimeLoadError(f"{path}: model file not found")
-    if name == "onnx":
-        from edgefleet.shared.runtime.onnx import OnnxRuntime
-
-        return OnnxRuntime(path, options)
-    if name == "tflite":
-        try:
-            from edgefleet.shared.runtime.tflite import TfliteRuntime
-        except ImportError as e:
-            raise RuntimeLoadError(
-                f"{path}: the TFLite runtime is not installed (pip install 'edgefleet[tflite]')"
-            ) from e
-        backend: ModelRuntime = TfliteRuntime(path, options)
-        return backend
-    raise RuntimeLoadError(f"{path}: unknown runtime {name!r}")

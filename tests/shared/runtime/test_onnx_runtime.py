@@ -96,3 +96,7 @@ def test_thread_option_is_honoured(threads, digits_data):
         _probs(reference, x),
         atol=1e-5,
     )
+    # Equal outputs alone would pass with the option ignored: read what the session
+    # was actually built with (ONNX Runtime's default, 0, means "one per core").
+    applied = runtime._session.get_session_options()
+    assert (applied.intra_op_num_threads, applied.inter_op_num_threads) == (threads, threads)
