@@ -12,8 +12,9 @@ from edgefleet.shared.drift.base import (
     ProfileError,
     SketchMismatchError,
 )
+from edgefleet.shared.drift.builder import build_profile
 from edgefleet.shared.drift.labels import ClassificationMetrics, RegressionMetrics, metric_summary
-from edgefleet.shared.drift.profile import ReferenceProfile, build_profile
+from edgefleet.shared.drift.profile import ReferenceProfile
 from edgefleet.shared.drift.thresholds import (
     DriftReport,
     DriftThresholds,

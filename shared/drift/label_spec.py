@@ -8,9 +8,11 @@ from typing import Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from edgefleet.shared.drift.accumulator import WindowAccumulator
 from edgefleet.shared.drift.base import ProfileError
 from edgefleet.shared.drift.binning import quantile_edges
 from edgefleet.shared.drift.categories import category_key, missing_mask
+from edgefleet.shared.drift.labels import metric_summary
 from edgefleet.shared.drift.profile import LabelSpec, ReferenceProfile, Tensors
 
 
@@ -87,9 +89,6 @@ def baseline_metrics(
     profile: ReferenceProfile, inputs: Tensors, outputs: Tensors, labels: NDArray[np.generic]
 ) -> dict[str, float]:
     """The headline metrics of the model on the reference data itself."""
-    from edgefleet.shared.drift.accumulator import WindowAccumulator
-    from edgefleet.shared.drift.labels import metric_summary
-
     accumulator = WindowAccumulator(profile)
     accumulator.add(inputs, outputs, labels)
     sketch = accumulator.snapshot()
