@@ -39,7 +39,7 @@ from edgefleet.shared import __version__
 from edgefleet.shared.drift import ReferenceProfile
 from edgefleet.shared.manifest import MANIFEST_FILE, ModelManifest
 from edgefleet.shared.messages import (
-    DeviceMessage,
+    DeviceMessageBase,
     EventKind,
     EventMessage,
     ModelRef,
@@ -303,7 +303,7 @@ class Agent:
         monitor = self.model_host.drift_monitor
         return monitor is not None and monitor.record_label(request_id, label)
 
-    def enqueue(self, channel: Channel, build: Callable[[int], DeviceMessage]) -> int | None:
+    def enqueue(self, channel: Channel, build: Callable[[int], DeviceMessageBase]) -> int | None:
         """Store ``build(seq)`` in the outbox for ``channel`` and wake the link.
 
         Returns the seq, or None if the outbox could not store it (counted as dropped).

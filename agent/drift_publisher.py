@@ -28,14 +28,14 @@ from edgefleet.agent.config import DriftConfig
 from edgefleet.agent.drift_monitor import DriftMonitor
 from edgefleet.agent.model_host import ActiveModel, ModelHost
 from edgefleet.shared.drift import ReferenceProfile, WindowSketch
-from edgefleet.shared.messages import DeviceMessage, DriftMessage, ModelRef, utcnow
+from edgefleet.shared.messages import DeviceMessageBase, DriftMessage, ModelRef, utcnow
 from edgefleet.shared.topics import Channel
 
 log = logging.getLogger(__name__)
 
 MAX_WINDOWS_PER_TICK = 16
 
-Enqueue = Callable[[Channel, Callable[[int], DeviceMessage]], "int | None"]
+Enqueue = Callable[[Channel, Callable[[int], DeviceMessageBase]], "int | None"]
 
 
 class DriftPublisher:

@@ -45,7 +45,7 @@ class ModelRef(WireModel):
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
 
 
-class DeviceMessage(WireModel):
+class DeviceMessageBase(WireModel):
     """Fields every device→fleet message has."""
 
     device_id: str = Field(pattern=DEVICE_ID_PATTERN)
@@ -63,7 +63,7 @@ class PlatformInfo(WireModel):
     memory_bytes: int = 0
 
 
-class StateMessage(DeviceMessage):
+class StateMessage(DeviceMessageBase):
     """Birth (retained, online) and the last will (retained, offline)."""
 
     schema_: Literal["edgefleet/v1/state"] = Field(default="edgefleet/v1/state", alias="schema")
@@ -85,7 +85,7 @@ class LatencyPercentiles(WireModel):
     p99_ms: float
 
 
-class TelemetryMessage(DeviceMessage):
+class TelemetryMessage(DeviceMessageBase):
     """Periodic health of one device over the last interval."""
 
     schema_: Literal["edgefleet/v1/telemetry"] = Field(
@@ -121,7 +121,7 @@ class EventKind(StrEnum):
     INFO = "info"
 
 
-class EventMessage(DeviceMessage):
+class EventMessage(DeviceMessageBase):
     """One step of a deployment, with the reason when something went wrong."""
 
     schema_: Literal["edgefleet/v1/events"] = Field(default="edgefleet/v1/events", alias="schema")
@@ -133,7 +133,7 @@ class EventMessage(DeviceMessage):
     detail: dict[str, Any] = Field(default_factory=dict)
 
 
-class DriftMessage(DeviceMessage):
+class DriftMessage(DeviceMessageBase):
     """One closed drift window: mergeable summaries of inputs and outputs."""
 
     schema_: Literal["edgefleet/v1/drift"] = Field(default="edgefleet/v1/drift", alias="schema")
