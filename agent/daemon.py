@@ -47,7 +47,8 @@ from edgefleet.shared.messages import (
     StateMessage,
     encode,
 )
-from edgefleet.shared.modeltools.package import PACKAGE_SUFFIX, PackageError, extract_package
+from edgefleet.shared.package.format import PACKAGE_SUFFIX, PackageError
+from edgefleet.shared.package.read import extract_package
 from edgefleet.shared.runtime import RuntimeLoadError, load_runtime
 from edgefleet.shared.runtime.base import Tensors
 from edgefleet.shared.topics import Channel, device_topic

@@ -1,7 +1,7 @@
 """The model registry: verified uploads, their manifests and lineage, and publishing.
 
 Invariants:
-- a stored package passed `edgefleet.shared.modeltools.package.read_package` (members, manifest,
+- a stored package passed `edgefleet.shared.package.read.read_package` (members, manifest,
   digests) before anything was written for it; a rejected upload leaves nothing behind;
 - the bytes of (name, version) never change: the same bytes again are a no-op, other
   bytes are a `ConflictError`;
@@ -33,12 +33,8 @@ from edgefleet.fleet.repository import NotFoundError as RepoNotFoundError
 from edgefleet.fleet.store.tables import ModelVersion, ModelVersionPublic
 from edgefleet.shared.drift import ReferenceProfile
 from edgefleet.shared.messages import utcnow
-from edgefleet.shared.modeltools.package import (
-    PACKAGE_SUFFIX,
-    PackageError,
-    package_digest,
-    read_package,
-)
+from edgefleet.shared.package.format import PACKAGE_SUFFIX, PackageError
+from edgefleet.shared.package.read import package_digest, read_package
 from edgefleet.shared.signing import tuf_metadata
 from edgefleet.shared.signing.director import DesiredTarget
 from edgefleet.shared.signing.errors import UpdateRejected

@@ -247,7 +247,7 @@ def _demo_model(data_dir: Path) -> tuple[TrainedModel, Path]:
     """Train the demo model and package it with a reference profile of its training data."""
     import numpy as np
 
-    from edgefleet.shared.modeltools.package import build_package
+    from edgefleet.shared.modeltools.builder import build_package
     from edgefleet.simulators.models import train_wine_classifier
 
     print("training the demo model on scikit-learn's wine data ...")

@@ -31,13 +31,9 @@ from edgefleet.agent.update.runner import GoldenOutcome
 from edgefleet.agent.update.types import DesiredTarget, InstalledModel, Report
 from edgefleet.shared.manifest import MANIFEST_FILE, ModelManifest
 from edgefleet.shared.messages import EventKind, ModelRef
-from edgefleet.shared.modeltools.package import (
-    DataError,
-    PackageError,
-    check_golden,
-    extract_package,
-    read_package_manifest,
-)
+from edgefleet.shared.package.format import DataError, PackageError
+from edgefleet.shared.package.golden import check_golden
+from edgefleet.shared.package.read import extract_package, read_package_manifest
 from edgefleet.shared.runtime import ModelRuntime, RuntimeLoadError, RuntimeOptions, load_runtime
 from edgefleet.shared.signing.errors import (
     DigestMismatch,

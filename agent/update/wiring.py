@@ -51,7 +51,8 @@ from edgefleet.agent.update.runner import UpdateRunner, WorkGate
 from edgefleet.agent.update.types import DesiredRejected, DesiredTarget
 from edgefleet.shared.manifest import MANIFEST_FILE, ModelManifest, Version, VersionError
 from edgefleet.shared.messages import utcnow
-from edgefleet.shared.modeltools.package import PACKAGE_SUFFIX, PackageError, extract_package
+from edgefleet.shared.package.format import PACKAGE_SUFFIX, PackageError
+from edgefleet.shared.package.read import extract_package
 from edgefleet.shared.runtime import RuntimeLoadError, load_runtime
 from edgefleet.shared.signing.bundle import (
     DIRECTOR_KEYS_FILE,

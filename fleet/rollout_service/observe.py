@@ -75,7 +75,7 @@ from edgefleet.fleet.rollouts.model import (
 from edgefleet.fleet.store.tables import DriftWindowRow, EventRow, TelemetryRow
 from edgefleet.shared.drift import SketchMismatchError, WindowSketch, evaluate, merge_all
 from edgefleet.shared.messages import EventKind
-from edgefleet.shared.modeltools.package import PACKAGE_SUFFIX
+from edgefleet.shared.package.format import PACKAGE_SUFFIX
 
 CHUNK = 500
 ACTIVE_EVENTS = frozenset({EventKind.COMMITTED.value, EventKind.HEALTHY.value})

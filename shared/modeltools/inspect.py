@@ -7,12 +7,8 @@ import json
 from pathlib import Path
 
 from edgefleet.shared.manifest import ModelManifest
-from edgefleet.shared.modeltools.package import (
-    PackageError,
-    PackageMember,
-    package_digest,
-    read_package,
-)
+from edgefleet.shared.package.format import PackageError, PackageMember
+from edgefleet.shared.package.read import package_digest, read_package
 
 
 def describe(path: Path, manifest: ModelManifest, members: list[PackageMember]) -> str:

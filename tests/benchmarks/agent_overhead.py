@@ -68,7 +68,7 @@ from numpy.typing import NDArray
 
 from edgefleet.agent.config import AgentConfig
 from edgefleet.agent.daemon import Agent
-from edgefleet.shared.modeltools.package import build_package
+from edgefleet.shared.modeltools.builder import build_package
 from edgefleet.simulators.tflite_models.catalog import model_path
 from edgefleet.simulators.tflite_models.datasets import digits_split, wine_split
 from edgefleet.simulators.tflite_models.small_cnn import build_small_cnn, digit_images

@@ -54,7 +54,8 @@ from edgefleet.shared.drift import (
     evaluate,
 )
 from edgefleet.shared.messages import DriftMessage
-from edgefleet.shared.modeltools.package import build_package, read_package
+from edgefleet.shared.modeltools.builder import build_package
+from edgefleet.shared.package.read import read_package
 from edgefleet.shared.topics import Channel
 
 ALPHA = 0.05

@@ -177,7 +177,7 @@ class Devices:
 
 def _packages(base: Path) -> dict[str, Path]:
     from edgefleet.shared.manifest import ProbationBudget
-    from edgefleet.shared.modeltools.package import build_package
+    from edgefleet.shared.modeltools.builder import build_package
     from edgefleet.simulators.models import train_wine_classifier
 
     model = train_wine_classifier(base / "wine.onnx")

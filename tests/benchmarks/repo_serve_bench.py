@@ -437,7 +437,7 @@ def _start_server(
 
 
 def _build_package(base: Path, model_bytes: int) -> Path:
-    from edgefleet.shared.modeltools.package import build_package
+    from edgefleet.shared.modeltools.builder import build_package
     from edgefleet.simulators.models import train_wine_classifier
     from tests.e2e.updates.support import padded_model
 

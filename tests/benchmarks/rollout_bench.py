@@ -36,7 +36,7 @@ import psutil
 
 from edgefleet.fleet.keys import create_lab_setup
 from edgefleet.shared.manifest import ProbationBudget
-from edgefleet.shared.modeltools.package import build_package
+from edgefleet.shared.modeltools.builder import build_package
 from edgefleet.simulators.fleet import DeviceProfile, FleetPlan, UpdatePlan, raise_open_file_limit
 from edgefleet.simulators.models import train_wine_classifier
 from edgefleet.simulators.shards import ShardedFleet

@@ -25,7 +25,8 @@ from edgefleet.fleet.drift.notify import WebhookPayload
 from edgefleet.fleet.service import FleetService
 from edgefleet.shared.drift import ReferenceProfile, build_profile
 from edgefleet.shared.messages import AlertMessage
-from edgefleet.shared.modeltools.package import build_package, read_package
+from edgefleet.shared.modeltools.builder import build_package
+from edgefleet.shared.package.read import read_package
 from edgefleet.shared.topics import ALERTS_TOPIC
 from edgefleet.simulators.models import SensorFeed, TrainedModel
 from tests.e2e.conftest import Console, eventually

@@ -18,7 +18,7 @@ import pytest
 from edgefleet.fleet.keys import LabSetup
 from edgefleet.fleet.service import FleetService
 from edgefleet.shared.manifest import ProbationBudget
-from edgefleet.shared.modeltools.package import build_package
+from edgefleet.shared.modeltools.builder import build_package
 from edgefleet.simulators.fleet import DeviceProfile, FleetPlan, UpdatePlan
 from edgefleet.simulators.models import TrainedModel
 from edgefleet.simulators.shards import ShardedFleet

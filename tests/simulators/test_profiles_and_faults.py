@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from edgefleet.shared.manifest import MANIFEST_FILE, ModelManifest
-from edgefleet.shared.modeltools.package import check_golden, extract_package
+from edgefleet.shared.package.golden import check_golden
+from edgefleet.shared.package.read import extract_package
 from edgefleet.shared.runtime import RuntimeLoadError
 from edgefleet.simulators.faults import Fault, FaultKind, FaultyLoader
 from edgefleet.simulators.fleet import DeviceProfile, expand_profiles

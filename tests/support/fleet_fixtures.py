@@ -17,7 +17,7 @@ import pytest
 from edgefleet.fleet.keys import LabSetup, create_lab_setup
 from edgefleet.fleet.service import FleetService
 from edgefleet.fleet.settings import FleetSettings
-from edgefleet.shared.modeltools.package import build_package
+from edgefleet.shared.modeltools.builder import build_package
 from edgefleet.simulators.models import TrainedModel
 from tests.support.mosquitto import MosquittoBroker
 

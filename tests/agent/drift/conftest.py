@@ -17,7 +17,8 @@ from edgefleet.agent.config import AgentConfig
 from edgefleet.shared.drift import ReferenceProfile, build_profile
 from edgefleet.shared.manifest import ModelManifest
 from edgefleet.shared.messages import DriftMessage, decode_device_message
-from edgefleet.shared.modeltools.package import build_package, read_package
+from edgefleet.shared.modeltools.builder import build_package
+from edgefleet.shared.package.read import read_package
 from edgefleet.shared.topics import Channel
 from edgefleet.simulators.models import TrainedModel
 from tests.e2e.updates.support import FAST_PROBATION, Pkg

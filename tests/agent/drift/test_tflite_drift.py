@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from edgefleet.shared.drift import ReferenceProfile, evaluate
-from edgefleet.shared.modeltools.package import build_package, read_package
+from edgefleet.shared.modeltools.builder import build_package
+from edgefleet.shared.package.read import read_package
 from edgefleet.simulators.models import SensorFeed
 from edgefleet.simulators.tflite_models.catalog import model_path
 from edgefleet.simulators.tflite_models.datasets import digits_split, wine_split

@@ -25,7 +25,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from edgefleet.agent.config import AgentConfig
 from edgefleet.fleet.repository import ImageRepository
 from edgefleet.shared.manifest import GOLDEN_FILE, MANIFEST_FILE, ModelManifest, ProbationBudget
-from edgefleet.shared.modeltools.package import build_package, manifest_bytes
+from edgefleet.shared.modeltools.builder import build_package
+from edgefleet.shared.package.format import manifest_bytes
 from edgefleet.shared.signing import keys
 from edgefleet.shared.signing.bundle import write_bundle
 from edgefleet.shared.signing.director import (

@@ -24,7 +24,7 @@ from numpy.typing import NDArray
 from edgefleet.agent.daemon import Agent
 from edgefleet.agent.update.machine import Phase
 from edgefleet.shared.manifest import ProbationBudget, Tolerance
-from edgefleet.shared.modeltools.package import build_package
+from edgefleet.shared.modeltools.builder import build_package
 from edgefleet.simulators.tflite_models.catalog import load_manifest, model_path
 from edgefleet.simulators.tflite_models.datasets import Split, wine_split
 from tests.e2e.updates.support import FAST_PROBATION, Pkg, Rig, repackage

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from edgefleet.fleet.service import FleetService
-from edgefleet.shared.modeltools.package import build_package
+from edgefleet.shared.modeltools.builder import build_package
 from edgefleet.simulators.models import TrainedModel
 from tests.fleet.publisher import wait_until
 from tests.fleet.rollout_service.devices import ProtocolFleet

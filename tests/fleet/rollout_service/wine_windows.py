@@ -24,7 +24,7 @@ from edgefleet.shared.drift import (
     evaluate,
     merge_all,
 )
-from edgefleet.shared.modeltools.package import read_package
+from edgefleet.shared.package.read import read_package
 from edgefleet.simulators.models import SensorFeed, TrainedModel
 from tests.fleet.rollout_service.devices import DriftSource
 

@@ -12,7 +12,7 @@ import pytest
 
 from edgefleet.shared.cli import CLIError, main
 from edgefleet.shared.manifest import ModelManifest
-from edgefleet.shared.modeltools import package
+from edgefleet.shared.modeltools import cli
 from edgefleet.simulators.models import TrainedModel
 
 
@@ -34,7 +34,7 @@ def _run(argv: list[str]) -> int:
         return main(argv)
     parser = argparse.ArgumentParser(prog="edgefleet")
     model = parser.add_subparsers().add_parser("model")
-    package.add_command(model.add_subparsers())
+    cli.add_package_commands(model.add_subparsers())
     args = parser.parse_args(argv)
     try:
         return int(args.handler(args))

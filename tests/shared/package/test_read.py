@@ -11,15 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from edgefleet.shared.modeltools.package import (
+from edgefleet.shared.package.format import (
     DigestMismatchError,
     ManifestError,
     PackageError,
     PackageFormatError,
     UnsafeMemberError,
-    extract_package,
-    read_package,
 )
+from edgefleet.shared.package.read import extract_package, read_package
 
 Entry = tuple[tarfile.TarInfo, bytes]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgefleet.shared.modeltools.package import build_package
+from edgefleet.shared.modeltools.builder import build_package
 from edgefleet.simulators.models import INPUT_NAME, TrainedModel, train_wine_classifier
 
 NARROW_FEATURES = 4

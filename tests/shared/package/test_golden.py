@@ -8,13 +8,9 @@ import numpy as np
 import pytest
 
 from edgefleet.shared.manifest import Tolerance
-from edgefleet.shared.modeltools.package import (
-    DataError,
-    check_golden,
-    compare_golden,
-    extract_package,
-    load_golden,
-)
+from edgefleet.shared.package.format import DataError
+from edgefleet.shared.package.golden import check_golden, compare_golden, load_golden
+from edgefleet.shared.package.read import extract_package
 from edgefleet.shared.runtime import load_runtime
 from edgefleet.simulators.models import TrainedModel
 

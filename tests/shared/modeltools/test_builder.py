@@ -12,18 +12,11 @@ import numpy as np
 import pytest
 
 from edgefleet.shared.manifest import Tolerance
-from edgefleet.shared.modeltools.package import (
-    DataError,
-    GoldenFailureError,
-    ManifestError,
-    ModelLoadError,
-    SchemaMismatchError,
-    Tensors,
-    build_package,
-    extract_package,
-    load_golden,
-    read_package,
-)
+from edgefleet.shared.modeltools.builder import GoldenFailureError, ModelLoadError, build_package
+from edgefleet.shared.modeltools.reference import SchemaMismatchError
+from edgefleet.shared.package.format import DataError, ManifestError
+from edgefleet.shared.package.golden import Tensors, load_golden
+from edgefleet.shared.package.read import extract_package, read_package
 from edgefleet.simulators.models import TrainedModel
 
 WHEN = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)

@@ -16,21 +16,12 @@ from numpy.typing import NDArray
 
 from edgefleet.agent.drift_monitor import DriftMonitor
 from edgefleet.shared.drift import ProfileError
-from edgefleet.shared.drift.profile import (
-    MAX_FLAT_FEATURES,
-    NumericFeature,
-    ReferenceProfile,
-    build_profile,
-)
+from edgefleet.shared.drift.builder import build_profile
+from edgefleet.shared.drift.profile import MAX_FLAT_FEATURES, NumericFeature, ReferenceProfile
 from edgefleet.shared.manifest import ModelManifest, Tolerance
-from edgefleet.shared.modeltools.package import (
-    GoldenResult,
-    build_package,
-    check_golden,
-    extract_package,
-    load_golden,
-    read_package,
-)
+from edgefleet.shared.modeltools.builder import build_package
+from edgefleet.shared.package.golden import GoldenReport, check_golden, load_golden
+from edgefleet.shared.package.read import extract_package, read_package
 from edgefleet.shared.runtime import load_runtime
 from edgefleet.shared.tensors import TensorSpec
 from edgefleet.simulators.tflite_models.catalog import load_manifest, model_path
@@ -75,7 +66,7 @@ def _extracted(package: Path, dest: Path) -> tuple[ModelManifest, Path]:
     return manifest, dest
 
 
-def _golden(model_dir: Path, manifest: ModelManifest) -> GoldenResult:
+def _golden(model_dir: Path, manifest: ModelManifest) -> GoldenReport:
     assert manifest.golden is not None
     runtime = load_runtime(model_dir / manifest.model_file, runtime=manifest.runtime)
     try:
