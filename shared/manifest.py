@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import total_ordering
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
@@ -215,3 +215,30 @@ class ModelManifest(WireModel):
         if self.golden is not None:
             names.append(self.golden.file)
         return sorted(names)
+
+
+# --- target names ---------------------------------------------------------------------
+
+# The fleet publishes a model version as the TUF target ``{name}-{version}.efpkg``: its
+# package file name (`edgefleet.shared.package.format.PACKAGE_SUFFIX`; a test keeps
+# the two equal). The agent learns a target's manifest name only once it has the
+# package, yet every event about it, the download's too, names the model by manifest
+# name: `name_of_target` reads it back from the signed target name.
+TARGET_SUFFIX: Final = ".efpkg"
+
+
+def target_name(name: str, version: str) -> str:
+    """The TUF target name of a model version: its package file name."""
+    return f"{name}-{version}{TARGET_SUFFIX}"
+
+
+def name_of_target(target: str, version: str) -> str | None:
+    """The manifest name in ``target`` if it is `target_name` of (name, ``version``).
+
+    None for a target named otherwise (a repository this fleet did not fill): the
+    caller then has only the target name to show.
+    """
+    tail = f"-{version}{TARGET_SUFFIX}"
+    if len(target) > len(tail) and target.endswith(tail):
+        return target[: -len(tail)]
+    return None

@@ -38,11 +38,27 @@ class WireModel(BaseModel):
 
 
 class ModelRef(WireModel):
-    """Which model a device runs or should run."""
+    """Which model a device runs or is deploying; one meaning in every message.
 
-    name: str = Field(min_length=1, max_length=200)
-    version: str = Field(min_length=1, max_length=64)
-    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    ``name`` is the model's manifest name (``wine``), ``sha256`` the content address of
+    the package (the TUF target's hash, the agent's store directory) and ``target`` the
+    TUF target name the package was deployed as (``wine-1.1.0.efpkg``), when there is
+    one. The fleet identifies a model by ``sha256``; ``name`` and ``version`` are for
+    people and for models without a package (a bare factory model has no sha256).
+
+    Agents before ``target`` existed put the target name in ``name`` on the events
+    topic; such messages still parse (the fleet compares by ``sha256``, so they are
+    attributed the same).
+    """
+
+    name: str = Field(min_length=1, max_length=200, description="the manifest's model name")
+    version: str = Field(min_length=1, max_length=64, description="the manifest's version")
+    sha256: str | None = Field(
+        default=None, pattern=r"^[0-9a-f]{64}$", description="of the package (TUF target)"
+    )
+    target: str | None = Field(
+        default=None, min_length=1, max_length=200, description="the TUF target name, if any"
+    )
 
 
 class DeviceMessageBase(WireModel):
@@ -232,14 +248,6 @@ def decode_device_message(
             f"device_id {message.device_id!r} in a message on device {device_id!r}'s topic"
         )
     return message
-
-
-def decode_desired(payload: bytes) -> DesiredMessage:
-    """Validate the shape of a desired-state payload (not its signature); raises `MessageError`."""
-    try:
-        return DesiredMessage.model_validate_json(payload)
-    except ValidationError as e:
-        raise MessageError(_describe(e)) from e
 
 
 def _describe(error: ValidationError) -> str:

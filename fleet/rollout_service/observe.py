@@ -15,7 +15,10 @@ so a birth state and an event can be ordered by it):
   replaced by each later event of this rollout that shows a version active
   (``committed``, ``healthy``, or ``info`` "already active"); a ``failed`` or
   ``rolled_back`` event leaves it unchanged (the device kept, or went back to, what it
-  ran). ``previous_version`` is the one it replaced;
+  ran). ``previous_version`` is the one it replaced. A model is the rollout's target
+  when its package sha256 is the target's (`edgefleet.shared.messages.ModelRef`), and
+  another version of the model when its manifest name is the target's; names are never
+  parsed;
 - **last event**: the newest event of this rollout other than ``info`` (progress notes),
   with the fleet's receive time, so it compares with assignment times on the fleet's
   clock;
@@ -68,6 +71,7 @@ from edgefleet.fleet.errors import NotFoundError
 from edgefleet.fleet.rollout_service import reads
 from edgefleet.fleet.rollouts.model import (
     DeviceObservation,
+    ModelTarget,
     RolloutState,
     VersionMetrics,
     WaveMetrics,
@@ -75,7 +79,7 @@ from edgefleet.fleet.rollouts.model import (
 from edgefleet.fleet.store.tables import DriftWindowRow, EventRow, TelemetryRow
 from edgefleet.shared.drift import SketchMismatchError, WindowSketch, evaluate, merge_all
 from edgefleet.shared.messages import EventKind
-from edgefleet.shared.package.format import PACKAGE_SUFFIX
+from edgefleet.shared.replace import replace
 
 CHUNK = 500
 ACTIVE_EVENTS = frozenset({EventKind.COMMITTED.value, EventKind.HEALTHY.value})
@@ -182,6 +186,7 @@ def _read_events(conn: Connection, entry: _RolloutEvents, rollout_id: str) -> No
                 col(EventRow.seq),
                 col(EventRow.kind),
                 col(EventRow.model_version),
+                col(EventRow.model_sha256),
                 col(EventRow.received_at),
                 col(EventRow.reason),
             ).where(col(EventRow.rollout_id) == rollout_id)
@@ -223,7 +228,7 @@ class _RolloutEvents:
         self,
         device_id: str,
         device: reads.DeviceRow | None,
-        model: str,
+        model: ModelTarget,
         *,
         assigned_at: datetime | None,
     ) -> DeviceObservation:
@@ -279,7 +284,7 @@ def observe(
     that are new since the previous one, and reuse the observations whose inputs did
     not change; without it every event is read.
     """
-    model = state.spec.model.name
+    model = state.spec.model
     cutoff = now - timedelta(seconds=offline_after_s)
     devices = reads.device_rows(conn, state.targets, cutoff)
     events = (cache or EventCache()).events_of(conn, state.rollout_id)
@@ -303,27 +308,46 @@ def observe(
     return observations
 
 
-def _fold(device: Any, events: Sequence[Any], model: str) -> _Fold:
-    runs_model = device is not None and _same_model(device.model_name, model)
-    fold = _Fold(current=device.model_version if runs_model else None)
+def _fold(device: Any, events: Sequence[Any], model: ModelTarget) -> _Fold:
+    fold = _Fold(current=_running(device, model))
     state_seq = device.last_state_seq if device is not None else None
     for event in events:
         if event.kind == EventKind.INFO.value:
             if event.reason == ALREADY_ACTIVE and (state_seq is None or event.seq > state_seq):
-                fold.activate(event.model_version)
+                fold.activate(_version(event, model))
             continue
         fold.kind = EventKind(event.kind)
         fold.at = event.received_at
         if event.kind in ACTIVE_EVENTS and (state_seq is None or event.seq > state_seq):
-            fold.activate(event.model_version)
+            fold.activate(_version(event, model))
     return fold
 
 
-def _same_model(name: str | None, model: str) -> bool:
-    """Whether a reported model name is ``model``: its manifest name or its target name."""
-    if name is None:
-        return False
-    return name == model or (name.startswith(f"{model}-") and name.endswith(PACKAGE_SUFFIX))
+def _running(device: Any, model: ModelTarget) -> str | None:
+    """The version of ``model`` the device's birth state says it runs, or None.
+
+    The package's sha256 identifies the target itself; another version of the model
+    (the one a rollout replaces) is known by its manifest name, which is what a birth
+    state's ``name`` always carried.
+    """
+    if device is None:
+        return None
+    if model.sha256 is not None and device.model_sha256 == model.sha256:
+        return model.version
+    return device.model_version if device.model_name == model.name else None
+
+
+def _version(event: Any, model: ModelTarget) -> str | None:
+    """The version an event of this rollout shows: the target's when the event's sha256
+    is the target's, else the one it reports (a rollback's previous version).
+
+    By sha256, not by name: agents before `ModelRef.target` put the target name in the
+    event's ``name``, newer ones the manifest name; both carry the package's sha256.
+    """
+    if model.sha256 is not None and event.model_sha256 == model.sha256:
+        return model.version
+    version: str | None = event.model_version
+    return version
 
 
 def wave_metrics(
@@ -345,8 +369,8 @@ def wave_metrics(
     candidate = _version_metrics(conn, ids, target, first)
     if state.waves[wave].gate.max_drift_score is not None:
         assigned = {r.device_id: r.assigned_at for r in members if r.assigned_at is not None}
-        candidate = candidate.model_copy(
-            update=drift_score(conn, state.spec.model.name, target, assigned).fields()
+        candidate = replace(
+            candidate, **drift_score(conn, state.spec.model.name, target, assigned).fields()
         )
     previous = Counter(
         r.from_version for r in members if r.from_version is not None and r.from_version != target
@@ -484,7 +508,9 @@ def _sketches(
             )
         )
         for row in rows:
-            if row.received_at < assigned[row.device_id] or not _same_model(row.model_name, model):
+            # Drift windows name the model the agent serves by its manifest name (they
+            # never carried a target name), and the query matched the version.
+            if row.received_at < assigned[row.device_id] or row.model_name != model:
                 continue
             sketch = _sketch(row.sketch)
             if sketch is None:

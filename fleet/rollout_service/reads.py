@@ -41,6 +41,7 @@ class DeviceRow(NamedTuple):
     online: bool  # it said so, and was heard from since the cutoff
     model_name: str | None
     model_version: str | None
+    model_sha256: str | None
     last_state_seq: int | None
 
 
@@ -56,6 +57,7 @@ class EventRead(NamedTuple):
     seq: int
     kind: str
     model_version: str | None
+    model_sha256: str | None
     received_at: datetime
     reason: str | None
 
@@ -73,15 +75,16 @@ def device_rows(
         f"SELECT {c(_DEVICE, 'device_id')}, {c(_DEVICE, 'online')} AND "  # noqa: S608
         f"({c(_DEVICE, 'last_seen')} IS NULL OR {c(_DEVICE, 'last_seen')} >= {sql.marker}), "
         f"{c(_DEVICE, 'model_name')}, {c(_DEVICE, 'model_version')}, "
-        f"{c(_DEVICE, 'last_state_seq')} FROM {sql.table(_DEVICE)} "
+        f"{c(_DEVICE, 'model_sha256')}, {c(_DEVICE, 'last_state_seq')} "
+        f"FROM {sql.table(_DEVICE)} "
         f"WHERE {c(_DEVICE, 'device_id')} IN "
     )
     bound_cutoff = sql.bind(_DEVICE.c.last_seen, cutoff)
     found: dict[str, DeviceRow] = {}
     for chunk in _chunks(device_ids, IN_CHUNK):
         rows = conn.exec_driver_sql(head + sql.markers(len(chunk)), (bound_cutoff, *chunk))
-        for device_id, online, name, version, seq in rows:
-            found[device_id] = DeviceRow(device_id, bool(online), name, version, seq)
+        for device_id, online, name, version, sha256, seq in rows:
+            found[device_id] = DeviceRow(device_id, bool(online), name, version, sha256, seq)
     return found
 
 
@@ -125,7 +128,7 @@ def events_inserted_after(
     none)."""
     sql = _Sql(conn.dialect)
     c = sql.column
-    names = ("device_id", "seq", "kind", "model_version", "received_at", "reason")
+    names = EventRead._fields
     query = (
         f"SELECT rowid, {', '.join(c(_EVENT, n) for n in names)} FROM {sql.table(_EVENT)} "  # noqa: S608
         f"WHERE {c(_EVENT, 'rollout_id')} = ? AND rowid > ? ORDER BY rowid"
@@ -133,10 +136,10 @@ def events_inserted_after(
     received_at = sql.reader(_EVENT.c.received_at)
     found: list[EventRead] = []
     last = after
-    for rowid, device_id, seq, kind, version, at, reason in conn.exec_driver_sql(
+    for rowid, device_id, seq, kind, version, sha256, at, reason in conn.exec_driver_sql(
         query, (rollout_id, after)
     ):
-        found.append(EventRead(device_id, seq, kind, version, received_at(at), reason))
+        found.append(EventRead(device_id, seq, kind, version, sha256, received_at(at), reason))
         last = rowid
     return found, last
 
@@ -145,7 +148,7 @@ def events(conn: Connection, keys: Sequence[tuple[str, int]]) -> list[EventRead]
     """The events of ``keys`` (each a primary key: one lookup each)."""
     sql = _Sql(conn.dialect)
     c = sql.column
-    names = ("device_id", "seq", "kind", "model_version", "received_at", "reason")
+    names = EventRead._fields
     head = f"SELECT {', '.join(c(_EVENT, n) for n in names)} FROM {sql.table(_EVENT)} WHERE "  # noqa: S608
     term = f"({c(_EVENT, 'device_id')} = {sql.marker} AND {c(_EVENT, 'seq')} = {sql.marker})"
     received_at = sql.reader(_EVENT.c.received_at)
@@ -153,8 +156,8 @@ def events(conn: Connection, keys: Sequence[tuple[str, int]]) -> list[EventRead]
     for chunk in _chunks(keys, PAIR_CHUNK):
         params = tuple(value for key in chunk for value in key)
         rows = conn.exec_driver_sql(head + " OR ".join([term] * len(chunk)), params)
-        for device_id, seq, kind, version, at, reason in rows:
-            found.append(EventRead(device_id, seq, kind, version, received_at(at), reason))
+        for device_id, seq, kind, version, sha256, at, reason in rows:
+            found.append(EventRead(device_id, seq, kind, version, sha256, received_at(at), reason))
     return found
 
 

@@ -103,3 +103,74 @@ def test_a_message_for_another_device_is_rejected() -> None:
 def test_garbage_is_a_message_error(payload: bytes) -> None:
     with pytest.raises(MessageError):
         decode_device_message(Channel.STATE, "d1", payload)
+
+
+SHA = "ab" * 32
+
+
+def test_a_model_ref_carries_manifest_name_version_sha256_and_target() -> None:
+    ref = ModelRef(name="wine", version="1.1.0", sha256=SHA, target="wine-1.1.0.efpkg")
+    event = EventMessage(device_id="d1", seq=5, ts=NOW, kind=EventKind.DOWNLOADING, model=ref)
+    assert decode_device_message(Channel.EVENTS, "d1", encode(event)) == event
+    assert json.loads(encode(event))["model"] == {
+        "name": "wine",
+        "version": "1.1.0",
+        "sha256": SHA,
+        "target": "wine-1.1.0.efpkg",
+    }
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        {"name": "", "version": "1.0.0"},
+        {"name": "wine", "version": "1.0.0", "sha256": "not-hex"},
+        {"name": "wine", "version": "1.0.0", "target": ""},
+        {"name": "wine", "version": "1.0.0", "target": "x" * 201},
+    ],
+)
+def test_a_model_ref_out_of_bounds_is_a_message_error(model: dict[str, str]) -> None:
+    raw = {"schema": "edgefleet/v1/events", "device_id": "d1", "seq": 1, "kind": "failed"}
+    with pytest.raises(MessageError):
+        decode_device_message(Channel.EVENTS, "d1", json.dumps(raw | {"model": model}).encode())
+
+
+# Exactly what agents sent before `ModelRef.target`: the event names the TUF target in
+# ``name``, the birth the manifest name; neither has ``target``.
+OLD_EVENT = {
+    "schema": "edgefleet/v1/events",
+    "device_id": "d1",
+    "seq": 7,
+    "ts": "2026-01-01T00:00:00Z",
+    "kind": "committed",
+    "model": {"name": "wine-1.1.0.efpkg", "version": "1.1.0", "sha256": SHA},
+    "desired_seq": 3,
+    "rollout_id": "ro-1",
+    "reason": None,
+    "detail": {},
+}
+OLD_STATE = {
+    "schema": "edgefleet/v1/state",
+    "device_id": "d1",
+    "seq": 6,
+    "ts": "2026-01-01T00:00:00Z",
+    "online": True,
+    "agent_version": "0.9.0",
+    "hardware": "rpi4",
+    "tags": ["lab"],
+    "runtimes": ["onnx"],
+    "active_model": {"name": "wine", "version": "1.0.0", "sha256": "cd" * 32},
+}
+
+
+def test_todays_event_shape_still_parses() -> None:
+    event = decode_device_message(Channel.EVENTS, "d1", json.dumps(OLD_EVENT).encode())
+    assert isinstance(event, EventMessage)
+    assert event.model == ModelRef(name="wine-1.1.0.efpkg", version="1.1.0", sha256=SHA)
+    assert event.model.target is None
+
+
+def test_todays_birth_shape_still_parses() -> None:
+    state = decode_device_message(Channel.STATE, "d1", json.dumps(OLD_STATE).encode())
+    assert isinstance(state, StateMessage)
+    assert state.active_model == ModelRef(name="wine", version="1.0.0", sha256="cd" * 32)

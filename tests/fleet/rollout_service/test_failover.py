@@ -91,12 +91,12 @@ def _assert_one_assignment_each(devices: ProtocolFleet, rollout_id: str) -> None
 def test_restarted_fleet_continues_without_skipped_wave_or_repeated_assignment(
     make_fleet: MakeFleet,
     start_devices: StartDevices,
-    packages: dict[str, Path],
+    wine_packages: dict[str, Path],
     unique_id: str,
 ) -> None:
     first = make_fleet(**FAST)
     with admin_client(first) as api:
-        publish_models(api, packages)
+        publish_models(api, wine_packages)
         devices = start_devices(first, api, 20)
         rollout_id = _create(api, f"t-{unique_id}", SOAKED_WAVES)
         wait_until(
@@ -119,14 +119,14 @@ def test_restarted_fleet_continues_without_skipped_wave_or_repeated_assignment(
 def test_crash_between_save_and_publish_neither_skips_nor_repeats(
     make_fleet: MakeFleet,
     start_devices: StartDevices,
-    packages: dict[str, Path],
+    wine_packages: dict[str, Path],
     unique_id: str,
 ) -> None:
     fleet = make_fleet(rollout_orchestrator=False)
     assert fleet.orchestrator is None
     assert fleet.updates is not None
     with admin_client(fleet) as api:
-        publish_models(api, packages)
+        publish_models(api, wine_packages)
         devices = start_devices(fleet, api, 6)
         rollout_id = _create(api, f"t-{unique_id}", [{"count": 3}, {"fraction": 1.0}])
         doomed = Orchestrator(
@@ -176,12 +176,12 @@ def test_crash_between_save_and_publish_neither_skips_nor_repeats(
 def test_second_replica_takes_over_when_the_lease_holder_dies(
     make_fleet: MakeFleet,
     start_devices: StartDevices,
-    packages: dict[str, Path],
+    wine_packages: dict[str, Path],
     unique_id: str,
 ) -> None:
     replicas = [make_fleet(**FAST), make_fleet(**FAST)]
     with admin_client(replicas[0]) as api:
-        publish_models(api, packages)
+        publish_models(api, wine_packages)
         devices = start_devices(replicas[0], api, 20)
         rollout_id = _create(api, f"t-{unique_id}", SOAKED_WAVES)
         wait_until(

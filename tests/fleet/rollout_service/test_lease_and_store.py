@@ -12,6 +12,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 import edgefleet.fleet.store.rollout_tables  # noqa: F401  (registers the rollout tables)
+from edgefleet.fleet.ingest.rows import EVENT_COLUMNS, event_row
 from edgefleet.fleet.rollout_service import store
 from edgefleet.fleet.rollout_service.lease import Lease, current_holder
 from edgefleet.fleet.rollout_service.observe import EventCache, observe, wave_metrics
@@ -27,7 +28,7 @@ from edgefleet.fleet.rollouts.model import (
 from edgefleet.fleet.rollouts.policy import decide
 from edgefleet.fleet.store.engine import create_all, make_engine
 from edgefleet.fleet.store.tables import Device, EventRow, TelemetryRow
-from edgefleet.shared.messages import EventKind
+from edgefleet.shared.messages import EventKind, EventMessage, ModelRef
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -323,3 +324,58 @@ def test_wave_metrics_compare_the_new_version_with_the_one_it_replaced(engine: E
     assert metrics.baseline.error_rate == pytest.approx(52 / 300)
     verdict = decide(state, {}, metrics, T0 + timedelta(seconds=30)).state
     assert verdict.status is RolloutStatus.RUNNING  # devices not healthy yet: gate waits
+
+
+OLD_SHA, NEW_SHA = "aa" * 32, "bb" * 32
+
+
+def test_an_old_shape_event_is_attributed_to_the_target_by_sha256(engine: Engine) -> None:
+    # Agents before `ModelRef.target` named the TUF target in an event's ``name``; newer
+    # ones name the manifest and add ``target``. Both carry the package's sha256.
+    refs = {
+        "old-agent": ModelRef(name="wine-1.1.0.efpkg", version="1.1.0", sha256=NEW_SHA),
+        "new-agent": ModelRef(
+            name="wine", version="1.1.0", sha256=NEW_SHA, target="wine-1.1.0.efpkg"
+        ),
+    }
+    with Session(engine) as session:
+        for device_id in refs:
+            _device(session, device_id)
+            session.get(Device, device_id).model_sha256 = OLD_SHA  # type: ignore[union-attr]
+        session.commit()
+        for device_id, ref in refs.items():
+            for seq, kind in ((2, EventKind.DOWNLOADING), (3, EventKind.COMMITTED)):
+                message = EventMessage(
+                    device_id=device_id, seq=seq, ts=T0, kind=kind, model=ref, rollout_id="ro-s"
+                )
+                row = event_row(message, T0 + timedelta(seconds=seq))
+                session.add(EventRow(**dict(zip(EVENT_COLUMNS, row, strict=True))))
+        session.commit()
+    target = ModelTarget(name="wine", version="1.1.0", sha256=NEW_SHA)
+    spec = RolloutSpec(model=target, selector=Selector(), waves=(Wave(fraction=1.0),))
+    state = store.create(engine, "ro-s", spec, created_by="alice", now=T0).state
+    with engine.connect() as conn:
+        seen = observe(conn, state, now=T0 + timedelta(seconds=30), offline_after_s=60)
+    for device_id in refs:
+        observation = seen[device_id]
+        assert (observation.current_version, observation.previous_version) == ("1.1.0", "1.0.0")
+        assert observation.last_event_kind is EventKind.COMMITTED
+
+
+def test_a_birth_with_the_targets_sha256_runs_the_target(engine: Engine) -> None:
+    with Session(engine) as session:
+        _device(session, "born", version="1.1.0")
+        session.get(Device, "born").model_sha256 = NEW_SHA  # type: ignore[union-attr]
+        _device(session, "other", version="1.1.0")  # the same version, another package
+        session.get(Device, "other").model_sha256 = OLD_SHA  # type: ignore[union-attr]
+        _device(session, "stranger", version="1.0.0")
+        session.get(Device, "stranger").model_name = "beer"  # type: ignore[union-attr]
+        session.commit()
+    target = ModelTarget(name="wine", version="1.1.0", sha256=NEW_SHA)
+    spec = RolloutSpec(model=target, selector=Selector(), waves=(Wave(fraction=1.0),))
+    state = store.create(engine, "ro-b", spec, created_by="alice", now=T0).state
+    with engine.connect() as conn:
+        seen = observe(conn, state, now=T0 + timedelta(seconds=30), offline_after_s=60)
+    assert seen["born"].current_version == "1.1.0"
+    assert seen["other"].current_version == "1.1.0"  # by manifest name and version
+    assert seen["stranger"].current_version is None  # runs no version of wine

@@ -298,6 +298,7 @@ def test_the_driver_reads_return_what_the_plain_queries_return(engine: Engine) -
                 bool(r.online and (r.last_seen is None or r.last_seen >= T0)),
                 r.model_name,
                 r.model_version,
+                r.model_sha256,
                 r.last_state_seq,
             )
             for r in plain
