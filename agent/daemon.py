@@ -7,7 +7,6 @@ signals, sd_notify and the exit code.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import logging
 import os
@@ -30,11 +29,17 @@ from edgefleet.agent.inference_api import InferenceApi
 from edgefleet.agent.link import DesiredHandler, Link
 from edgefleet.agent.model_host import ActiveModel, ModelHost
 from edgefleet.agent.outbox import Outbox
+from edgefleet.agent.store import ModelStore, StoreError
 from edgefleet.agent.systemd import SystemdNotifier
 from edgefleet.agent.telemetry import TelemetryCollector
 from edgefleet.agent.update.ports import RuntimeLoader
 from edgefleet.agent.update.runner import WorkGate
-from edgefleet.agent.update.wiring import ProbationMetrics, UpdateService
+from edgefleet.agent.update.wiring import (
+    STORE_DIR,
+    ProbationMetrics,
+    UpdateService,
+    activate_factory_model,
+)
 from edgefleet.shared import __version__
 from edgefleet.shared.drift import ReferenceProfile
 from edgefleet.shared.manifest import MANIFEST_FILE, ModelManifest
@@ -48,15 +53,14 @@ from edgefleet.shared.messages import (
     encode,
 )
 from edgefleet.shared.package.format import PACKAGE_SUFFIX, PackageError
-from edgefleet.shared.package.read import extract_package
 from edgefleet.shared.runtime import RuntimeLoadError, load_runtime
 from edgefleet.shared.runtime.base import Tensors
+from edgefleet.shared.signing.errors import DigestMismatch
 from edgefleet.shared.topics import Channel, device_topic
 
 log = logging.getLogger(__name__)
 
 OUTBOX_FILE = "outbox.sqlite3"
-PACKAGE_DIR = "model"  # without updates: where a packaged ``model.path`` is extracted
 
 
 class AgentStatus(BaseModel):
@@ -125,6 +129,7 @@ class Agent:
         )
         self._on_desired = on_desired
         self._updates: UpdateService | None = None
+        self._store: ModelStore | None = None  # without updates: the factory package's
         self._stop = threading.Event()
         self._started_at = time.monotonic()
         self._runtimes = available_runtimes()
@@ -178,7 +183,9 @@ class Agent:
 
         With updates enabled the model comes from the model store (a fresh device first
         installs ``model.path`` there as its factory model) and the update runner resumes
-        whatever update a stop or a crash interrupted; otherwise ``model.path`` is served.
+        whatever update a stop or a crash interrupted; otherwise ``model.path`` is served:
+        a package is first installed and activated in the same model store
+        (`edgefleet.agent.store`, under ``data_dir/store``), a bare model file as it is.
 
         Returns at once; the link connects in the background. Raises `OutboxError` if
         the outbox cannot be opened, OSError if the API port cannot be bound, and
@@ -371,46 +378,48 @@ class Agent:
             return
         try:
             if model.path.suffix == PACKAGE_SUFFIX:
-                model_dir = self._unpack(model.path)
-                manifest = _read_manifest(model_dir)
-                path, runtime_name = model_dir / manifest.model_file, manifest.runtime
-                ref = ModelRef(name=manifest.name, version=manifest.version, sha256=model_dir.name)
+                store, sha256 = self._install_package(model.path)
+                manifest = store.manifest(sha256)
+                path = store.path(sha256) / manifest.model_file
+                runtime_name: str | None = manifest.runtime
+                ref = ModelRef(name=manifest.name, version=manifest.version, sha256=sha256)
             else:
                 path, runtime_name = model.path, None
                 ref = ModelRef(name=model.name, version=model.version)
             runtime = self._runtime_loader(path, runtime=runtime_name, options=model.runtime)
-        except (RuntimeLoadError, PackageError, OSError, ValueError) as e:
+        except (
+            RuntimeLoadError,
+            PackageError,
+            DigestMismatch,
+            StoreError,
+            OSError,
+            ValueError,
+        ) as e:
             log.error("agent %s serves no model: %s", self.device_id, e)
             self.publish_event(EventKind.FAILED, reason=f"initial model did not load: {e}")
             return
         self.model_host.swap(ActiveModel(runtime=runtime, ref=ref))
         log.info("agent %s serves %s %s (%s)", self.device_id, ref.name, ref.version, model.path)
 
-    def _unpack(self, package: Path) -> Path:
-        """Extract a packaged ``model.path`` (once) under the data dir, named by its sha256.
+    def _install_package(self, package: Path) -> tuple[ModelStore, str]:
+        """Install and activate a packaged ``model.path`` in the model store.
 
-        Raises `PackageError` for a bad package, OSError if it cannot be read or written.
+        Returns the store and the package's sha256, the model's address in it. It is the
+        same content-addressed store the update path uses, so a factory package is
+        verified, extracted and activated crash-safely even with updates disabled (see
+        the invariants of `edgefleet.agent.store`). Runs `ModelStore.recover` first, as
+        every start must. Raises `PackageError` or `DigestMismatch` for a bad package,
+        `StoreError` if it does not verify once extracted, OSError.
         """
-        with package.open("rb") as f:
-            sha256 = hashlib.file_digest(f, "sha256").hexdigest()
-        root = self.config.data_dir / PACKAGE_DIR
-        model_dir = root / sha256
-        if (model_dir / MANIFEST_FILE).is_file():
-            return model_dir
-        staging = root / f".{sha256}.partial"
-        if staging.exists():
-            for leftover in staging.iterdir():  # an extraction a crash interrupted
-                leftover.unlink()
-        extract_package(package, staging)
-        staging.rename(model_dir)
-        return model_dir
+        store = self._store = ModelStore(self.config.data_dir / STORE_DIR)
+        store.recover()
+        return store, activate_factory_model(store, package, self.config)
 
     def _model_dir(self, ref: ModelRef) -> Path | None:
-        if ref.sha256 is None:
+        store = self._updates.store if self._updates is not None else self._store
+        if ref.sha256 is None or store is None:
             return None
-        if self._updates is not None:
-            return self._updates.store.path(ref.sha256)
-        return self.config.data_dir / PACKAGE_DIR / ref.sha256
+        return store.path(ref.sha256)
 
     def _drift_monitor_for(self, model: ActiveModel) -> DriftMonitor | None:
         """The drift monitor for a model about to serve, from its package's profile.

@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Final
 
-from edgefleet.shared.atomicio import fsync_dir
+from edgefleet.shared.durable import fsync_dir
+from edgefleet.shared.hashing import hash_stream
 from edgefleet.shared.signing.errors import DigestMismatch, LengthMismatch, TransportError
 
 logger = logging.getLogger(__name__)
@@ -143,8 +144,7 @@ def _rehash_prefix(part: Path, expected_length: int) -> tuple[hashlib._Hash, int
         part.unlink()
         return digest, 0
     with part.open("rb") as f:
-        while chunk := f.read(DEFAULT_CHUNK_BYTES * 16):
-            digest.update(chunk)
+        hash_stream(digest, f)
     return digest, size
 
 

@@ -27,7 +27,6 @@ a test can stop an operation after any step and check what `recover` makes of it
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -41,12 +40,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from edgefleet.agent.atomic import (
+from edgefleet.shared.durable import (
     atomic_symlink,
     fsync_dir,
     fsync_file,
     remove_stray_temp_files,
 )
+from edgefleet.shared.hashing import sha256_file
 from edgefleet.shared.manifest import MANIFEST_FILE, ModelManifest
 
 log = logging.getLogger(__name__)
@@ -73,11 +73,6 @@ class RecoveryReport:
 
 def _no_step(_: str) -> None:
     return None
-
-
-def _sha256_file(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _check_sha(sha256: str) -> str:
@@ -121,10 +116,6 @@ class ModelStore:
     def manifest(self, sha256: str) -> ModelManifest:
         """The manifest of a stored model; raises `StoreError` if missing or invalid."""
         return _read_manifest(self.path(sha256))
-
-    def model_file(self, sha256: str) -> Path:
-        """The model file of a stored model; raises `StoreError`."""
-        return self.path(sha256) / self.manifest(sha256).model_file
 
     def verify(self, sha256: str, expected: str | None = None) -> ModelManifest:
         """Re-hash a stored model's files against its manifest and the store's index.
@@ -336,7 +327,7 @@ def _read_manifest(directory: Path) -> ModelManifest:
 def _write_index(directory: Path) -> dict[str, dict[str, Any]]:
     """Hash every file of ``directory`` into its `INDEX_FILE`; returns the index."""
     files: dict[str, dict[str, Any]] = {
-        str(p.relative_to(directory)): {"sha256": _sha256_file(p), "size": p.stat().st_size}
+        str(p.relative_to(directory)): {"sha256": sha256_file(p), "size": p.stat().st_size}
         for p in sorted(directory.rglob("*"))
         if p.is_file() and p.name != INDEX_FILE
     }
@@ -356,7 +347,7 @@ def _verify_dir(directory: Path) -> ModelManifest:
         path = directory / name
         if not path.is_file():
             raise StoreError(f"{path}: missing")
-        found = _sha256_file(path)
+        found = sha256_file(path)
         if found != expected["sha256"]:
             raise StoreError(f"{path}: sha256 is {found}, the store recorded {expected['sha256']}")
     return _check_against_index(directory, index)

@@ -37,7 +37,7 @@ from edgefleet.shared.package.format import PACKAGE_SUFFIX, PackageError
 from edgefleet.shared.package.read import package_digest, read_package
 from edgefleet.shared.signing import tuf_metadata
 from edgefleet.shared.signing.director import DesiredTarget
-from edgefleet.shared.signing.errors import UpdateRejected
+from edgefleet.shared.signing.errors import DigestMismatch, UpdateRejected
 from edgefleet.shared.signing.tufapi import TargetFile
 
 logger = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ class ModelRegistry:
         try:
             try:
                 manifest, _members = read_package(upload)
-            except PackageError as e:
+            except (PackageError, DigestMismatch) as e:
                 raise InvalidRequestError(f"not a valid model package: {e}") from e
             sha256, length = package_digest(upload)
             existing = self._existing(manifest.name, manifest.version, sha256)

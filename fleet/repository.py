@@ -21,18 +21,15 @@ serialise writes (one process, or a database lock across replicas).
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import logging
-import os
 import shutil
-import tempfile
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from edgefleet.shared.atomicio import fsync_dir
+from edgefleet.shared.durable import atomic_writer
+from edgefleet.shared.hashing import digest_file
 from edgefleet.shared.signing import layout, tuf_metadata
 from edgefleet.shared.signing.errors import DigestMismatch, LengthMismatch, TufError
 from edgefleet.shared.signing.keys import TUF_ROLES
@@ -328,20 +325,10 @@ class ImageRepository:
         dest = self._dir / layout.TARGETS_DIR / tuf_metadata.hash_prefixed_name(info)
         if dest.is_file():
             return
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".upload.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as out, source.open("rb") as src:
-                shutil.copyfileobj(src, out, 1024 * 1024)
-                out.flush()
-                os.fsync(out.fileno())
-            _check_artifact(Path(tmp), info)  # the copy, not the source, is what we serve
-            os.replace(tmp, dest)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        fsync_dir(dest.parent)
+        with atomic_writer(dest, create_parents=True) as out, source.open("rb") as src:
+            shutil.copyfileobj(src, out, 1024 * 1024)
+            out.flush()
+            _check_artifact(Path(out.name), info)  # the copy, not the source, is what we serve
 
 
 def _due(expires: datetime, period: timedelta, now: datetime) -> bool:
@@ -350,19 +337,13 @@ def _due(expires: datetime, period: timedelta, now: datetime) -> bool:
 
 
 def _check_artifact(path: Path, info: TargetFile) -> None:
-    digest = hashlib.sha256()
-    length = 0
-    with path.open("rb") as f:
-        while chunk := f.read(1024 * 1024):
-            digest.update(chunk)
-            length += len(chunk)
-    if length != info.length:
+    found = digest_file(path)
+    if found.size != info.length:
         raise LengthMismatch(
-            f"artifact {info.path} is {length} bytes, its targets metadata says {info.length}"
+            f"artifact {info.path} is {found.size} bytes, its targets metadata says {info.length}"
         )
     expected = tuf_metadata.sha256_of(info)
-    if digest.hexdigest() != expected:
+    if found.sha256 != expected:
         raise DigestMismatch(
-            f"artifact {info.path} has sha256 {digest.hexdigest()}, "
-            f"its targets metadata says {expected}"
+            f"artifact {info.path} has sha256 {found.sha256}, its targets metadata says {expected}"
         )

@@ -17,7 +17,6 @@ Invariants:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -29,6 +28,7 @@ from edgefleet.agent.model_host import ActiveModel, ModelHost
 from edgefleet.agent.trust import TargetInfo, TrustedRepository
 from edgefleet.agent.update.runner import GoldenOutcome
 from edgefleet.agent.update.types import DesiredTarget, InstalledModel, Report
+from edgefleet.shared.hashing import digest_file
 from edgefleet.shared.manifest import MANIFEST_FILE, ModelManifest
 from edgefleet.shared.messages import EventKind, ModelRef
 from edgefleet.shared.package.format import DataError, PackageError
@@ -122,7 +122,8 @@ class ArtifactVerifier:
         """Raises `DigestMismatch`, `LengthMismatch`, `TargetNotFound`, `Downgrade`,
         `Malformed` (not a package, or its manifest has another version), `TufError`.
         """
-        sha256, length = _digest(artifact)
+        found = digest_file(artifact)
+        sha256, length = found.sha256, found.size
         if length != target.length:
             raise LengthMismatch(
                 f"{artifact.name} is {length} bytes, the desired state says {target.length}"
@@ -166,7 +167,7 @@ class PackageUnpacker:
         """Raises `Malformed` for a package that does not verify, `OSError`."""
         try:
             extract_package(artifact, dest)
-        except PackageError as e:
+        except (PackageError, DigestMismatch) as e:
             raise Malformed(f"cannot extract {artifact.name}: {e}") from e
 
 
@@ -308,13 +309,3 @@ class OutboxEventSink:
             reason=report.reason,
             detail=detail,
         )
-
-
-def _digest(path: Path) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    length = 0
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-            length += len(chunk)
-    return digest.hexdigest(), length

@@ -28,7 +28,6 @@ from typing import Protocol
 
 from pydantic import ValidationError
 
-from edgefleet.agent.atomic import atomic_write_json
 from edgefleet.agent.store import ModelStore, StoreError
 from edgefleet.agent.update.machine import DEFAULT_POLICY, Phase, UpdatePolicy, UpdateState, step
 from edgefleet.agent.update.types import (
@@ -63,6 +62,7 @@ from edgefleet.agent.update.types import (
     Verify,
     VerifyFailed,
 )
+from edgefleet.shared.durable import atomic_write_json
 from edgefleet.shared.messages import utcnow
 from edgefleet.shared.signing.errors import TransportError, UpdateRejected
 

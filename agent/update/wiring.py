@@ -49,6 +49,7 @@ from edgefleet.agent.update.ports import (
 )
 from edgefleet.agent.update.runner import UpdateRunner, WorkGate
 from edgefleet.agent.update.types import DesiredRejected, DesiredTarget
+from edgefleet.shared.hashing import digest_file, sha256_file
 from edgefleet.shared.manifest import MANIFEST_FILE, ModelManifest, Version, VersionError
 from edgefleet.shared.messages import utcnow
 from edgefleet.shared.package.format import PACKAGE_SUFFIX, PackageError
@@ -60,7 +61,7 @@ from edgefleet.shared.signing.bundle import (
     load_director_keys,
 )
 from edgefleet.shared.signing.director import DesiredBody, verify_desired
-from edgefleet.shared.signing.errors import UpdateRejected
+from edgefleet.shared.signing.errors import DigestMismatch, UpdateRejected
 
 log = logging.getLogger(__name__)
 
@@ -269,18 +270,29 @@ def install_factory_model(store: ModelStore, config: AgentConfig) -> str | None:
     if path is None:
         return None
     try:
-        if path.suffix == PACKAGE_SUFFIX:
-            sha256 = _sha256_file(path)
-            store.stage(sha256, lambda d: _extract(path, d))
-        else:
-            sha256 = _sha256_file(path)
-            manifest = _factory_manifest(path, config)
-            store.stage(sha256, lambda d: _fill_bare(path, manifest, d))
-        store.activate(sha256)
-    except (StoreError, PackageError, RuntimeLoadError, OSError, ValueError) as e:
+        sha256 = activate_factory_model(store, path, config)
+    except (StoreError, PackageError, DigestMismatch, RuntimeLoadError, OSError, ValueError) as e:
         log.error("cannot install the factory model %s: %s", path, e)
         return None
     log.info("installed factory model %s as %s", path, sha256[:12])
+    return sha256
+
+
+def activate_factory_model(store: ModelStore, path: Path, config: AgentConfig) -> str:
+    """Stage the factory model ``path`` (unless stored already) and make it active.
+
+    Returns its sha256 (see `install_factory_model`). Raises `StoreError`,
+    `PackageError` or `DigestMismatch` (a package that does not verify),
+    `RuntimeLoadError` (a bare model file its runtime cannot load), `ValueError` (no
+    valid manifest can be made for a bare model file), `OSError`.
+    """
+    sha256 = sha256_file(path)
+    if path.suffix == PACKAGE_SUFFIX:
+        store.stage(sha256, lambda d: _extract(path, d))
+    else:
+        manifest = _factory_manifest(path, config)
+        store.stage(sha256, lambda d: _fill_bare(path, manifest, d))
+    store.activate(sha256)
     return sha256
 
 
@@ -298,7 +310,7 @@ def _factory_manifest(path: Path, config: AgentConfig) -> ModelManifest:
         version = str(Version.parse(config.model.version))
     except VersionError:
         version = FACTORY_VERSION
-    data = path.read_bytes()
+    digest = digest_file(path)
     return ModelManifest(
         name=config.model.name,
         version=version,
@@ -306,8 +318,8 @@ def _factory_manifest(path: Path, config: AgentConfig) -> ModelManifest:
         model_file=f"model{path.suffix.lower()}",
         inputs=inputs,
         outputs=outputs,
-        sha256=hashlib.sha256(data).hexdigest(),
-        size_bytes=len(data),
+        sha256=digest.sha256,
+        size_bytes=digest.size,
         created_at=datetime.fromtimestamp(path.stat().st_mtime, UTC),
     )
 
@@ -315,8 +327,3 @@ def _factory_manifest(path: Path, config: AgentConfig) -> ModelManifest:
 def _fill_bare(path: Path, manifest: ModelManifest, dest: Path) -> None:
     shutil.copyfile(path, dest / manifest.model_file)
     (dest / MANIFEST_FILE).write_bytes(manifest.model_dump_json(by_alias=True).encode())
-
-
-def _sha256_file(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()

@@ -29,7 +29,8 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import BaseModel, ValidationError
 
-from edgefleet.shared.atomicio import atomic_write
+from edgefleet.shared.durable import atomic_write_bytes
+from edgefleet.shared.hashing import sha256_file
 from edgefleet.shared.manifest import (
     FORMAT_VERSION,
     GOLDEN_FILE,
@@ -60,7 +61,6 @@ from edgefleet.shared.package.golden import (
     Tensors,
     run_model,
 )
-from edgefleet.shared.package.read import sha256_file
 from edgefleet.shared.runtime import RuntimeLoadError, load_runtime
 from edgefleet.shared.runtime.loader import RUNTIME_BY_SUFFIX
 from edgefleet.shared.tensors import TensorSpec
@@ -265,7 +265,7 @@ def build_package(
     members[MANIFEST_FILE] = manifest_bytes(manifest)
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / f"{name}-{version}{PACKAGE_SUFFIX}"
-    atomic_write(out, _tar_bytes(members))
+    atomic_write_bytes(out, _tar_bytes(members))
     log.info("packaged %s %s as %s", name, version, out)
     return out
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from edgefleet.shared.manifest import ModelManifest
 from edgefleet.shared.package.format import PackageError, PackageMember
 from edgefleet.shared.package.read import package_digest, read_package
+from edgefleet.shared.signing.errors import DigestMismatch
 
 
 def describe(path: Path, manifest: ModelManifest, members: list[PackageMember]) -> str:
@@ -42,7 +43,7 @@ def _inspect_command(args: argparse.Namespace) -> int:
 
     try:
         manifest, members = read_package(args.package)
-    except PackageError as e:
+    except (PackageError, DigestMismatch) as e:
         raise CLIError(str(e)) from e
     if args.json:
         print(manifest.model_dump_json(indent=2))

@@ -43,8 +43,8 @@ def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 def _sign(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime, timedelta
 
-    from edgefleet.shared.atomicio import atomic_write
     from edgefleet.shared.cli import CLIError
+    from edgefleet.shared.durable import atomic_write_bytes
     from edgefleet.shared.signing import keys, tuf_metadata
     from edgefleet.shared.signing.errors import KeyFileError, Malformed
     from edgefleet.shared.signing.versions import Version
@@ -79,7 +79,7 @@ def _sign(args: argparse.Namespace) -> int:
         raise CLIError(str(e)) from e
     except OSError as e:
         raise CLIError(f"cannot read {e.filename}: {e.strerror}") from e
-    atomic_write(args.out, tuf_metadata.to_bytes(md))
+    atomic_write_bytes(args.out, tuf_metadata.to_bytes(md), create_parents=True)
     info = md.signed.targets[args.name or args.package.name]
     print(
         f"signed {info.path} ({info.length} bytes, sha256 {tuf_metadata.sha256_of(info)}) "

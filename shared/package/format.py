@@ -43,10 +43,6 @@ class UnsafeMemberError(PackageError):
     """An archive member that could escape or abuse the destination: links, devices, ``..``."""
 
 
-class DigestMismatchError(PackageError):
-    """A member whose sha256 or size differs from the manifest's (tampered or corrupt)."""
-
-
 class DataError(PackageError):
     """Reference or golden data that cannot be read."""
 

@@ -18,6 +18,8 @@ from typing import IO
 
 from pydantic import ValidationError
 
+from edgefleet.shared.durable import fsync_dir
+from edgefleet.shared.hashing import digest_file, hash_stream
 from edgefleet.shared.manifest import (
     FORMAT_VERSION,
     MANIFEST_FILE,
@@ -28,7 +30,6 @@ from edgefleet.shared.package.format import (
     MAX_MANIFEST_BYTES,
     MAX_MEMBERS,
     MEMBER_NAME,
-    DigestMismatchError,
     ManifestError,
     PackageError,
     PackageFormatError,
@@ -36,15 +37,7 @@ from edgefleet.shared.package.format import (
     UnsafeMemberError,
     manifest_problem,
 )
-
-
-def sha256_file(path: Path) -> str:
-    """The hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+from edgefleet.shared.signing.errors import DigestMismatch
 
 
 def _safe_infos(tar: tarfile.TarFile, source: str, max_member_bytes: int) -> list[tarfile.TarInfo]:
@@ -133,22 +126,19 @@ def _expected_digest(manifest: ModelManifest, name: str) -> tuple[str, int | Non
 def _copy_verified(
     tar: tarfile.TarFile, info: tarfile.TarInfo, manifest: ModelManifest, sink: IO[bytes] | None
 ) -> PackageMember:
-    """Stream a member (into ``sink`` if given), then check it; raises `DigestMismatchError`."""
+    """Stream a member (into ``sink`` if given), then check it; raises `DigestMismatch`."""
     want_sha, want_size = _expected_digest(manifest, info.name)
     if want_size is not None and info.size != want_size:
-        raise DigestMismatchError(
+        raise DigestMismatch(
             f"{info.name}: manifest says {want_size} bytes, the package holds {info.size}"
         )
     digest = hashlib.sha256()
     f = tar.extractfile(info)
     assert f is not None  # regular files only, see _safe_infos
     with f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-            if sink is not None:
-                sink.write(chunk)
+        hash_stream(digest, f, sink=sink)
     if digest.hexdigest() != want_sha:
-        raise DigestMismatchError(
+        raise DigestMismatch(
             f"{info.name}: sha256 {digest.hexdigest()} differs from the manifest's {want_sha}"
         )
     return PackageMember(name=info.name, size_bytes=info.size, sha256=want_sha)
@@ -177,8 +167,9 @@ def read_package(
 ) -> tuple[ModelManifest, list[PackageMember]]:
     """Validate a package without extracting it: members, manifest, digests.
 
-    Raises `PackageFormatError`, `UnsafeMemberError`, `ManifestError` or
-    `DigestMismatchError`.
+    Raises `PackageFormatError`, `UnsafeMemberError`, `ManifestError` (all
+    `PackageError`) or `edgefleet.shared.signing.errors.DigestMismatch` (a member's
+    sha256 or size differs from the manifest's: tampered or corrupt).
     """
     try:
         with _TarSource(path) as tar:
@@ -240,7 +231,7 @@ def extract_package(
                         _copy_verified(tar, info, opened.manifest, sink)
                     sink.flush()
                     os.fsync(sink.fileno())
-        _fsync_dir(dest_dir)
+        fsync_dir(dest_dir)
     except tarfile.TarError as e:
         _remove(written)
         raise PackageFormatError(f"{path}: damaged package: {e}") from e
@@ -255,14 +246,7 @@ def _remove(paths: list[Path]) -> None:
         p.unlink(missing_ok=True)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def package_digest(path: Path) -> tuple[str, int]:
     """The package file's sha256 and size: what a TUF target and a desired state name."""
-    return sha256_file(path), path.stat().st_size
+    found = digest_file(path)
+    return found.sha256, found.size

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Final
 
-from edgefleet.shared.atomicio import atomic_write
+from edgefleet.shared.durable import atomic_write_bytes
 from edgefleet.shared.signing.errors import KeyFileError
 from edgefleet.shared.signing.tufapi import SSlibKey
 
@@ -24,14 +24,15 @@ DIRECTOR_KEYS_SCHEMA: Final = "edgefleet/v1/director-keys"
 
 def write_bundle(out_dir: Path, root_bytes: bytes, director_keys: list[SSlibKey]) -> None:
     """Write ``trusted_root.json`` and ``director_pub.json`` into ``out_dir``."""
-    atomic_write(out_dir / TRUSTED_ROOT_FILE, root_bytes)
+    atomic_write_bytes(out_dir / TRUSTED_ROOT_FILE, root_bytes, create_parents=True)
     write_director_keys(out_dir / DIRECTOR_KEYS_FILE, director_keys)
 
 
 def write_director_keys(path: Path, keys: list[SSlibKey]) -> None:
     """Write the director public keys file."""
     doc = {"schema": DIRECTOR_KEYS_SCHEMA, "keys": {k.keyid: k.to_dict() for k in keys}}
-    atomic_write(path, json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n")
+    data = json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n"
+    atomic_write_bytes(path, data, create_parents=True)
 
 
 def load_director_keys(path: Path) -> dict[str, SSlibKey]:

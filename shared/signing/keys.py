@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
 )
 
-from edgefleet.shared.atomicio import atomic_write
+from edgefleet.shared.durable import atomic_write_bytes
 from edgefleet.shared.signing.errors import KeyFileError
 from edgefleet.shared.signing.tufapi import CryptoSigner, SSlibKey
 
@@ -88,7 +88,7 @@ def save_signer(signer: CryptoSigner, key_dir: Path, name: str, passphrase: byte
         BestAvailableEncryption(passphrase) if passphrase else NoEncryption()
     )
     pem = private_key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, encryption)
-    atomic_write(priv_path, pem, mode=0o600)
+    atomic_write_bytes(priv_path, pem, mode=0o600, create_parents=True)
     save_public_key(signer.public_key, public_key_path(key_dir, name))
     logger.debug("stored key %s (%s) in %s", name, signer.public_key.keyid, key_dir)
 
@@ -96,7 +96,8 @@ def save_signer(signer: CryptoSigner, key_dir: Path, name: str, passphrase: byte
 def save_public_key(key: SSlibKey, path: Path) -> None:
     """Write a public key as ``{"keyid": ..., "key": <TUF key dict>}``."""
     doc = {"keyid": key.keyid, "key": key.to_dict()}
-    atomic_write(path, json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n")
+    data = json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n"
+    atomic_write_bytes(path, data, create_parents=True)
 
 
 def load_public_key(path: Path) -> SSlibKey:

@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 from typing import Any, Final
 
-from edgefleet.shared.atomicio import atomic_write
+from edgefleet.shared.durable import atomic_write_bytes
 from edgefleet.shared.signing.tuf_metadata import to_bytes
 from edgefleet.shared.signing.tufapi import Metadata
 
@@ -52,8 +52,10 @@ def write_role(repo_dir: Path, md: Metadata[Any]) -> bytes:
     role = md.signed.type
     meta_dir = repo_dir / METADATA_DIR
     if role != "timestamp":
-        atomic_write(meta_dir / metadata_name(role, md.signed.version), data)
-    atomic_write(meta_dir / metadata_name(role, None), data)
+        atomic_write_bytes(
+            meta_dir / metadata_name(role, md.signed.version), data, create_parents=True
+        )
+    atomic_write_bytes(meta_dir / metadata_name(role, None), data, create_parents=True)
     return data
 
 

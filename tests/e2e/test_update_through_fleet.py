@@ -17,9 +17,9 @@ import pytest
 
 from edgefleet.agent.daemon import Agent
 from edgefleet.fleet.keys import LabSetup
+from edgefleet.shared.hashing import sha256_file
 from edgefleet.shared.manifest import ProbationBudget
 from edgefleet.shared.modeltools.builder import build_package
-from edgefleet.shared.package.read import sha256_file
 from edgefleet.simulators.models import TrainedModel
 from tests.fleet.publisher import wait_until
 from tests.support.agent import agent_config

@@ -12,7 +12,7 @@ import pytest
 from edgefleet.agent.trust import TrustedRepository
 from edgefleet.fleet.keys import LabSetup
 from edgefleet.fleet.service import FleetService
-from edgefleet.shared.package.read import sha256_file
+from edgefleet.shared.hashing import sha256_file
 from edgefleet.shared.signing.bundle import (
     DIRECTOR_KEYS_FILE,
     TRUSTED_ROOT_FILE,

@@ -13,7 +13,7 @@ from sqlmodel import Session, select
 from edgefleet.fleet.keys import LabSetup
 from edgefleet.fleet.service import FleetService
 from edgefleet.fleet.store.tables import ModelVersion
-from edgefleet.shared.package.read import sha256_file
+from edgefleet.shared.hashing import sha256_file
 from edgefleet.shared.signing import keys, tuf_metadata
 from edgefleet.shared.signing.tufapi import CryptoSigner
 from tests.support.fleet_fixtures import MakeFleet, admin_client, retar, upload

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 from edgefleet.shared.package.format import (
-    DigestMismatchError,
     ManifestError,
     PackageError,
     PackageFormatError,
     UnsafeMemberError,
 )
 from edgefleet.shared.package.read import extract_package, read_package
+from edgefleet.shared.signing.errors import DigestMismatch
 
 Entry = tuple[tarfile.TarInfo, bytes]
 
@@ -94,14 +94,14 @@ def test_a_flipped_bit_in_the_model_is_rejected(package_copy: Path, tmp_path: Pa
     raw[offset + 100] ^= 0x01
     package_copy.write_bytes(bytes(raw))
     _assert_rejected_without_trace(
-        package_copy, tmp_path, DigestMismatchError, r"model\.onnx: sha256 [0-9a-f]{64} differs"
+        package_copy, tmp_path, DigestMismatch, r"model\.onnx: sha256 [0-9a-f]{64} differs"
     )
 
 
 def test_a_model_of_another_size_is_rejected(package_copy: Path, tmp_path: Path) -> None:
     _rewrite(package_copy, _replace("model.onnx", _file("model.onnx", b"\x08\x07")))
     _assert_rejected_without_trace(
-        package_copy, tmp_path, DigestMismatchError, r"model\.onnx: manifest says \d+ bytes"
+        package_copy, tmp_path, DigestMismatch, r"model\.onnx: manifest says \d+ bytes"
     )
 
 
@@ -109,7 +109,7 @@ def test_swapped_golden_samples_are_rejected(package_copy: Path, tmp_path: Path)
     golden = dict((i.name, d) for i, d in _entries(package_copy))["golden.npz"]
     forged = golden[:-30] + bytes(30)
     _rewrite(package_copy, _replace("golden.npz", _file("golden.npz", forged)))
-    _assert_rejected_without_trace(package_copy, tmp_path, DigestMismatchError, r"golden\.npz")
+    _assert_rejected_without_trace(package_copy, tmp_path, DigestMismatch, r"golden\.npz")
 
 
 ATTACKS = {
