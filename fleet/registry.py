@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
@@ -32,6 +31,8 @@ from edgefleet.fleet.repository import KeyNotHeldError
 from edgefleet.fleet.repository import NotFoundError as RepoNotFoundError
 from edgefleet.fleet.store.tables import ModelVersion, ModelVersionPublic
 from edgefleet.shared.drift import ReferenceProfile
+from edgefleet.shared.durable import replace_durably
+from edgefleet.shared.manifest import target_name
 from edgefleet.shared.messages import utcnow
 from edgefleet.shared.package.format import PACKAGE_SUFFIX, PackageError
 from edgefleet.shared.package.read import package_digest, read_package
@@ -53,11 +54,6 @@ class UpdatesDisabledError(FleetError):
     """Signed updates need keys this fleet was not started with."""
 
     code = "updates_disabled"
-
-
-def target_name(name: str, version: str) -> str:
-    """The TUF target name of a model version: its package file name."""
-    return f"{name}-{version}{PACKAGE_SUFFIX}"
 
 
 class ModelRegistry:
@@ -101,7 +97,7 @@ class ModelRegistry:
             if existing is not None:
                 return existing, False
             stored = self.models_dir / f"{sha256}{PACKAGE_SUFFIX}"
-            os.replace(upload, stored)
+            replace_durably(upload, stored)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 upload.unlink()

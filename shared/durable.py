@@ -53,6 +53,17 @@ def fsync_file(path: Path) -> None:
         os.close(fd)
 
 
+def replace_durably(source: Path, target: Path) -> None:
+    """Move the finished file ``source`` over ``target`` (same file system) for good.
+
+    After a crash ``target`` holds its old content or all of ``source``'s: the file is
+    fsynced, renamed, and the directory fsynced. Raises `OSError` from any step.
+    """
+    fsync_file(source)
+    os.replace(source, target)
+    fsync_dir(target.parent)
+
+
 def temp_path_for(path: Path) -> Path:
     """A fresh temp name next to ``path``, recognisable by `remove_stray_temp_files`."""
     return path.with_name(f".{path.name}.{secrets.token_hex(6)}{TEMP_SUFFIX}")

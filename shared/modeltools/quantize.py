@@ -8,9 +8,9 @@ labels, how often the two agree), latency at batch 1 and size.
 
 Invariant: the output file exists only if the quantized model passed the accuracy
 gate. It is written to a temporary file in the output's directory and moved into place
-with ``os.replace`` after the check; a refused or failed run removes the temporary
-file. Without labels the "accuracy drop" is the share of rows whose predicted class
-changed (1 - agreement), an upper bound on the real drop.
+(`edgefleet.shared.durable.replace_durably`) after the check; a refused or failed run
+removes the temporary file. Without labels the "accuracy drop" is the share of rows
+whose predicted class changed (1 - agreement), an upper bound on the real drop.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict
+
+from edgefleet.shared.durable import replace_durably
 
 logger = logging.getLogger(__name__)
 
@@ -392,7 +394,7 @@ def quantize_onnx(
         )
         if not report.accepted:
             raise AccuracyDropTooLarge(report)
-        os.replace(tmp, out)
+        replace_durably(tmp, out)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()

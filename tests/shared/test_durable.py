@@ -23,6 +23,7 @@ from edgefleet.shared.durable import (
     fsync_dir,
     fsync_file,
     remove_stray_temp_files,
+    replace_durably,
 )
 from tests.support.agent import REPO
 
@@ -155,3 +156,21 @@ def test_a_killed_writer_leaves_the_old_or_the_new_content(tmp_path: Path) -> No
         assert path.read_bytes() in whole
         remove_stray_temp_files(tmp_path)
         assert [p.name for p in tmp_path.iterdir()] == ["state.bin"]
+
+
+def test_replace_durably_moves_the_finished_file_over_the_target(tmp_path: Path) -> None:
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"old")
+    source = tmp_path / "out.bin.partial"
+    source.write_bytes(b"new")
+    replace_durably(source, target)
+    assert target.read_bytes() == b"new"
+    assert not source.exists()
+
+
+def test_replace_durably_raises_when_the_source_is_missing(tmp_path: Path) -> None:
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(FileNotFoundError):
+        replace_durably(tmp_path / "missing", target)
+    assert target.read_bytes() == b"old"
