@@ -1,39 +1,62 @@
-"""Target names: the fleet's ``{name}-{version}.efpkg`` and its inverse, round trip.
-
-(The manifest model itself is tested in tests/shared/modeltools/test_manifest.py.)
-"""
+"""The manifest schema: safe names, validated versions, readers that ignore new fields."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from typing import Any
+
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from pydantic import ValidationError
 
-from edgefleet.shared.manifest import TARGET_SUFFIX, name_of_target, target_name
-from edgefleet.shared.package.format import PACKAGE_SUFFIX
+from edgefleet.shared.manifest import ModelManifest
 
-NAMES = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,30}", fullmatch=True)
-VERSIONS = st.from_regex(r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}(-rc\.[0-9])?", fullmatch=True)
+GOOD: dict[str, Any] = {
+    "name": "wine",
+    "version": "1.4.0-rc.1",
+    "runtime": "onnx",
+    "model_file": "model.onnx",
+    "inputs": [{"name": "input", "dtype": "float32", "shape": [None, 13]}],
+    "outputs": [{"name": "label", "dtype": "int64", "shape": [None]}],
+    "sha256": "a" * 64,
+    "size_bytes": 858,
+    "created_at": datetime(2024, 5, 1, tzinfo=UTC).isoformat(),
+}
 
 
-def test_a_target_is_named_like_its_package_file() -> None:
-    assert TARGET_SUFFIX == PACKAGE_SUFFIX
-    assert target_name("wine", "1.1.0") == "wine-1.1.0.efpkg"
+def test_manifest_round_trips_through_json() -> None:
+    manifest = ModelManifest.model_validate(GOOD)
+    again = ModelManifest.model_validate_json(manifest.model_dump_json())
+    assert again == manifest
+    assert str(again.semver) == "1.4.0-rc.1"
+    assert again.probation.max_error_rate == 0.01
+    assert again.member_names == ["manifest.json", "model.onnx"]
 
 
-@given(NAMES, VERSIONS)
-def test_the_manifest_name_reads_back_from_the_target_name(name: str, version: str) -> None:
-    assert name_of_target(target_name(name, version), version) == name
+def test_unknown_fields_from_a_newer_packager_are_ignored() -> None:
+    manifest = ModelManifest.model_validate(GOOD | {"signed_by": "someone", "future": [1, 2]})
+    assert manifest.name == "wine"
 
 
 @pytest.mark.parametrize(
-    ("target", "version"),
+    ("field", "value", "complaint"),
     [
-        ("wine-1.1.0.efpkg", "1.2.0"),  # another version
-        ("wine-1.1.0.tar", "1.1.0"),  # another suffix
-        ("-1.1.0.efpkg", "1.1.0"),  # no name left
-        ("wine.efpkg", "1.1.0"),
+        ("name", "../wine", "name"),
+        ("name", "wine/evil", "name"),
+        ("version", "1.4", "not a semantic version"),
+        ("runtime", "tensorflow", "runtime"),
+        ("model_file", "../model.onnx", "plain name"),
+        ("model_file", "manifest.json", "member names must differ"),
+        ("sha256", "XYZ", "sha256"),
+        ("min_agent_version", "latest", "not a semantic version"),
+        ("feature_names", ["a", "a"], "unique"),
     ],
 )
-def test_a_target_named_otherwise_has_no_manifest_name(target: str, version: str) -> None:
-    assert name_of_target(target, version) is None
+def test_invalid_manifest_fields_are_rejected(field: str, value: object, complaint: str) -> None:
+    with pytest.raises(ValidationError, match=complaint):
+        ModelManifest.model_validate(GOOD | {field: value})
+
+
+def test_manifest_is_frozen() -> None:
+    manifest = ModelManifest.model_validate(GOOD)
+    with pytest.raises(ValidationError):
+        manifest.version = "9.9.9"  # type: ignore[misc]
