@@ -19,6 +19,7 @@ from sqlmodel import Session, col, select
 from edgefleet.fleet.errors import InvalidRequestError, NotFoundError
 from edgefleet.fleet.store.tables import Device, DevicePublic, TelemetryPublic, TelemetryRow
 from edgefleet.fleet.store.types import as_utc
+from edgefleet.shared.replace import replace
 
 
 class DeviceFilter(BaseModel):
@@ -114,7 +115,7 @@ def device_telemetry(
 def _public(device: Device, cutoff: datetime) -> DevicePublic:
     public = DevicePublic.model_validate(device, from_attributes=True)
     fresh = device.last_seen is not None and as_utc(device.last_seen) >= cutoff
-    return public.model_copy(update={"online": device.online and fresh})
+    return replace(public, online=device.online and fresh)
 
 
 def _has_tag(session: Session, tag: str) -> ColumnElement[bool]:

@@ -90,6 +90,7 @@ from edgefleet.fleet.rollouts.model import (
 )
 from edgefleet.fleet.rollouts.selector import check_overlap, plan_waves, select_targets, split_waves
 from edgefleet.shared.messages import EventKind
+from edgefleet.shared.replace import replace
 
 S = RolloutStatus
 D = DeviceRolloutState
@@ -190,7 +191,7 @@ def decide(
         if state == before:
             break
     if state != rollout:
-        state = state.model_copy(update={"updated_at": now})
+        state = replace(state, updated_at=now)
     return Decision(state=state, actions=tuple(tick.actions), timeline=tuple(tick.timeline))
 
 
@@ -204,7 +205,7 @@ def apply_command(state: RolloutState, command: OperatorCommand, now: datetime) 
     tick = _Tick(now=now, observations={}, metrics=None)
     new = _command(state, command, tick)
     if new != state:
-        new = new.model_copy(update={"updated_at": now})
+        new = replace(new, updated_at=now)
     return Decision(state=new, actions=tuple(tick.actions), timeline=tuple(tick.timeline))
 
 
@@ -250,13 +251,12 @@ def _operator_resume(state: RolloutState, tick: _Tick) -> RolloutState:
         tick.actions.append(GateDecision(wave=state.paused_wave, passed=True, reasons=(reason,)))
         overridden = (*overridden, state.paused_wave)
     tick.note("resumed", "resumed by operator", wave=state.paused_wave)
-    return state.model_copy(
-        update={
-            "status": S.RUNNING if state.current_wave >= 0 else S.CREATED,
-            "status_reason": None,
-            "paused_wave": None,
-            "overridden_waves": overridden,
-        }
+    return replace(
+        state,
+        status=S.RUNNING if state.current_wave >= 0 else S.CREATED,
+        status_reason=None,
+        paused_wave=None,
+        overridden_waves=overridden,
     )
 
 
@@ -268,17 +268,16 @@ def _operator_abort(state: RolloutState, tick: _Tick) -> RolloutState:
 def _operator_rollback(state: RolloutState, tick: _Tick) -> RolloutState:
     tick.note("rolling_back", "rollback requested by operator")
     retry = {  # after a FAILED rollback, ask the stragglers again and restart their clocks
-        d: r.model_copy(update={"rollback_requested_at": None})
+        d: replace(r, rollback_requested_at=None)
         for d, r in state.devices.items()
         if r.rollback_requested_at is not None and r.state is not D.ROLLED_BACK
     }
-    return state.model_copy(
-        update={
-            "status": S.ROLLING_BACK,
-            "status_reason": "rollback requested by operator",
-            "finished_at": None,
-            "devices": {**state.devices, **retry},
-        }
+    return replace(
+        state,
+        status=S.ROLLING_BACK,
+        status_reason="rollback requested by operator",
+        finished_at=None,
+        devices={**state.devices, **retry},
     )
 
 
@@ -320,7 +319,7 @@ def _refresh(state: RolloutState, tick: _Tick) -> RolloutState:
             changed[device_id] = new
     if not changed:
         return state
-    return state.model_copy(update={"devices": {**state.devices, **changed}})
+    return replace(state, devices={**state.devices, **changed})
 
 
 def _refresh_device(state: RolloutState, record: DeviceRecord, tick: _Tick) -> DeviceRecord:
@@ -332,9 +331,7 @@ def _refresh_device(state: RolloutState, record: DeviceRecord, tick: _Tick) -> D
         # Our own state lost this assignment (crash before persisting): adopt it rather
         # than assign again.
         before = obs.previous_version if obs.current_version == target else obs.current_version
-        record = record.model_copy(
-            update={"state": D.ASSIGNED, "assigned_at": obs.assigned_at, "from_version": before}
-        )
+        record = replace(record, state=D.ASSIGNED, assigned_at=obs.assigned_at, from_version=before)
         tick.note(
             "adopted",
             "assignment recovered from the director's record",
@@ -353,7 +350,7 @@ def _refresh_device(state: RolloutState, record: DeviceRecord, tick: _Tick) -> D
                 wave=record.wave,
                 device_id=record.device_id,
             )
-            return record.model_copy(update={"state": D.ROLLED_BACK})
+            return replace(record, state=D.ROLLED_BACK)
         return record
     if state.status is S.ABORTED or (not state.active and record.state not in IN_FLIGHT):
         return record
@@ -379,7 +376,7 @@ def _classify(  # noqa: PLR0911 - one return per progress rule
     if recent in FAILURE_EVENTS:
         reason = f"device reported {recent}"
         tick.note("device_failed", reason, wave=record.wave, device_id=record.device_id)
-        return record.model_copy(update={"state": D.FAILED, "failure": reason, "timed_out": False})
+        return replace(record, state=D.FAILED, failure=reason, timed_out=False)
     if record.state is D.HEALTHY:
         return record
     if (
@@ -388,9 +385,7 @@ def _classify(  # noqa: PLR0911 - one return per progress rule
         and (obs.last_event_kind in HEALTHY_EVENTS or record.from_version == target)
     ):
         at = max(record.assigned_at, obs.last_event_at or record.assigned_at)
-        return record.model_copy(
-            update={"state": D.HEALTHY, "healthy_at": at, "failure": None, "timed_out": False}
-        )
+        return replace(record, state=D.HEALTHY, healthy_at=at, failure=None, timed_out=False)
     if record.state is D.TIMED_OUT:
         return record
     timeout_s = state.waves[record.wave].gate.timeout_s
@@ -398,14 +393,12 @@ def _classify(  # noqa: PLR0911 - one return per progress rule
         reason = f"not healthy within {timeout_s:g} s of assignment"
         tick.actions.append(MarkTimedOut(device_id=record.device_id))
         tick.note("device_timed_out", reason, wave=record.wave, device_id=record.device_id)
-        return record.model_copy(
-            update={"state": D.TIMED_OUT, "failure": reason, "timed_out": True}
-        )
+        return replace(record, state=D.TIMED_OUT, failure=reason, timed_out=True)
     if obs is None or not obs.online:
         progress = D.OFFLINE
     else:
         progress = PROGRESS.get(recent, D.ASSIGNED) if recent is not None else D.ASSIGNED
-    return record if progress is record.state else record.model_copy(update={"state": progress})
+    return record if progress is record.state else replace(record, state=progress)
 
 
 # --- the rollout ------------------------------------------------------------------------
@@ -425,9 +418,7 @@ def _start_wave(state: RolloutState, index: int, tick: _Tick) -> RolloutState:
     tick.actions.append(StartWave(index=index))
     size = state.waves[index].end - (state.waves[index - 1].end if index else 0)
     tick.note("wave_started", f"wave {index} started: {size} device(s)", wave=index)
-    return state.model_copy(
-        update={"status": S.RUNNING, "current_wave": index, "wave_started_at": tick.now}
-    )
+    return replace(state, status=S.RUNNING, current_wave=index, wave_started_at=tick.now)
 
 
 def _run(state: RolloutState, tick: _Tick) -> RolloutState:
@@ -453,7 +444,7 @@ def _run(state: RolloutState, tick: _Tick) -> RolloutState:
         )
     if verdict.passed is None:
         status = S.SOAKING if verdict.soaking else S.RUNNING
-        return state if status is state.status else state.model_copy(update={"status": status})
+        return state if status is state.status else replace(state, status=status)
     if not verdict.passed:
         return _gate_failed(state, wave, verdict.reasons, tick)
     if wave not in state.overridden_waves:  # the resume already recorded this pass
@@ -485,17 +476,16 @@ def _assign(state: RolloutState, tick: _Tick) -> RolloutState:
         if record.assigned_at is not None:
             continue
         obs = tick.observations.get(device_id)
-        assigned[device_id] = record.model_copy(
-            update={
-                "state": D.ASSIGNED,
-                "assigned_at": tick.now,
-                "from_version": obs.current_version if obs is not None else None,
-            }
+        assigned[device_id] = replace(
+            record,
+            state=D.ASSIGNED,
+            assigned_at=tick.now,
+            from_version=obs.current_version if obs is not None else None,
         )
         tick.actions.append(Assign(device_id=device_id, wave=record.wave))
     if not assigned:
         return state
-    return state.model_copy(update={"devices": {**state.devices, **assigned}})
+    return replace(state, devices={**state.devices, **assigned})
 
 
 def _gate_failed(state: RolloutState, wave: int, reasons: list[str], tick: _Tick) -> RolloutState:
@@ -505,7 +495,7 @@ def _gate_failed(state: RolloutState, wave: int, reasons: list[str], tick: _Tick
     policy = state.spec.failure_policy
     if policy is FailurePolicy.ROLLBACK_ALL:
         tick.note("rolling_back", "rolling back every touched device")
-        return state.model_copy(update={"status": S.ROLLING_BACK, "status_reason": why})
+        return replace(state, status=S.ROLLING_BACK, status_reason=why)
     if policy is FailurePolicy.ROLLBACK_FAILED:
         failed = [r for r in state.devices.values() if r.failure is not None]
         state = _request_rollbacks(state, failed, tick)
@@ -515,9 +505,7 @@ def _gate_failed(state: RolloutState, wave: int, reasons: list[str], tick: _Tick
 def _pause(state: RolloutState, reason: str, wave: int | None, tick: _Tick) -> RolloutState:
     tick.actions.append(Pause(reason=reason))
     tick.note("paused", reason, wave=wave)
-    return state.model_copy(
-        update={"status": S.PAUSED, "status_reason": reason, "paused_wave": wave}
-    )
+    return replace(state, status=S.PAUSED, status_reason=reason, paused_wave=wave)
 
 
 def _request_rollbacks(
@@ -528,10 +516,10 @@ def _request_rollbacks(
         if record.assigned_at is None or record.rollback_requested_at is not None:
             continue
         tick.actions.append(RollBack(device_id=record.device_id, to_version=record.from_version))
-        requested[record.device_id] = record.model_copy(update={"rollback_requested_at": tick.now})
+        requested[record.device_id] = replace(record, rollback_requested_at=tick.now)
     if not requested:
         return state
-    return state.model_copy(update={"devices": {**state.devices, **requested}})
+    return replace(state, devices={**state.devices, **requested})
 
 
 def _roll_back(state: RolloutState, tick: _Tick) -> RolloutState:
@@ -561,9 +549,7 @@ def _roll_back(state: RolloutState, tick: _Tick) -> RolloutState:
 def _finish(
     state: RolloutState, status: RolloutStatus, reason: str | None, tick: _Tick
 ) -> RolloutState:
-    return state.model_copy(
-        update={"status": status, "status_reason": reason, "finished_at": tick.now}
-    )
+    return replace(state, status=status, status_reason=reason, finished_at=tick.now)
 
 
 def _require_aware(now: datetime) -> None:

@@ -33,6 +33,7 @@ from edgefleet.shared.drift.profile import (
     flatten_tensors,
     numeric_values,
 )
+from edgefleet.shared.replace import replace
 
 
 def _numeric_feature(base: FeatureBase, values: NDArray[np.generic], n_bins: int) -> NumericFeature:
@@ -204,9 +205,7 @@ def build_profile(
             classes=classes,
             score_bins=score_bins,
         )
-        profile = profile.model_copy(update={"labels": spec})
+        profile = replace(profile, labels=spec)
         baseline = baseline_metrics(profile, tensors, output_tensors, np.asarray(labels))
-        profile = profile.model_copy(
-            update={"labels": spec.model_copy(update={"baseline": baseline})}
-        )
-    return profile.model_copy(update={"profile_id": profile.content_id()})
+        profile = replace(profile, labels=replace(spec, baseline=baseline))
+    return replace(profile, profile_id=profile.content_id())

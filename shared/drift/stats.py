@@ -33,6 +33,7 @@ from edgefleet.shared.drift.base import DriftModel, SketchMismatchError
 from edgefleet.shared.drift.profile import CategoricalFeature, NumericFeature
 from edgefleet.shared.drift.special import chi2_sf, kolmogorov_sf
 from edgefleet.shared.drift.window import CategoricalCounts, NumericCounts
+from edgefleet.shared.replace import replace
 
 PSI_EPSILON = 1e-4
 
@@ -194,4 +195,4 @@ def feature_scores(
             "mean": window.mean if window.count else None,
             "reference_mean": reference.mean,
         }
-    return base.model_copy(update=update)
+    return replace(base, **update)
