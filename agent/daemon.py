@@ -27,16 +27,15 @@ from edgefleet.agent.drift_monitor import DriftMonitor
 from edgefleet.agent.drift_publisher import DriftPublisher
 from edgefleet.agent.inference_api import InferenceApi
 from edgefleet.agent.link import DesiredHandler, Link
+from edgefleet.agent.metrics import InferenceMetrics
 from edgefleet.agent.model_host import ActiveModel, ModelHost
 from edgefleet.agent.outbox import Outbox
 from edgefleet.agent.store import ModelStore, StoreError
 from edgefleet.agent.systemd import SystemdNotifier
 from edgefleet.agent.telemetry import TelemetryCollector
-from edgefleet.agent.update.ports import RuntimeLoader
-from edgefleet.agent.update.runner import WorkGate
+from edgefleet.agent.update.ports import RuntimeLoader, WorkGate
 from edgefleet.agent.update.wiring import (
     STORE_DIR,
-    ProbationMetrics,
     UpdateService,
     activate_factory_model,
 )
@@ -120,7 +119,7 @@ class Agent:
         self.config = config
         self._runtime_loader = runtime_loader
         self._update_gate = update_gate
-        self.metrics = ProbationMetrics()
+        self.metrics = InferenceMetrics()
         self.drift = DriftPublisher(
             device_id=config.device_id, config=config.drift, enqueue=self.enqueue
         )

@@ -30,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgefleet.agent.update.ports import RuntimeLoader, read_manifest
+from edgefleet.agent.update.adapters import read_manifest
+from edgefleet.agent.update.ports import RuntimeLoader
 from edgefleet.shared.runtime import ModelRuntime, RuntimeLoadError, RuntimeOptions, load_runtime
 from edgefleet.shared.runtime.base import Tensors
 from edgefleet.shared.signing.errors import Malformed

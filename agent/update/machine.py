@@ -14,8 +14,10 @@ The phases::
     any step before ACTIVATING ─rejected or out of retries→ FAILED
 
 Policies:
-- a desired state whose ``desired_seq`` is not newer than the last accepted one never
-  starts anything (equal: a QoS 1 duplicate, ignored; older: reported as rejected);
+- whether a desired state is taken at all (redelivery, replay, expiry) and whether a
+  target may replace the active model (downgrade) is `edgefleet.agent.update.acceptance`'s
+  verdict, asked when a desired state arrives and when a target is about to start; a
+  refused one changes no model and is reported as rejected, once;
 - a desired state equal to the active model is a no-op (the seq is still recorded);
 - a newer desired state *during* an update: before ACTIVATING nothing on the device has
   changed, so the current update is **aborted** and the new one starts; during
@@ -27,7 +29,8 @@ Policies:
   seen stayed within the error-rate and latency-p95 budgets (a device that served no
   inference in the window commits on its golden samples alone). Errors that already
   exceed what the window allows roll back early;
-- transient download failures retry with exponential backoff up to
+- transient download failures retry with exponential backoff, less a random share of
+  up to ``retry_jitter`` of it (drawn by the runner, carried by the event), up to
   ``max_download_attempts``, then FAILED; a restart during probation restarts it, but
   more than ``max_probation_restarts`` restarts (a model that crashes the agent) roll
   back.
@@ -48,6 +51,7 @@ from typing import Any
 
 from pydantic import Field
 
+from edgefleet.agent.update.acceptance import Accepted, Rejected, judge, judge_install
 from edgefleet.agent.update.types import (
     Activate,
     Activated,
@@ -58,7 +62,6 @@ from edgefleet.agent.update.types import (
     Commit,
     DesiredReceived,
     DesiredRejected,
-    DesiredTarget,
     DownloadDone,
     DownloadFailed,
     DownloadProgress,
@@ -79,11 +82,13 @@ from edgefleet.agent.update.types import (
     StageFailed,
     StartDownload,
     Tick,
+    UpdateTarget,
     Verified,
     Verify,
     VerifyFailed,
 )
 from edgefleet.shared.messages import EventKind
+from edgefleet.shared.replace import replace
 
 
 class Phase(StrEnum):
@@ -108,6 +113,9 @@ class UpdatePolicy(Frozen):
     max_download_attempts: int = Field(default=5, ge=1)
     retry_base_s: float = Field(default=2.0, ge=0)
     retry_max_s: float = Field(default=300.0, ge=0)
+    retry_jitter: float = Field(
+        default=0.5, ge=0, le=1, description="share of a retry delay that is random"
+    )
     max_activation_attempts: int = Field(default=3, ge=1)
     max_probation_restarts: int = Field(default=2, ge=0)
     golden_timeout_s: float = Field(
@@ -179,8 +187,8 @@ class UpdateState(Frozen):
     """Everything the agent must remember about updates across restarts."""
 
     phase: Phase = Phase.IDLE
-    target: DesiredTarget | None = Field(default=None, description="being worked on, or last")
-    pending: DesiredTarget | None = Field(default=None, description="newer, after this one")
+    target: UpdateTarget | None = Field(default=None, description="being worked on, or last")
+    pending: UpdateTarget | None = Field(default=None, description="newer, after this one")
     active: InstalledModel | None = Field(default=None, description="what should be serving")
     previous: InstalledModel | None = Field(default=None, description="active before target")
     last_desired_seq: int = -1
@@ -193,6 +201,9 @@ class UpdateState(Frozen):
     probation: ProbationStats | None = None
     probation_restarts: int = 0
     last_error: str | None = None
+    last_rejected_envelope: str | None = Field(
+        default=None, description="sha256 of the desired-state payload rejected last"
+    )
     history: tuple[Transition, ...] = ()
 
 
@@ -209,12 +220,8 @@ def step(  # noqa: PLR0911 - one return per row of the transition table
     return no effects. Never raises for any event in any state.
     """
     match event:
-        case DesiredReceived(target=target):
-            return _on_desired(state, target, now, policy)
-        case DesiredRejected(reason=reason, desired_seq=seq):
-            return state.model_copy(update={"last_error": reason}), [
-                Report(event=EventKind.REJECTED, reason=reason, detail={"desired_seq": seq})
-            ]
+        case DesiredReceived() | DesiredRejected():
+            return _on_offer(state, event, now)
         case Resumed():
             return _on_resumed(state, now, policy)
         case Tick(now=tick_now):
@@ -231,22 +238,22 @@ def step(  # noqa: PLR0911 - one return per row of the transition table
 
 
 def _on_target_event(  # noqa: PLR0911 - one return per transition
-    state: UpdateState, target: DesiredTarget, event: Event, now: datetime, policy: UpdatePolicy
+    state: UpdateState, target: UpdateTarget, event: Event, now: datetime, policy: UpdatePolicy
 ) -> Step:
     phase = state.phase
     match event:
         case DownloadProgress(downloaded_bytes=n) if phase is Phase.DOWNLOADING:
             done = max(state.downloaded_bytes, min(n, target.length))
-            return state.model_copy(update={"downloaded_bytes": done}), []
+            return replace(state, downloaded_bytes=done), []
         case DownloadDone() if phase is Phase.DOWNLOADING and state.retry_at is None:
             new = _go(state, Phase.VERIFYING, event, now, downloaded_bytes=target.length)
             return new, [_report(EventKind.INFO, target, "downloaded"), Verify(target=target)]
-        case DownloadFailed(transient=True, reason=reason) if phase is Phase.DOWNLOADING:
-            return _on_transient_failure(state, target, reason, now, policy)
+        case DownloadFailed(transient=True) if phase is Phase.DOWNLOADING:
+            return _on_transient_failure(state, target, event, now, policy)
         case DownloadFailed(reason=reason) if phase is Phase.DOWNLOADING:
             return _fail(state, target, event, now, kind=EventKind.REJECTED, reason=reason)
         case Verified() if phase is Phase.VERIFYING and not state.verified:
-            new = state.model_copy(update={"verified": True})
+            new = replace(state, verified=True)
             return new, [_report(EventKind.VERIFIED, target), Stage(target=target)]
         case VerifyFailed(reason=reason) if phase is Phase.VERIFYING:
             return _fail(state, target, event, now, kind=EventKind.REJECTED, reason=reason)
@@ -261,10 +268,8 @@ def _on_target_event(  # noqa: PLR0911 - one return per transition
             return _roll_back(state, target, event, now, f"activation failed: {reason}")
         case GoldenResult(passed=passed, detail=detail) if phase is Phase.PROBATION:
             assert state.probation is not None
-            stats = state.probation.model_copy(
-                update={"golden_passed": passed, "golden_detail": detail}
-            )
-            new = state.model_copy(update={"probation": stats})
+            stats = replace(state.probation, golden_passed=passed, golden_detail=detail)
+            new = replace(state, probation=stats)
             if not passed:
                 return _roll_back(new, target, event, now, f"golden samples failed: {detail}")
             return _evaluate(new, now, policy, window_over=False)
@@ -274,21 +279,30 @@ def _on_target_event(  # noqa: PLR0911 - one return per transition
 # --- desired states ---------------------------------------------------------------------
 
 
+def _on_offer(state: UpdateState, offer: DesiredReceived | DesiredRejected, now: datetime) -> Step:
+    verdict = judge(
+        offer,
+        last_seq=state.last_desired_seq,
+        held=(state.target, state.pending),
+        last_rejected=state.last_rejected_envelope,
+        now=now,
+    )
+    match verdict:
+        case Accepted(target=target):
+            return _on_desired(state, target, now)
+        case Rejected(reason=reason, desired_seq=seq):
+            new = replace(state, last_error=reason, last_rejected_envelope=offer.envelope_sha256)
+            return new, [_report(EventKind.REJECTED, None, reason, {"desired_seq": seq})]
+    return state, []
+
+
 def _on_desired(  # noqa: PLR0911 - one return per policy case
-    state: UpdateState, desired: DesiredTarget, now: datetime, policy: UpdatePolicy
+    state: UpdateState, desired: UpdateTarget, now: datetime
 ) -> Step:
-    if desired.desired_seq == state.last_desired_seq:
-        return state, []  # QoS 1 redelivery or the retained copy on reconnect
-    if desired.desired_seq < state.last_desired_seq:
-        reason = (
-            f"desired seq {desired.desired_seq} is older than the last accepted "
-            f"{state.last_desired_seq}"
-        )
-        return state, [_report(EventKind.REJECTED, desired, reason)]
-    accepted = state.model_copy(update={"last_desired_seq": desired.desired_seq})
+    accepted = replace(state, last_desired_seq=desired.desired_seq)
     phase, current = state.phase, state.target
     if current is not None and phase not in AT_REST and desired.sha256 == current.sha256:
-        return accepted.model_copy(update={"target": desired}), []
+        return replace(accepted, target=desired), []
     if phase in AT_REST:
         if state.active is not None and desired.sha256 == state.active.sha256:
             return accepted, [_report(EventKind.INFO, desired, "already active")]
@@ -311,15 +325,13 @@ def _on_desired(  # noqa: PLR0911 - one return per policy case
         and desired.sha256 == state.previous.sha256
     ):
         reason = f"desired seq {desired.desired_seq} asks for the previous model again"
-        superseding = accepted.model_copy(update={"pending": None})
+        superseding = replace(accepted, pending=None)
         return _roll_back(superseding, current, "desired", now, reason)
     reason = f"queued until the update to {current.version} finishes"
-    return accepted.model_copy(update={"pending": desired}), [
-        _report(EventKind.INFO, desired, reason)
-    ]
+    return replace(accepted, pending=desired), [_report(EventKind.INFO, desired, reason)]
 
 
-def _fresh(target: DesiredTarget | None) -> dict[str, Any]:
+def _fresh(target: UpdateTarget | None) -> dict[str, Any]:
     return {
         "target": target,
         "pending": None,
@@ -335,43 +347,56 @@ def _fresh(target: DesiredTarget | None) -> dict[str, Any]:
     }
 
 
-def _start(state: UpdateState, target: DesiredTarget, now: datetime, event: str) -> Step:
+def _start(state: UpdateState, target: UpdateTarget, now: datetime, event: str) -> Step:
+    refused = judge_install(target, active=state.active)
+    if refused is not None:
+        why = refused.reason
+        new = _go(state, Phase.FAILED, event, now, why, **{**_fresh(target), "last_error": why})
+        return new, [_report(EventKind.REJECTED, target, why)]
     new = _go(state, Phase.DOWNLOADING, event, now, **_fresh(target))
-    return new, [
-        _report(EventKind.DOWNLOADING, target),
-        StartDownload(target=target, resume_from=0),
-    ]
+    return new, [_report(EventKind.DOWNLOADING, target), StartDownload(target=target)]
 
 
 # --- downloading ------------------------------------------------------------------------
 
 
-def backoff_s(attempt: int, policy: UpdatePolicy) -> float:
-    """Seconds to wait before download attempt ``attempt + 1`` (``attempt`` >= 1)."""
-    return float(min(policy.retry_max_s, policy.retry_base_s * 2 ** (attempt - 1)))
+def backoff_s(attempt: int, policy: UpdatePolicy, jitter: float) -> float:
+    """Seconds to wait before download attempt ``attempt + 1`` (``attempt`` >= 1).
+
+    The exponential backoff ``d`` (capped at ``retry_max_s``), less ``jitter`` (a uniform
+    draw in [0, 1)) times its random share ``retry_jitter``: within
+    ``[d * (1 - retry_jitter), d]``.
+    """
+    ceiling = min(policy.retry_max_s, policy.retry_base_s * 2 ** (attempt - 1))
+    return float(ceiling * (1 - policy.retry_jitter * jitter))
 
 
 def _on_transient_failure(
-    state: UpdateState, target: DesiredTarget, reason: str, now: datetime, policy: UpdatePolicy
+    state: UpdateState,
+    target: UpdateTarget,
+    failure: DownloadFailed,
+    now: datetime,
+    policy: UpdatePolicy,
 ) -> Step:
+    reason = failure.reason
     attempts = state.download_attempts + 1
     if attempts >= policy.max_download_attempts:
         why = f"download failed {attempts} times, giving up: {reason}"
         return _fail(state, target, "download_failed", now, kind=EventKind.FAILED, reason=why)
-    delay = backoff_s(attempts, policy)
-    new = state.model_copy(
-        update={
-            "download_attempts": attempts,
-            "retry_at": now + timedelta(seconds=delay),
-            "last_error": reason,
-        }
+    delay = backoff_s(attempts, policy, failure.jitter)
+    new = replace(
+        state,
+        download_attempts=attempts,
+        retry_at=now + timedelta(seconds=delay),
+        last_error=reason,
     )
-    return new, [_report(EventKind.INFO, target, f"download failed ({reason}), retry in {delay}s")]
+    why = f"download failed ({reason}), retry in {delay:.3g}s"
+    return new, [_report(EventKind.INFO, target, why)]
 
 
 def _fail(
     state: UpdateState,
-    target: DesiredTarget,
+    target: UpdateTarget,
     event: Event | str,
     now: datetime,
     *,
@@ -386,7 +411,7 @@ def _fail(
 
 
 def _on_activated(
-    state: UpdateState, target: DesiredTarget, event: Event, now: datetime, policy: UpdatePolicy
+    state: UpdateState, target: UpdateTarget, event: Event, now: datetime, policy: UpdatePolicy
 ) -> Step:
     stats = ProbationStats(started_at=now, budget=state.budget or Budget())
     new = _go(
@@ -419,14 +444,13 @@ def _on_sample(
     latencies = stats.latencies_ms
     if len(latencies) < policy.max_latency_samples:
         latencies = (*latencies, latency_ms)
-    stats = stats.model_copy(
-        update={
-            "samples": stats.samples + 1,
-            "errors": stats.errors + (0 if ok else 1),
-            "latencies_ms": latencies,
-        }
+    stats = replace(
+        stats,
+        samples=stats.samples + 1,
+        errors=stats.errors + (0 if ok else 1),
+        latencies_ms=latencies,
     )
-    new = state.model_copy(update={"probation": stats})
+    new = replace(state, probation=stats)
     allowed_errors = math.floor(stats.budget.max_error_rate * window)
     if window and stats.errors > allowed_errors:
         assert new.target is not None
@@ -464,7 +488,7 @@ def _evaluate(
     return state, []
 
 
-def _commit(state: UpdateState, target: DesiredTarget, now: datetime, policy: UpdatePolicy) -> Step:
+def _commit(state: UpdateState, target: UpdateTarget, now: datetime, policy: UpdatePolicy) -> Step:
     assert state.probation is not None
     new = _go(state, Phase.COMMITTED, "probation", now, last_error=None)
     detail = dict(state.probation.summary())
@@ -477,7 +501,7 @@ def _commit(state: UpdateState, target: DesiredTarget, now: datetime, policy: Up
 
 
 def _roll_back(
-    state: UpdateState, target: DesiredTarget, event: Event | str, now: datetime, reason: str
+    state: UpdateState, target: UpdateTarget, event: Event | str, now: datetime, reason: str
 ) -> Step:
     # In probation the new model is active and `previous` is what it replaced; before
     # that (activation failed or was interrupted) `active` was never switched.
@@ -495,7 +519,7 @@ def _then_pending(state: UpdateState, effects: list[Effect], now: datetime) -> S
     pending = state.pending
     if pending is None:
         return state, effects
-    cleared = state.model_copy(update={"pending": None})
+    cleared = replace(state, pending=None)
     if cleared.active is not None and pending.sha256 == cleared.active.sha256:
         return cleared, effects
     started, more = _start(cleared, pending, now, "pending")
@@ -510,8 +534,7 @@ def _on_tick(state: UpdateState, now: datetime, policy: UpdatePolicy) -> Step:
     if target is None:
         return state, []
     if state.phase is Phase.DOWNLOADING and state.retry_at is not None and now >= state.retry_at:
-        new = state.model_copy(update={"retry_at": None})
-        return new, [StartDownload(target=target, resume_from=state.downloaded_bytes)]
+        return replace(state, retry_at=None), [StartDownload(target=target)]
     if state.phase is Phase.STAGED:
         return _activate(state, target, "tick", now, policy)
     if state.phase is Phase.PROBATION:
@@ -520,7 +543,7 @@ def _on_tick(state: UpdateState, now: datetime, policy: UpdatePolicy) -> Step:
 
 
 def _activate(
-    state: UpdateState, target: DesiredTarget, event: str, now: datetime, policy: UpdatePolicy
+    state: UpdateState, target: UpdateTarget, event: str, now: datetime, policy: UpdatePolicy
 ) -> Step:
     attempts = state.activation_attempts + 1
     if attempts > policy.max_activation_attempts:
@@ -547,13 +570,10 @@ def _on_resumed(  # noqa: PLR0911 - one return per phase
                 state, target, "resumed", now, kind=EventKind.FAILED, reason=why
             )
             return failed, ensure + effects
-        new = state.model_copy(update={"retry_at": None, "download_attempts": attempts})
-        return new, [
-            *ensure,
-            StartDownload(target=target, resume_from=state.downloaded_bytes),
-        ]
+        new = replace(state, retry_at=None, download_attempts=attempts)
+        return new, [*ensure, StartDownload(target=target)]
     if phase is Phase.VERIFYING:
-        return state.model_copy(update={"verified": False}), [*ensure, Verify(target=target)]
+        return replace(state, verified=False), [*ensure, Verify(target=target)]
     if phase is Phase.STAGED:
         return state, ensure  # the next tick activates it
     if phase is Phase.ACTIVATING:
@@ -566,7 +586,7 @@ def _on_resumed(  # noqa: PLR0911 - one return per phase
         reason = f"the agent restarted {restarts} times during probation"
         return _roll_back(state, target, "resumed", now, reason)
     stats = ProbationStats(started_at=now, budget=state.probation.budget)
-    new = state.model_copy(update={"probation": stats, "probation_restarts": restarts})
+    new = replace(state, probation=stats, probation_restarts=restarts)
     return new, [
         EnsureActive(model=target.model),
         _report(EventKind.INFO, target, "probation restarted after a restart of the agent"),
@@ -579,7 +599,7 @@ def _on_resumed(  # noqa: PLR0911 - one return per phase
 
 def _report(
     kind: EventKind,
-    target: DesiredTarget | None,
+    target: UpdateTarget | None,
     reason: str | None = None,
     detail: Mapping[str, object] | None = None,
 ) -> Report:
@@ -597,4 +617,4 @@ def _go(
     name = event if isinstance(event, str) else event.kind
     record = Transition(at=now, from_phase=state.phase, to_phase=phase, event=name, reason=reason)
     history = (*state.history, record)[-HISTORY_SIZE:]
-    return state.model_copy(update={**changes, "phase": phase, "history": history})
+    return replace(state, **changes, phase=phase, history=history)

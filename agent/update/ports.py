@@ -1,52 +1,90 @@
-"""The update runner's ports, implemented for real: TUF, HTTP, packages, runtimes, events.
+"""The update runner's ports: the interfaces through which it reaches the world.
 
-Each class implements one protocol of `edgefleet.agent.update.runner` and converts the errors of
-the library it wraps into `UpdateRejected` (bad data: do not retry) or `TransportError`
-(the network failed: retry later) at its boundary.
+`edgefleet.agent.update.runner` depends on these protocols only; the real implementations
+(TUF, HTTP, packages, runtimes, the outbox) are in `edgefleet.agent.update.adapters`, and
+tests plug in fakes of these same interfaces.
 
-Invariants:
-- nothing is downloaded before the director's claim (name, sha256, length) matched the
-  image repository's freshly refreshed, TUF-verified targets (mix-and-match), and the
-  download is capped at that length and at ``max_download_bytes``;
-- an artifact is verified again after download, against the director's target *and*
-  the TUF targets, and refused if it would downgrade the active model without a
-  signed rollback, or if its manifest carries another version than the signed one;
-- a model is swapped in only once its runtime loaded; the old runtime is closed only
-  after the swap, and late enough that requests already running on it finish.
+Each port converts the errors of whatever it wraps at its boundary: `UpdateRejected`
+means the peer sent bad data (do not retry), `TransportError` that the network failed
+(retry later).
 """
 
 from __future__ import annotations
 
-import logging
-import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from edgefleet.agent.download import download
-from edgefleet.agent.model_host import ActiveModel, ModelHost
-from edgefleet.agent.trust import TargetInfo, TrustedRepository
-from edgefleet.agent.update.runner import GoldenOutcome
-from edgefleet.agent.update.types import DesiredTarget, InstalledModel, Report
-from edgefleet.shared.hashing import digest_file
-from edgefleet.shared.manifest import MANIFEST_FILE, ModelManifest
+from edgefleet.agent.update.types import Report, UpdateTarget
 from edgefleet.shared.messages import EventKind, ModelRef
-from edgefleet.shared.package.format import DataError, PackageError
-from edgefleet.shared.package.golden import check_golden
-from edgefleet.shared.package.read import extract_package, read_package_manifest
-from edgefleet.shared.runtime import ModelRuntime, RuntimeLoadError, RuntimeOptions, load_runtime
-from edgefleet.shared.signing.errors import (
-    DigestMismatch,
-    LengthMismatch,
-    Malformed,
-    TransportError,
-    TufError,
-)
-from edgefleet.shared.signing.versions import check_downgrade
+from edgefleet.shared.runtime import ModelRuntime, RuntimeOptions
 
-log = logging.getLogger(__name__)
 
-DEFAULT_CLOSE_GRACE_S = 5.0
+class Downloader(Protocol):
+    def download(self, target: UpdateTarget, dest: Path, progress: Callable[[int], None]) -> None:
+        """Write the target's artifact to ``dest``, continuing a partial one.
+
+        A partial download resumes from what is already on disk (``<dest>.part``), so a
+        retry or a new process need not say where it stopped.
+
+        Raises `TransportError` when the network failed (retried later) and
+        `UpdateRejected` when the peer sent bad data (too long, wrong hash).
+        """
+        ...
+
+
+class Verifier(Protocol):
+    def verify(self, target: UpdateTarget, artifact: Path) -> None:
+        """Check the downloaded artifact against the signed target.
+
+        (Whether the target may replace the active model at all, the downgrade rule, is
+        decided before anything is downloaded: `edgefleet.agent.update.acceptance`.)
+
+        Raises `UpdateRejected`.
+        """
+        ...
+
+
+class PackageExtractor(Protocol):
+    def extract(self, artifact: Path, dest: Path) -> None:
+        """Unpack a verified package into the empty directory ``dest``.
+
+        Raises `UpdateRejected` for a malformed package, `OSError`.
+        """
+        ...
+
+
+class ModelActivator(Protocol):
+    def load(self, model_dir: Path | None) -> None:
+        """Swap the model that serves inferences (None: serve none). Raises on failure."""
+        ...
+
+
+@dataclass(frozen=True)
+class GoldenOutcome:
+    passed: bool
+    detail: str = ""
+
+
+class GoldenChecker(Protocol):
+    def check(self, model_dir: Path) -> GoldenOutcome:
+        """Run the package's golden samples through the loaded model."""
+        ...
+
+
+class EventSink(Protocol):
+    def report(self, report: Report) -> None:
+        """Send a deployment event to the fleet (through the outbox)."""
+        ...
+
+
+class WorkGate(Protocol):
+    """Limits how many runners work at once (a `threading.Semaphore` is one)."""
+
+    def acquire(self) -> bool: ...
+
+    def release(self) -> None: ...
 
 
 class RuntimeLoader(Protocol):
@@ -63,212 +101,8 @@ class RuntimeLoader(Protocol):
     ) -> ModelRuntime: ...
 
 
-class TufDownloader:
-    """Downloader: refresh TUF, match the director's claim, then fetch with Range resume."""
-
-    def __init__(
-        self,
-        repository: TrustedRepository,
-        *,
-        max_download_bytes: int,
-        headers: Mapping[str, str] | None = None,
-        timeout_s: float = 30.0,
-    ) -> None:
-        self._repository = repository
-        self._max_bytes = max_download_bytes
-        self._headers = dict(headers or {})
-        self._timeout_s = timeout_s
-
-    def download(
-        self,
-        target: DesiredTarget,
-        dest: Path,
-        resume_from: int,
-        progress: Callable[[int], None],
-    ) -> None:
-        """Fetch ``target``'s artifact into ``dest`` (resuming ``dest.part``).
-
-        Raises `TargetNotFound`, `DigestMismatch`, `LengthMismatch` (director and TUF
-        disagree, the artifact is larger than ``max_download_bytes``, or the server sent
-        other or more bytes), `Expired`/`TufError` (bad TUF metadata), `TransportError`.
-        """
-        if target.length > self._max_bytes:
-            raise LengthMismatch(
-                f"target {target.name} {target.version} is {target.length} bytes, "
-                f"this device downloads at most {self._max_bytes}"
-            )
-        self._repository.refresh()
-        info = self._repository.verify_target_info(target.name, target.sha256, target.length)
-        url = self._repository.target_url(info)
-        log.debug("downloading %s from byte %s", url, resume_from)
-        result = download(
-            url,
-            dest,
-            expected_sha256=target.sha256,
-            expected_length=target.length,
-            headers=self._headers,
-            timeout_s=self._timeout_s,
-        )
-        progress(result.length)
-
-
-class ArtifactVerifier:
-    """Verifier: re-hash the artifact, check it against director and TUF, refuse downgrades."""
-
-    def __init__(self, repository: TrustedRepository) -> None:
-        self._repository = repository
-
-    def verify(self, target: DesiredTarget, artifact: Path, active: InstalledModel | None) -> None:
-        """Raises `DigestMismatch`, `LengthMismatch`, `TargetNotFound`, `Downgrade`,
-        `Malformed` (not a package, or its manifest has another version), `TufError`.
-        """
-        found = digest_file(artifact)
-        sha256, length = found.sha256, found.size
-        if length != target.length:
-            raise LengthMismatch(
-                f"{artifact.name} is {length} bytes, the desired state says {target.length}"
-            )
-        if sha256 != target.sha256:
-            raise DigestMismatch(
-                f"{artifact.name} has sha256 {sha256}, the desired state says {target.sha256}"
-            )
-        info = self._tuf_info(target)
-        if (info.sha256, info.length) != (sha256, length):
-            raise DigestMismatch(
-                f"{artifact.name} is {length} bytes with sha256 {sha256}, the signed targets "
-                f"say {info.length} bytes with sha256 {info.sha256}"
-            )
-        check_downgrade(active.version if active else None, target.version, target.rollback)
-        try:
-            # The bytes matched the signed hash above; staging checks every member's hash.
-            manifest = read_package_manifest(artifact)
-        except PackageError as e:
-            raise Malformed(f"{target.name} {target.version} is not a valid package: {e}") from e
-        if manifest.version != target.version:
-            raise Malformed(
-                f"the desired state names {target.name} version {target.version}, "
-                f"the package's manifest says {manifest.name} {manifest.version}"
-            )
-
-    def _tuf_info(self, target: DesiredTarget) -> TargetInfo:
-        try:
-            return self._repository.verify_target_info(target.name, target.sha256, target.length)
-        except TransportError as e:
-            # Only after a restart in VERIFYING (the metadata of this process's download is
-            # gone): the machine has no transient verify failure, and installing without
-            # TUF's word is not an option, so the update fails visibly instead.
-            raise TufError(f"cannot re-check {target.name} with the image repository: {e}") from e
-
-
-class PackageUnpacker:
-    """PackageExtractor: `extract_package`, with its errors as `Malformed`."""
-
-    def extract(self, artifact: Path, dest: Path) -> None:
-        """Raises `Malformed` for a package that does not verify, `OSError`."""
-        try:
-            extract_package(artifact, dest)
-        except (PackageError, DigestMismatch) as e:
-            raise Malformed(f"cannot extract {artifact.name}: {e}") from e
-
-
-def read_manifest(model_dir: Path) -> ModelManifest:
-    """The manifest of an extracted model directory; raises `Malformed`."""
-    try:
-        return ModelManifest.model_validate_json((model_dir / MANIFEST_FILE).read_bytes())
-    except (OSError, ValueError) as e:
-        raise Malformed(f"{model_dir / MANIFEST_FILE}: not a readable manifest: {e}") from e
-
-
-def model_ref(model_dir: Path, manifest: ModelManifest) -> ModelRef:
-    """How events and telemetry name the model in ``model_dir`` (a store directory)."""
-    return ModelRef(name=manifest.name, version=manifest.version, sha256=model_dir.name)
-
-
-class RuntimeActivator:
-    """ModelActivator: load the model's runtime, swap it into the host, close the old one."""
-
-    def __init__(
-        self,
-        host: ModelHost,
-        options: RuntimeOptions,
-        *,
-        close_grace_s: float = DEFAULT_CLOSE_GRACE_S,
-        loader: RuntimeLoader = load_runtime,
-    ) -> None:
-        self._host = host
-        self._options = options
-        self._close_grace_s = close_grace_s
-        self._loader = loader
-
-    def load(self, model_dir: Path | None) -> None:
-        """Serve the model in ``model_dir`` (None: none). Idempotent for the active one.
-
-        Raises `Malformed` (no manifest) or `RuntimeLoadError`; the model serving before
-        keeps serving then.
-        """
-        if model_dir is None:
-            self._retire(self._host.swap(None))
-            return
-        current = self._host.active
-        if current is not None and current.ref.sha256 == model_dir.name:
-            return
-        manifest = read_manifest(model_dir)
-        runtime = self._loader(
-            model_dir / manifest.model_file, runtime=manifest.runtime, options=self._options
-        )
-        ref = model_ref(model_dir, manifest)
-        old = self._host.swap(ActiveModel(runtime=runtime, ref=ref))
-        log.info("serving %s %s (%s)", ref.name, ref.version, model_dir.name[:12])
-        self._retire(old)
-
-    def _retire(self, old: ActiveModel | None) -> None:
-        if old is None:
-            return
-        # A request that read the old model just before the swap may still be running it.
-        timer = threading.Timer(self._close_grace_s, old.runtime.close)
-        timer.daemon = True
-        timer.start()
-
-
-class GoldenRunner:
-    """GoldenChecker: the package's golden samples through the model that now serves."""
-
-    def __init__(
-        self, host: ModelHost, options: RuntimeOptions, *, loader: RuntimeLoader = load_runtime
-    ) -> None:
-        self._host = host
-        self._options = options
-        self._loader = loader
-
-    def check(self, model_dir: Path) -> GoldenOutcome:
-        """Never raises: an unreadable golden file or a model failure is a failed check."""
-        try:
-            manifest = read_manifest(model_dir)
-        except Malformed as e:
-            return GoldenOutcome(passed=False, detail=str(e))
-        if manifest.golden is None:
-            return GoldenOutcome(passed=True, detail="the package has no golden samples")
-        active = self._host.active
-        if active is not None and active.ref.sha256 == model_dir.name:
-            runtime = active.runtime
-        else:
-            try:
-                runtime = self._loader(
-                    model_dir / manifest.model_file, runtime=manifest.runtime, options=self._options
-                )
-            except RuntimeLoadError as e:
-                return GoldenOutcome(passed=False, detail=str(e))
-        try:
-            result = check_golden(
-                runtime, model_dir / manifest.golden.file, manifest.golden.tolerance
-            )
-        except DataError as e:
-            return GoldenOutcome(passed=False, detail=str(e))
-        return GoldenOutcome(passed=result.passed, detail=result.summary())
-
-
 class EventPublisher(Protocol):
-    """What the sink needs of `edgefleet.agent.daemon.Agent`."""
+    """What the event sink needs of `edgefleet.agent.daemon.Agent`."""
 
     def publish_event(
         self,
@@ -280,32 +114,3 @@ class EventPublisher(Protocol):
         reason: str | None = None,
         detail: dict[str, Any] | None = None,
     ) -> int | None: ...
-
-
-class OutboxEventSink:
-    """EventSink: each report becomes one QoS-1 event through the agent's outbox."""
-
-    def __init__(self, publisher: EventPublisher) -> None:
-        self._publisher = publisher
-
-    def report(self, report: Report) -> None:
-        target = report.target
-        detail = dict(report.detail)
-        if target is not None:
-            model: ModelRef | None = ModelRef(
-                name=target.name, version=target.version, sha256=target.sha256
-            )
-            desired_seq: int | None = target.desired_seq
-            rollout_id = target.rollout_id
-        else:
-            model, rollout_id = None, None
-            seq = detail.pop("desired_seq", None)
-            desired_seq = seq if isinstance(seq, int) else None
-        self._publisher.publish_event(
-            report.event,
-            model=model,
-            desired_seq=desired_seq,
-            rollout_id=rollout_id,
-            reason=report.reason,
-            detail=detail,
-        )

@@ -1,13 +1,17 @@
 """The I/O shell around the update state machine.
 
 For each event: compute `step`, persist the new state atomically, *then* carry out the
-effects through the ports below. Effects report back by queueing new events. One worker
-thread takes events from one queue, so effects never race each other; other threads
-(MQTT callbacks, the inference path) only `submit`.
+effects through the ports (`edgefleet.agent.update.ports`). Effects report back by
+queueing new events. One worker thread takes events from one queue, so effects never race
+each other; other threads (MQTT callbacks, the inference path) only `submit`.
 
 Invariant: the state file always holds a state whose effects are either done or safe to
-redo, so a crash at any instant is resolved at the next start: the runner runs
-`ModelStore.recover`, loads the persisted state and feeds it `Resumed`.
+redo, so a crash at any instant is resolved at the next start: the store is recovered
+first (`ModelStore.recover`, by whoever opens it: `UpdateService`, once), then the runner
+loads the persisted state and feeds it `Resumed`.
+
+The machine has no randomness of its own: the runner draws the jitter of a download
+retry and hands it over in the `DownloadFailed` event.
 
 The exceptions to "persist every step" are the steps that change nothing but counters:
 a probation sample (a restart restarts probation anyway, and an fsync per inference
@@ -19,17 +23,26 @@ from __future__ import annotations
 
 import logging
 import queue
+import random
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
 
 from pydantic import ValidationError
 
 from edgefleet.agent.store import ModelStore, StoreError
 from edgefleet.agent.update.machine import DEFAULT_POLICY, Phase, UpdatePolicy, UpdateState, step
+from edgefleet.agent.update.ports import (
+    Downloader,
+    EventSink,
+    GoldenChecker,
+    GoldenOutcome,
+    ModelActivator,
+    PackageExtractor,
+    Verifier,
+    WorkGate,
+)
 from edgefleet.agent.update.types import (
     Activate,
     Activated,
@@ -38,8 +51,6 @@ from edgefleet.agent.update.types import (
     Cleanup,
     CollectGarbage,
     Commit,
-    DesiredReceived,
-    DesiredTarget,
     DownloadDone,
     DownloadFailed,
     DownloadProgress,
@@ -58,84 +69,16 @@ from edgefleet.agent.update.types import (
     StageFailed,
     StartDownload,
     Tick,
+    UpdateTarget,
     Verified,
     Verify,
     VerifyFailed,
 )
 from edgefleet.shared.durable import atomic_write_json
-from edgefleet.shared.messages import utcnow
+from edgefleet.shared.messages import EventKind, utcnow
 from edgefleet.shared.signing.errors import TransportError, UpdateRejected
 
 log = logging.getLogger(__name__)
-
-
-# --- ports ------------------------------------------------------------------------------
-
-
-class Downloader(Protocol):
-    def download(
-        self,
-        target: DesiredTarget,
-        dest: Path,
-        resume_from: int,
-        progress: Callable[[int], None],
-    ) -> None:
-        """Write the target's artifact to ``dest``, continuing a partial one.
-
-        Raises `TransportError` when the network failed (retried later) and
-        `UpdateRejected` when the peer sent bad data (too long, wrong hash).
-        """
-        ...
-
-
-class Verifier(Protocol):
-    def verify(self, target: DesiredTarget, artifact: Path, active: InstalledModel | None) -> None:
-        """Check the artifact against the signed target and refuse downgrades.
-
-        Raises `UpdateRejected`.
-        """
-        ...
-
-
-class PackageExtractor(Protocol):
-    def extract(self, artifact: Path, dest: Path) -> None:
-        """Unpack a verified package into the empty directory ``dest``.
-
-        Raises `UpdateRejected` for a malformed package, `OSError`.
-        """
-        ...
-
-
-class ModelActivator(Protocol):
-    def load(self, model_dir: Path | None) -> None:
-        """Swap the model that serves inferences (None: serve none). Raises on failure."""
-        ...
-
-
-@dataclass(frozen=True)
-class GoldenOutcome:
-    passed: bool
-    detail: str = ""
-
-
-class GoldenChecker(Protocol):
-    def check(self, model_dir: Path) -> GoldenOutcome:
-        """Run the package's golden samples through the loaded model."""
-        ...
-
-
-class EventSink(Protocol):
-    def report(self, report: Report) -> None:
-        """Send a deployment event to the fleet (through the outbox)."""
-        ...
-
-
-class WorkGate(Protocol):
-    """Limits how many runners work at once (a `threading.Semaphore` is one)."""
-
-    def acquire(self) -> bool: ...
-
-    def release(self) -> None: ...
 
 
 # --- runner -----------------------------------------------------------------------------
@@ -164,8 +107,13 @@ class UpdateRunner:
         clock: Callable[[], datetime] = utcnow,
         tick_s: float = 1.0,
         work_gate: WorkGate | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         """A runner over ``store`` whose state lives in ``state_path``; `start` runs it.
+
+        ``store`` must have been recovered (`ModelStore.recover`) since it was opened.
+        ``rng`` draws the jitter of download retries (its own `random.Random` by
+        default, seeded from the OS, so no two devices share their draws).
 
         ``work_gate``, if given, is acquired before the first effect that does real work
         (download, verify, stage, activate, golden check, rollback) and held
@@ -189,11 +137,11 @@ class UpdateRunner:
         self._clock = clock
         self._tick_s = tick_s
         self._work_gate = work_gate
+        self._rng = rng or random.Random()
         self._holding_gate = False
         self._queue: queue.Queue[Event | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         downloads_dir.mkdir(parents=True, exist_ok=True)
-        store.recover()
         self._state = self._load_state()
         self._queue.put(Resumed())
 
@@ -204,10 +152,6 @@ class UpdateRunner:
     def submit(self, event: Event) -> None:
         """Queue an event (thread-safe)."""
         self._queue.put(event)
-
-    def desired(self, target: DesiredTarget) -> None:
-        """Queue a verified desired state."""
-        self.submit(DesiredReceived(target=target))
 
     def record_inference(self, ok: bool, latency_ms: float) -> None:
         """Called by the inference path after each inference; cheap outside probation."""
@@ -333,8 +277,8 @@ class UpdateRunner:
         match effect:
             case Report():
                 self._report(effect)
-            case StartDownload(target=target, resume_from=resume_from):
-                self._download(target, resume_from)
+            case StartDownload(target=target):
+                self._download(target)
             case Verify(target=target):
                 self._verify(target)
             case Stage(target=target):
@@ -366,35 +310,43 @@ class UpdateRunner:
             log.info("removed %d model(s) a crash left in the store", len(removed))
 
     def _report(self, report: Report) -> None:
+        if report.event is EventKind.REJECTED:
+            log.warning("update rejected: %s", report.reason)
         try:
             self._sink.report(report)
         except Exception:
             log.exception("could not report %s", report.event)
 
-    def _download(self, target: DesiredTarget, resume_from: int) -> None:
+    def _download(self, target: UpdateTarget) -> None:
         sha = target.sha256
 
         def progress(n: int) -> None:
             self.submit(DownloadProgress(sha256=sha, downloaded_bytes=n))
 
         try:
-            self._downloader.download(target, self._artifact(sha), resume_from, progress)
+            self._downloader.download(target, self._artifact(sha), progress)
         except (TransportError, OSError) as e:
-            self.submit(DownloadFailed(sha256=sha, transient=True, reason=str(e)))
+            self._download_failed(sha, transient=True, reason=str(e))
         except UpdateRejected as e:
-            self.submit(DownloadFailed(sha256=sha, transient=False, reason=str(e)))
+            self._download_failed(sha, transient=False, reason=str(e))
         else:
             self.submit(DownloadDone(sha256=sha))
 
-    def _verify(self, target: DesiredTarget) -> None:
+    def _download_failed(self, sha256: str, *, transient: bool, reason: str) -> None:
+        jitter = self._rng.random()
+        self.submit(
+            DownloadFailed(sha256=sha256, transient=transient, reason=reason, jitter=jitter)
+        )
+
+    def _verify(self, target: UpdateTarget) -> None:
         try:
-            self._verifier.verify(target, self._artifact(target.sha256), self._state.active)
+            self._verifier.verify(target, self._artifact(target.sha256))
         except (UpdateRejected, OSError) as e:
             self.submit(VerifyFailed(sha256=target.sha256, reason=str(e)))
         else:
             self.submit(Verified(sha256=target.sha256))
 
-    def _stage(self, target: DesiredTarget) -> None:
+    def _stage(self, target: UpdateTarget) -> None:
         artifact = self._artifact(target.sha256)
         try:
             self._store.stage(target.sha256, lambda d: self._extractor.extract(artifact, d))
@@ -405,7 +357,7 @@ class UpdateRunner:
         budget = Budget.model_validate(manifest.probation.model_dump())
         self.submit(Staged(sha256=target.sha256, budget=budget))
 
-    def _activate(self, target: DesiredTarget) -> None:
+    def _activate(self, target: UpdateTarget) -> None:
         try:
             self._store.activate(target.sha256)
             self._activator.load(self._store.path(target.sha256))
@@ -414,7 +366,7 @@ class UpdateRunner:
         else:
             self.submit(Activated(sha256=target.sha256))
 
-    def _run_golden(self, target: DesiredTarget) -> None:
+    def _run_golden(self, target: UpdateTarget) -> None:
         try:
             outcome = self._golden.check(self._store.path(target.sha256))
         except Exception as e:

@@ -1,7 +1,7 @@
 """The vocabulary of the update state machine: what it works on, hears and asks for.
 
-- `DesiredTarget`: one verified desired state (the director's signature and the TUF
-  target were checked before it becomes one).
+- `UpdateTarget`: the model one desired state asks for, with its seq (the runner's view of
+  the director's `edgefleet.shared.signing.director.DesiredBody`).
 - `Event`: something that happened (a discriminated union on ``kind``); events about a
   model carry its ``sha256`` so a late event about a superseded target is ignored.
 - `Effect`: something the runner must do; the machine never does I/O itself.
@@ -14,7 +14,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from edgefleet.shared.messages import EventKind
 
@@ -33,8 +33,8 @@ class InstalledModel(Frozen):
     sha256: Sha256
 
 
-class DesiredTarget(Frozen):
-    """The model the director wants this device to run, after signature checks."""
+class UpdateTarget(Frozen):
+    """The model a desired state asks this device to run, signed by the director."""
 
     desired_seq: int = Field(ge=0)
     name: str
@@ -67,16 +67,25 @@ class Budget(Frozen):
 
 
 class DesiredReceived(Frozen):
+    """A desired state whose envelope opened: signed by a pinned director key, for this device.
+
+    Whether the agent takes it (sequence, expiry, redelivery) is not decided yet: the
+    machine asks `edgefleet.agent.update.acceptance`.
+    """
+
     kind: Literal["desired_received"] = "desired_received"
-    target: DesiredTarget
+    target: UpdateTarget
+    expires_at: AwareDatetime
+    envelope_sha256: Sha256 = Field(description="of the payload: the same message again")
 
 
 class DesiredRejected(Frozen):
-    """A desired state that failed signature, expiry, replay or downgrade checks."""
+    """A payload of the ``desired`` topic whose envelope did not open (signature, shape, device)."""
 
     kind: Literal["desired_rejected"] = "desired_rejected"
     reason: str
-    desired_seq: int | None = None
+    desired_seq: int | None = Field(default=None, description="claimed, not verified")
+    envelope_sha256: Sha256 = Field(description="of the payload: the same message again")
 
 
 class DownloadProgress(Frozen):
@@ -91,12 +100,18 @@ class DownloadDone(Frozen):
 
 
 class DownloadFailed(Frozen):
-    """``transient``: the network failed, retry later; otherwise the peer sent bad data."""
+    """``transient``: the network failed, retry later; otherwise the peer sent bad data.
+
+    ``jitter`` is a uniform draw in [0, 1) made by the runner (the machine has no
+    randomness of its own); it spreads the retry delay, so the devices of a wave that
+    failed together do not all retry at the same instant against one repository.
+    """
 
     kind: Literal["download_failed"] = "download_failed"
     sha256: Sha256
     transient: bool
     reason: str
+    jitter: float = Field(ge=0, lt=1)
 
 
 class Verified(Frozen):
@@ -190,25 +205,24 @@ Event = Annotated[
 
 
 class StartDownload(Frozen):
-    """Fetch the target's artifact, continuing from ``resume_from`` bytes (HTTP Range)."""
+    """Fetch the target's artifact; a partial download on disk resumes (HTTP Range)."""
 
     kind: Literal["start_download"] = "start_download"
-    target: DesiredTarget
-    resume_from: int = Field(ge=0)
+    target: UpdateTarget
 
 
 class Verify(Frozen):
-    """Check the downloaded artifact against the signed target (hash, length, downgrade)."""
+    """Check the downloaded artifact against the signed target (hash, length, version)."""
 
     kind: Literal["verify"] = "verify"
-    target: DesiredTarget
+    target: UpdateTarget
 
 
 class Stage(Frozen):
     """Extract the verified artifact into the store under its content address."""
 
     kind: Literal["stage"] = "stage"
-    target: DesiredTarget
+    target: UpdateTarget
 
 
 class Activate(Frozen):
@@ -218,14 +232,14 @@ class Activate(Frozen):
     """
 
     kind: Literal["activate"] = "activate"
-    target: DesiredTarget
+    target: UpdateTarget
 
 
 class RunGolden(Frozen):
     """Run the package's golden samples through the active model."""
 
     kind: Literal["run_golden"] = "run_golden"
-    target: DesiredTarget
+    target: UpdateTarget
 
 
 class RollBack(Frozen):
@@ -271,7 +285,7 @@ class Report(Frozen):
 
     kind: Literal["report"] = "report"
     event: EventKind
-    target: DesiredTarget | None = None
+    target: UpdateTarget | None = None
     reason: str | None = None
     detail: dict[str, Any] = Field(default_factory=dict)
 

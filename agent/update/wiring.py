@@ -1,9 +1,10 @@
 """The signed-update path of one agent: desired states in, a verified model serving out.
 
 `UpdateService` owns the model store, the TUF client and the `UpdateRunner` with its real
-ports (`edgefleet.agent.update.ports`). The agent gives it the raw payloads of its ``desired``
-topic (`on_desired`, called on the MQTT link thread: it verifies the signature, which is
-fast, and only queues work) and each inference's outcome (`record_inference`).
+ports (`edgefleet.agent.update.adapters`). The agent gives it the raw payloads of its
+``desired`` topic (`on_desired`, called on the MQTT link thread: it opens the envelope,
+which is fast, and only queues the result) and each inference's outcome
+(`record_inference`).
 
 Layout under the agent's ``data_dir``::
 
@@ -13,12 +14,15 @@ Layout under the agent's ``data_dir``::
     update-state.json   the runner's persisted state
 
 Invariants:
-- a desired state reaches the runner only after `verify_desired` accepted it against the
-  pinned director keys, this device's id, the persisted last accepted seq and the clock;
-  a rejected one becomes a ``rejected`` event and changes no model;
-- at startup the store is recovered first, a fresh device installs its factory model
-  (``model.path``) into the store, so a rollback always has a verified model to go back
-  to, and the model the persisted state names is loaded before the runner resumes.
+- a desired state reaches the runner only after `open_desired` checked its signature
+  against the pinned director keys, its shape and this device's id; whether it is taken
+  (seq, expiry, redelivery, downgrade) the runner's machine decides, with the state it
+  persists (`edgefleet.agent.update.acceptance`); a refused one becomes one ``rejected``
+  event and changes no model;
+- at startup the store is recovered first (here, once: the runner relies on it), a fresh
+  device installs its factory model (``model.path``) into the store, so a rollback always
+  has a verified model to go back to, and the model the persisted state names is loaded
+  before the runner resumes.
 """
 
 from __future__ import annotations
@@ -32,23 +36,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from edgefleet.agent.config import AgentConfig
-from edgefleet.agent.metrics import InferenceMetrics
 from edgefleet.agent.model_host import ModelHost
 from edgefleet.agent.store import ModelStore, StoreError
 from edgefleet.agent.trust import TrustedRepository
-from edgefleet.agent.update.machine import UpdateState
-from edgefleet.agent.update.ports import (
+from edgefleet.agent.update.adapters import (
     ArtifactVerifier,
-    EventPublisher,
     GoldenRunner,
     OutboxEventSink,
     PackageUnpacker,
     RuntimeActivator,
-    RuntimeLoader,
     TufDownloader,
 )
-from edgefleet.agent.update.runner import UpdateRunner, WorkGate
-from edgefleet.agent.update.types import DesiredRejected, DesiredTarget
+from edgefleet.agent.update.machine import UpdateState
+from edgefleet.agent.update.ports import EventPublisher, RuntimeLoader, WorkGate
+from edgefleet.agent.update.runner import UpdateRunner
+from edgefleet.agent.update.types import DesiredReceived, DesiredRejected, UpdateTarget
 from edgefleet.shared.hashing import digest_file, sha256_file
 from edgefleet.shared.manifest import MANIFEST_FILE, ModelManifest, Version, VersionError
 from edgefleet.shared.messages import utcnow
@@ -60,7 +62,7 @@ from edgefleet.shared.signing.bundle import (
     TRUSTED_ROOT_FILE,
     load_director_keys,
 )
-from edgefleet.shared.signing.director import DesiredBody, verify_desired
+from edgefleet.shared.signing.director import DesiredBody, open_desired
 from edgefleet.shared.signing.errors import DigestMismatch, UpdateRejected
 
 log = logging.getLogger(__name__)
@@ -70,16 +72,6 @@ DOWNLOADS_DIR = "downloads"
 TUF_DIR = "tuf"
 STATE_FILE = "update-state.json"
 FACTORY_VERSION = "0.0.0"
-_BEGINNING = datetime.min.replace(tzinfo=UTC)
-
-
-class ProbationMetrics(InferenceMetrics):
-    """Inference metrics whose ``observer`` is told about each inference (probation).
-
-    `ModelHost` records every inference here, whichever door it came in by (the HTTP
-    API, `Agent.infer`, the simulators), so probation sees them all. The observer hook
-    lives in `InferenceMetrics` itself, so recording stays one call on the hot path.
-    """
 
 
 class UpdateService:
@@ -109,7 +101,6 @@ class UpdateService:
         if settings.trust_dir is None or settings.repository_url is None:
             raise ValueError("update.trust_dir and update.repository_url must be set")
         self._device_id = config.device_id
-        self._clock = clock
         data = config.data_dir
         self._director_keys = load_director_keys(settings.trust_dir / DIRECTOR_KEYS_FILE)
         headers = (
@@ -151,7 +142,6 @@ class UpdateService:
             tick_s=settings.tick_s,
             work_gate=work_gate,
         )
-        self._last_rejected: str | None = None
 
     @property
     def state(self) -> UpdateState:
@@ -182,62 +172,36 @@ class UpdateService:
         self.runner.record_inference(ok, latency_ms)
 
     def on_desired(self, payload: bytes) -> None:
-        """Verify a payload of the ``desired`` topic and queue it (safe on the link thread).
+        """Open a payload of the ``desired`` topic and queue it (safe on the link thread).
 
-        Never raises: a rejected desired state is reported on the events topic, except
-        a redelivery of the desired state accepted last (the retained copy on every
-        reconnect, a QoS 1 duplicate), which is ignored.
+        Never raises. Whether the desired state is taken, ignored as a redelivery or
+        reported as rejected, the runner decides (`edgefleet.agent.update.acceptance`).
         """
-        last_seq = self.runner.state.last_desired_seq
+        envelope_sha256 = hashlib.sha256(payload).hexdigest()
         try:
-            # Signature, shape and device first, so a redelivery is recognised as such
-            # even after its expiry.
-            signed = verify_desired(
-                payload,
-                trusted_director_keys=self._director_keys,
-                device_id=self._device_id,
-                last_seq=None,
-                now=_BEGINNING,
-            )
-            if signed.seq == last_seq and self._is_current(signed):
-                log.debug("desired seq %s again: already accepted", signed.seq)
-                return
-            body = verify_desired(
-                payload,
-                trusted_director_keys=self._director_keys,
-                device_id=self._device_id,
-                last_seq=last_seq if last_seq >= 0 else None,
-                now=self._clock(),
+            body = open_desired(
+                payload, trusted_director_keys=self._director_keys, device_id=self._device_id
             )
         except UpdateRejected as e:
-            self._reject(payload, str(e))
+            log.debug("desired state did not open: %s", e)
+            rejected = DesiredRejected(
+                reason=str(e), desired_seq=_claimed_seq(payload), envelope_sha256=envelope_sha256
+            )
+            self.runner.submit(rejected)
             return
-        log.info(
-            "desired seq %s: %s %s (%s)",
-            body.seq,
-            body.target.name,
-            body.target.version,
-            body.target.sha256[:12],
+        log.debug("desired seq %s: %s %s", body.seq, body.target.name, body.target.version)
+        self.runner.submit(
+            DesiredReceived(
+                target=update_target(body),
+                expires_at=body.expires_at,
+                envelope_sha256=envelope_sha256,
+            )
         )
-        self.runner.desired(desired_target(body))
-
-    def _is_current(self, body: DesiredBody) -> bool:
-        state = self.runner.state
-        known = [t for t in (state.target, state.pending) if t and t.desired_seq == body.seq]
-        return not known or any(t.sha256 == body.target.sha256 for t in known)
-
-    def _reject(self, payload: bytes, reason: str) -> None:
-        digest = hashlib.sha256(payload).hexdigest()
-        if digest == self._last_rejected:
-            return  # the same retained message again after a reconnect: reported already
-        self._last_rejected = digest
-        log.warning("desired state rejected: %s", reason)
-        self.runner.submit(DesiredRejected(reason=reason, desired_seq=_claimed_seq(payload)))
 
 
-def desired_target(body: DesiredBody) -> DesiredTarget:
-    """The runner's view of a verified desired state."""
-    return DesiredTarget(
+def update_target(body: DesiredBody) -> UpdateTarget:
+    """The runner's view of the target of a desired state whose envelope opened."""
+    return UpdateTarget(
         desired_seq=body.seq,
         name=body.target.name,
         version=body.target.version,

@@ -10,10 +10,18 @@ A signature covers the canonical JSON (`edgefleet.shared.signing.canonical`) of 
 ``signed`` object *exactly as received*, so fields a newer director adds are covered
 too, and an older device that ignores them still verifies the signature.
 
-`verify_desired` is pure: bytes, trusted keys, the device's last accepted sequence number
-and a reference time in; a validated `DesiredBody` or an `UpdateRejected` out. Checks run
-in this order, and the first failure wins: shape, signature, body schema, device, sequence,
-expiry.
+Opening an envelope and accepting what is in it are separate steps, both pure:
+
+- `open_desired` (bytes and the trusted keys in, a `DesiredBody` or an `UpdateRejected`
+  out) is the one place that checks the envelope: shape, signature, body schema, device,
+  in this order, the first failure winning. What it returns was signed by the director
+  for this device, nothing more: it may be old, a replay, or expired.
+- `check_fresh` is the protocol's rule for the sequence number and the expiry: a desired
+  state is taken only if its ``seq`` is newer than the last one taken and it has not
+  expired. The agent applies it, with its own rules for redeliveries and downgrades, in
+  ``edgefleet.agent.update.acceptance``.
+- `verify_desired` is both for a device that remembers nothing but its last ``seq``
+  (tests, simulated devices, third-party subscribers).
 """
 
 from __future__ import annotations
@@ -107,24 +115,20 @@ def sign_desired(body: DesiredBody, signer: Signer) -> SignedDesiredState:
     )
 
 
-def verify_desired(
+def open_desired(
     envelope_bytes: bytes,
     *,
     trusted_director_keys: Mapping[str, SSlibKey],
     device_id: str,
-    last_seq: int | None,
-    now: datetime,
 ) -> DesiredBody:
-    """Verify a desired-state envelope for this device and return its body.
+    """The body of a desired-state envelope, once it is shown signed for this device.
 
-    ``trusted_director_keys`` maps key id to key (from the provisioning bundle);
-    ``last_seq`` is the sequence number of the last desired state this device accepted
-    (None if none yet); ``now`` is the reference time for expiry.
+    ``trusted_director_keys`` maps key id to key (from the provisioning bundle). The
+    body's ``seq`` and ``expires_at`` are not judged here (see `check_fresh`).
 
     Raises (all `UpdateRejected`): `Malformed` (not an envelope, or a body that does not
     validate), `UnknownKey` (no signature by a trusted key), `BadSignature` (a trusted
-    key's signature does not verify), `WrongDevice`, `ReplayedOrOlder` (seq ≤ last_seq),
-    `Expired` (``expires_at`` ≤ ``now``).
+    key's signature does not verify), `WrongDevice`.
     """
     raw_body, signatures = _split_envelope(envelope_bytes)
     _verify_signatures(canonical_bytes(raw_body), signatures, trusted_director_keys)
@@ -136,20 +140,50 @@ def verify_desired(
         raise WrongDevice(
             f"desired state is for device {body.device_id!r}, this device is {device_id!r}"
         )
-    if last_seq is not None and body.seq <= last_seq:
+    return body
+
+
+def check_fresh(seq: int, expires_at: datetime, *, last_seq: int | None, now: datetime) -> None:
+    """Refuse a desired state that is not newer than the last one taken, or has expired.
+
+    ``last_seq`` is the sequence number of the last desired state the device accepted
+    (None if none yet); ``now`` is the reference time for expiry.
+
+    Raises `ReplayedOrOlder` (``seq`` ≤ ``last_seq``: a replay or a rollback of the
+    director's history), then `Expired` (``expires_at`` ≤ ``now``: a freeze attack).
+    """
+    if last_seq is not None and seq <= last_seq:
         raise ReplayedOrOlder(
-            f"desired state seq {body.seq} is not newer than the last accepted {last_seq}"
+            f"desired state seq {seq} is not newer than the last accepted {last_seq}"
         )
-    if body.expires_at <= now:
+    if expires_at <= now:
         raise Expired(
-            f"desired state seq {body.seq} expired at {body.expires_at.isoformat()}, "
-            f"now is {now.isoformat()}"
+            f"desired state seq {seq} expired at {expires_at.isoformat()}, now is {now.isoformat()}"
         )
+
+
+def verify_desired(
+    envelope_bytes: bytes,
+    *,
+    trusted_director_keys: Mapping[str, SSlibKey],
+    device_id: str,
+    last_seq: int | None,
+    now: datetime,
+) -> DesiredBody:
+    """`open_desired`, then `check_fresh`: the body, if the envelope is one to take now.
+
+    Raises what those two raise: `Malformed`, `UnknownKey`, `BadSignature`,
+    `WrongDevice`, `ReplayedOrOlder`, `Expired` (all `UpdateRejected`).
+    """
+    body = open_desired(
+        envelope_bytes, trusted_director_keys=trusted_director_keys, device_id=device_id
+    )
+    check_fresh(body.seq, body.expires_at, last_seq=last_seq, now=now)
     return body
 
 
 def trusted_keys(keys: list[SSlibKey]) -> dict[str, SSlibKey]:
-    """Index director public keys by key id, as `verify_desired` wants them."""
+    """Index director public keys by key id, as `open_desired` wants them."""
     return {key.keyid: key for key in keys}
 
 

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import onnx
 
-from edgefleet.agent.update.types import DesiredTarget
+from edgefleet.agent.update.types import DesiredReceived, UpdateTarget
 from edgefleet.shared.manifest import MANIFEST_FILE, ModelManifest, ProbationBudget
 from edgefleet.shared.tensors import TensorSpec
 
 MODEL_FILE = "model.onnx"
+FAR_FUTURE = datetime(2100, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,8 @@ class Package:
         for name, data in self.files.items():
             (directory / name).write_bytes(data)
 
-    def target(self, seq: int, *, rollback: bool = False) -> DesiredTarget:
-        return DesiredTarget(
+    def target(self, seq: int, *, rollback: bool = False) -> UpdateTarget:
+        return UpdateTarget(
             desired_seq=seq,
             name="wine",
             version=self.version,
@@ -45,6 +46,20 @@ class Package:
             rollout_id="r1",
             rollback=rollback,
         )
+
+    def offer(self, seq: int, *, rollback: bool = False) -> DesiredReceived:
+        """A desired state for this version whose envelope opened (valid until 2100)."""
+        return desired(self.target(seq, rollback=rollback))
+
+
+def desired(target: UpdateTarget, *, expires_at: datetime = FAR_FUTURE) -> DesiredReceived:
+    """``target`` as the wiring hands it over; the envelope's digest is made up from it."""
+    envelope = f"{target.model_dump_json()}:{expires_at.isoformat()}".encode()
+    return DesiredReceived(
+        target=target,
+        expires_at=expires_at,
+        envelope_sha256=hashlib.sha256(envelope).hexdigest(),
+    )
 
 
 def make_package(model_path: Path, version: str, budget: ProbationBudget | None = None) -> Package:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import zipfile
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +13,9 @@ import pytest
 
 from edgefleet.agent.store import ModelStore
 from edgefleet.agent.update.machine import Phase, UpdatePolicy, UpdateState
-from edgefleet.agent.update.runner import GoldenOutcome, UpdateRunner
-from edgefleet.agent.update.types import DesiredTarget, InstalledModel, Report, Tick
+from edgefleet.agent.update.ports import GoldenOutcome
+from edgefleet.agent.update.runner import UpdateRunner
+from edgefleet.agent.update.types import Report, Tick, UpdateTarget
 from edgefleet.shared.manifest import ModelManifest
 from edgefleet.shared.messages import EventKind
 from edgefleet.shared.runtime import load_runtime
@@ -42,17 +43,16 @@ class Ports:
             self.crash_in = None
             raise Crash(where)
 
-    def download(self, target: DesiredTarget, dest: Path, resume_from: int, progress) -> None:
+    def download(self, target: UpdateTarget, dest: Path, progress) -> None:
         self._maybe_crash("download")
         if self.transient_failures:
             self.transient_failures -= 1
             raise TransportError("connection reset by the test")
         data = self.repo[target.sha256]
-        with dest.open("ab" if resume_from else "wb") as f:
-            f.write(data[resume_from:])
+        dest.write_bytes(data)
         progress(len(data))
 
-    def verify(self, target: DesiredTarget, artifact: Path, active: InstalledModel | None) -> None:
+    def verify(self, target: UpdateTarget, artifact: Path) -> None:
         self._maybe_crash("verify")
         found = hashlib.sha256(artifact.read_bytes()).hexdigest()
         if found != target.sha256:
@@ -85,15 +85,18 @@ class Ports:
 
 
 def make_runner(tmp_path: Path, ports: Ports, **options: Any) -> UpdateRunner:
-    """A runner in ``tmp_path`` on ``ports``; ``options`` override its keyword arguments."""
+    """A runner in ``tmp_path`` on ``ports``, as a new process starts it: the store
+    recovered first; ``options`` override its keyword arguments."""
     arguments: dict[str, Any] = {
         "policy": UpdatePolicy(retry_base_s=0),
         "clock": lambda: T0,
         **options,
     }
+    store = ModelStore(tmp_path / "store")
+    store.recover()
     return UpdateRunner(
         state_path=tmp_path / "update-state.json",
-        store=ModelStore(tmp_path / "store"),
+        store=store,
         downloads_dir=tmp_path / "downloads",
         downloader=ports,
         verifier=ports,
@@ -123,7 +126,7 @@ def installed(tmp_path: Path, packages: list[Package]) -> Callable[[Ports], Upda
 
     def make(ports: Ports) -> UpdateRunner:
         runner = make_runner(tmp_path, ports)
-        runner.desired(packages[0].target(1))
+        runner.submit(packages[0].offer(1))
         drive(runner)
         assert runner.state.phase is Phase.COMMITTED
         return runner
@@ -136,7 +139,7 @@ def test_happy_path_commits_the_new_model(tmp_path: Path, packages: list[Package
     runner = installed(ports)
     ports.reports.clear()
     ports.transient_failures = 1
-    runner.desired(packages[1].target(2))
+    runner.submit(packages[1].offer(2))
     drive(runner)
     store = ModelStore(tmp_path / "store")
     assert runner.state.phase is Phase.COMMITTED
@@ -151,13 +154,37 @@ def test_happy_path_commits_the_new_model(tmp_path: Path, packages: list[Package
     assert '"committed"' in persisted
 
 
+def test_devices_of_a_failed_wave_retry_at_different_times_within_the_backoff(
+    tmp_path: Path, packages: list[Package]
+) -> None:
+    # Two devices whose first download fails at the same instant (one repository down for
+    # a whole wave), each runner drawing from its own default random source, as on devices.
+    policy = UpdatePolicy(retry_base_s=10, retry_max_s=300, retry_jitter=0.5)
+    retry_at = []
+    for device in ("cam-1", "cam-2"):
+        ports = Ports(packages)
+        ports.transient_failures = 1
+        runner = make_runner(tmp_path / device, ports, policy=policy)
+        runner.submit(packages[0].offer(1))
+        runner.run_pending()
+        assert runner.state.phase is Phase.DOWNLOADING
+        assert runner.state.download_attempts == 1
+        retry_at.append(runner.state.retry_at)
+    first, second = retry_at
+    assert first is not None
+    assert second is not None
+    assert first != second, "the two devices would retry in lockstep"
+    for at in (first, second):
+        assert T0 + timedelta(seconds=5) <= at <= T0 + timedelta(seconds=10)
+
+
 def test_golden_failure_rolls_back_to_the_previous_model(
     tmp_path: Path, packages: list[Package], installed
 ) -> None:
     ports = Ports(packages)
     runner = installed(ports)
     ports.failing_golden.add(packages[1].sha256)
-    runner.desired(packages[1].target(2))
+    runner.submit(packages[1].offer(2))
     drive(runner)
     store = ModelStore(tmp_path / "store")
     assert runner.state.phase is Phase.ROLLED_BACK
@@ -174,7 +201,7 @@ def test_tampered_artifact_is_rejected_and_nothing_changes(
     ports = Ports(packages)
     runner = installed(ports)
     ports.repo[packages[1].sha256] = packages[2].artifact
-    runner.desired(packages[1].target(2))
+    runner.submit(packages[1].offer(2))
     drive(runner)
     assert runner.state.phase is Phase.FAILED
     assert ModelStore(tmp_path / "store").active() == packages[0].sha256
@@ -205,7 +232,7 @@ def test_crash_in_any_phase_resumes_to_committed_or_rolled_back(
     if not golden_ok:
         ports.failing_golden.add(packages[1].sha256)
     ports.crash_in = crash_in
-    runner.desired(packages[1].target(2))
+    runner.submit(packages[1].offer(2))
     crashed = False
     try:
         drive(runner)
@@ -235,7 +262,7 @@ def test_worker_thread_runs_an_update_to_commit(tmp_path: Path, packages: list[P
     runner._tick_s = 0.01
     runner.start()
     try:
-        runner.desired(packages[0].target(1))
+        runner.submit(packages[0].offer(1))
         deadline = time.monotonic() + 20
         while runner.state.phase is not Phase.COMMITTED and time.monotonic() < deadline:
             runner.record_inference(ok=True, latency_ms=2.0)
@@ -254,7 +281,7 @@ def test_crash_after_commit_is_persisted_leaves_no_third_model_behind(
     # is left over. The restart, at rest, must collect both.
     ports = Ports(packages)
     runner = installed(ports)
-    runner.desired(packages[1].target(2))
+    runner.submit(packages[1].offer(2))
     drive(runner)
     store = ModelStore(tmp_path / "store")
     stale = packages[2]
@@ -276,7 +303,7 @@ def test_download_progress_is_not_written_to_the_state_file(
     ports = Ports(packages)
     runner = make_runner(tmp_path, ports)
     runner.run_pending()  # the start-up resume
-    runner.desired(packages[0].target(1))
+    runner.submit(packages[0].offer(1))
     assert runner.run_pending(max_events=2) == 2  # desired (downloads), then its progress
     on_disk = UpdateState.model_validate_json((tmp_path / "update-state.json").read_bytes())
     assert runner.state.phase is on_disk.phase is Phase.DOWNLOADING

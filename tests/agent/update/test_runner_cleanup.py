@@ -16,7 +16,7 @@ from edgefleet.agent.download import download
 from edgefleet.agent.store import ModelStore
 from edgefleet.agent.update.machine import Phase, UpdatePolicy
 from edgefleet.agent.update.runner import UpdateRunner
-from edgefleet.agent.update.types import DesiredTarget
+from edgefleet.agent.update.types import UpdateTarget
 from edgefleet.shared.messages import EventKind
 from tests.agent.update.support import Package
 from tests.agent.update.test_runner import T0, Ports, drive
@@ -34,7 +34,7 @@ class HttpPorts(Ports):
         for package in packages:
             (server.root / package.sha256).write_bytes(package.artifact)
 
-    def download(self, target: DesiredTarget, dest: Path, resume_from: int, progress) -> None:
+    def download(self, target: UpdateTarget, dest: Path, progress) -> None:
         path = f"/{target.sha256}"
         if self.cut_bytes is not None:
             self.server.faults.cut_after[path] = self.cut_bytes
@@ -90,7 +90,7 @@ def test_download_that_ends_failed_leaves_no_partial_file_behind(
     seen: list[list[str]] = []
     ports.after_download = lambda dest: seen.append(_partials(downloads, packages[0].sha256))
     runner = _runner(tmp_path, ports, attempts=2)
-    runner.desired(packages[0].target(1))
+    runner.submit(packages[0].offer(1))
     drive(runner)
     assert runner.state.phase is Phase.FAILED
     assert EventKind.FAILED in ports.kinds()
@@ -107,12 +107,12 @@ def test_superseded_download_leaves_no_partial_file_behind(
     ports.cut_bytes = 100
     downloads = tmp_path / "downloads"
     runner = _runner(tmp_path, ports, attempts=5)
-    runner.desired(packages[0].target(1))
+    runner.submit(packages[0].offer(1))
     runner.run_pending()  # one cut attempt; a retry is scheduled
     assert runner.state.phase is Phase.DOWNLOADING
     assert _partials(downloads, packages[0].sha256) == [".efpkg.part", ".efpkg.part.etag"]
     ports.cut_bytes = None
-    runner.desired(packages[1].target(2))
+    runner.submit(packages[1].offer(2))
     drive(runner)
     final = runner.state  # a new name: mypy still narrows runner.state.phase from above
     assert final.phase is Phase.COMMITTED

@@ -13,8 +13,9 @@ from pathlib import Path
 
 from edgefleet.agent.store import ModelStore
 from edgefleet.agent.update.machine import Phase
-from edgefleet.agent.update.runner import GoldenOutcome, UpdateRunner, WorkGate
-from edgefleet.agent.update.types import DesiredTarget, InstalledModel
+from edgefleet.agent.update.ports import GoldenOutcome, WorkGate
+from edgefleet.agent.update.runner import UpdateRunner
+from edgefleet.agent.update.types import UpdateTarget
 from edgefleet.shared.messages import EventKind, utcnow
 from tests.agent.update.support import Package
 from tests.agent.update.test_runner import Ports, make_runner
@@ -39,11 +40,11 @@ class CountingPorts(Ports):
             with self._lock:
                 self._shared["now"] -= 1
 
-    def download(self, target: DesiredTarget, dest: Path, resume_from: int, progress) -> None:
-        self._heavy(lambda: Ports.download(self, target, dest, resume_from, progress))
+    def download(self, target: UpdateTarget, dest: Path, progress) -> None:
+        self._heavy(lambda: Ports.download(self, target, dest, progress))
 
-    def verify(self, target: DesiredTarget, artifact: Path, active: InstalledModel | None) -> None:
-        self._heavy(lambda: Ports.verify(self, target, artifact, active))
+    def verify(self, target: UpdateTarget, artifact: Path) -> None:
+        self._heavy(lambda: Ports.verify(self, target, artifact))
 
     def extract(self, artifact: Path, dest: Path) -> None:
         self._heavy(lambda: Ports.extract(self, artifact, dest))
@@ -91,7 +92,7 @@ def most_at_work_at_once(tmp_path: Path, packages: list[Package], gate: WorkGate
     ]
     try:
         for runner in runners:
-            runner.desired(packages[0].target(1))
+            runner.submit(packages[0].offer(1))
         serve_until_committed(runners)
     finally:
         for runner in runners:
@@ -126,7 +127,7 @@ def test_reports_pass_a_closed_gate_and_waiting_for_probation_frees_it(
     assert gate.acquire(blocking=False)  # done with it; now another agent installs
     runner.start()
     try:
-        runner.desired(packages[0].target(1))
+        runner.submit(packages[0].offer(1))
         wait_for(lambda: EventKind.DOWNLOADING in ports.kinds(), "the downloading report")
         time.sleep(0.2)
         assert ports.kinds() == [EventKind.DOWNLOADING]  # told the fleet; waits to work
