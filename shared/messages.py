@@ -4,22 +4,85 @@ Invariants:
 - every message carries ``"schema": "edgefleet/v1/<kind>"`` and the kind matches its topic;
 - every device message carries its ``device_id`` (equal to the topic's) and a per-device
   ``seq`` that only grows, so the fleet can drop the duplicates QoS 1 allows;
-- readers ignore unknown fields, so old and new agents can share one fleet.
+- readers ignore unknown fields, so old and new agents can share one fleet;
+- everything a device sends is bounded (see "Bounds" below), so no payload can make the
+  fleet store a value its columns, its REST schemas or its rollout selectors cannot take.
+
+Bounds: every float is finite (no NaN, no Infinity: JSON has neither and REST would show
+``null``); every int fits a signed 64-bit column (``seq`` and counters 0..2**63-1);
+durations (``interval_s``, ``uptime_s``) are 0..1e10 s, latencies 0..1e7 ms,
+``cpu_percent`` 0..102_400 (1024 busy cores); ``hardware`` is at most 100 characters,
+``tags`` at most 64 of at most 100 characters each, ``runtimes`` at most 16; free-text
+``reason`` fields keep their first 1000 characters; an event's ``detail`` has at most 64
+keys and 16 KiB of JSON. The constants below are the single source of these numbers.
 """
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
 
 from edgefleet.shared.drift.window import WindowSketch
 from edgefleet.shared.signing.director import DesiredBody, DirectorSignature
 from edgefleet.shared.topics import DEVICE_ID_PATTERN, Channel
 
 SCHEMA_PREFIX = "edgefleet/v1/"
+
+MAX_INT64 = 2**63 - 1  # the BIGINT columns every int lands in
+MAX_DURATION_S = 1e10  # ~317 years
+MAX_LATENCY_MS = 1e7  # ~2.8 hours for one inference
+MAX_CPU_PERCENT = 102_400.0  # psutil reports 100 per busy core: 1024 cores
+MAX_HARDWARE_CHARS = 100  # as the agent's config allows
+MAX_TAGS = 64
+MAX_TAG_CHARS = 100
+MAX_RUNTIMES = 16
+MAX_NAME_CHARS = 200  # platform strings, agent versions, rollout ids
+MAX_REASON_CHARS = 1000
+MAX_DETAIL_KEYS = 64
+MAX_DETAIL_JSON_BYTES = 16 * 1024
+
+Count = Annotated[int, Field(ge=0, le=MAX_INT64)]
+DurationS = Annotated[float, Field(ge=0, le=MAX_DURATION_S)]
+LatencyMs = Annotated[float, Field(ge=0, le=MAX_LATENCY_MS)]
+Name = Annotated[str, Field(max_length=MAX_NAME_CHARS)]
+
+
+def _cut_reason(value: object) -> object:
+    # A reason is an exception's text on the device, of any length; cutting it keeps
+    # the agent able to report it and the fleet's rows bounded.
+    return value[:MAX_REASON_CHARS] if isinstance(value, str) else value
+
+
+Reason = Annotated[str, BeforeValidator(_cut_reason), Field(max_length=MAX_REASON_CHARS)]
+
+
+def _bounded_detail(value: dict[str, Any]) -> dict[str, Any]:
+    # Any-typed values escape allow_inf_nan, so the dump refuses NaN and Infinity here.
+    try:
+        size = len(json.dumps(value, separators=(",", ":"), allow_nan=False).encode())
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"not finite JSON: {e}") from e
+    if size > MAX_DETAIL_JSON_BYTES:
+        raise ValueError(f"at most {MAX_DETAIL_JSON_BYTES} bytes of JSON, found {size}")
+    return value
+
+
+Detail = Annotated[
+    dict[str, Any], Field(max_length=MAX_DETAIL_KEYS), AfterValidator(_bounded_detail)
+]
 
 
 def utcnow() -> datetime:
@@ -34,7 +97,9 @@ class MessageError(ValueError):
 class WireModel(BaseModel):
     """Base of everything that crosses a wire: unknown fields ignored, aliases accepted."""
 
-    model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True)
+    model_config = ConfigDict(
+        extra="ignore", populate_by_name=True, frozen=True, allow_inf_nan=False
+    )
 
 
 class ModelRef(WireModel):
@@ -65,18 +130,18 @@ class DeviceMessageBase(WireModel):
     """Fields every device→fleet message has."""
 
     device_id: str = Field(pattern=DEVICE_ID_PATTERN)
-    seq: int = Field(ge=0, description="per-device sequence number; only grows")
+    seq: int = Field(ge=0, le=MAX_INT64, description="per-device sequence number; only grows")
     ts: datetime = Field(default_factory=utcnow, description="when the device made it")
 
 
 class PlatformInfo(WireModel):
     """What the device's hardware and OS report about themselves."""
 
-    machine: str = ""
-    system: str = ""
-    python: str = ""
-    cpu_count: int = 0
-    memory_bytes: int = 0
+    machine: Name = ""
+    system: Name = ""
+    python: Name = ""
+    cpu_count: int = Field(default=0, ge=0, le=1 << 20)
+    memory_bytes: Count = 0
 
 
 class StateMessage(DeviceMessageBase):
@@ -84,21 +149,29 @@ class StateMessage(DeviceMessageBase):
 
     schema_: Literal["edgefleet/v1/state"] = Field(default="edgefleet/v1/state", alias="schema")
     online: bool
-    agent_version: str = ""
-    hardware: str = Field(default="", description="hardware type, used by rollout selectors")
+    agent_version: Name = ""
+    hardware: str = Field(
+        default="",
+        max_length=MAX_HARDWARE_CHARS,
+        description="hardware type, used by rollout selectors",
+    )
     platform: PlatformInfo = Field(default_factory=PlatformInfo)
-    tags: list[str] = Field(default_factory=list)
-    runtimes: list[str] = Field(default_factory=list)
+    tags: list[Annotated[str, Field(max_length=MAX_TAG_CHARS)]] = Field(
+        default_factory=list, max_length=MAX_TAGS
+    )
+    runtimes: list[Annotated[str, Field(max_length=32)]] = Field(
+        default_factory=list, max_length=MAX_RUNTIMES
+    )
     active_model: ModelRef | None = None
-    reason: str | None = Field(default=None, description="why offline: shutdown, will, ...")
+    reason: Reason | None = Field(default=None, description="why offline: shutdown, will, ...")
 
 
 class LatencyPercentiles(WireModel):
     """Inference latency percentiles over one telemetry interval, in milliseconds."""
 
-    p50_ms: float
-    p95_ms: float
-    p99_ms: float
+    p50_ms: LatencyMs
+    p95_ms: LatencyMs
+    p99_ms: LatencyMs
 
 
 class TelemetryMessage(DeviceMessageBase):
@@ -107,18 +180,18 @@ class TelemetryMessage(DeviceMessageBase):
     schema_: Literal["edgefleet/v1/telemetry"] = Field(
         default="edgefleet/v1/telemetry", alias="schema"
     )
-    interval_s: float = Field(ge=0)
-    inferences: int = Field(ge=0, description="in this interval")
-    errors: int = Field(ge=0, description="in this interval")
-    inferences_total: int = Field(ge=0)
-    errors_total: int = Field(ge=0)
+    interval_s: DurationS
+    inferences: Count = Field(description="in this interval")
+    errors: Count = Field(description="in this interval")
+    inferences_total: Count
+    errors_total: Count
     latency: LatencyPercentiles | None = None
-    cpu_percent: float = Field(ge=0)
-    rss_bytes: int = Field(ge=0)
-    disk_free_bytes: int = Field(ge=0)
-    outbox_depth: int = Field(ge=0)
-    outbox_dropped_total: int = Field(ge=0, default=0)
-    uptime_s: float = Field(ge=0, default=0)
+    cpu_percent: float = Field(ge=0, le=MAX_CPU_PERCENT)
+    rss_bytes: Count
+    disk_free_bytes: Count
+    outbox_depth: Count
+    outbox_dropped_total: Count = 0
+    uptime_s: DurationS = 0
     active_model: ModelRef | None = None
 
 
@@ -143,10 +216,10 @@ class EventMessage(DeviceMessageBase):
     schema_: Literal["edgefleet/v1/events"] = Field(default="edgefleet/v1/events", alias="schema")
     kind: EventKind
     model: ModelRef | None = None
-    desired_seq: int | None = None
-    rollout_id: str | None = None
-    reason: str | None = None
-    detail: dict[str, Any] = Field(default_factory=dict)
+    desired_seq: Count | None = None
+    rollout_id: Name | None = None
+    reason: Reason | None = None
+    detail: Detail = Field(default_factory=dict)
 
 
 class DriftMessage(DeviceMessageBase):
@@ -156,7 +229,7 @@ class DriftMessage(DeviceMessageBase):
     model: ModelRef | None = None
     window_start: datetime
     window_end: datetime
-    count: int = Field(ge=0)
+    count: Count
     # Counts in the bins of the model package's reference profile (see shared.drift);
     # None only from agents that predate drift sketches.
     sketch: WindowSketch | None = None

@@ -8,6 +8,11 @@ union of their data.
 
 Wire form: plain JSON lists of ints keyed by feature name, a ``version`` and the
 ``profile_id`` of the profile whose bins the counts are in.
+
+Bounds (a window crosses the wire from devices the fleet does not trust): every float is
+finite; every count is 0..2**63-1; a feature has at most `MAX_BINS` bins, a window at
+most `MAX_FEATURES` input and as many output features, a classifier at most
+`MAX_CLASSES` classes (plus "other"); names are at most 200 characters.
 """
 
 from __future__ import annotations
@@ -15,67 +20,83 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field, ValidationError
 
 from edgefleet.shared.drift.base import DriftModel, SketchMismatchError
+from edgefleet.shared.drift.profile import MAX_FLAT_FEATURES
 
 SKETCH_VERSION = 1
+MAX_COUNT = 2**63 - 1
+MAX_BINS = 10_000  # numeric bins or categories plus "other", per feature
+MAX_FEATURES = MAX_FLAT_FEATURES  # the widest profile a model package may carry
+MAX_CLASSES = 1024
+
+Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
+Bins = Annotated[list[Count], Field(max_length=MAX_BINS)]
+Matrix = Annotated[list[Bins], Field(max_length=MAX_CLASSES + 1)]
+FeatureName = Annotated[str, Field(max_length=200)]
 
 
-class NumericCounts(DriftModel):
+class WindowModel(DriftModel):
+    """Base of the window's parts: floats must be finite (JSON has no NaN or Infinity)."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+
+class NumericCounts(WindowModel):
     """One numeric feature in one window."""
 
     kind: Literal["numeric"] = "numeric"
-    counts: list[int] = Field(description="per bin, underflow first, overflow last")
-    count: int = Field(ge=0, description="finite values; moments are over these")
+    counts: Bins = Field(description="per bin, underflow first, overflow last")
+    count: Count = Field(description="finite values; moments are over these")
     mean: float = 0.0
     m2: float = Field(default=0.0, ge=0, description="sum of squared deviations")
     min: float | None = None
     max: float | None = None
-    missing: int = Field(default=0, ge=0)
+    missing: Count = 0
 
 
-class CategoricalCounts(DriftModel):
+class CategoricalCounts(WindowModel):
     """One categorical feature in one window."""
 
     kind: Literal["categorical"] = "categorical"
-    counts: list[int] = Field(description="per profile category, 'other' last")
-    missing: int = Field(default=0, ge=0)
+    counts: Bins = Field(description="per profile category, 'other' last")
+    missing: Count = 0
 
 
 FeatureCounts = Annotated[NumericCounts | CategoricalCounts, Field(discriminator="kind")]
 
 
-class ClassificationCounts(DriftModel):
+class ClassificationCounts(WindowModel):
     """Labelled predictions of a classifier: confusion matrix and score histograms."""
 
-    confusion: list[list[int]] = Field(description="[true][predicted], 'other' last")
-    positives: list[list[int]] = Field(
+    confusion: Matrix = Field(description="[true][predicted], 'other' last")
+    positives: Matrix = Field(
         description="per class j, score-j bin counts of rows whose label is j"
     )
-    negatives: list[list[int]] = Field(
+    negatives: Matrix = Field(
         description="per class j, score-j bin counts of rows whose label is not j"
     )
 
 
-class RegressionCounts(DriftModel):
+class RegressionCounts(WindowModel):
     """Labelled predictions of a regressor: error sums (error = predicted - true)."""
 
-    count: int = Field(default=0, ge=0)
+    count: Count = 0
     error_sum: float = 0.0
     abs_error_sum: float = Field(default=0.0, ge=0)
     squared_error_sum: float = Field(default=0.0, ge=0)
 
 
-class WindowSketch(DriftModel):
+class WindowSketch(WindowModel):
     """Mergeable summary of the inputs, outputs and labels seen in one window."""
 
     version: Literal[1] = 1
-    profile_id: str
-    count: int = Field(ge=0, description="rows observed")
-    inputs: dict[str, FeatureCounts]
-    outputs: dict[str, FeatureCounts] = Field(default_factory=dict)
-    labelled: int = Field(default=0, ge=0, description="predictions joined with a label")
+    profile_id: str = Field(max_length=128)
+    count: Count = Field(description="rows observed")
+    inputs: dict[FeatureName, FeatureCounts] = Field(max_length=MAX_FEATURES)
+    outputs: dict[FeatureName, FeatureCounts] = Field(default_factory=dict, max_length=MAX_FEATURES)
+    labelled: Count = Field(default=0, description="predictions joined with a label")
     classification: ClassificationCounts | None = None
     regression: RegressionCounts | None = None
 
@@ -152,9 +173,17 @@ def _merge_features(
 def merge(a: WindowSketch, b: WindowSketch) -> WindowSketch:
     """The sketch of both windows' data together.
 
-    Raises `SketchMismatchError` if they were built against different profiles or their
-    shapes disagree (a corrupt or forged sketch).
+    Raises `SketchMismatchError` if they were built against different profiles, their
+    shapes disagree, or the sum leaves the bounds (a corrupt or forged sketch).
     """
+    try:
+        return _merge(a, b)
+    except ValidationError as e:
+        # Each side is in bounds, but sums of forged counts or moments may not be.
+        raise SketchMismatchError(f"merged sketch out of bounds: {e.errors()[0]['msg']}") from e
+
+
+def _merge(a: WindowSketch, b: WindowSketch) -> WindowSketch:
     if a.profile_id != b.profile_id:
         raise SketchMismatchError(
             f"sketches of different profiles: {a.profile_id[:12]} vs {b.profile_id[:12]}"

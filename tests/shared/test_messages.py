@@ -174,3 +174,85 @@ def test_todays_birth_shape_still_parses() -> None:
     state = decode_device_message(Channel.STATE, "d1", json.dumps(OLD_STATE).encode())
     assert isinstance(state, StateMessage)
     assert state.active_model == ModelRef(name="wine", version="1.0.0", sha256="cd" * 32)
+
+
+TELEMETRY_RAW = json.loads(encode(EXAMPLES[1][1]))
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"cpu_percent": float("inf")}, "cpu_percent"),
+        ({"cpu_percent": 1e308}, "cpu_percent"),
+        ({"interval_s": float("nan")}, "interval_s"),
+        ({"uptime_s": 1e308}, "uptime_s"),
+        ({"latency": {"p50_ms": 1, "p95_ms": 2, "p99_ms": float("inf")}}, "p99_ms"),
+        ({"seq": 2**63}, "seq"),
+        ({"rss_bytes": 2**64}, "rss_bytes"),
+        ({"inferences": -1}, "inferences"),
+    ],
+)
+def test_non_finite_and_out_of_range_telemetry_is_a_message_error(
+    changes: dict[str, object], field: str
+) -> None:
+    # json.dumps writes inf as Infinity and nan as NaN, which pydantic's parser reads.
+    payload = json.dumps(TELEMETRY_RAW | changes).encode()
+    with pytest.raises(MessageError, match=field):
+        decode_device_message(Channel.TELEMETRY, "d1", payload)
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"hardware": "x" * 101}, "hardware"),
+        ({"tags": ["t"] * 65}, "tags"),
+        ({"tags": ["x" * 101]}, "tags"),
+        ({"runtimes": ["onnx"] * 17}, "runtimes"),
+        ({"agent_version": "1" * 201}, "agent_version"),
+        ({"platform": {"cpu_count": 2**40}}, "cpu_count"),
+    ],
+)
+def test_oversized_state_fields_are_a_message_error(changes: dict[str, object], field: str) -> None:
+    payload = json.dumps(OLD_STATE | changes).encode()
+    with pytest.raises(MessageError, match=field):
+        decode_device_message(Channel.STATE, "d1", payload)
+
+
+@pytest.mark.parametrize(
+    "detail",
+    [
+        {f"k{i}": i for i in range(65)},
+        {"blob": "x" * (16 * 1024)},
+        {"score": float("inf")},
+        {"nested": [[[float("nan")]]]},
+    ],
+    ids=["too many keys", "too large", "infinite", "nested nan"],
+)
+def test_an_event_detail_out_of_bounds_is_a_message_error(detail: dict[str, object]) -> None:
+    payload = json.dumps(OLD_EVENT | {"detail": detail}).encode()
+    with pytest.raises(MessageError, match="detail"):
+        decode_device_message(Channel.EVENTS, "d1", payload)
+
+
+def test_a_long_reason_is_cut_not_refused_so_a_device_can_always_report_a_failure() -> None:
+    event = EventMessage(device_id="d1", seq=1, kind=EventKind.FAILED, reason="why " * 1000)
+    assert event.reason is not None
+    assert len(event.reason) == 1000
+    parsed = decode_device_message(
+        Channel.EVENTS, "d1", json.dumps(OLD_EVENT | {"reason": "x" * 5000}).encode()
+    )
+    assert isinstance(parsed, EventMessage)
+    assert parsed.reason == "x" * 1000
+
+
+def test_values_at_the_documented_bounds_still_parse() -> None:
+    edge = TELEMETRY_RAW | {
+        "seq": 2**63 - 1,
+        "cpu_percent": 102_400.0,
+        "interval_s": 1e10,
+        "uptime_s": 1e10,
+        "latency": {"p50_ms": 0, "p95_ms": 1e7, "p99_ms": 1e7},
+        "rss_bytes": 2**63 - 1,
+    }
+    message = decode_device_message(Channel.TELEMETRY, "d1", json.dumps(edge).encode())
+    assert message.seq == 2**63 - 1

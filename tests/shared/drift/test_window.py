@@ -20,7 +20,7 @@ from edgefleet.shared.drift import (
     merge_all,
 )
 from edgefleet.shared.drift.window import NumericCounts
-from edgefleet.shared.messages import DriftMessage, decode_device_message, encode
+from edgefleet.shared.messages import DriftMessage, MessageError, decode_device_message, encode
 from edgefleet.shared.topics import Channel
 from tests.support.drift_reference import FEATURES, classify, make_inputs
 
@@ -205,3 +205,39 @@ def test_drift_message_from_an_older_agent_without_sketch_still_decodes() -> Non
     decoded = decode_device_message(Channel.DRIFT, "d1", json.dumps(raw).encode())
     assert isinstance(decoded, DriftMessage)
     assert decoded.sketch is None
+
+
+@pytest.mark.parametrize(
+    "feature",
+    [
+        {"kind": "numeric", "counts": [1], "count": 1, "mean": float("inf")},
+        {"kind": "numeric", "counts": [1], "count": 1, "mean": 0, "m2": float("nan")},
+        {"kind": "numeric", "counts": [1], "count": 1, "min": float("-inf")},
+        {"kind": "numeric", "counts": [-1], "count": 1},
+        {"kind": "categorical", "counts": [0] * 10_001},
+        {"kind": "categorical", "counts": [2**63]},
+    ],
+    ids=["inf mean", "nan m2", "-inf min", "negative count", "too many bins", "count > int64"],
+)
+def test_a_sketch_out_of_bounds_is_refused_on_the_wire(feature: dict[str, object]) -> None:
+    raw = {
+        "schema": "edgefleet/v1/drift",
+        "device_id": "d1",
+        "seq": 1,
+        "window_start": NOW.isoformat(),
+        "window_end": NOW.isoformat(),
+        "count": 1,
+        "sketch": {"profile_id": "p", "count": 1, "inputs": {"x": feature}},
+    }
+    with pytest.raises(MessageError, match="sketch"):
+        decode_device_message(Channel.DRIFT, "d1", json.dumps(raw).encode())
+
+
+def test_merging_forged_sketches_past_the_bounds_is_a_mismatch_not_a_crash() -> None:
+    forged = WindowSketch(
+        profile_id="p",
+        count=2**63 - 1,
+        inputs={"x": NumericCounts(counts=[1], count=1, mean=1e308, m2=1e308)},
+    )
+    with pytest.raises(SketchMismatchError, match="out of bounds"):
+        merge(forged, forged)
