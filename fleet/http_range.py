@@ -1,9 +1,11 @@
 """HTTP Range and If-Range decisions (RFC 9110 §14), pure: headers and a size in, a plan out.
 
 Only single byte ranges are served; a multi-range or malformed header is ignored (the
-whole file, 200), as the RFC allows. ``If-Range`` with an ETag other than the current
-one also gets the whole file, so a client resuming a download of a file that changed
-starts over instead of splicing two files.
+whole file, 200), as the RFC allows. Positions of any length are read without
+overflow: a first position past the size is unsatisfiable (416), a last one is clamped.
+``If-Range`` with an ETag other than the current one also gets the whole file, so a
+client resuming a download of a file that changed starts over instead of splicing two
+files.
 """
 
 from __future__ import annotations
@@ -12,7 +14,12 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+# ASCII digits only: ``\d`` would accept other scripts' digits, which int() also reads.
+_RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)")
+# A position with more digits than this is past any size (and int() refuses to parse
+# numbers of more than 4,300 digits): it counts as this bound instead.
+_MAX_DIGITS = 20
+_BEYOND_ANY_SIZE = 10**_MAX_DIGITS
 
 
 @dataclass(frozen=True)
@@ -44,16 +51,24 @@ def plan(range_header: str | None, if_range: str | None, etag: str, size: int) -
     unsatisfiable = RangePlan(416, 0, -1, size)
     if not range_header or (if_range is not None and if_range.strip() != etag):
         return whole
-    match = _RANGE.match(range_header.strip())
+    match = _RANGE.fullmatch(range_header.strip())
     if not match or match.group(1) == match.group(2) == "":
         return whole
     start_text, end_text = match.groups()
     if start_text == "":
         # A suffix range: the last N bytes.
-        first, last = max(size - int(end_text), 0), size - 1
+        first, last = max(size - _position(end_text), 0), size - 1
         return RangePlan(206, first, last, size) if first <= last else unsatisfiable
-    first = int(start_text)
-    last = min(int(end_text), size - 1) if end_text else size - 1
-    if end_text and int(end_text) < first:
+    first = _position(start_text)
+    last = min(_position(end_text), size - 1) if end_text else size - 1
+    if end_text and _position(end_text) < first:
         return whole  # syntactically invalid: ignored, as the RFC says
     return RangePlan(206, first, last, size) if first < size else unsatisfiable
+
+
+def _position(digits: str) -> int:
+    """A byte position or suffix length, capped at `_BEYOND_ANY_SIZE`."""
+    significant = digits.lstrip("0")
+    if len(significant) > _MAX_DIGITS:
+        return _BEYOND_ANY_SIZE
+    return int(significant or "0")
