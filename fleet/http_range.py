@@ -19,7 +19,7 @@ _RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)")
 # A position with more digits than this is past any size (and int() refuses to parse
 # numbers of more than 4,300 digits): it counts as this bound instead.
 _MAX_DIGITS = 20
-_BEYOND_ANY_SIZE = 10**_MAX_DIGITS
+_BEYOND_ANY_SIZE: int = 10**_MAX_DIGITS
 
 
 @dataclass(frozen=True)
