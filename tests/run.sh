@@ -5,6 +5,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 EXTRAS=dev NEED_MOSQUITTO=1 source packaging/dev/bootstrap.sh
 
-echo "== ruff" && ruff check . && ruff format --check .
-echo "== mypy" && mypy -p edgefleet
-echo "== pytest" && pytest -q -p no:cacheprovider "$@"
+# One command per line: under `set -e` a failure inside an `a && b` list does not stop
+# the script, so a lint error would pass unnoticed.
+echo "== ruff"
+ruff check .
+ruff format --check .
+echo "== mypy"
+mypy -p edgefleet
+echo "== pytest"
+pytest -q -p no:cacheprovider "$@"
