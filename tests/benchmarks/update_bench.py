@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO))
 from edgefleet.shared.manifest import ProbationBudget  # noqa: E402
 from edgefleet.simulators.models import train_wine_classifier  # noqa: E402
 from tests.e2e.updates.support import Pkg, Rig, build, event_docs, padded_model  # noqa: E402
-from tests.support.agent import Subscriber  # noqa: E402
+from tests.support.agent import Subscriber, toml_config  # noqa: E402
 from tests.support.mosquitto import MosquittoBroker  # noqa: E402
 
 Mark = str | tuple[str, str]  # an event kind, or (kind, reason)
@@ -52,26 +52,6 @@ PHASES: list[tuple[str, Mark, Mark]] = [
     ("activate", "staged", "activated"),
     ("probation", "activated", "committed"),
 ]
-
-
-def config_text(root: Path, rig: Rig, broker: MosquittoBroker, device: str, factory: Pkg) -> str:
-    return f"""device_id = "{device}"
-data_dir = "{root / "data"}"
-telemetry_interval_s = 60
-[broker]
-url = "{broker.url}"
-[api]
-port = 0
-[model]
-path = "{factory.path}"
-name = "wine"
-version = "{factory.version}"
-[update]
-enabled = true
-repository_url = "{rig.server.url}"
-trust_dir = "{rig.trust_dir}"
-tick_s = 0.05
-"""
 
 
 def stamp(events: list[dict[str, object]], which: Mark) -> datetime:
@@ -111,8 +91,15 @@ def one_run(
     device = f"bench-{target.version.replace('.', '-')}-{run}"
     root = work / device
     root.mkdir()
-    config = root / "agent.toml"
-    config.write_text(config_text(root, rig, broker, device, factory))
+    config = toml_config(
+        root / "agent.toml",
+        broker,
+        device,
+        model=factory.path,
+        model_version=factory.version,
+        data_dir=root / "data",
+        update=rig.update_config(),
+    )
     events = Subscriber(broker.port, [f"edgefleet/v1/devices/{device}/events"])
     births = Subscriber(broker.port, [f"edgefleet/v1/devices/{device}/state"])
     log = (root / "agent.log").open("wb")

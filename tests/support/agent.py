@@ -133,27 +133,49 @@ def toml_config(
     device_id: str,
     *,
     model: Path | None,
+    model_version: str = "1.0.0",
     api_port: int = 0,
+    data_dir: Path | None = None,
+    update: dict[str, Any] | None = None,
     **top: Any,
 ) -> Path:
-    """Write a TOML config for an agent process and return its path."""
-    lines = [
-        f'device_id = "{device_id}"',
-        f'data_dir = "{path.parent / ("data-" + device_id)}"',
-        'hardware = "test-rig"',
-        'tags = ["test"]',
-    ]
-    lines += [f"{key} = {json.dumps(value)}" for key, value in top.items()]
-    lines += [
-        "[broker]",
-        f'url = "{broker.url}"',
-        "reconnect_min_s = 0.05",
-        "reconnect_max_s = 0.3",
-        "keepalive_s = 5",
-        "[api]",
-        f"port = {api_port}",
-    ]
+    """Write a TOML config for an agent process and return its path.
+
+    Fast reconnects, the API on ``api_port`` (0: a free one), ``model`` as the factory
+    model (name ``wine``), state in ``data_dir`` (default: ``data-<device_id>`` beside the
+    file); ``update`` becomes the ``[update]`` table (a nested ``policy`` dict its
+    ``[update.policy]``), updates off when it is None; ``top`` adds top-level keys.
+    """
+    document: dict[str, Any] = {
+        "device_id": device_id,
+        "data_dir": str(data_dir or path.parent / f"data-{device_id}"),
+        "hardware": "test-rig",
+        "tags": ["test"],
+        **top,
+        "broker": {
+            "url": broker.url,
+            "reconnect_min_s": 0.05,
+            "reconnect_max_s": 0.3,
+            "keepalive_s": 5,
+        },
+        "api": {"port": api_port},
+    }
     if model is not None:
-        lines += ["[model]", f'path = "{model}"', 'name = "wine"', 'version = "1.0.0"']
-    path.write_text("\n".join(lines) + "\n")
+        document["model"] = {"path": str(model), "name": "wine", "version": model_version}
+    if update is not None:
+        document["update"] = update
+    path.write_text(_toml(document))
     return path
+
+
+def _toml(table: dict[str, Any], prefix: str = "") -> str:
+    """``table`` as TOML: scalars and lists first, then each sub-table under its header.
+
+    Values are written as JSON, which TOML reads the same for the strings, numbers,
+    booleans and lists a config holds.
+    """
+    lines = [f"{k} = {json.dumps(v)}" for k, v in table.items() if not isinstance(v, dict)]
+    for key, value in table.items():
+        if isinstance(value, dict):
+            lines += [f"[{prefix}{key}]", _toml(value, f"{prefix}{key}.").rstrip("\n")]
+    return "\n".join(line for line in lines if line) + "\n"

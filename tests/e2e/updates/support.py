@@ -161,6 +161,19 @@ class Rig:
         self._client.connect("127.0.0.1", broker.port, keepalive=10)
         self._client.loop_start()
 
+    def update_config(self, **policy: float) -> dict[str, Any]:
+        """The ``[update]`` table of an agent process that updates from this rig, with a
+        fast tick; ``policy`` fills ``[update.policy]``."""
+        section: dict[str, Any] = {
+            "enabled": True,
+            "repository_url": self.server.url,
+            "trust_dir": str(self.trust_dir),
+            "tick_s": 0.05,
+        }
+        if policy:
+            section["policy"] = policy
+        return section
+
     def close(self) -> None:
         self._client.loop_stop()
         self._client.disconnect()

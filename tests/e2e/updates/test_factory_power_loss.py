@@ -28,8 +28,8 @@ import pytest
 from edgefleet.agent.store import ModelStore
 from edgefleet.agent.update.wiring import STORE_DIR
 from edgefleet.simulators.models import TrainedModel
-from tests.e2e.updates.support import Pkg, Rig, build, padded_model
-from tests.support.agent import REPO, Subscriber
+from tests.e2e.updates.support import Rig, build, padded_model
+from tests.support.agent import REPO, Subscriber, toml_config
 from tests.support.mosquitto import MosquittoBroker, free_port
 
 pytestmark = pytest.mark.slow
@@ -39,39 +39,6 @@ pytestmark = pytest.mark.slow
 PAD_BYTES = 48 * 1024 * 1024
 KILLS = 6
 MAX_KILL_DELAY_S = 1.5
-
-
-def write_config(
-    path: Path, broker: MosquittoBroker, device: str, factory: Pkg, api_port: int, rig: Rig | None
-) -> Path:
-    update = (
-        f"""[update]
-enabled = true
-repository_url = "{rig.server.url}"
-trust_dir = "{rig.trust_dir}"
-tick_s = 0.05
-"""
-        if rig
-        else "[update]\nenabled = false\n"
-    )
-    path.write_text(
-        f"""device_id = "{device}"
-data_dir = "{path.parent / "data"}"
-telemetry_interval_s = 60
-[broker]
-url = "{broker.url}"
-reconnect_min_s = 0.05
-reconnect_max_s = 0.3
-keepalive_s = 5
-[api]
-port = {api_port}
-[model]
-path = "{factory.path}"
-name = "wine"
-version = "{factory.version}"
-{update}"""
-    )
-    return path
 
 
 @pytest.fixture(params=[False, True], ids=["updates-off", "updates-on"])
@@ -126,8 +93,15 @@ def test_first_start_killed_at_random_instants_ends_with_the_factory_model_servi
     device = f"fpl-{unique_id}"
     (tmp_path / "agent").mkdir()
     api_port = free_port()
-    config = write_config(
-        tmp_path / "agent" / "agent.toml", mosquitto, device, factory, api_port, rig
+    config = toml_config(
+        tmp_path / "agent" / "agent.toml",
+        mosquitto,
+        device,
+        model=factory.path,
+        model_version=factory.version,
+        api_port=api_port,
+        data_dir=tmp_path / "agent" / "data",
+        update=rig.update_config() if rig else {"enabled": False},
     )
     store_root = tmp_path / "agent" / "data" / STORE_DIR
     log = (tmp_path / "agent.log").open("ab")

@@ -26,8 +26,8 @@ from edgefleet.agent.update.machine import Phase
 from edgefleet.agent.update.wiring import STATE_FILE, STORE_DIR
 from edgefleet.shared.manifest import ProbationBudget
 from edgefleet.simulators.models import TrainedModel
-from tests.e2e.updates.support import Pkg, Rig, build, padded_model
-from tests.support.agent import REPO, Subscriber
+from tests.e2e.updates.support import Rig, build, padded_model
+from tests.support.agent import REPO, Subscriber, toml_config
 from tests.support.mosquitto import MosquittoBroker
 
 pytestmark = pytest.mark.slow
@@ -38,36 +38,6 @@ PAD_BYTES = 64 * 1024 * 1024
 UPDATES = 10
 KILLS_PER_UPDATE = 5
 MAX_KILL_DELAY_S = 1.2
-
-
-def write_config(path: Path, rig: Rig, broker: MosquittoBroker, device: str, factory: Pkg) -> Path:
-    path.write_text(
-        f"""device_id = "{device}"
-data_dir = "{path.parent / "data"}"
-telemetry_interval_s = 60
-[broker]
-url = "{broker.url}"
-reconnect_min_s = 0.05
-reconnect_max_s = 0.3
-keepalive_s = 5
-[api]
-port = 0
-[model]
-path = "{factory.path}"
-name = "wine"
-version = "{factory.version}"
-[update]
-enabled = true
-repository_url = "{rig.server.url}"
-trust_dir = "{rig.trust_dir}"
-tick_s = 0.05
-[update.policy]
-max_download_attempts = 100
-retry_base_s = 0.05
-retry_max_s = 0.2
-"""
-    )
-    return path
 
 
 class Births:
@@ -148,8 +118,16 @@ def test_agent_killed_at_random_instants_converges_every_update(
     rig.add(model_b)
     device = f"pl-{unique_id}"
     (tmp_path / "agent").mkdir()
-    config = write_config(tmp_path / "agent" / "agent.toml", rig, mosquitto, device, model_a)
     data = tmp_path / "agent" / "data"
+    config = toml_config(
+        tmp_path / "agent" / "agent.toml",
+        mosquitto,
+        device,
+        model=model_a.path,
+        model_version=model_a.version,
+        data_dir=data,
+        update=rig.update_config(max_download_attempts=100, retry_base_s=0.05, retry_max_s=0.2),
+    )
     log = (tmp_path / "agent.log").open("ab")
     births = Births(mosquitto, device)
     by_sha = {model_a.sha256: model_a, model_b.sha256: model_b}
