@@ -8,13 +8,20 @@ on each side); a guard that compares with the previous version is skipped when t
 ran no previous version (``WaveMetrics.baseline is None``). The drift guard has no
 baseline side: the new version's score is already a comparison with its reference
 profile, so it needs only the new version's samples and a score.
+
+Durations never overflow: a gate's spans are compared with the time elapsed since a
+moment (``now - since``, always representable), never added to a time, and each span goes
+through `span_s` first, so a stored gate with an absurd ``soak_s`` or ``timeout_s`` (1e15,
+infinity: the schema once allowed them) means "never" instead of an `OverflowError`, and
+a device reporting a far-future timestamp cannot push a sum past ``datetime.max`` either.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from edgefleet.fleet.rollouts.model import (
     DeviceRecord,
@@ -25,6 +32,23 @@ from edgefleet.fleet.rollouts.model import (
 )
 
 _EPS = 1e-9
+# Longer than any two datetimes can be apart (years 1 to 9999), so a span clamped to it
+# still reads "never" while staying a finite float that arithmetic can use.
+MAX_SPAN_S = 10_000 * 366 * 24 * 3600.0
+
+
+def span_s(seconds: float) -> float:
+    """``seconds`` as a duration the core can compare with: within ``[0, MAX_SPAN_S]``,
+    NaN and infinity (and anything longer) taken as `MAX_SPAN_S` ("never"). Raises nothing."""
+    if math.isnan(seconds) or seconds > MAX_SPAN_S:
+        return MAX_SPAN_S
+    return max(seconds, 0.0)
+
+
+def elapsed_s(since: datetime, now: datetime) -> float:
+    """Seconds from ``since`` to ``now`` (negative if ``since`` is later). Raises nothing for
+    aware datetimes: their difference always fits a `timedelta`."""
+    return (now - since).total_seconds()
 
 
 @dataclass(frozen=True)
@@ -103,12 +127,13 @@ def evaluate_gate(  # noqa: PLR0911 - one return per gate rule
     if violations:
         return GateVerdict(False, violations)
     healthy_times = [r.healthy_at for r in members if r.healthy_at is not None]
-    soak_end = max(healthy_times, default=wave_started_at) + timedelta(seconds=gate.soak_s)
-    if now < soak_end:
-        left = (soak_end - now).total_seconds()
+    soak_s = span_s(gate.soak_s)
+    soaked_s = elapsed_s(max(healthy_times, default=wave_started_at), now)
+    if soaked_s < soak_s:
+        left = soak_s - soaked_s
         return GateVerdict(None, [f"soaking: {left:g} s left"], soaking=True)
     if missing:
-        if now >= soak_end + timedelta(seconds=gate.metrics_timeout_s):
+        if soaked_s - soak_s >= span_s(gate.metrics_timeout_s):
             waited = gate.metrics_timeout_s
             return GateVerdict(False, [f"{m} {waited:g} s after the soak" for m in missing])
         return GateVerdict(None, [f"waiting for metrics: {m}" for m in missing], soaking=True)

@@ -26,7 +26,9 @@ Rules:
    otherwise OFFLINE, DOWNLOADING, INSTALLED or ASSIGNED. A device neither healthy nor
    failed ``timeout_s`` after its assignment becomes TIMED_OUT (``MarkTimedOut``) and
    counts as failed, or leaves the ratios' denominator, per ``timeouts_count_as_failure``;
-   it becomes HEALTHY or FAILED if it reports later.
+   it becomes HEALTHY or FAILED if it reports later. Durations are compared with the
+   time elapsed (`edgefleet.fleet.rollouts.gates.span_s`), never added to a time: a
+   stored spec with an absurd ``timeout_s`` means "never", not an `OverflowError`.
 4. **Gate** of a wave, over the wave's own devices: it *fails* at once when the failure
    ratio exceeds ``max_failure_ratio``, when a metric guard is violated, when every
    device has settled below ``min_success_ratio``, or when guards still lack samples
@@ -63,7 +65,13 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from edgefleet.fleet.rollouts.gates import GateVerdict, evaluate_gate, failure_reasons
+from edgefleet.fleet.rollouts.gates import (
+    GateVerdict,
+    elapsed_s,
+    evaluate_gate,
+    failure_reasons,
+    span_s,
+)
 from edgefleet.fleet.rollouts.model import (
     TERMINAL_STATUSES,
     Action,
@@ -389,7 +397,7 @@ def _classify(  # noqa: PLR0911 - one return per progress rule
     if record.state is D.TIMED_OUT:
         return record
     timeout_s = state.waves[record.wave].gate.timeout_s
-    if tick.now - record.assigned_at >= timedelta(seconds=timeout_s):
+    if elapsed_s(record.assigned_at, tick.now) >= span_s(timeout_s):
         reason = f"not healthy within {timeout_s:g} s of assignment"
         tick.actions.append(MarkTimedOut(device_id=record.device_id))
         tick.note("device_timed_out", reason, wave=record.wave, device_id=record.device_id)
@@ -535,8 +543,8 @@ def _roll_back(state: RolloutState, tick: _Tick) -> RolloutState:
 
     def expired(r: DeviceRecord) -> bool:
         assert r.rollback_requested_at is not None
-        limit = timedelta(seconds=state.waves[r.wave].gate.timeout_s)
-        return tick.now - r.rollback_requested_at >= limit
+        limit_s = span_s(state.waves[r.wave].gate.timeout_s)
+        return elapsed_s(r.rollback_requested_at, tick.now) >= limit_s
 
     if all(expired(r) for r in left):
         names = ", ".join(r.device_id for r in left[:10])
