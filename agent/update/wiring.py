@@ -28,7 +28,6 @@ Invariants:
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import shutil
 from collections.abc import Callable
@@ -62,7 +61,7 @@ from edgefleet.shared.signing.bundle import (
     TRUSTED_ROOT_FILE,
     load_director_keys,
 )
-from edgefleet.shared.signing.director import DesiredBody, open_desired
+from edgefleet.shared.signing.director import DesiredBody, claimed_seq, open_desired
 from edgefleet.shared.signing.errors import DigestMismatch, UpdateRejected
 
 log = logging.getLogger(__name__)
@@ -185,7 +184,7 @@ class UpdateService:
         except UpdateRejected as e:
             log.debug("desired state did not open: %s", e)
             rejected = DesiredRejected(
-                reason=str(e), desired_seq=_claimed_seq(payload), envelope_sha256=envelope_sha256
+                reason=str(e), desired_seq=claimed_seq(payload), envelope_sha256=envelope_sha256
             )
             self.runner.submit(rejected)
             return
@@ -210,15 +209,6 @@ def update_target(body: DesiredBody) -> UpdateTarget:
         rollout_id=body.rollout_id,
         rollback=body.rollback,
     )
-
-
-def _claimed_seq(payload: bytes) -> int | None:
-    """The seq a rejected payload claims (unverified: for the report only)."""
-    try:
-        seq = json.loads(payload)["signed"]["seq"]
-    except (ValueError, KeyError, TypeError):
-        return None
-    return seq if isinstance(seq, int) and seq >= 0 else None
 
 
 def install_factory_model(store: ModelStore, config: AgentConfig) -> str | None:

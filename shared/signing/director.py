@@ -22,6 +22,13 @@ Opening an envelope and accepting what is in it are separate steps, both pure:
   ``edgefleet.agent.update.acceptance``.
 - `verify_desired` is both for a device that remembers nothing but its last ``seq``
   (tests, simulated devices, third-party subscribers).
+- `claimed_seq` is the seq a payload that did not open claims, for the report.
+
+Any bytes at all give a body or an `UpdateRejected`: a payload over `MAX_ENVELOPE_BYTES`
+or nested deeper than `MAX_ENVELOPE_DEPTH` is `Malformed` before it is parsed further,
+so nothing hostile (huge, deeply nested, non-UTF-8, lone surrogates, non-finite numbers,
+wrong types) raises anything else. This module owns both limits; whoever reads a
+``desired`` payload again parses it here (`claimed_seq`), never with its own ``json``.
 """
 
 from __future__ import annotations
@@ -52,6 +59,10 @@ logger = logging.getLogger(__name__)
 DESIRED_STATE_SCHEMA: Final = "edgefleet/v1/desired-state"
 # A desired state is a few hundred bytes; anything far larger is not one.
 MAX_ENVELOPE_BYTES: Final = 64 * 1024
+# And it nests four deep (envelope, signed, target, value). The bound keeps a hostile
+# payload from the recursion of the JSON decoder and the canonical encoder, which would
+# otherwise raise RecursionError rather than a rejection.
+MAX_ENVELOPE_DEPTH: Final = 16
 
 
 class _Wire(BaseModel):
@@ -131,7 +142,11 @@ def open_desired(
     key's signature does not verify), `WrongDevice`.
     """
     raw_body, signatures = _split_envelope(envelope_bytes)
-    _verify_signatures(canonical_bytes(raw_body), signatures, trusted_director_keys)
+    try:
+        payload = canonical_bytes(raw_body)
+    except UnicodeEncodeError as e:  # a lone surrogate ("\ud800") has no UTF-8 form
+        raise Malformed(f"desired state body is not encodable as UTF-8: {e}") from e
+    _verify_signatures(payload, signatures, trusted_director_keys)
     try:
         body = DesiredBody.model_validate(raw_body)
     except ValidationError as e:
@@ -187,15 +202,68 @@ def trusted_keys(keys: list[SSlibKey]) -> dict[str, SSlibKey]:
     return {key.keyid: key for key in keys}
 
 
-def _split_envelope(envelope_bytes: bytes) -> tuple[dict[str, Any], list[DirectorSignature]]:
+def claimed_seq(envelope_bytes: bytes) -> int | None:
+    """The ``signed.seq`` a payload claims, unverified (to report a rejection); never raises.
+
+    None when the payload is not a bounded JSON envelope (`MAX_ENVELOPE_BYTES`,
+    `MAX_ENVELOPE_DEPTH`) or claims no non-negative integer seq.
+    """
+    try:
+        doc = _load_envelope_json(envelope_bytes)
+    except Malformed:
+        return None
+    signed = doc.get("signed") if isinstance(doc, dict) else None
+    seq = signed.get("seq") if isinstance(signed, dict) else None
+    # bool is an int to Python, not a seq to anyone.
+    return seq if isinstance(seq, int) and not isinstance(seq, bool) and seq >= 0 else None
+
+
+def _load_envelope_json(envelope_bytes: bytes) -> Any:
+    """The JSON document of a payload within the size and depth bounds; raises `Malformed`."""
     if len(envelope_bytes) > MAX_ENVELOPE_BYTES:
         raise Malformed(
             f"desired state is {len(envelope_bytes)} bytes, at most {MAX_ENVELOPE_BYTES} expected"
         )
     try:
-        doc = json.loads(envelope_bytes)
-    except (ValueError, UnicodeDecodeError) as e:
+        text = envelope_bytes.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise Malformed(f"desired state is not UTF-8: {e}") from e
+    # The decoder recurses once per level, so the depth is checked first, on the text.
+    depth = _max_depth(text)
+    if depth > MAX_ENVELOPE_DEPTH:
+        raise Malformed(
+            f"desired state nests {depth} levels deep, at most {MAX_ENVELOPE_DEPTH} expected"
+        )
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as e:
         raise Malformed(f"desired state is not JSON: {e}") from e
+
+
+def _max_depth(text: str) -> int:
+    """How deep ``[`` and ``{`` nest in ``text`` outside strings (an upper bound for JSON)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+def _split_envelope(envelope_bytes: bytes) -> tuple[dict[str, Any], list[DirectorSignature]]:
+    doc = _load_envelope_json(envelope_bytes)
     if not isinstance(doc, dict):
         raise Malformed(f"desired state is a JSON {type(doc).__name__}, expected an object")
     raw_body = doc.get("signed")
