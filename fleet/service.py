@@ -39,6 +39,7 @@ from edgefleet.fleet.repo_access import MetadataRefresher, RepositoryAccess
 from edgefleet.fleet.rollout_service.orchestrator import Orchestrator
 from edgefleet.fleet.settings import FleetSettings
 from edgefleet.fleet.store.engine import create_all, make_engine
+from edgefleet.fleet.webhooks.transport import destination_policy
 from edgefleet.shared.signing.tufapi import SSlibKey
 
 logger = logging.getLogger(__name__)
@@ -229,7 +230,9 @@ class FleetService:
         self._alert_publisher.start()
         self.drift_monitor = DriftMonitorService(
             engine,
-            Notifier(engine, publisher=self._alert_publisher),
+            Notifier(
+                engine, publisher=self._alert_publisher, destinations=destination_policy(s)
+            ),
             interval_s=s.drift_interval_s,
             lookback_s=s.drift_lookback_s,
             cooldown_s=s.drift_cooldown_s,

@@ -7,8 +7,9 @@ an overridable dependency), never read from a module global.
 
 from __future__ import annotations
 
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
@@ -104,6 +105,13 @@ class FleetSettings(BaseSettings):
         default=30 * 24 * 3600, ge=60, description="default validity of a desired state"
     )
     max_upload_bytes: int = Field(default=1 << 30, ge=1, description="largest model package")
+    max_request_body_bytes: int = Field(
+        default=1 << 20,
+        ge=1024,
+        le=1 << 30,
+        description="largest request body of any route but the uploads (model packages"
+        " and targets metadata have their own limits)",
+    )
     publish_timeout_s: float = Field(
         default=10.0, gt=0, description="how long a desired-state publish waits for the broker"
     )
@@ -144,6 +152,21 @@ class FleetSettings(BaseSettings):
     )
     drift_cooldown_s: float = Field(
         default=3600.0, ge=0, description="no repeat of the same alert for a slice within this"
+    )
+    # Webhook destinations (edgefleet.fleet.webhooks.policy): internal addresses are
+    # refused unless their network is listed, so an operator token cannot make the fleet
+    # POST to its own metadata service or LAN.
+    webhook_allowed_hosts: list[Annotated[str, Field(min_length=1, max_length=253)]] = Field(
+        default_factory=list,
+        max_length=100,
+        description="if set, webhooks may only point at these hosts (name, '*.suffix' or"
+        " IP literal); empty: any host with a public address",
+    )
+    webhook_allowed_networks: list[IPv4Network | IPv6Network] = Field(
+        default_factory=list,
+        max_length=100,
+        description="CIDRs webhooks may reach although internal (loopback, private,"
+        " link-local, ...), e.g. 10.20.0.0/16 for an in-house receiver",
     )
 
     @model_validator(mode="after")

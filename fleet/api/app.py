@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edgefleet.fleet.api import deployments, devices, drift, health, models, repository, rollouts
-from edgefleet.fleet.api.deps import AppContext, IngestStatus
-from edgefleet.fleet.api.update_deps import PayloadTooLargeError, UpdateServices
+from edgefleet.fleet.api.deps import AppContext, IngestStatus, current_token
+from edgefleet.fleet.api.errors import document_errors, error_response, http_error, validation_error
+from edgefleet.fleet.api.guard import RequestGuard
+from edgefleet.fleet.api.update_deps import (
+    ROLE_CHECKS,
+    PayloadTooLargeError,
+    UpdateServices,
+    repository_client,
+)
 from edgefleet.fleet.errors import (
     AuthenticationError,
     FleetError,
@@ -35,6 +44,23 @@ HTTP_STATUS: dict[type[FleetError], int] = {
     UpdatesDisabledError: 503,
     PublishError: 503,
 }
+
+
+# Each router with the domain errors its services raise (beyond what `document_errors`
+# derives from its dependencies), for the OpenAPI document.
+ROUTERS: tuple[tuple[APIRouter, tuple[int, ...]], ...] = (
+    (health.router, ()),
+    (devices.router, ()),
+    (deployments.router, (409, 503)),
+    (models.router, (409, 422, 503)),
+    (repository.router, (422, 503)),
+    (rollouts.router, (409,)),
+    (drift.router, ()),
+)
+AUTH_DEPENDENCIES = (current_token, repository_client)
+# Uploads stream to disk under their own, larger limits (max_upload_bytes,
+# MAX_TARGETS_METADATA_BYTES); every other body is capped by max_request_body_bytes.
+OWN_BODY_LIMITS = frozenset({("POST", "/v1/models"), ("PUT", "/v1/repository/targets-metadata")})
 
 
 def create_app(
@@ -65,14 +91,21 @@ def create_app(
     app.state.updates = updates or UpdateServices(
         registry=ModelRegistry(engine, settings.resolved_models_dir, None)
     )
-    app.include_router(health.router)
-    app.include_router(devices.router)
-    app.include_router(deployments.router)
-    app.include_router(models.router)
-    app.include_router(repository.router)
-    app.include_router(rollouts.router)
-    app.include_router(drift.router)
+    for router, statuses in ROUTERS:
+        app.include_router(
+            document_errors(
+                router, auth=AUTH_DEPENDENCIES, roles=ROLE_CHECKS, domain_statuses=statuses
+            )
+        )
     app.add_exception_handler(FleetError, _fleet_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_middleware(
+        RequestGuard,
+        engine=engine,
+        max_body_bytes=settings.max_request_body_bytes,
+        own_limits=OWN_BODY_LIMITS,
+    )
     return app
 
 
@@ -81,6 +114,4 @@ async def _fleet_error(_request: Request, error: FleetError) -> JSONResponse:
     # probes for a next root.json that is not there (a 404 each time).
     status = next((s for cls, s in HTTP_STATUS.items() if isinstance(error, cls)), 400)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse(
-        {"error": {"code": error.code, "message": str(error)}}, status_code=status, headers=headers
-    )
+    return error_response(status, error.code, str(error), headers=headers)

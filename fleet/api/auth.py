@@ -68,6 +68,16 @@ def bootstrap_admin_token(engine: Engine, settings: FleetSettings) -> str | None
         return token
 
 
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header value, else None.
+
+    Parsed as FastAPI's ``HTTPBearer`` does (scheme case-insensitive), for code that sees
+    the header before FastAPI does (`edgefleet.fleet.api.guard`).
+    """
+    scheme, _, token = (authorization or "").partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
 def authenticate(session: Session, token: str | None) -> ApiToken:
     """The token row for a bearer token; raises `AuthenticationError` if there is none."""
     if not token:

@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query
 
+from edgefleet.fleet.api.bounds import Offset
 from edgefleet.fleet.api.deps import SessionDep, SettingsDep, current_token
 from edgefleet.fleet.devices import (
     DeviceFilter,
@@ -34,7 +35,7 @@ def list_devices_route(
     online: bool | None = None,
     hardware: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> DevicePage:
     """Devices, filtered by tag, online state and hardware, ordered by id."""
     return list_devices(

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, BinaryIO
 
 from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import Path as PathParam
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
@@ -31,6 +32,8 @@ UPLOAD_FIELD = "package"
 CHUNK_BYTES = 1024 * 1024
 
 ModelName = Annotated[str, Query(pattern=NAME_PATTERN)]
+PathName = Annotated[str, PathParam(pattern=NAME_PATTERN, description="model name")]
+PathVersion = Annotated[str, PathParam(min_length=1, max_length=64, description="version")]
 
 
 @router.post(
@@ -82,14 +85,14 @@ def list_models(updates: UpdatesDep, name: ModelName | None = None) -> list[Mode
 
 
 @router.get("/{name}/{version}", response_model=ModelVersionPublic)
-def get_model(name: str, version: str, updates: UpdatesDep) -> ModelVersionPublic:
+def get_model(name: PathName, version: PathVersion, updates: UpdatesDep) -> ModelVersionPublic:
     """One version: manifest, metrics, lineage (training data sha256), approval, published."""
     return updates.registry.get(name, version)
 
 
 @router.post("/{name}/{version}/publish", response_model=ModelVersionPublic)
 def publish_model(
-    name: str, version: str, updates: UpdatesDep, token: Approver
+    name: PathName, version: PathVersion, updates: UpdatesDep, token: Approver
 ) -> ModelVersionPublic:
     """Sign the version into the TUF targets with the release key (lab mode only).
 

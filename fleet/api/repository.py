@@ -33,10 +33,12 @@ from pathlib import Path
 from typing import Annotated, BinaryIO
 
 from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi import Path as PathParam
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
+from edgefleet.fleet.api.errors import ErrorBody, error_response
 from edgefleet.fleet.api.update_deps import (
     Approver,
     PayloadTooLargeError,
@@ -59,6 +61,9 @@ MAX_TARGETS_METADATA_BYTES = 16 * 1024 * 1024
 MAX_CACHED_FILE_BYTES = 64 * 1024 * 1024
 CACHE_BUDGET_BYTES = 256 * 1024 * 1024
 OCTET_STREAM = "application/octet-stream"
+MAX_FILE_NAME_CHARS = 255  # a file name on every file system the repository lives on
+# Longer than any range a client needs; any header within it is planned, never refused.
+MAX_HEADER_CHARS = 16 * 1024
 METADATA_KEY = "metadata/"  # cache keys: a URL's last segment under its directory
 TARGETS_KEY = "targets/"
 
@@ -149,7 +154,10 @@ FileCache = Annotated[ImmutableFileCache, Depends(get_file_cache)]
 
 @router.get("/metadata/{file_name}")
 async def metadata(
-    file_name: str, updates: UpdatesDep, cache: FileCache, _client: RepositoryClient
+    file_name: Annotated[str, PathParam(max_length=MAX_FILE_NAME_CHARS)],
+    updates: UpdatesDep,
+    cache: FileCache,
+    _client: RepositoryClient,
 ) -> Response:
     """One metadata file; 404 for anything else (the name is matched, never joined)."""
     repository = updates.require_repository()
@@ -179,16 +187,19 @@ async def metadata(
 
 @router.get(
     "/targets/{hash_prefixed_name}",
-    responses={206: {"description": "a byte range"}, 416: {"description": "range not satisfiable"}},
+    responses={
+        206: {"description": "a byte range"},
+        416: {"model": ErrorBody, "description": "range not satisfiable"},
+    },
 )
 async def target(
-    hash_prefixed_name: str,
+    hash_prefixed_name: Annotated[str, PathParam(max_length=MAX_FILE_NAME_CHARS)],
     *,
     updates: UpdatesDep,
     cache: FileCache,
     client: RepositoryClient,
-    range_header: Annotated[str | None, Header(alias="Range")] = None,
-    if_range: Annotated[str | None, Header(alias="If-Range")] = None,
+    range_header: Annotated[str | None, Header(alias="Range", max_length=MAX_HEADER_CHARS)] = None,
+    if_range: Annotated[str | None, Header(alias="If-Range", max_length=MAX_HEADER_CHARS)] = None,
 ) -> Response:
     """An artifact by content hash, with Range / If-Range; its ETag is its sha256."""
     repository = updates.require_repository()
@@ -208,7 +219,12 @@ async def target(
     if decision.content_range:
         headers["Content-Range"] = decision.content_range
     if decision.status == 416:
-        return Response(status_code=416, headers=headers)
+        return error_response(
+            416,
+            "range_not_satisfiable",
+            f"the range is outside the file's {decision.length} bytes",
+            headers=headers,
+        )
     logger.debug("%s fetches %s (%s)", client, hash_prefixed_name, decision)
     if isinstance(found, CachedFile):
         body = found.data

@@ -38,15 +38,25 @@ from collections import OrderedDict
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
+from edgefleet.fleet.api.bounds import AfterId, Offset
 from edgefleet.fleet.api.deps import ContextDep, current_token
 from edgefleet.fleet.api.update_deps import Operator, UpdatesDep
 from edgefleet.fleet.rollout_service import store, views
 from edgefleet.fleet.rollouts.model import (
     DEFAULT_WAVES,
+    MAX_ASSIGNMENTS_PER_MINUTE,
+    MAX_WAVES,
     FailurePolicy,
     Gate,
     MaintenanceWindow,
@@ -75,11 +85,13 @@ class RolloutCreate(BaseModel):
     model: str = Field(pattern=NAME_PATTERN, description="model name in the registry")
     version: str = Field(min_length=1, max_length=64)
     selector: Selector = Selector()
-    waves: tuple[Wave, ...] = DEFAULT_WAVES
+    waves: tuple[Wave, ...] = Field(default=DEFAULT_WAVES, max_length=MAX_WAVES)
     gate: Gate = Gate()
     failure_policy: FailurePolicy = FailurePolicy.PAUSE
     maintenance_window: MaintenanceWindow | None = None
-    max_assignments_per_minute: int | None = Field(default=None, ge=1)
+    max_assignments_per_minute: int | None = Field(
+        default=None, ge=1, le=MAX_ASSIGNMENTS_PER_MINUTE
+    )
     seed: str | None = Field(default=None, max_length=200)
 
     @model_validator(mode="after")
@@ -183,7 +195,7 @@ def list_rollouts(
     context: ContextDep,
     status: RolloutStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> views.RolloutPage:
     """Rollouts, newest first."""
     found, total = store.list_rollouts(
@@ -210,8 +222,11 @@ def get_rollout_history(
     rollout_id: RolloutId,
     context: ContextDep,
     device_id: Annotated[str | None, Query(max_length=128)] = None,
-    kind: Annotated[list[str] | None, Query(description="repeat for several kinds")] = None,
-    after_id: Annotated[int, Query(ge=0)] = 0,
+    kind: Annotated[
+        list[Annotated[str, StringConstraints(max_length=64)]] | None,
+        Query(max_length=50, description="repeat for several kinds"),
+    ] = None,
+    after_id: AfterId = 0,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 500,
 ) -> views.HistoryPage:
     """The rollout's history lines after ``after_id``, oldest first; 404 if unknown."""

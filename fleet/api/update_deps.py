@@ -67,6 +67,10 @@ async def get_updates(request: Request) -> UpdateServices:
     return services
 
 
+# Every check `require_role` made, so the OpenAPI document can list their 403.
+ROLE_CHECKS: set[Callable[..., object]] = set()
+
+
 def require_role(role: TokenRole) -> Callable[[ApiToken], ApiToken]:
     """A dependency that lets through tokens of ``role`` or higher (403 otherwise)."""
 
@@ -77,6 +81,7 @@ def require_role(role: TokenRole) -> Callable[[ApiToken], ApiToken]:
             )
         return token
 
+    ROLE_CHECKS.add(check)
     return check
 
 

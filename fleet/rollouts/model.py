@@ -68,6 +68,19 @@ def _names(devices: list[str], limit: int = 10) -> str:
 
 # --- the operator's request -------------------------------------------------------------
 
+# Bounds of what an operator may ask for. Durations stay far below what `timedelta`
+# holds (999,999,999 days), so adding one to a time can never overflow.
+MAX_DURATION_S = 366 * 24 * 3600
+MAX_WAVES = 100
+MAX_SELECTOR_ITEMS = 10_000
+MAX_DEVICES = 10_000_000
+MAX_ASSIGNMENTS_PER_MINUTE = 1_000_000
+MAX_METRIC_SAMPLES = 1_000_000_000
+MAX_LATENCY_RATIO = 1000.0
+MAX_DRIFT_SCORE = 1000.0
+
+Name = Annotated[str, Field(max_length=200)]
+
 
 class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -79,7 +92,7 @@ class ModelTarget(Frozen):
     name: str = Field(min_length=1, max_length=200)
     version: str = Field(min_length=1, max_length=64)
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
-    length: int | None = Field(default=None, ge=0, description="artifact size in bytes")
+    length: int | None = Field(default=None, ge=0, le=2**63 - 1, description="artifact bytes")
 
 
 class Candidate(Frozen):
@@ -96,10 +109,16 @@ class Selector(Frozen):
     by a hash of (rollout seed, device id), so the same seed always picks the same ones.
     """
 
-    tags: tuple[str, ...] = Field(default=(), description="the device has all of these")
-    hardware: tuple[str, ...] = Field(default=(), description="the device is one of these")
-    device_ids: tuple[str, ...] = Field(default=(), description="the device is one of these")
-    fraction: float = Field(default=1.0, gt=0, le=1)
+    tags: tuple[Name, ...] = Field(
+        default=(), max_length=MAX_SELECTOR_ITEMS, description="the device has all of these"
+    )
+    hardware: tuple[Name, ...] = Field(
+        default=(), max_length=MAX_SELECTOR_ITEMS, description="the device is one of these"
+    )
+    device_ids: tuple[Name, ...] = Field(
+        default=(), max_length=MAX_SELECTOR_ITEMS, description="the device is one of these"
+    )
+    fraction: float = Field(default=1.0, gt=0, le=1, allow_inf_nan=False)
 
     def matches(self, device: Candidate) -> bool:
         """Whether ``device`` meets every criterion (before ``fraction`` is applied)."""
@@ -123,21 +142,33 @@ class Gate(Frozen):
     ``min_count``).
     """
 
-    min_success_ratio: float = Field(default=1.0, ge=0, le=1)
-    max_failure_ratio: float = Field(default=0.0, ge=0, le=1)
-    soak_s: float = Field(default=0.0, ge=0)
-    timeout_s: float = Field(default=3600.0, gt=0, description="per device, from assignment")
+    min_success_ratio: float = Field(default=1.0, ge=0, le=1, allow_inf_nan=False)
+    max_failure_ratio: float = Field(default=0.0, ge=0, le=1, allow_inf_nan=False)
+    soak_s: float = Field(default=0.0, ge=0, le=MAX_DURATION_S, allow_inf_nan=False)
+    timeout_s: float = Field(
+        default=3600.0,
+        gt=0,
+        le=MAX_DURATION_S,
+        allow_inf_nan=False,
+        description="per device, from assignment",
+    )
     timeouts_count_as_failure: bool = True
-    max_error_rate_increase: float | None = Field(default=None, ge=0, description="absolute")
-    max_latency_p95_ratio: float | None = Field(default=None, gt=0, description="new / old")
+    max_error_rate_increase: float | None = Field(
+        default=None, ge=0, le=1, allow_inf_nan=False, description="absolute"
+    )
+    max_latency_p95_ratio: float | None = Field(
+        default=None, gt=0, le=MAX_LATENCY_RATIO, allow_inf_nan=False, description="new / old"
+    )
     max_drift_score: float | None = Field(
         default=None,
         ge=0,
+        le=MAX_DRIFT_SCORE,
+        allow_inf_nan=False,
         description="largest PSI of any input or output feature of the new version's "
         "windows on this wave against its reference profile (0.25: a clear shift)",
     )
-    min_metric_samples: int = Field(default=100, ge=1)
-    metrics_timeout_s: float = Field(default=3600.0, ge=0)
+    min_metric_samples: int = Field(default=100, ge=1, le=MAX_METRIC_SAMPLES)
+    metrics_timeout_s: float = Field(default=3600.0, ge=0, le=MAX_DURATION_S, allow_inf_nan=False)
 
     @property
     def has_metric_guards(self) -> bool:
@@ -151,8 +182,8 @@ class Wave(Frozen):
     ``gate`` overrides the rollout's gate for this wave (e.g. a longer canary soak).
     """
 
-    fraction: float | None = Field(default=None, gt=0, le=1)
-    count: int | None = Field(default=None, ge=1)
+    fraction: float | None = Field(default=None, gt=0, le=1, allow_inf_nan=False)
+    count: int | None = Field(default=None, ge=1, le=MAX_DEVICES)
     gate: Gate | None = None
 
     @model_validator(mode="after")
@@ -204,12 +235,16 @@ class RolloutSpec(Frozen):
 
     model: ModelTarget
     selector: Selector = Selector()
-    waves: tuple[Wave, ...] = DEFAULT_WAVES
+    waves: tuple[Wave, ...] = Field(default=DEFAULT_WAVES, max_length=MAX_WAVES)
     gate: Gate = Gate()
     failure_policy: FailurePolicy = FailurePolicy.PAUSE
     maintenance_window: MaintenanceWindow | None = None
-    max_assignments_per_minute: int | None = Field(default=None, ge=1)
-    seed: str | None = Field(default=None, description="selection seed; the rollout id if unset")
+    max_assignments_per_minute: int | None = Field(
+        default=None, ge=1, le=MAX_ASSIGNMENTS_PER_MINUTE
+    )
+    seed: str | None = Field(
+        default=None, max_length=200, description="selection seed; the rollout id if unset"
+    )
 
     @model_validator(mode="after")
     def _waves_grow_to_all(self) -> RolloutSpec:

@@ -1,0 +1,144 @@
+"""`RequestGuard`: what every request passes before the app reads a byte of its body.
+
+A pure ASGI middleware, outside FastAPI's routing, so it acts on headers alone:
+
+- a request with a body (``Content-Length`` > 0 or ``Transfer-Encoding``) to ``/v1/``
+  must carry a valid API token, checked before the body is read (401 otherwise): an
+  unauthenticated client cannot make the fleet buffer or parse anything;
+- a body is capped at ``max_request_body_bytes``: a declared ``Content-Length`` above
+  it is refused at once (413), and a body without one (chunked) is counted while the
+  app reads it and cut off with a 413 at the limit. Routes in ``own_limits`` (uploads,
+  which stream to disk with their own larger cap) are not capped here;
+- an exception nothing else handled is logged with its traceback and answered 500 with
+  an `edgefleet.fleet.api.errors.ErrorBody` that names no internals.
+
+Refusals before the body is read close the connection (``Connection: close``), so the
+server does not read and discard a body it already refused.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection
+
+from sqlalchemy import Engine
+from sqlmodel import Session
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from edgefleet.fleet.api.auth import authenticate, bearer_token
+from edgefleet.fleet.api.errors import error_response
+from edgefleet.fleet.errors import AuthenticationError
+
+logger = logging.getLogger(__name__)
+
+AUTHENTICATED_PREFIX = "/v1/"
+# Longer than any Content-Length the limit could allow: compared as text, never parsed.
+MAX_LENGTH_DIGITS = 18
+
+
+class RequestGuard:
+    """Authentication before the body, a body size limit, and the catch-all 500."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        engine: Engine,
+        max_body_bytes: int,
+        own_limits: Collection[tuple[str, str]],
+    ) -> None:
+        self.app = app
+        self.engine = engine
+        self.max_body_bytes = max_body_bytes
+        self.own_limits = frozenset(own_limits)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            refusal = await self._refusal(scope)
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
+            if (scope["method"], scope["path"]) not in self.own_limits:
+                receive = _capped(receive, self.max_body_bytes)
+            await self.app(scope, receive, tracked_send)
+        except Exception:
+            logger.exception("unexpected error answering %s %s", scope["method"], scope["path"])
+            if started:
+                raise  # too late for a 500: the server drops the connection
+            await error_response(
+                500, "internal_error", "internal server error; the fleet's log has the details"
+            )(scope, receive, send)
+
+    async def _refusal(self, scope: Scope) -> JSONResponse | None:
+        """The answer to a request refused on its headers alone, or None."""
+        headers = Headers(scope=scope)
+        declared = headers.get("content-length", "").strip()
+        has_body = (declared not in ("", "0")) or "transfer-encoding" in headers
+        if not has_body:
+            return None
+        if scope["path"].startswith(AUTHENTICATED_PREFIX):
+            token = bearer_token(headers.get("authorization"))
+            try:
+                await run_in_threadpool(self._authenticate, token)
+            except AuthenticationError as e:
+                return error_response(
+                    401,
+                    e.code,
+                    str(e),
+                    headers={"WWW-Authenticate": "Bearer", "Connection": "close"},
+                )
+        own = (scope["method"], scope["path"]) in self.own_limits
+        if not own and declared.isdigit() and _above(declared, self.max_body_bytes):
+            return error_response(
+                413,
+                "payload_too_large",
+                f"request body is {declared} bytes, at most {self.max_body_bytes} accepted",
+                headers={"Connection": "close"},
+            )
+        return None
+
+    def _authenticate(self, token: str | None) -> None:
+        with Session(self.engine) as session:
+            authenticate(session, token)
+
+
+def _above(declared: str, limit: int) -> bool:
+    digits = declared.lstrip("0")
+    return len(digits) > MAX_LENGTH_DIGITS or int(digits or "0") > limit
+
+
+def _capped(receive: Receive, limit: int) -> Receive:
+    """``receive`` that raises a 413 `HTTPException` once the body passes ``limit``.
+
+    FastAPI lets an `HTTPException` raised while it reads the body through, so the app's
+    handler answers it in the usual error format.
+    """
+    received = 0
+
+    async def capped() -> Message:
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise HTTPException(
+                    413, f"request body exceeds {limit} bytes", headers={"Connection": "close"}
+                )
+        return message
+
+    return capped
