@@ -10,13 +10,12 @@ from __future__ import annotations
 import math
 from datetime import datetime
 from typing import Annotated
-from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, Path, Query, Response
 from pydantic import BaseModel, Field, ValidationError
 from sqlmodel import col, select
 
-from edgefleet.fleet.api.deps import SessionDep, current_token
+from edgefleet.fleet.api.deps import SessionDep, SettingsDep, current_token
 from edgefleet.fleet.api.update_deps import Operator
 from edgefleet.fleet.drift.alerts import AlertKind
 from edgefleet.fleet.drift.analysis import (
@@ -47,6 +46,8 @@ from edgefleet.fleet.store.drift_tables import (
     WebhookDeliveryPublic,
     WebhookPublic,
 )
+from edgefleet.fleet.webhooks.policy import DestinationRefusedError
+from edgefleet.fleet.webhooks.transport import destination_policy
 from edgefleet.shared.drift import DriftThresholds, ReferenceProfile
 from edgefleet.shared.manifest import NAME_PATTERN
 from edgefleet.shared.messages import utcnow
@@ -267,11 +268,17 @@ class DeliveryPage(BaseModel):
 
 
 @router.post("/webhooks", response_model=WebhookPublic, status_code=201)
-def create_webhook(session: SessionDep, token: Operator, body: WebhookCreate) -> WebhookPublic:
-    """Add a webhook; raises `InvalidRequestError` for a URL that is not http(s)."""
-    parts = urlsplit(body.url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidRequestError(f"webhook url must be http(s)://host/..., got {body.url!r}")
+def create_webhook(
+    session: SessionDep, settings: SettingsDep, token: Operator, body: WebhookCreate
+) -> WebhookPublic:
+    """Add a webhook; raises `InvalidRequestError` (422, with the reason) for a URL the
+    destination policy refuses: not http(s), a host outside ``webhook_allowed_hosts``, or
+    an internal address outside ``webhook_allowed_networks``. A name is checked again,
+    address by address, at every delivery."""
+    try:
+        destination_policy(settings).check_url(body.url)
+    except DestinationRefusedError as e:
+        raise InvalidRequestError(e.reason) from None
     row = Webhook(
         id=new_id(),
         url=body.url,

@@ -5,7 +5,9 @@ sees it) even when the broker or every webhook is down. MQTT delivery is QoS 1 o
 ``edgefleet/v1/fleet/alerts``, not retained (an alert is an event, not a state).
 Webhooks get a JSON POST (`WebhookPayload`) with up to ``max_attempts`` tries and
 exponential backoff; every attempt is logged in ``drift_webhook_delivery``. A 4xx other
-than 408/429 is the receiver refusing the payload, so it is not retried.
+than 408/429 is the receiver refusing the payload, so it is not retried. Every attempt
+goes through `edgefleet.fleet.webhooks.transport.post_checked`: a destination the
+policy refuses (internal address, host not allowed) fails without a packet sent.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ from edgefleet.fleet.errors import PublishError
 from edgefleet.fleet.mqtt_publisher import MqttPublisher
 from edgefleet.fleet.settings import FleetSettings
 from edgefleet.fleet.store.drift_tables import DriftAlert, Webhook, WebhookDelivery
+from edgefleet.fleet.webhooks.policy import DestinationPolicy, DestinationRefusedError
+from edgefleet.fleet.webhooks.resolver import ResolveError, Resolver, SystemResolver
+from edgefleet.fleet.webhooks.transport import post_checked, webhook_client
 from edgefleet.shared.messages import AlertMessage, ModelRef, encode, utcnow
 from edgefleet.shared.topics import ALERTS_TOPIC
 
@@ -123,11 +128,15 @@ def deliver(
     policy: RetryPolicy,
     client: httpx.Client,
     sleep: Callable[[float], None],
+    destinations: DestinationPolicy,
+    resolver: Resolver,
 ) -> WebhookDelivery:
     """POST ``payload`` to ``webhook`` until it answers 2xx or the attempts run out.
 
     Every attempt is written to the delivery row as it happens. Never raises for a
-    transport failure: the outcome is the row's ``status`` (delivered or failed).
+    transport failure: the outcome is the row's ``status`` (delivered or failed). A
+    destination the policy refuses (checked at each attempt, after resolving the name)
+    fails the delivery at once, without sending anything.
     """
     with Session(engine, expire_on_commit=False) as session:
         delivery = WebhookDelivery(webhook_id=webhook.id, alert_id=alert_id, created_at=utcnow())
@@ -137,18 +146,25 @@ def deliver(
             entry: dict[str, Any] = {"attempt": attempt, "at": utcnow().isoformat()}
             retry = True
             try:
-                response = client.post(
+                response = post_checked(
+                    client,
                     webhook.url,
-                    content=payload,
-                    headers={"Content-Type": "application/json", "X-Edgefleet-Alert": alert_id},
-                    timeout=policy.timeout_s,
+                    payload,
+                    {"Content-Type": "application/json", "X-Edgefleet-Alert": alert_id},
+                    destinations=destinations,
+                    resolver=resolver,
+                    timeout_s=policy.timeout_s,
                 )
                 entry["status_code"] = response.status_code
                 ok = response.is_success
                 retry = not ok and (
                     response.status_code >= 500 or response.status_code in RETRYABLE_4XX
                 )
-            except httpx.HTTPError as e:
+            except DestinationRefusedError as e:
+                # The operator's policy, not a transient failure: retrying cannot help.
+                entry["error"] = f"refused: {e.reason}"
+                ok = retry = False
+            except (httpx.HTTPError, ResolveError) as e:
                 entry["error"] = f"{type(e).__name__}: {e}"
                 ok = False
             delivery.attempts = attempt
@@ -182,10 +198,15 @@ class Notifier:
         publisher: AlertPublisher | None,
         policy: RetryPolicy | None = None,
         sleep: Callable[[float], None] | None = None,
+        destinations: DestinationPolicy | None = None,
+        resolver: Resolver | None = None,
     ) -> None:
+        """``destinations`` defaults to refusing every internal address."""
         self._engine = engine
         self._publisher = publisher
         self._policy = policy or RetryPolicy()
+        self._destinations = destinations or DestinationPolicy()
+        self._resolver = resolver or SystemResolver()
         self._stop = threading.Event()
         self._sleep = sleep or self._wait
 
@@ -245,8 +266,8 @@ class Notifier:
             return
         payload = WebhookPayload(alert=alert_message(alert), retraining=retraining_trigger(alert))
         body = payload.model_dump_json(by_alias=True).encode()
-        with httpx.Client(follow_redirects=False) as client:
-            for webhook in targets:
+        for webhook in targets:
+            with webhook_client() as client:
                 deliver(
                     self._engine,
                     webhook,
@@ -255,6 +276,8 @@ class Notifier:
                     policy=self._policy,
                     client=client,
                     sleep=self._sleep,
+                    destinations=self._destinations,
+                    resolver=self._resolver,
                 )
 
 

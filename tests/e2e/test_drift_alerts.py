@@ -110,7 +110,12 @@ def _fleet_with_model(
     profiled package answers 500 for now (see
     `test_uploading_a_profiled_package_registers_its_reference_profile`).
     """
-    fleet = start_fleet(broker.url, drift_interval_s=0.5, drift_cooldown_s=3600)
+    fleet = start_fleet(
+        broker.url,
+        drift_interval_s=0.5,
+        drift_cooldown_s=3600,
+        webhook_allowed_networks=["127.0.0.0/8"],  # the test's receiver is on loopback
+    )
     console = Console(fleet)
     manifest = read_package(package)[0]
     response = console.client.put(

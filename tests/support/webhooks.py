@@ -15,17 +15,33 @@ import pytest
 @dataclass
 class WebhookReceiver:
     """Records the JSON bodies POSTed to ``url``; answers 503 to the first ``fail_first``
-    (counted in ``failed``, not recorded) and 204 to the rest."""
+    (counted in ``failed``, not recorded) and 204 to the rest.
+
+    With ``hang_s`` set, each request is held that long (or until the fixture ends)
+    before it is answered, like a receiver that accepts connections and never replies.
+    ``requests`` keeps every recorded request's headers and raw body, for signatures.
+    """
 
     url: str = ""
     fail_first: int = 0
     failed: int = 0
+    hang_s: float = 0.0
     bodies: list[dict[str, Any]] = field(default_factory=list)
+    requests: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    closing: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def port(self) -> int:
+        return int(self.url.split(":")[2].split("/")[0])
 
     def received(self) -> list[dict[str, Any]]:
         with self.lock:
             return list(self.bodies)
+
+    def received_requests(self) -> list[tuple[dict[str, str], bytes]]:
+        with self.lock:
+            return list(self.requests)
 
 
 @pytest.fixture
@@ -36,12 +52,15 @@ def webhook_receiver() -> Iterator[WebhookReceiver]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            if receiver.hang_s:
+                receiver.closing.wait(receiver.hang_s)
             with receiver.lock:
                 fail = receiver.failed < receiver.fail_first
                 if fail:
                     receiver.failed += 1
                 else:
                     receiver.bodies.append(json.loads(body))
+                    receiver.requests.append((dict(self.headers.items()), body))
             self.send_response(503 if fail else 204)
             self.send_header("Content-Length", "0")
             self.end_headers()
@@ -54,6 +73,7 @@ def webhook_receiver() -> Iterator[WebhookReceiver]:
     thread.start()
     receiver.url = f"http://127.0.0.1:{server.server_address[1]}/hooks/drift"
     yield receiver
+    receiver.closing.set()
     server.shutdown()
     server.server_close()
     thread.join(5)

@@ -18,15 +18,21 @@ from edgefleet.fleet.drift.alerts import AlertKind
 from edgefleet.fleet.drift.monitor import DriftMonitorService
 from edgefleet.fleet.drift.notify import MqttAlertPublisher, Notifier, RetryPolicy, WebhookPayload
 from edgefleet.fleet.store.drift_tables import DriftAlert, Webhook, WebhookDelivery
+from edgefleet.fleet.webhooks.policy import DestinationPolicy
 from edgefleet.shared.messages import AlertMessage, utcnow
 from edgefleet.shared.topics import ALERTS_TOPIC
 from tests.fleet.drift.conftest import MODEL, VERSION, Fleet, Window, WineData
 from tests.support.webhooks import WebhookReceiver
 
+LOOPBACK_ALLOWED = DestinationPolicy.of([], ["127.0.0.0/8"])
+
 
 def monitor(fleet: Fleet, *, slices=("device",), cooldown_s: float = 600.0, publisher=None):
     notifier = Notifier(
-        fleet.engine, publisher=publisher, policy=RetryPolicy(backoff_s=0.01, max_attempts=4)
+        fleet.engine,
+        publisher=publisher,
+        policy=RetryPolicy(backoff_s=0.01, max_attempts=4),
+        destinations=LOOPBACK_ALLOWED,  # the test receivers listen on loopback
     )
     return DriftMonitorService(
         fleet.engine, notifier, lookback_s=3600, cooldown_s=cooldown_s, slice_kinds=slices
