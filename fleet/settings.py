@@ -66,6 +66,13 @@ class FleetSettings(BaseSettings):
     ingest_flush_interval_s: float = Field(default=0.2, gt=0)
     ingest_queue_size: int = Field(default=20_000, ge=1)
     ingest_retry_max_s: float = Field(default=30.0, gt=0, description="cap of DB retry backoff")
+    ingest_seq_max_ahead_s: float = Field(
+        default=24 * 3600.0,
+        ge=1.0,
+        le=10 * 365 * 24 * 3600.0,
+        description="a device message whose seq implies a device clock further ahead of the"
+        " fleet's than this is dead-lettered (agent seqs count from the clock in µs)",
+    )
     offline_after_s: float = Field(
         default=300.0, gt=0, description="a device silent this long is shown offline"
     )

@@ -27,6 +27,12 @@ class IngestMetrics:
             ["channel"],
             registry=registry,
         )
+        self.seq_conflicts = Counter(
+            "edgefleet_ingest_seq_conflicts",
+            "device messages on a stored (device, seq) with other content (dead-lettered)",
+            ["channel"],
+            registry=registry,
+        )
         self.dead_lettered = Counter(
             "edgefleet_ingest_dead_lettered",
             "invalid payloads kept in dead_letter",
@@ -62,6 +68,8 @@ class IngestMetrics:
             self.persisted.labels(channel.value).inc(n)
         for channel, n in result.duplicates.items():
             self.duplicates.labels(channel.value).inc(n)
+        for channel, n in result.conflicts.items():
+            self.seq_conflicts.labels(channel.value).inc(n)
         self.dead_lettered.inc(result.dead_lettered)
 
     def value(self, name: str, **labels: str) -> float:

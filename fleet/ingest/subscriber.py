@@ -181,8 +181,11 @@ class Ingester:
     def _decode(self, raws: list[Raw]) -> list[Accepted | Rejected]:
         self._metrics.received.inc(len(raws))
         batch: list[Accepted | Rejected] = []
+        max_ahead_s = self._settings.ingest_seq_max_ahead_s
         for topic, payload, retained, received_at in raws:
-            decoded = decode(topic, payload, received_at, retained=retained)
+            decoded = decode(
+                topic, payload, received_at, retained=retained, seq_max_ahead_s=max_ahead_s
+            )
             if isinstance(decoded, Ignored):
                 self._metrics.ignored.inc()
                 continue

@@ -6,7 +6,10 @@ and dead letters are rare and stay SQLAlchemy Core statements.
 
 Invariants:
 - a (device_id, seq) already stored is skipped (ON CONFLICT DO NOTHING), and counted as
-  a duplicate, so QoS 1 redelivery and several replicas never store a message twice;
+  a duplicate only if it is the same message (every column but ``received_at`` equal),
+  so QoS 1 redelivery and several replicas never store a message twice; a different
+  message on a stored (device_id, seq) is a conflict and is dead-lettered, so a forged
+  message on a device's next seq cannot make its real one vanish as a duplicate;
 - a state message only changes the registry if its seq is newer than the stored one,
   checked in the UPDATE itself so two replicas cannot race;
 - device rows are touched in device-id order, so concurrent writers on PostgreSQL take
@@ -26,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, or_, update
+from sqlalchemy import Connection, Engine, Table, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
@@ -44,6 +47,7 @@ from edgefleet.fleet.ingest.rows import (
     telemetry_row,
 )
 from edgefleet.fleet.store.tables import DeadLetter, Device, DriftWindowRow, EventRow, TelemetryRow
+from edgefleet.fleet.store.types import as_utc
 from edgefleet.shared.messages import (
     DriftMessage,
     EventMessage,
@@ -88,11 +92,13 @@ class WriteResult:
 
     persisted: Counter[Channel] = field(default_factory=Counter)
     duplicates: Counter[Channel] = field(default_factory=Counter)
+    conflicts: Counter[Channel] = field(default_factory=Counter)  # also in dead_lettered
     dead_lettered: int = 0
 
     def add(self, other: WriteResult) -> None:
         self.persisted.update(other.persisted)
         self.duplicates.update(other.duplicates)
+        self.conflicts.update(other.conflicts)
         self.dead_lettered += other.dead_lettered
 
 
@@ -106,6 +112,11 @@ class BatchWriter:
             postgresql.insert if dialect.name == "postgresql" else sqlite.insert
         )
         new_only = "ON CONFLICT (device_id, seq) DO NOTHING"
+        self._tables: dict[Channel, tuple[Table, tuple[str, ...]]] = {
+            Channel.TELEMETRY: (_TELEMETRY, TELEMETRY_COLUMNS),
+            Channel.EVENTS: (_EVENTS, EVENT_COLUMNS),
+            Channel.DRIFT: (_DRIFT, DRIFT_COLUMNS),
+        }
         self._inserts: dict[Channel, BulkStatement] = {
             Channel.TELEMETRY: BulkStatement(
                 _TELEMETRY, TELEMETRY_COLUMNS, dialect, suffix=new_only
@@ -174,10 +185,15 @@ class BatchWriter:
         dead = [item for item in batch if isinstance(item, Rejected)]
         if accepted:
             self._touch_devices(conn, accepted)
-            for channel, rows in _rows_by_channel(accepted).items():
+            for channel, (items, rows) in _rows_by_channel(accepted).items():
                 stored = self._inserts[channel].run(conn, rows)
                 result.persisted[channel] += stored
-                result.duplicates[channel] += len(rows) - stored
+                conflicts: list[Rejected] = []
+                if stored < len(rows):
+                    conflicts = self._conflicts(conn, channel, items, rows)
+                    dead.extend(conflicts)
+                result.conflicts[channel] += len(conflicts)
+                result.duplicates[channel] += max(0, len(rows) - stored - len(conflicts))
             applied, stale = self._apply_states(conn, accepted)
             result.persisted[Channel.STATE] += applied
             result.duplicates[Channel.STATE] += stale
@@ -196,6 +212,42 @@ class BatchWriter:
             )
             result.dead_lettered = len(dead)
         return result
+
+    def _conflicts(
+        self, conn: Connection, channel: Channel, items: list[Accepted], rows: list[Row]
+    ) -> list[Rejected]:
+        """The items whose (device_id, seq) is stored with other content, as dead letters."""
+        table, columns = self._tables[channel]
+        keys = {(row[0], row[1]) for row in rows}
+        stored: dict[tuple[str, int], Row] = {}
+        key_list = sorted(keys)
+        for start in range(0, len(key_list), 500):  # under every dialect's parameter limit
+            chunk = key_list[start : start + 500]
+            query = select(*(table.c[name] for name in columns)).where(
+                tuple_(table.c.device_id, table.c.seq).in_(chunk)
+            )
+            for found in conn.execute(query):
+                stored[(found[0], found[1])] = tuple(found)
+        # A redelivery arrives later, so received_at is the one column it may differ in.
+        received_at = columns.index("received_at")
+        conflicts = []
+        for item, row in zip(items, rows, strict=True):
+            held = stored.get((row[0], row[1]))
+            if held is not None and not _same_message(held, row, received_at):
+                conflicts.append(
+                    _as_rejected(
+                        item,
+                        f"{channel.value}: seq {row[1]} of device {row[0]} is already stored"
+                        " with different content; kept here, not dropped as a duplicate",
+                    )
+                )
+        if conflicts:
+            logger.warning(
+                "%d %s messages conflict with stored ones on the same seq",
+                len(conflicts),
+                channel.value,
+            )
+        return conflicts
 
     def _touch_devices(self, conn: Connection, accepted: list[Accepted]) -> None:
         first: dict[str, datetime] = {}
@@ -253,17 +305,36 @@ class BatchWriter:
         return applied, stale
 
 
-def _rows_by_channel(accepted: list[Accepted]) -> dict[Channel, list[Row]]:
-    rows: dict[Channel, list[Row]] = {}
+def _rows_by_channel(accepted: list[Accepted]) -> dict[Channel, tuple[list[Accepted], list[Row]]]:
+    """Per channel, the items and their rows, in the same order."""
+    out: dict[Channel, tuple[list[Accepted], list[Row]]] = {}
     for a in accepted:
         m = a.message
         if isinstance(m, TelemetryMessage):
-            rows.setdefault(Channel.TELEMETRY, []).append(telemetry_row(m, a.received_at))
+            channel, row = Channel.TELEMETRY, telemetry_row(m, a.received_at)
         elif isinstance(m, EventMessage):
-            rows.setdefault(Channel.EVENTS, []).append(event_row(m, a.received_at))
+            channel, row = Channel.EVENTS, event_row(m, a.received_at)
         elif isinstance(m, DriftMessage):
-            rows.setdefault(Channel.DRIFT, []).append(drift_row(m, a.received_at))
-    return rows
+            channel, row = Channel.DRIFT, drift_row(m, a.received_at)
+        else:
+            continue
+        items, rows = out.setdefault(channel, ([], []))
+        items.append(a)
+        rows.append(row)
+    return out
+
+
+def _same_message(stored: Row, incoming: Row, skip: int) -> bool:
+    """True if ``incoming`` is the stored row again, but for column ``skip``."""
+    for i, (held, new) in enumerate(zip(stored, incoming, strict=True)):
+        if i == skip:
+            continue
+        if isinstance(held, datetime) and isinstance(new, datetime):
+            if as_utc(held) != as_utc(new):
+                return False
+        elif held != new:
+            return False
+    return True
 
 
 def _as_rejected(item: Accepted, error: str) -> Rejected:
