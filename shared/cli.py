@@ -71,6 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CLIError as e:
         print(f"edgefleet: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a port in use, a missing or unwritable file, a full disk
+        logging.getLogger(__name__).debug("command failed", exc_info=True)
+        print(f"edgefleet: error: {e} (--log-level DEBUG shows the traceback)", file=sys.stderr)
+        return 1
 
 
 class CLIError(Exception):
@@ -78,4 +82,8 @@ class CLIError(Exception):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Under ``python -m`` this file is ``__main__``, a second copy of the module whose
+    # CLIError is not the one the commands raise; run the imported module's main.
+    from edgefleet.shared.cli import main as imported_main
+
+    sys.exit(imported_main())

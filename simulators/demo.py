@@ -15,12 +15,14 @@ import secrets
 import signal
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgefleet.shared.cli import CLIError
 from edgefleet.simulators.broker import EmbeddedBroker
 
 if TYPE_CHECKING:
@@ -244,15 +246,34 @@ def _watch(
 
 
 def _demo_model(data_dir: Path) -> tuple[TrainedModel, Path]:
-    """Train the demo model and package it with a reference profile of its training data."""
+    """Train the demo model and package it with a reference profile of its training data.
+
+    A data dir that holds the package of an earlier run keeps it: the fleet's registry
+    and the devices' stores there know those bytes as version 1.0.0, and a package built
+    again differs (build time), which the registry refuses as a conflict.
+    """
     import numpy as np
 
     from edgefleet.shared.modeltools.builder import build_package
+    from edgefleet.shared.package.format import PackageError
+    from edgefleet.shared.package.read import read_package
+    from edgefleet.shared.signing.errors import DigestMismatch
     from edgefleet.simulators.models import train_wine_classifier
 
     print("training the demo model on scikit-learn's wine data ...")
-    model = train_wine_classifier(data_dir / "models" / "wine.onnx")
-    reference = data_dir / "models" / "reference.npy"
+    models_dir = data_dir / "models"
+    kept = models_dir / f"{DEMO_MODEL}-{DEMO_VERSION}.efpkg"
+    # The seed is fixed, so the model and its sensor data are the ones packaged before.
+    model = train_wine_classifier(models_dir / "wine.onnx")
+    if kept.exists():
+        try:
+            read_package(kept)
+        except (PackageError, DigestMismatch, OSError) as e:
+            print(f"  the package of an earlier run is unreadable ({e}); building it again")
+        else:
+            print(f"  reusing {kept.name} from the earlier run in {data_dir}")
+            return model, kept
+    reference = models_dir / "reference.npy"
     np.save(reference, model.x_train)
     package = build_package(
         model.path,
@@ -278,8 +299,23 @@ def _upload_model(base: str, token: str, package: Path) -> None:
         method="POST",
         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/octet-stream"},
     )
-    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
-        response.read()
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+            response.read()
+    except urllib.error.HTTPError as e:
+        detail = _error_message(e)
+        raise CLIError(
+            f"the fleet refused the demo model ({e.code}: {detail}); "
+            "start with an empty --data-dir to begin again"
+        ) from e
+
+
+def _error_message(error: urllib.error.HTTPError) -> str:
+    """The message of the fleet's ``{"error": {...}}`` body, else the HTTP reason."""
+    try:
+        return str(json.loads(error.read())["error"]["message"])
+    except (ValueError, KeyError, TypeError, OSError):
+        return str(error.reason)
 
 
 def _print_summary(base: str, token: str, sim: SimulatedFleet, elapsed_s: float) -> None:

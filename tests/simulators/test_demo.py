@@ -78,3 +78,25 @@ def test_ctrl_c_stops_the_demo_cleanly(tmp_path: Path) -> None:
     rest, _ = process.communicate(timeout=60)
     assert process.returncode == 0, seen + rest
     assert "demo stopped cleanly" in rest
+
+
+def test_a_second_run_on_the_same_data_dir_starts_where_the_first_stopped(
+    tmp_path: Path,
+) -> None:
+    for run in ("first", "second"):
+        out, _ = _demo(tmp_path, "--duration", "2", "--drift-after", "-1").communicate(timeout=180)
+        assert "Traceback" not in out, f"{run} run:\n{out}"
+        assert out.rstrip().endswith("demo stopped cleanly"), f"{run} run:\n{out}"
+    assert "reusing wine-classifier-1.0.0.efpkg" in out
+
+
+def test_a_conflicting_model_ends_in_one_line_not_a_traceback(tmp_path: Path) -> None:
+    out, _ = _demo(tmp_path, "--duration", "2", "--drift-after", "-1").communicate(timeout=180)
+    assert out.rstrip().endswith("demo stopped cleanly"), out
+    # Different bytes under the version the fleet already holds: the registry's 409.
+    (tmp_path / "demo" / "models" / "wine-classifier-1.0.0.efpkg").write_bytes(b"damaged")
+    process = _demo(tmp_path, "--duration", "2", "--drift-after", "-1")
+    out, _ = process.communicate(timeout=180)
+    assert process.returncode == 2, out
+    assert "Traceback" not in out, out
+    assert "edgefleet: error: the fleet refused the demo model (409:" in out, out
