@@ -16,7 +16,7 @@ import json
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -30,6 +30,7 @@ from pydantic import (
 )
 
 from edgefleet.agent.update.machine import UpdatePolicy
+from edgefleet.shared.messages import MAX_HARDWARE_CHARS, MAX_TAG_CHARS, MAX_TAGS
 from edgefleet.shared.runtime import RuntimeOptions
 from edgefleet.shared.topics import TopicError, validate_device_id
 
@@ -189,8 +190,12 @@ class AgentConfig(_Section):
     """Everything one agent needs. Frozen: pass it in, never mutate it."""
 
     device_id: str
-    hardware: str = Field(default="generic", min_length=1, max_length=100)
-    tags: list[str] = Field(default_factory=list)
+    # The bounds of the state message the agent sends: a config the fleet would
+    # dead-letter is refused here, at start, with the reason.
+    hardware: str = Field(default="generic", min_length=1, max_length=MAX_HARDWARE_CHARS)
+    tags: list[Annotated[str, Field(min_length=1, max_length=MAX_TAG_CHARS)]] = Field(
+        default_factory=list, max_length=MAX_TAGS
+    )
     data_dir: Path = DEFAULT_DATA_DIR
     broker: BrokerConfig = Field(default_factory=BrokerConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)

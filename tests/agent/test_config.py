@@ -125,3 +125,19 @@ def test_config_is_frozen_and_the_password_is_masked_when_printed(tmp_path: Path
     assert config.broker.password.get_secret_value() == "hunter2"
     assert "hunter2" not in str(redacted(config))
     assert isinstance(config, AgentConfig)
+
+
+@pytest.mark.parametrize(
+    ("tags", "problem"),
+    [
+        ([f"t{i}" for i in range(65)], "at most 64 items"),
+        (["x" * 101], "at most 100 characters"),
+        ([""], "at least 1 character"),
+    ],
+)
+def test_tags_the_fleet_would_dead_letter_are_refused_at_start(
+    tmp_path: Path, tags: list[str], problem: str
+) -> None:
+    path = write(tmp_path, f'device_id = "d-1"\ntags = {tags!r}\n'.replace("'", '"'))
+    with pytest.raises(ConfigError, match=problem):
+        load_config(path, {})
