@@ -34,6 +34,8 @@ from edgefleet.fleet.ingest.metrics import IngestMetrics
 from edgefleet.fleet.ingest.subscriber import Ingester
 from edgefleet.fleet.keys import FleetKeys, load_fleet_keys, open_repository, passphrase_from_env
 from edgefleet.fleet.mqtt_publisher import MqttPublisher
+from edgefleet.fleet.reconcile.service import Reconciler, start_reconciler
+from edgefleet.fleet.reconcile.watcher import RetainedWatcher
 from edgefleet.fleet.registry import ModelRegistry
 from edgefleet.fleet.repo_access import MetadataRefresher, RepositoryAccess
 from edgefleet.fleet.rollout_service.orchestrator import Orchestrator
@@ -95,6 +97,8 @@ class FleetService:
         self._publisher: MqttPublisher | None = None
         self._refresher: MetadataRefresher | None = None
         self.orchestrator: Orchestrator | None = None
+        self.reconciler: Reconciler | None = None
+        self._retained_watcher: RetainedWatcher | None = None
         self.drift_monitor: DriftMonitorService | None = None
         self._alert_publisher: MqttAlertPublisher | None = None
         self.registry = CollectorRegistry()
@@ -169,6 +173,7 @@ class FleetService:
             self._ingester = Ingester(self.settings, self._engine, self.metrics)
             self._ingester.start()
         self._start_orchestrator(self._engine)
+        self._start_reconciler(self._engine)
         self._start_drift_monitor(self._engine)
         app = create_app(
             self.settings,
@@ -210,6 +215,13 @@ class FleetService:
             # Before the publisher: a tick in progress still publishes what it stored.
             self.orchestrator.stop()
             self.orchestrator = None
+        if self.reconciler is not None:
+            # Before the publisher, like the orchestrator: it publishes through it.
+            self.reconciler.stop()
+            self.reconciler = None
+        if self._retained_watcher is not None:
+            self._retained_watcher.stop()
+            self._retained_watcher = None
         if self._refresher is not None:
             self._refresher.stop()
             self._refresher = None
@@ -256,6 +268,15 @@ class FleetService:
             offline_after_s=s.offline_after_s,
         )
         self.orchestrator.start()
+
+    def _start_reconciler(self, engine: Engine) -> None:
+        """Republish lost or unheeded desired states (`edgefleet.fleet.reconcile`)."""
+        if not self.settings.reconcile or self.updates is None or self.updates.director is None:
+            logger.info("reconciler off (disabled, or no keys to sign updates)")
+            return
+        self.reconciler, self._retained_watcher = start_reconciler(
+            engine, self.updates.director, self.settings, self.registry
+        )
 
     def _start_updates(self, engine: Engine) -> UpdateServices:
         s = self.settings

@@ -73,6 +73,35 @@ class FleetSettings(BaseSettings):
         description="a device message whose seq implies a device clock further ahead of the"
         " fleet's than this is dead-lettered (agent seqs count from the clock in µs)",
     )
+    ingest_max_payload_bytes: int = Field(
+        default=1 << 20,
+        ge=1024,
+        le=256 << 20,
+        description="a larger MQTT payload is dead-lettered unparsed; the hand-off keeps only"
+        " its first dead_letter_payload_prefix_bytes, so the queue's memory stays bounded",
+    )
+    dead_letter_payload_prefix_bytes: int = Field(
+        default=4096, ge=0, le=1 << 20, description="how much of a rejected payload is kept"
+    )
+    dead_letter_max_rows: int = Field(
+        default=100_000, ge=1, le=1 << 31, description="dead letters kept; oldest dropped first"
+    )
+    dead_letter_max_bytes: int = Field(
+        default=64 << 20,
+        ge=64 << 10,
+        le=1 << 40,
+        description="bytes of dead letters kept (prefix, topic, error, 128 a row); oldest"
+        " dropped first",
+    )
+    dead_letter_retention_s: float = Field(
+        default=7 * 24 * 3600.0,
+        ge=60,
+        le=10 * 365 * 24 * 3600.0,
+        description="dead letters older than this are deleted",
+    )
+    dead_letter_sweep_interval_s: float = Field(
+        default=300.0, gt=0, le=86_400, description="how often the retention is applied"
+    )
     offline_after_s: float = Field(
         default=300.0, gt=0, description="a device silent this long is shown offline"
     )
@@ -135,6 +164,38 @@ class FleetSettings(BaseSettings):
         gt=0,
         description="how long the orchestrator lease lasts unrenewed: another replica takes"
         " over this long after the holder stops; must exceed the tick interval",
+    )
+
+    # Reconciliation (edgefleet.fleet.reconcile): a stored desired state that the broker
+    # lost, or that an online device never started, is published again (same envelope).
+    reconcile: bool = Field(
+        default=True, description="republish lost or unheeded desired states (needs keys_dir)"
+    )
+    reconcile_interval_s: float = Field(
+        default=30.0, gt=0, le=86_400, description="how often desired states are checked"
+    )
+    reconcile_after_s: float = Field(
+        default=300.0,
+        gt=0,
+        le=30 * 86_400,
+        description="an online device that reports another model than its desired one and"
+        " nothing about the desired state this long gets it again",
+    )
+    reconcile_settle_s: float = Field(
+        default=10.0,
+        ge=0,
+        le=3600,
+        description="after (re)subscribing, how long the broker may take to send the"
+        " retained desired states before one not received counts as lost",
+    )
+    reconcile_backoff_s: float = Field(
+        default=300.0, gt=0, le=30 * 86_400, description="wait after a first republish"
+    )
+    reconcile_backoff_max_s: float = Field(
+        default=6 * 3600.0, gt=0, le=30 * 86_400, description="cap of the doubling wait"
+    )
+    reconcile_max_attempts: int = Field(
+        default=5, ge=1, le=1000, description="republishes per desired state, then give up"
     )
 
     @model_validator(mode="before")
