@@ -8,6 +8,8 @@ Layout under ``root``::
     staging/           temp directories being filled; anything here after a crash is junk
     active  -> models/<sha256>     relative symlinks, switched by an atomic rename
     previous -> models/<sha256>
+    displaced -> models/<sha256>   only while an activation is undecided: the model
+                                   ``previous`` named before it
 
 Invariants:
 - a ``models/<sha256>`` directory is complete: it is filled and fsync'd under
@@ -17,6 +19,13 @@ Invariants:
   then fsync'ing ``root``, so a slot always names the old or the new directory;
 - `activate` moves ``previous`` before ``active``, so at every instant ``active`` names a
   verified model and ``previous`` names the model before it (or the same one);
+- `activate` first keeps the model ``previous`` named under ``displaced``, so a model is
+  never left on disk unnamed: `gc` (a commit) forgets it, `rollback` makes it ``previous``
+  again, so after a rollback ``previous`` is the model before the restored one, not the
+  restored one itself (nor a failed one);
+- at rest (no activation undecided) `problems` is empty: ``active`` verifies, ``previous``
+  differs from it unless the store holds no other model, and no model directory is named
+  by neither slot (`gc` and the runner's clean-ups see to the last);
 - after `recover` (run at startup) ``active`` names a directory that verifies, or is
   absent when no verified model exists; a crash at any instant of `stage`, `activate`,
   `rollback` or `gc` therefore leaves a verified model active.
@@ -53,6 +62,7 @@ log = logging.getLogger(__name__)
 
 INDEX_FILE = ".store-index.json"
 SLOTS = ("active", "previous")
+DISPLACED = "displaced"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -108,6 +118,37 @@ class ModelStore:
     def previous(self) -> str | None:
         """The sha256 the ``previous`` slot names, or None."""
         return self._slot("previous")
+
+    def displaced(self) -> str | None:
+        """The model ``previous`` named before the undecided activation, or None."""
+        return self._slot(DISPLACED)
+
+    def in_use(self) -> set[str]:
+        """Every model a slot (``active``, ``previous``, ``displaced``) names."""
+        return {sha for sha in (self.active(), self.previous(), self.displaced()) if sha}
+
+    def problems(self) -> list[str]:
+        """What breaks the store's invariants at rest (no activation undecided); [] if none.
+
+        A model that does not verify, ``previous`` equal to ``active`` while another model
+        is stored, a ``displaced`` slot left over, a model no slot names. Never raises.
+        """
+        found: list[str] = []
+        active, previous, displaced = self.active(), self.previous(), self.displaced()
+        for slot, sha in (("active", active), ("previous", previous)):
+            if sha is not None and not self.is_verified(sha):
+                found.append(f"{slot} model {sha[:12]} does not verify")
+        models = self.models()
+        if active is not None and previous == active and len(models) > 1:
+            found.append(
+                f"previous is the active model {active[:12]} though the store holds "
+                f"{len(models)} models"
+            )
+        if displaced is not None:
+            found.append(f"displaced still names {displaced[:12]}: an activation is undecided")
+        named = {active, previous, displaced}
+        found += [f"model {sha[:12]} is named by no slot" for sha in models if sha not in named]
+        return found
 
     def models(self) -> list[str]:
         """Every model directory's sha256."""
@@ -178,14 +219,19 @@ class ModelStore:
     def activate(self, sha256: str) -> None:
         """Make model ``sha256`` active; the model active before becomes ``previous``.
 
-        Idempotent when ``sha256`` is already active. Raises `StoreError` if the model is
-        not stored or does not verify (nothing is switched then).
+        The model ``previous`` named until now is kept under ``displaced`` until the
+        activation is decided (`gc` commits it, `rollback` undoes it). Idempotent when
+        ``sha256`` is already active. Raises `StoreError` if the model is not stored or does
+        not verify (nothing is switched then).
         """
         self.verify(sha256)
         current = self.active()
         if current == sha256:
             return
         if current is not None:
+            previous = self.previous()
+            if previous is not None and previous not in (current, sha256):
+                self._switch(DISPLACED, previous)
             self._switch("previous", current)
         self._switch("active", sha256)
         log.info("active model %s (previous %s)", sha256[:12], (current or "none")[:12])
@@ -193,8 +239,11 @@ class ModelStore:
     def rollback(self) -> str:
         """Make ``previous`` active again; returns its sha256.
 
-        Idempotent: ``previous`` stays as is, so a second call changes nothing. Raises
-        `StoreError` if there is no previous model or it does not verify.
+        ``previous`` then names the model ``displaced`` kept (the one before the restored
+        model), when there is one that verifies; otherwise it stays as is, and a second
+        call changes nothing. To restore one model by name, idempotently, use
+        `ensure_active`. Raises `StoreError` if there is no previous model or it does not
+        verify.
         """
         previous = self.previous()
         if previous is None:
@@ -203,6 +252,7 @@ class ModelStore:
         if self.active() != previous:
             self._switch("active", previous)
             log.info("rolled back to model %s", previous[:12])
+        self._settle()
         return previous
 
     def deactivate(self) -> None:
@@ -222,17 +272,18 @@ class ModelStore:
             self.deactivate()
         elif self.active() == sha256:
             self.verify(sha256)
+            self._settle()  # a rollback cut short before it restored ``previous``
         elif self.previous() == sha256:
             self.rollback()
         else:
             self.activate(sha256)
 
     def remove(self, sha256: str) -> bool:
-        """Delete a model that neither slot names; returns whether it existed.
+        """Delete a model that no slot names; returns whether it existed.
 
-        Raises `StoreError` for the active or previous model.
+        Raises `StoreError` for a model a slot names (`in_use`).
         """
-        if sha256 in (self.active(), self.previous()):
+        if sha256 in self.in_use():
             raise StoreError(f"model {sha256[:12]} is in use by a slot and cannot be removed")
         path = self.path(sha256)
         if not path.is_dir():
@@ -241,7 +292,12 @@ class ModelStore:
         return True
 
     def gc(self, keep: Iterable[str] = ()) -> list[str]:
-        """Remove every model but the active, the previous and ``keep``; returns the removed."""
+        """Remove every model but the active, the previous and ``keep``; returns the removed.
+
+        This commits the last activation: the model ``displaced`` kept is forgotten first.
+        """
+        if (self.root / DISPLACED).is_symlink():
+            self._unlink(DISPLACED)
         wanted = {self.active(), self.previous(), *keep}
         removed = [sha for sha in self.models() if sha not in wanted]
         for sha in removed:
@@ -251,10 +307,14 @@ class ModelStore:
     def recover(self) -> RecoveryReport:
         """Repair what a crash left (run at startup, before anything else uses the store).
 
-        Removes stray temp slots and everything under ``staging/``; if ``active`` names
-        a missing or unverifiable model, switches it to ``previous`` when that verifies,
-        or removes it; drops a ``previous`` that does not verify. Never raises
-        `StoreError`; raises `OSError` if the file system refuses.
+        Removes stray temp slots and everything under ``staging/``. A slot that names a
+        missing or unverifiable model falls back along ``active``, ``previous``,
+        ``displaced``: ``active`` becomes the first of them that verifies (or is removed
+        when none does), ``previous`` the next different one, and ``displaced`` stays
+        only while it differs from both (an activation still undecided). So a rollback
+        or an activation cut short ends with ``previous`` naming the model before the
+        active one, not the active one itself. Never raises `StoreError`; raises
+        `OSError` if the file system refuses.
         """
         removed = [p.name for p in remove_stray_temp_files(self.root)]
         for entry in self.staging_dir.iterdir():
@@ -263,23 +323,23 @@ class ModelStore:
         if removed:
             fsync_dir(self.staging_dir)
         report = RecoveryReport(active=None, previous=None, removed=removed)
-        active, previous = self.active(), self.previous()
-        active_ok = active is not None and self.is_verified(active)
-        previous_ok = previous is not None and self.is_verified(previous)
-        if self._dangling("active") or (active is not None and not active_ok):
-            report.fell_back_from = active
-            report.problems.append(f"active model {active} is missing or does not verify")
-            if previous_ok and previous is not None:
-                self._switch("active", previous)
-                active, active_ok = previous, True
-            else:
-                self.deactivate()
-                active, active_ok = None, False
-        if self._dangling("previous") or (previous is not None and not previous_ok):
-            report.problems.append(f"previous model {previous} is missing or does not verify")
-            (self.root / "previous").unlink()
-            fsync_dir(self.root)
-            previous = None
+        named = {slot: self._slot(slot) for slot in (*SLOTS, DISPLACED)}
+        chain = self._verified_chain(named, report.problems)
+        active = chain[0] if chain else None
+        if len(chain) > 1:
+            previous: str | None = chain[1]
+        else:  # nothing else to fall back to: a previous equal to active may stay
+            previous = active if named["previous"] == active else None
+        displaced = chain[2] if len(chain) > 2 else None
+        if named["active"] != active:
+            report.fell_back_from = named["active"]
+        # Active first, so that a crash during recovery leaves a verified model active.
+        for slot, want in (("active", active), ("previous", previous), (DISPLACED, displaced)):
+            if want is None:
+                if (self.root / slot).is_symlink():
+                    self._unlink(slot)
+            elif named[slot] != want:
+                self._switch(slot, want)
         report.active, report.previous = active, previous
         for problem in report.problems:
             log.warning("model store %s: %s", self.root, problem)
@@ -294,6 +354,37 @@ class ModelStore:
             return None
         name = Path(target).name
         return name if _SHA256.match(name) else None
+
+    def _verified_chain(self, named: dict[str, str | None], problems: list[str]) -> list[str]:
+        """The distinct models the slots ``named`` (in fall-back order) that verify."""
+        chain: list[str] = []
+        for slot, sha in named.items():
+            if sha is not None and sha in chain:
+                continue
+            if sha is not None and self.is_verified(sha):
+                chain.append(sha)
+            elif sha is not None or self._dangling(slot):
+                problems.append(f"{slot} model {sha} is missing or does not verify")
+        return chain
+
+    def _settle(self) -> None:
+        """After a rollback: ``previous`` names the model ``displaced`` kept, if it verifies."""
+        displaced = self.displaced()
+        if displaced is None:
+            if (self.root / DISPLACED).is_symlink():
+                self._unlink(DISPLACED)
+            return
+        active, previous = self.active(), self.previous()
+        if previous in (None, active) and displaced != active and self.is_verified(displaced):
+            self._switch("previous", displaced)
+        elif previous not in (None, active):
+            return  # an activation is still undecided: keep what it displaced
+        self._unlink(DISPLACED)
+
+    def _unlink(self, slot: str) -> None:
+        self._step(f"{slot}.unlink")
+        (self.root / slot).unlink(missing_ok=True)
+        fsync_dir(self.root)
 
     def _dangling(self, slot: str) -> bool:
         link = self.root / slot

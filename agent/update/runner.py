@@ -299,7 +299,7 @@ class UpdateRunner:
                 self._collect_garbage()
             case Cleanup(sha256=sha):
                 self._discard_download(sha)
-                if sha not in (self._store.active(), self._store.previous()):
+                if sha not in self._store.in_use():
                     self._store.remove(sha)
 
     def _collect_garbage(self) -> None:
