@@ -45,8 +45,10 @@ from edgefleet.fleet.store.drift_tables import (
     WebhookDelivery,
     WebhookDeliveryPublic,
     WebhookPublic,
+    WebhookSecret,
 )
 from edgefleet.fleet.webhooks.policy import DestinationRefusedError
+from edgefleet.fleet.webhooks.signing import new_secret
 from edgefleet.fleet.webhooks.transport import destination_policy
 from edgefleet.shared.drift import DriftThresholds, ReferenceProfile
 from edgefleet.shared.manifest import NAME_PATTERN
@@ -259,6 +261,22 @@ class WebhookCreate(BaseModel):
     kinds: list[AlertKind] = Field(default_factory=list, description="empty: every kind")
 
 
+class WebhookCreated(WebhookPublic):
+    """A new webhook with its signing secret: the only answer that ever shows it."""
+
+    secret: str = Field(
+        max_length=100,
+        description="HMAC-SHA256 key of the X-Edgefleet-Signature header; shown once",
+    )
+
+
+class WebhookSecretRotated(BaseModel):
+    """A webhook's new signing secret (the old one stops signing at once)."""
+
+    webhook_id: str = Field(max_length=32)
+    secret: str = Field(max_length=100, description="shown once")
+
+
 class WebhookPage(BaseModel):
     items: list[WebhookPublic]
 
@@ -267,14 +285,14 @@ class DeliveryPage(BaseModel):
     items: list[WebhookDeliveryPublic]
 
 
-@router.post("/webhooks", response_model=WebhookPublic, status_code=201)
+@router.post("/webhooks", response_model=WebhookCreated, status_code=201)
 def create_webhook(
     session: SessionDep, settings: SettingsDep, token: Operator, body: WebhookCreate
-) -> WebhookPublic:
+) -> WebhookCreated:
     """Add a webhook; raises `InvalidRequestError` (422, with the reason) for a URL the
     destination policy refuses: not http(s), a host outside ``webhook_allowed_hosts``, or
     an internal address outside ``webhook_allowed_networks``. A name is checked again,
-    address by address, at every delivery."""
+    address by address, at every delivery. The answer carries the signing secret, once."""
     try:
         destination_policy(settings).check_url(body.url)
     except DestinationRefusedError as e:
@@ -286,10 +304,29 @@ def create_webhook(
         created_at=utcnow(),
         created_by=token.name,
     )
+    secret = WebhookSecret(webhook_id=row.id, secret=new_secret(), created_at=row.created_at)
     session.add(row)
+    session.add(secret)
     session.commit()
     session.refresh(row)
-    return WebhookPublic.model_validate(row.model_dump())
+    return WebhookCreated.model_validate({**row.model_dump(), "secret": secret.secret})
+
+
+@router.post("/webhooks/{webhook_id}/secret", response_model=WebhookSecretRotated)
+def rotate_webhook_secret(
+    session: SessionDep, _token: Operator, webhook_id: Annotated[str, Path(max_length=32)]
+) -> WebhookSecretRotated:
+    """Give the webhook a new signing secret, shown once; raises `NotFoundError` (404)."""
+    if session.get(Webhook, webhook_id) is None:
+        raise NotFoundError(f"no webhook {webhook_id!r}")
+    secret = session.get(WebhookSecret, webhook_id) or WebhookSecret(
+        webhook_id=webhook_id, secret="", created_at=utcnow()
+    )
+    secret.secret = new_secret()
+    secret.created_at = utcnow()
+    session.add(secret)
+    session.commit()
+    return WebhookSecretRotated(webhook_id=webhook_id, secret=secret.secret)
 
 
 @router.get("/webhooks", response_model=WebhookPage)
@@ -306,6 +343,9 @@ def delete_webhook(
     row = session.get(Webhook, webhook_id)
     if row is None:
         raise NotFoundError(f"no webhook {webhook_id!r}")
+    secret = session.get(WebhookSecret, webhook_id)
+    if secret is not None:
+        session.delete(secret)
     session.delete(row)
     session.commit()
     return Response(status_code=204)

@@ -7,13 +7,15 @@ Webhooks get a JSON POST (`WebhookPayload`) with up to ``max_attempts`` tries an
 exponential backoff; every attempt is logged in ``drift_webhook_delivery``. A 4xx other
 than 408/429 is the receiver refusing the payload, so it is not retried. Every attempt
 goes through `edgefleet.fleet.webhooks.transport.post_checked`: a destination the
-policy refuses (internal address, host not allowed) fails without a packet sent.
+policy refuses (internal address, host not allowed) fails without a packet sent. A
+webhook with a secret gets each attempt signed (``X-Edgefleet-Signature``).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,9 +31,15 @@ from edgefleet.fleet.drift.store import new_id
 from edgefleet.fleet.errors import PublishError
 from edgefleet.fleet.mqtt_publisher import MqttPublisher
 from edgefleet.fleet.settings import FleetSettings
-from edgefleet.fleet.store.drift_tables import DriftAlert, Webhook, WebhookDelivery
+from edgefleet.fleet.store.drift_tables import (
+    DriftAlert,
+    Webhook,
+    WebhookDelivery,
+    WebhookSecret,
+)
 from edgefleet.fleet.webhooks.policy import DestinationPolicy, DestinationRefusedError
 from edgefleet.fleet.webhooks.resolver import ResolveError, Resolver, SystemResolver
+from edgefleet.fleet.webhooks.signing import DELIVERY_HEADER, SIGNATURE_HEADER, signature_header
 from edgefleet.fleet.webhooks.transport import post_checked, webhook_client
 from edgefleet.shared.messages import AlertMessage, ModelRef, encode, utcnow
 from edgefleet.shared.topics import ALERTS_TOPIC
@@ -130,13 +138,17 @@ def deliver(
     sleep: Callable[[float], None],
     destinations: DestinationPolicy,
     resolver: Resolver,
+    secret: str | None,
+    clock: Callable[[], float] = time.time,
 ) -> WebhookDelivery:
     """POST ``payload`` to ``webhook`` until it answers 2xx or the attempts run out.
 
     Every attempt is written to the delivery row as it happens. Never raises for a
     transport failure: the outcome is the row's ``status`` (delivered or failed). A
     destination the policy refuses (checked at each attempt, after resolving the name)
-    fails the delivery at once, without sending anything.
+    fails the delivery at once, without sending anything. With a ``secret`` each attempt
+    is signed afresh (`edgefleet.fleet.webhooks.signing`); every attempt carries the
+    delivery's id, so a receiver can drop a retry it already took.
     """
     with Session(engine, expire_on_commit=False) as session:
         delivery = WebhookDelivery(webhook_id=webhook.id, alert_id=alert_id, created_at=utcnow())
@@ -145,12 +157,19 @@ def deliver(
         for attempt in range(1, policy.max_attempts + 1):
             entry: dict[str, Any] = {"attempt": attempt, "at": utcnow().isoformat()}
             retry = True
+            headers = {
+                "Content-Type": "application/json",
+                "X-Edgefleet-Alert": alert_id,
+                DELIVERY_HEADER: str(delivery.id),
+            }
+            if secret is not None:
+                headers[SIGNATURE_HEADER] = signature_header(secret, payload, int(clock()))
             try:
                 response = post_checked(
                     client,
                     webhook.url,
                     payload,
-                    {"Content-Type": "application/json", "X-Edgefleet-Alert": alert_id},
+                    headers,
                     destinations=destinations,
                     resolver=resolver,
                     timeout_s=policy.timeout_s,
@@ -238,10 +257,11 @@ class Notifier:
             session.add_all(alerts)
             session.commit()
             webhooks = list(session.exec(select(Webhook)).all())
+            secrets = {s.webhook_id: s.secret for s in session.exec(select(WebhookSecret))}
         for alert in alerts:
             logger.info("alert %s: %s", alert.kind, alert.message)
             self._publish(alert)
-            self._post(alert, webhooks)
+            self._post(alert, webhooks, secrets)
         return alerts
 
     def _publish(self, alert: DriftAlert) -> None:
@@ -260,7 +280,9 @@ class Notifier:
                 session.commit()
         alert.published = True
 
-    def _post(self, alert: DriftAlert, webhooks: Sequence[Webhook]) -> None:
+    def _post(
+        self, alert: DriftAlert, webhooks: Sequence[Webhook], secrets: dict[str, str]
+    ) -> None:
         targets = [w for w in webhooks if not w.kinds or alert.kind in w.kinds]
         if not targets:
             return
@@ -278,6 +300,7 @@ class Notifier:
                     sleep=self._sleep,
                     destinations=self._destinations,
                     resolver=self._resolver,
+                    secret=secrets.get(webhook.id),
                 )
 
 

@@ -7,7 +7,9 @@ Invariants:
 - an alert row is written before it is published or posted anywhere, so a broker or
   webhook outage never loses an alert, and the cool-down reads the same rows;
 - a webhook delivery row records every attempt (time, status code or error) as it
-  happens.
+  happens;
+- a webhook's signing secret lives in ``drift_webhook_secret``, never in a ``...Public``
+  model: the API shows it once, when it is made.
 
 Each table has a ``...Base`` (the fields) and, where the API returns it, a ``...Public``
 twin, so rows never leak to clients. Importing this module registers the tables on
@@ -101,6 +103,23 @@ class Webhook(WebhookBase, table=True):
 
 class WebhookPublic(WebhookBase):
     """A webhook as the API returns it."""
+
+
+class WebhookSecret(SQLModel, table=True):
+    """The signing secret of one webhook (`edgefleet.fleet.webhooks.signing`).
+
+    A table of its own rather than a column of ``drift_webhook``: there are no
+    migrations yet and ``create_all`` only creates missing tables, so a new column would
+    break every existing database while a new table simply appears. A webhook without a
+    row here (made before signing existed) is delivered unsigned until its secret is
+    rotated (``POST /v1/webhooks/{id}/secret``). Never returned by a list or get.
+    """
+
+    __tablename__ = "drift_webhook_secret"
+
+    webhook_id: str = Field(primary_key=True, max_length=32)
+    secret: str = Field(max_length=100)
+    created_at: datetime = Field(sa_type=UTCDateTime)
 
 
 class WebhookDeliveryBase(SQLModel):

@@ -15,10 +15,26 @@ from sqlalchemy import Engine
 
 from edgefleet.fleet.api.app import create_app
 from edgefleet.fleet.api.auth import bootstrap_admin_token
+from edgefleet.fleet.drift.alerts import AlertDecision, AlertKind
 from edgefleet.fleet.settings import FleetSettings
 from edgefleet.fleet.store.engine import create_all, make_engine
 
 ADMIN = "webhook-test-admin-token"
+LOOPBACK = ["127.0.0.0/8"]
+
+
+def decision(slice_key: str = "fleet", kind: AlertKind = AlertKind.DATA_DRIFT) -> AlertDecision:
+    """An alert to raise, as the drift monitor would decide it."""
+    return AlertDecision(
+        kind=kind,
+        severity="warning",
+        model_name="wine",
+        model_version="1.0.0",
+        slice_key=slice_key,
+        message=f"{kind.value} on {slice_key}",
+        evidence={"slice": {}, "window_start": "2026-01-01T00:00:00+00:00"},
+    )
+
 
 WebhookApi = Callable[..., TestClient]
 
