@@ -28,7 +28,8 @@ Invariants:
   is a decision for an operator or a rollout, not for the reconciler;
 - per desired seq at most ``max_attempts`` republishes, spaced by an exponential backoff
   (``backoff_s`` doubling up to ``backoff_max_s``), then the reconciler gives up once
-  (reported) and holds; a new seq, or the device converging, starts afresh.
+  (reported) and holds; a new seq, or the reason going away (the retained message is
+  current again and the device converged, acted, or went offline), starts afresh.
 """
 
 from __future__ import annotations
