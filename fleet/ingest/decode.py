@@ -21,6 +21,7 @@ after a long outage or lets a forged seq through.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -56,12 +57,42 @@ class Accepted:
 
 @dataclass(frozen=True, slots=True)
 class Rejected:
-    """A message that is not valid for its topic, kept verbatim with the reason."""
+    """A message that is not valid for its topic, with the reason.
+
+    ``payload`` is the payload as received, or only its first bytes when it was cut on
+    arrival (`Oversized`); ``size`` and ``sha256`` are always of the whole payload.
+    """
 
     topic: str
     payload: bytes
     received_at: datetime
     error: str
+    size: int | None = None  # None: len(payload)
+    sha256: str | None = None  # None: of payload
+
+    @property
+    def payload_size(self) -> int:
+        return len(self.payload) if self.size is None else self.size
+
+    @property
+    def payload_sha256(self) -> str:
+        return hashlib.sha256(self.payload).hexdigest() if self.sha256 is None else self.sha256
+
+
+@dataclass(frozen=True, slots=True)
+class Oversized:
+    """A payload larger than the ingester takes, cut on arrival so that the hand-off
+    never holds more than its first ``len(prefix)`` bytes; raises nothing."""
+
+    prefix: bytes
+    size: int
+    sha256: str
+    limit: int
+
+    @classmethod
+    def of(cls, payload: bytes, *, limit: int, keep: int) -> Oversized:
+        """The first ``keep`` bytes of ``payload`` (larger than ``limit``), its size, hash."""
+        return cls(payload[:keep], len(payload), hashlib.sha256(payload).hexdigest(), limit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,9 +121,15 @@ def implied_clock(seq: int) -> str:
         return "after the year 9999"
 
 
+def _rejected(topic: str, payload: bytes | Oversized, at: datetime, error: str) -> Rejected:
+    if isinstance(payload, Oversized):
+        return Rejected(topic, payload.prefix, at, error, payload.size, payload.sha256)
+    return Rejected(topic, payload, at, error)
+
+
 def decode(
     topic: str,
-    payload: bytes,
+    payload: bytes | Oversized,
     received_at: datetime,
     *,
     retained: bool = False,
@@ -101,14 +138,22 @@ def decode(
     """Classify one message; never raises for anything a peer can send.
 
     A valid message whose seq is beyond `seq_ceiling` (``received_at`` plus
-    ``seq_max_ahead_s``) is `Rejected`, not trusted.
+    ``seq_max_ahead_s``) is `Rejected`, not trusted; so is an `Oversized` payload.
     """
     try:
         parsed = parse_topic(topic)
     except TopicError as e:
-        return Rejected(topic, payload, received_at, str(e))
+        return _rejected(topic, payload, received_at, str(e))
     if parsed.channel not in DEVICE_TO_FLEET:
         return Ignored(topic, parsed.channel)
+    if isinstance(payload, Oversized):
+        return _rejected(
+            topic,
+            payload,
+            received_at,
+            f"{parsed.channel.value}: payload of {payload.size} bytes is larger than the"
+            f" {payload.limit} the ingester takes (ingest_max_payload_bytes)",
+        )
     try:
         message = decode_device_message(parsed.channel, parsed.device_id, payload)
     except MessageError as e:

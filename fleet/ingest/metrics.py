@@ -35,7 +35,13 @@ class IngestMetrics:
         )
         self.dead_lettered = Counter(
             "edgefleet_ingest_dead_lettered",
-            "invalid payloads kept in dead_letter",
+            "invalid payloads kept in dead_letters",
+            registry=registry,
+        )
+        self.dead_letters_dropped = Counter(
+            "edgefleet_ingest_dead_letters_dropped",
+            "dead letters deleted, oldest first: over the row or byte cap, or past retention",
+            ["why"],
             registry=registry,
         )
         self.ignored = Counter(
@@ -71,6 +77,7 @@ class IngestMetrics:
         for channel, n in result.conflicts.items():
             self.seq_conflicts.labels(channel.value).inc(n)
         self.dead_lettered.inc(result.dead_lettered)
+        self.dead_letters_dropped.labels("cap").inc(result.dead_letters_dropped)
 
     def value(self, name: str, **labels: str) -> float:
         """A sample's current value, 0 if never set (name with its _total suffix)."""

@@ -5,7 +5,11 @@ Threads: paho's network thread only timestamps each message and appends it to a 
 memory); one writer thread takes a batch at a time (``ingest_batch_size`` messages or
 ``ingest_flush_interval_s`` after the oldest, whichever comes first), decodes it and
 writes it. The two threads share the GIL, so the network thread is kept to the least
-work that cannot wait, and everything else is done per batch. A batch the database
+work that cannot wait, and everything else is done per batch. A payload beyond
+``ingest_max_payload_bytes`` is cut to its first bytes (with its size and sha256) on the
+network thread, so the hand-off holds at most ``ingest_queue_size`` bounded items. The
+writer thread also applies the dead letters' retention every
+``dead_letter_sweep_interval_s``. A batch the database
 cannot take is retried with capped exponential backoff and is not dropped; only at
 `stop` does the writer give up, after ``stop_timeout_s``, and it logs what it lost.
 """
@@ -26,7 +30,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from sqlalchemy import Engine
 
-from edgefleet.fleet.ingest.decode import Accepted, Ignored, Rejected, decode
+from edgefleet.fleet.ingest.dead_letters import DeadLetterLimits
+from edgefleet.fleet.ingest.decode import Accepted, Ignored, Oversized, Rejected, decode
 from edgefleet.fleet.ingest.handoff import BatchHandoff, ClosedError
 from edgefleet.fleet.ingest.metrics import IngestMetrics
 from edgefleet.fleet.ingest.writer import BatchWriter, TransientStoreError
@@ -36,7 +41,7 @@ from edgefleet.shared.topics import device_filter, shared_filter
 
 logger = logging.getLogger(__name__)
 
-Raw = tuple[str, bytes, bool, datetime]
+Raw = tuple[str, bytes | Oversized, bool, datetime]
 SESSION_EXPIRY_S = 24 * 3600  # MQTT 5 persistent session: how long the broker keeps it
 
 
@@ -52,7 +57,8 @@ class Ingester:
         client_id: str | None = None,
     ) -> None:
         self._settings = settings
-        self._writer = BatchWriter(engine)
+        self._writer = BatchWriter(engine, dead_letter_limits(settings))
+        self._next_sweep = 0.0  # monotonic time of the next dead-letter retention sweep
         self._metrics = metrics
         self._handoff: BatchHandoff[Raw] = BatchHandoff(
             maxsize=settings.ingest_queue_size,
@@ -165,8 +171,14 @@ class Ingester:
             topic = msg.topic
         except UnicodeDecodeError:
             topic = repr(msg._topic)  # kept verbatim for the dead letter
+        raw = bytes(msg.payload)
+        payload: bytes | Oversized = raw
+        limit = self._settings.ingest_max_payload_bytes
+        if len(raw) > limit:
+            keep = self._settings.dead_letter_payload_prefix_bytes
+            payload = Oversized.of(raw, limit=limit, keep=keep)
         try:
-            self._handoff.put((topic, bytes(msg.payload), msg.retain, datetime.now(UTC)))
+            self._handoff.put((topic, payload, msg.retain, datetime.now(UTC)))
         except ClosedError:
             # Only after `stop` has stopped the network loop; cannot happen in order.
             logger.warning("ingester stopped: message on %s not stored", topic)
@@ -177,6 +189,21 @@ class Ingester:
                 batch = self._decode(raws)
                 if batch:
                     self._write_with_retry(batch)
+            self._sweep_dead_letters()
+
+    def _sweep_dead_letters(self) -> None:
+        now = time.monotonic()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + self._settings.dead_letter_sweep_interval_s
+        try:
+            expired = self._writer.expire_dead_letters(datetime.now(UTC))
+        except TransientStoreError as e:
+            logger.warning("dead-letter retention postponed: %s", e)
+            return
+        if expired:
+            self._metrics.dead_letters_dropped.labels("retention").inc(expired)
+            logger.info("deleted %d dead letters past their retention", expired)
 
     def _decode(self, raws: list[Raw]) -> list[Accepted | Rejected]:
         self._metrics.received.inc(len(raws))
@@ -212,3 +239,13 @@ class Ingester:
             self._metrics.batch_seconds.observe(time.perf_counter() - started)
             self._metrics.record(result)
             return
+
+
+def dead_letter_limits(settings: FleetSettings) -> DeadLetterLimits:
+    """The dead-letter bounds the settings ask for."""
+    return DeadLetterLimits(
+        prefix_bytes=settings.dead_letter_payload_prefix_bytes,
+        max_rows=settings.dead_letter_max_rows,
+        max_bytes=settings.dead_letter_max_bytes,
+        retention_s=settings.dead_letter_retention_s,
+    )

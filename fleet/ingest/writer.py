@@ -15,6 +15,8 @@ Invariants:
 - device rows are touched in device-id order, so concurrent writers on PostgreSQL take
   row locks in the same order and do not deadlock, and once each per batch (an upsert
   may not change one row twice in a statement);
+- dead letters are kept within `DeadLetterLimits` (see `edgefleet.fleet.ingest.dead_letters`),
+  trimmed in the transaction that adds them;
 - `write` raises `TransientStoreError` (the database is away or busy: retry the whole
   batch), and otherwise never raises for a bad row: a row the database refuses is
   dead-lettered on its own and the rest of the batch is stored.
@@ -34,6 +36,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
 from edgefleet.fleet.ingest.bulk import BulkStatement, quoted
+from edgefleet.fleet.ingest.dead_letters import DeadLetterLimits, dead_letter_row, expire, trim
 from edgefleet.fleet.ingest.decode import Accepted, Rejected
 from edgefleet.fleet.ingest.rows import (
     DRIFT_COLUMNS,
@@ -94,19 +97,22 @@ class WriteResult:
     duplicates: Counter[Channel] = field(default_factory=Counter)
     conflicts: Counter[Channel] = field(default_factory=Counter)  # also in dead_lettered
     dead_lettered: int = 0
+    dead_letters_dropped: int = 0  # older dead letters trimmed to stay within the caps
 
     def add(self, other: WriteResult) -> None:
         self.persisted.update(other.persisted)
         self.duplicates.update(other.duplicates)
         self.conflicts.update(other.conflicts)
         self.dead_lettered += other.dead_lettered
+        self.dead_letters_dropped += other.dead_letters_dropped
 
 
 class BatchWriter:
     """Writes batches of `Accepted` and `Rejected` items to one database."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, limits: DeadLetterLimits | None = None) -> None:
         self._engine = engine
+        self._limits = limits or DeadLetterLimits()
         dialect = engine.dialect
         self._insert: Callable[[Table], Any] = (
             postgresql.insert if dialect.name == "postgresql" else sqlite.insert
@@ -155,6 +161,15 @@ class BatchWriter:
             logger.warning("database refused a batch of %d, storing one by one: %s", len(batch), e)
             return self._write_one_by_one(batch)
 
+    def expire_dead_letters(self, now: datetime) -> int:
+        """Delete dead letters older than the retention; how many. Raises
+        `TransientStoreError` if the database cannot take it now."""
+        try:
+            with self._engine.begin() as conn:
+                return expire(conn, now, self._limits.retention_s)
+        except SQLAlchemyError as e:
+            raise TransientStoreError(f"cannot expire dead letters: {e}") from e
+
     def _write_one_by_one(self, batch: Sequence[Item]) -> WriteResult:
         result = WriteResult()
         for item in batch:
@@ -198,19 +213,10 @@ class BatchWriter:
             result.persisted[Channel.STATE] += applied
             result.duplicates[Channel.STATE] += stale
         if dead:
-            conn.execute(
-                self._insert(_DEAD),
-                [
-                    {
-                        "received_at": d.received_at,
-                        "topic": d.topic,
-                        "payload": d.payload,
-                        "error": d.error,
-                    }
-                    for d in dead
-                ],
-            )
+            prefix_bytes = self._limits.prefix_bytes
+            conn.execute(self._insert(_DEAD), [dead_letter_row(d, prefix_bytes) for d in dead])
             result.dead_lettered = len(dead)
+            result.dead_letters_dropped = trim(conn, self._limits)
         return result
 
     def _conflicts(

@@ -131,15 +131,27 @@ class DriftWindowRow(SQLModel, table=True):
 
 
 class DeadLetter(SQLModel, table=True):
-    """A payload the ingester could not accept, kept verbatim with the reason."""
+    """A payload the ingester could not accept: its first bytes, size and sha256, and why.
 
-    __tablename__ = "dead_letter"
+    Bounded by `edgefleet.fleet.ingest.dead_letters` (rows, bytes, age; oldest dropped
+    first). The table is ``dead_letters``, not the older ``dead_letter`` that kept whole
+    payloads: `create_all` adds no columns to an existing table (there are no migrations
+    yet), so the new shape has a new name, and a database from before keeps its old
+    table untouched and unused (drop it by hand; the migrations will).
+    """
+
+    __tablename__ = "dead_letters"
 
     id: int | None = Field(default=None, primary_key=True)
     received_at: datetime = Field(sa_type=UTCDateTime, index=True)
-    topic: str = Field(sa_type=Text)
-    payload: bytes = Field(sa_type=LargeBinary)
-    error: str = Field(sa_type=Text)
+    topic: str = Field(sa_type=Text, description="at most 1024 characters of it")
+    payload_prefix: bytes = Field(sa_type=LargeBinary, description="the payload's first bytes")
+    payload_bytes: int = Field(sa_type=BigInteger, description="size of the whole payload")
+    payload_sha256: str = Field(max_length=64, description="of the whole payload")
+    error: str = Field(sa_type=Text, description="at most 2000 characters of it")
+    stored_bytes: int = Field(
+        sa_type=BigInteger, description="what this row counts against dead_letter_max_bytes"
+    )
 
 
 class TokenRole(StrEnum):
