@@ -9,8 +9,10 @@ and seq: never a new decision).
 A device needs its desired state again for one of two reasons (`Reason`):
 
 - ``retained_lost``: the broker's retained message on the device's ``desired`` topic is
-  not the stored envelope: cleared (an empty retained publish), absent (a broker that
-  restarted without persistence), not an envelope, or an older seq. Republished at once,
+  not the stored envelope: cleared (an empty retained publish) or overwritten with
+  something that is not an envelope, at once; absent (a broker that restarted without
+  persistence) or an older seq, once the desired state is older than ``in_flight_s``
+  (until then the director's own publish of it may still be on its way). Republished
   online or not: a device that is offline now reads it when it reconnects.
 - ``stuck``: the device is online, reports an active model (by sha256) other than the
   target, and has reported no event about this desired state for ``after_s`` since it was
@@ -55,8 +57,9 @@ class Retained(StrEnum):
 
     UNKNOWN = "unknown"  # not seen yet, and the watcher has not settled: no judgement
     CURRENT = "current"  # the stored seq
-    MISSING = "missing"  # cleared, or absent once the watcher settled
-    STALE = "stale"  # an older seq, or a payload that is not an envelope
+    CLEARED = "cleared"  # the last payload seen was empty, or not an envelope
+    MISSING = "missing"  # absent once the watcher settled
+    STALE = "stale"  # an older seq
     NEWER = "newer"  # a newer seq than the stored one: another director's; left alone
 
 
@@ -73,9 +76,9 @@ def classify_retained(observed: int | None, stored_seq: int, *, settled: bool) -
     """
     if observed is None:
         return Retained.MISSING if settled else Retained.UNKNOWN
-    if observed == EMPTY:
-        return Retained.MISSING
-    if observed == INVALID or observed < stored_seq:
+    if observed in (EMPTY, INVALID):
+        return Retained.CLEARED
+    if observed < stored_seq:
         return Retained.STALE
     return Retained.CURRENT if observed == stored_seq else Retained.NEWER
 
@@ -112,6 +115,7 @@ class ReconcileRules:
     """The settings the rules use (see `edgefleet.fleet.settings.FleetSettings`)."""
 
     after_s: float
+    in_flight_s: float
     backoff_s: float
     backoff_max_s: float
     max_attempts: int
@@ -159,7 +163,10 @@ Decision = InSync | Republish | Wait | GiveUp | Hold
 
 def reason_for(view: DeviceView, now: datetime, rules: ReconcileRules) -> Reason | None:
     """Why ``view``'s device needs its desired state again, or None if it does not."""
-    if view.retained in (Retained.MISSING, Retained.STALE):
+    if view.retained is Retained.CLEARED:
+        return Reason.RETAINED_LOST
+    settled_in = now - view.desired.issued_at >= _delay(rules.in_flight_s)
+    if view.retained in (Retained.MISSING, Retained.STALE) and settled_in:
         return Reason.RETAINED_LOST
     target = view.desired.target.sha256
     if not view.online or view.acted or view.active_sha256 == target:

@@ -183,7 +183,9 @@ class Reconciler:
                 pending += 1
             elif isinstance(decision, GiveUp):
                 self._metrics.gave_up.labels(decision.reason.value, decision.why).inc()
-                logger.warning(
+                # An expired state is ordinary ageing; attempts spent without effect are not.
+                logger.log(
+                    logging.INFO if decision.why == "expired" else logging.WARNING,
                     "reconciler: giving up on desired seq %s of %s (%s, %s after %s attempts)",
                     row.body.seq,
                     device_id,
@@ -260,6 +262,9 @@ def start_reconciler(
     """A started watcher and reconciler from the fleet's settings; `stop` both when done."""
     rules = ReconcileRules(
         after_s=settings.reconcile_after_s,
+        # A director's publish waits this long for its PUBACK: until then a state it
+        # just stored may not be on the broker yet.
+        in_flight_s=settings.publish_timeout_s,
         backoff_s=settings.reconcile_backoff_s,
         backoff_max_s=settings.reconcile_backoff_max_s,
         max_attempts=settings.reconcile_max_attempts,

@@ -31,7 +31,7 @@ from edgefleet.shared.signing.director import DesiredBody, DesiredTarget
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 TARGET = "a" * 64
 OLD = "b" * 64
-RULES = ReconcileRules(after_s=300, backoff_s=60, backoff_max_s=600, max_attempts=3)
+RULES = ReconcileRules(after_s=300, in_flight_s=10, backoff_s=60, backoff_max_s=600, max_attempts=3)
 
 
 def body(*, seq: int = 7, expires_in_s: float = 86_400) -> DesiredBody:
@@ -65,8 +65,8 @@ def at(seconds: float) -> datetime:
     [
         (None, 7, False, Retained.UNKNOWN),  # the broker may still be sending it
         (None, 7, True, Retained.MISSING),  # a broker restarted without persistence
-        (EMPTY, 7, False, Retained.MISSING),  # cleared by an empty retained publish
-        (INVALID, 7, True, Retained.STALE),  # overwritten with something else
+        (EMPTY, 7, False, Retained.CLEARED),  # cleared by an empty retained publish
+        (INVALID, 7, True, Retained.CLEARED),  # overwritten with something else
         (6, 7, True, Retained.STALE),  # an older envelope (a replayed one)
         (7, 7, True, Retained.CURRENT),
         (8, 7, True, Retained.NEWER),  # another director's: not ours to replace
@@ -81,10 +81,15 @@ def test_retained_message_is_classified_against_the_stored_seq(
 @pytest.mark.parametrize(
     ("changes", "now_s", "expected"),
     [
-        # The retained message is gone: republish at once, online or offline.
-        ({"retained": Retained.MISSING, "online": False}, 0, Reason.RETAINED_LOST),
-        ({"retained": Retained.STALE}, 0, Reason.RETAINED_LOST),
-        ({"retained": Retained.MISSING, "acted": True}, 0, Reason.RETAINED_LOST),
+        # The retained message was cleared: republish at once, online or offline.
+        ({"retained": Retained.CLEARED, "online": False}, 0, Reason.RETAINED_LOST),
+        ({"retained": Retained.CLEARED, "acted": True}, 0, Reason.RETAINED_LOST),
+        # Absent or older: only once the director's own publish cannot be in flight.
+        ({"retained": Retained.MISSING, "online": False}, 9, None),
+        ({"retained": Retained.MISSING, "online": False}, 10, Reason.RETAINED_LOST),
+        ({"retained": Retained.STALE}, 9, None),
+        ({"retained": Retained.STALE}, 10, Reason.RETAINED_LOST),
+        ({"retained": Retained.MISSING, "acted": True}, 10, Reason.RETAINED_LOST),
         # Not judged yet, or someone else's newer state: no reason from the retained side.
         ({"retained": Retained.UNKNOWN, "online": False}, 10_000, None),
         ({"retained": Retained.NEWER, "online": False}, 10_000, None),
@@ -116,7 +121,7 @@ def test_an_in_sync_device_is_forgotten() -> None:
 
 
 def test_a_lost_retained_state_is_republished_at_once() -> None:
-    decision, memory = decide(view(retained=Retained.MISSING, online=False), None, at(0), RULES)
+    decision, memory = decide(view(retained=Retained.CLEARED, online=False), None, at(0), RULES)
     assert decision == Republish(Reason.RETAINED_LOST, attempt=1)
     assert memory == Memory(7, attempts=1, last_attempt_at=at(0))
 
@@ -163,13 +168,13 @@ def test_after_max_attempts_it_gives_up_once_then_holds() -> None:
 
 def test_a_new_desired_seq_starts_afresh() -> None:
     held = Memory(6, attempts=3, last_attempt_at=at(0), held=True)
-    decision, memory = decide(view(retained=Retained.MISSING), held, at(10), RULES)
+    decision, memory = decide(view(retained=Retained.CLEARED), held, at(10), RULES)
     assert decision == Republish(Reason.RETAINED_LOST, attempt=1)
     assert memory == Memory(7, attempts=1, last_attempt_at=at(10))
 
 
 def test_an_expired_desired_state_is_never_republished() -> None:
-    expired = view(retained=Retained.MISSING, desired=body(expires_in_s=60))
+    expired = view(retained=Retained.CLEARED, desired=body(expires_in_s=60))
     decision, memory = decide(expired, None, at(60), RULES)
     assert decision == GiveUp(Reason.RETAINED_LOST, "expired", 0)
     assert memory is not None
@@ -185,10 +190,10 @@ def test_a_device_that_rejected_or_rolled_back_is_not_fought() -> None:
 
 
 def test_a_publish_the_broker_refused_does_not_spend_an_attempt() -> None:
-    _, memory = decide(view(retained=Retained.MISSING), None, at(0), RULES)
+    _, memory = decide(view(retained=Retained.CLEARED), None, at(0), RULES)
     assert memory is not None
     failed = publish_failed(memory)
     assert failed == Memory(7, attempts=0, last_attempt_at=at(0))
     # ... but still waits before trying again.
-    decision, _ = decide(view(retained=Retained.MISSING), failed, at(30), RULES)
+    decision, _ = decide(view(retained=Retained.CLEARED), failed, at(30), RULES)
     assert decision == Wait(Reason.RETAINED_LOST, at(60))

@@ -30,7 +30,7 @@ T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 NOW = T0 + timedelta(seconds=400)
 TARGET = "a" * 64
 OLD = "b" * 64
-RULES = ReconcileRules(after_s=300, backoff_s=60, backoff_max_s=600, max_attempts=2)
+RULES = ReconcileRules(after_s=300, in_flight_s=10, backoff_s=60, backoff_max_s=600, max_attempts=2)
 
 
 class RecordingDirector:
