@@ -9,23 +9,37 @@ when the call returns.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from edgefleet.agent.config import AgentConfig
 from edgefleet.agent.metrics import InferenceMetrics
 from edgefleet.agent.model_host import ModelHost
+from edgefleet.agent.update.acceptance import Accepted, Ignored, Rejected, judge, judge_install
+from edgefleet.agent.update.machine import Phase
+from edgefleet.agent.update.types import (
+    DesiredReceived,
+    DesiredRejected,
+    InstalledModel,
+    UpdateTarget,
+)
 from edgefleet.agent.update.wiring import UpdateService
 from edgefleet.fleet.repository import ImageRepository
 from edgefleet.shared.messages import EventKind, ModelRef
 from edgefleet.shared.signing import keys
 from edgefleet.shared.signing.bundle import write_bundle
+from edgefleet.shared.signing.errors import UpdateRejected
 from edgefleet.shared.signing.tufapi import CryptoSigner
 from edgefleet.simulators.models import TrainedModel
+from tests.shared.signing.hostile import hostile_payloads
 
 
 @dataclass
@@ -143,3 +157,90 @@ def test_rejection_reports_the_seq_a_bounded_payload_claims(device: Device) -> N
     assert rejected.desired_seq == 41
     assert rejected.reason is not None
     assert "unknown key" in rejected.reason
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,  # one device takes every example, on purpose
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+    ],
+)
+@given(data=st.data())
+def test_fuzzed_desired_payloads_are_each_rejected_and_change_no_model(
+    device: Device, data: st.DataObject
+) -> None:
+    payload = data.draw(hostile_payloads(device.director, device.device_id), label="payload")
+    again = hashlib.sha256(payload).hexdigest() == device.service.state.last_rejected_envelope
+    before = len(device.recorder.events)
+    device.offer(payload)  # raises nothing: on_desired runs on the MQTT thread
+    new = device.recorder.events[before:]
+    if again:  # the same payload as the one rejected last: reported once already
+        assert new == []
+    else:
+        assert [e.kind for e in new] == [EventKind.REJECTED]
+        assert new[0].reason
+    assert device.service.state.phase is Phase.IDLE
+    assert device.service.state.last_desired_seq == -1
+    device.assert_untouched()
+
+
+NOW = datetime(2025, 6, 1, tzinfo=UTC)
+SHAS = st.sampled_from(["a" * 64, "b" * 64, "c" * 64])
+targets = st.builds(
+    UpdateTarget,
+    desired_seq=st.integers(min_value=0, max_value=2**63),
+    name=st.text(max_size=20),
+    version=st.text(max_size=20) | st.sampled_from(["1.0.0", "0.9.0", "2.0.0-rc.1"]),
+    sha256=SHAS,
+    length=st.integers(min_value=0, max_value=2**63),
+    rollout_id=st.none() | st.text(max_size=10),
+    rollback=st.booleans(),
+)
+offers = st.one_of(
+    st.builds(
+        DesiredReceived,
+        target=targets,
+        expires_at=st.datetimes(timezones=st.just(UTC)),
+        envelope_sha256=SHAS,
+    ),
+    st.builds(
+        DesiredRejected,
+        reason=st.text(min_size=1, max_size=50),
+        desired_seq=st.none() | st.integers(min_value=0),
+        envelope_sha256=SHAS,
+    ),
+)
+
+
+@settings(max_examples=400, deadline=None, derandomize=True)
+@given(
+    offer=offers,
+    last_seq=st.integers(min_value=-1, max_value=2**63),
+    held=st.lists(st.none() | targets, max_size=2),
+    last_rejected=st.none() | SHAS,
+    active=st.none()
+    | st.builds(
+        InstalledModel, name=st.text(max_size=5), version=st.text(max_size=12), sha256=SHAS
+    ),
+)
+def test_judge_never_raises_and_every_rejection_has_a_reason(
+    offer: DesiredReceived | DesiredRejected,
+    last_seq: int,
+    held: list[UpdateTarget | None],
+    last_rejected: str | None,
+    active: InstalledModel | None,
+) -> None:
+    verdict = judge(offer, last_seq=last_seq, held=held, last_rejected=last_rejected, now=NOW)
+    assert isinstance(verdict, Accepted | Ignored | Rejected)
+    if isinstance(offer, DesiredRejected):
+        assert not isinstance(verdict, Accepted), "an envelope that did not open is never taken"
+    if isinstance(verdict, Rejected):
+        assert verdict.reason
+        assert issubclass(verdict.cause, UpdateRejected)
+    if isinstance(verdict, Accepted):
+        refused = judge_install(verdict.target, active=active)
+        assert refused is None or (refused.reason and issubclass(refused.cause, UpdateRejected))
