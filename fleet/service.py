@@ -208,13 +208,13 @@ class FleetService:
         if self.drift_monitor is not None:
             self.drift_monitor.stop()
             self.drift_monitor = None
+        if self.orchestrator is not None:
+            # Before the publishers: a tick in progress still publishes what it stored.
+            self.orchestrator.stop()
+            self.orchestrator = None
         if self._alert_publisher is not None:
             self._alert_publisher.stop()
             self._alert_publisher = None
-        if self.orchestrator is not None:
-            # Before the publisher: a tick in progress still publishes what it stored.
-            self.orchestrator.stop()
-            self.orchestrator = None
         if self.reconciler is not None:
             # Before the publisher, like the orchestrator: it publishes through it.
             self.reconciler.stop()
@@ -238,13 +238,9 @@ class FleetService:
     def _start_drift_monitor(self, engine: Engine) -> None:
         """Evaluate stored drift windows periodically; alerts go to MQTT and webhooks."""
         s = self.settings
-        self._alert_publisher = MqttAlertPublisher(s)
-        self._alert_publisher.start()
         self.drift_monitor = DriftMonitorService(
             engine,
-            Notifier(
-                engine, publisher=self._alert_publisher, destinations=destination_policy(s)
-            ),
+            Notifier(engine, publisher=self._alerts(), destinations=destination_policy(s)),
             interval_s=s.drift_interval_s,
             lookback_s=s.drift_lookback_s,
             cooldown_s=s.drift_cooldown_s,
@@ -266,8 +262,16 @@ class FleetService:
             tick_interval_s=s.rollout_tick_interval_s,
             lease_s=s.rollout_lease_s,
             offline_after_s=s.offline_after_s,
+            alerts=self._alerts(),  # a rollout paused by an error is a critical alert
         )
         self.orchestrator.start()
+
+    def _alerts(self) -> MqttAlertPublisher:
+        """The one publisher of the fleet alerts topic, started on first use."""
+        if self._alert_publisher is None:
+            self._alert_publisher = MqttAlertPublisher(self.settings)
+            self._alert_publisher.start()
+        return self._alert_publisher
 
     def _start_reconciler(self, engine: Engine) -> None:
         """Republish lost or unheeded desired states (`edgefleet.fleet.reconcile`)."""

@@ -25,6 +25,17 @@ Invariants (from the pure core's save-then-act contract):
   the rollout's version, and parses the state only when another writer (a command, a replica) moved
   it on.
 
+Isolation: one rollout cannot stall the others. Whatever goes wrong while reading or
+deciding one rollout (a stored state that no longer parses, an exception from `decide`
+or from its observations, a write its values break) pauses *that* rollout with the error
+as its ``status_reason`` and a ``decide_failed`` history line, publishes a critical
+``rollout_paused_error`` alert (`AlertPublisher`, when one is given), and the tick goes
+on with the next rollout. Only a lost lease and an unreachable database
+(`DATABASE_DOWN`) stop a tick: they are no rollout's fault, and the next tick retries.
+An error that repeats at every tick is recorded once (the reason is unchanged). Carrying
+out actions is not covered: the director's own failures are per device (``action_failed``
+lines, retried), and anything else there is the process failing, not the rollout.
+
 A rollback to ``to_version=None`` (the device ran no model of that name before) is not
 published: the protocol has no "uninstall", so it is skipped with a history line, and
 the rollout ends FAILED for that device once the rollback timeout passes.
@@ -35,12 +46,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Protocol
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from edgefleet.fleet.errors import FleetError
 from edgefleet.fleet.rollout_service.lease import Lease
@@ -49,15 +62,24 @@ from edgefleet.fleet.rollout_service.store import (
     HistoryLine,
     StaleRolloutError,
     StoredRollout,
+    UnreadableRollout,
     append,
     committed,
     decision_lines,
-    load_active,
+    load_active_checked,
+    pause_unreadable,
     save,
 )
-from edgefleet.fleet.rollouts.model import Action, Assign, RollBack, RolloutState
-from edgefleet.fleet.rollouts.policy import decide, unconfirmed_actions
-from edgefleet.shared.messages import utcnow
+from edgefleet.fleet.rollouts.model import (
+    Action,
+    Assign,
+    Decision,
+    RollBack,
+    RolloutState,
+    RolloutStatus,
+)
+from edgefleet.fleet.rollouts.policy import decide, pause_for_error, unconfirmed_actions
+from edgefleet.shared.messages import AlertMessage, utcnow
 from edgefleet.shared.signing.director import DesiredTarget, SignedDesiredState
 
 logger = logging.getLogger(__name__)
@@ -65,6 +87,12 @@ logger = logging.getLogger(__name__)
 LEASE_NAME = "rollout-orchestrator"
 # Devices per director batch; the lease is re-checked between batches.
 PUBLISH_BATCH = 250
+ALERT_KIND = "rollout_paused_error"
+# How much of an error's text a status reason and an alert carry (a pydantic error on a
+# large state can run to pages).
+MAX_ERROR_CHARS = 500
+# The database is unreachable: every rollout would fail alike, so the tick stops.
+DATABASE_DOWN = (OperationalError, InterfaceError, DisconnectionError, PoolTimeoutError)
 
 
 class RolloutDirector(Protocol):
@@ -93,6 +121,15 @@ class TargetRegistry(Protocol):
     def published_target(self, name: str, version: str) -> DesiredTarget: ...
 
 
+class AlertPublisher(Protocol):
+    """Where rollout alerts go (`edgefleet.fleet.drift.notify.MqttAlertPublisher` is one:
+    the fleet alerts topic)."""
+
+    def publish_alert(self, message: AlertMessage) -> None:
+        """Publish at QoS 1 and wait for the acknowledgement; raises on failure."""
+        ...
+
+
 class LeaseLostError(Exception):
     """This replica no longer holds the orchestrator lease; it must stop acting."""
 
@@ -111,6 +148,7 @@ class Orchestrator:
         lease_s: float = 5.0,
         offline_after_s: float = 300.0,
         clock: Callable[[], datetime] = utcnow,
+        alerts: AlertPublisher | None = None,
     ) -> None:
         if lease_s <= tick_interval_s:
             raise ValueError(
@@ -120,6 +158,7 @@ class Orchestrator:
         self._director = director
         self._registry = registry
         self._clock = clock
+        self._alerts = alerts
         self.tick_interval_s = tick_interval_s
         self.offline_after_s = offline_after_s
         self.lease = Lease(engine, LEASE_NAME, holder, duration_s=lease_s, clock=clock)
@@ -185,12 +224,17 @@ class Orchestrator:
                 self.recover()
                 self._recovered = True
             with self._engine.connect() as conn:
-                rollouts = load_active(conn)
+                rollouts, unreadable = load_active_checked(conn)
             self._events.retain(r.id for r in rollouts)
+            for broken in unreadable:
+                self._pause_unreadable(broken)
             for stored in rollouts:
                 if self._stop.is_set():
                     break
-                self._drive(stored)
+                try:
+                    self._drive(stored)
+                except _DecidingError as e:  # this rollout's own failure: pause it only
+                    self._pause_on_error(stored, e.__cause__ or e)
         except LeaseLostError:
             logger.warning("%s lost the orchestrator lease mid-tick; stopped acting", self.holder)
             self._recovered = False
@@ -200,9 +244,13 @@ class Orchestrator:
         """Make sure every action the stored states still expect was carried out
         (re-publishing stored desired states; see the module docstring)."""
         with self._engine.connect() as conn:
-            rollouts = load_active(conn)
+            rollouts, _ = load_active_checked(conn)  # the tick pauses the unreadable ones
         for stored in rollouts:
-            actions = unconfirmed_actions(stored.state)
+            try:
+                actions = unconfirmed_actions(stored.state)
+            except Exception as e:  # a bad state pauses its own rollout only
+                self._pause_on_error(stored, e)
+                continue
             if actions:
                 logger.info(
                     "rollout %s: re-doing %s unconfirmed action(s)", stored.id, len(actions)
@@ -230,6 +278,21 @@ class Orchestrator:
             raise LeaseLostError(self.holder)
 
     def _drive(self, stored: StoredRollout) -> None:
+        """Decide ``stored`` once, save, then act. Raises `_DecidingError` (from what went
+        wrong) when carrying out the decision is not reached: see the module docstring."""
+        try:
+            decision = self._decide_and_save(stored)
+        except (LeaseLostError, *DATABASE_DOWN):
+            raise
+        except Exception as e:
+            raise _DecidingError(stored.id) from e
+        if decision is None:
+            return
+        retries = self._due_retries(decision.state)
+        self._perform(decision.state, [*retries, *decision.actions], recovering=bool(retries))
+
+    def _decide_and_save(self, stored: StoredRollout) -> Decision | None:
+        """The decision for ``stored``, saved; None when another writer got there first."""
         now = self._clock()
         with self._engine.connect() as conn:
             observations = observe(
@@ -249,7 +312,7 @@ class Orchestrator:
                     saved = save(conn, stored, decision.state, decision_lines(decision, now))
                 except StaleRolloutError as e:
                     logger.debug("%s; deciding again next tick", e)
-                    return
+                    return None
             # Committed: the next tick (and the API) need not read and parse it back.
             committed(self._engine, saved)
             if decision.state.status != stored.state.status:
@@ -259,8 +322,89 @@ class Orchestrator:
                     stored.state.status.value,
                     decision.state.status.value,
                 )
-        retries = self._due_retries(decision.state)
-        self._perform(decision.state, [*retries, *decision.actions], recovering=bool(retries))
+        return decision
+
+    # -- isolation ---------------------------------------------------------------------
+
+    def _pause_on_error(self, stored: StoredRollout, error: BaseException) -> None:
+        """Pause ``stored`` with ``error`` recorded (see the module docstring). A failure to
+        pause is logged and left to the next tick; a lost lease or database propagates."""
+        now = self._clock()
+        reason = _reason(error)
+        try:
+            decision = pause_for_error(stored.state, reason, now)
+            if decision.state == stored.state:
+                logger.debug("rollout %s stays paused: %s", stored.id, reason)
+                return
+            logger.error("rollout %s: deciding failed, pausing it", stored.id, exc_info=error)
+            lines = [_error_line(error, stored.state.status.value, now)]
+            lines += decision_lines(decision, now)
+            with self._engine.begin() as conn:
+                if not self.lease.holds(conn):
+                    raise LeaseLostError(self.holder)
+                saved = save(conn, stored, decision.state, lines)
+            committed(self._engine, saved)
+        except StaleRolloutError as e:
+            logger.info(
+                "rollout %s changed while being paused (%s); next tick decides", stored.id, e
+            )
+            return
+        except (LeaseLostError, *DATABASE_DOWN):
+            raise
+        except Exception:  # the next tick tries again; the others go on
+            logger.exception("rollout %s: could not be paused after its error", stored.id)
+            return
+        self._alert(stored.id, stored.state.status.value, error, reason)
+
+    def _pause_unreadable(self, broken: UnreadableRollout) -> None:
+        """Pause a rollout whose stored state does not parse, once per distinct error."""
+        reason = _reason(broken.error)
+        if broken.status == RolloutStatus.PAUSED.value and broken.status_reason == reason:
+            logger.debug("rollout %s stays paused: its state does not parse", broken.id)
+            return
+        logger.error(
+            "rollout %s: its stored state does not parse, pausing it: %s", broken.id, reason
+        )
+        now = self._clock()
+        lines = [
+            _error_line(broken.error, broken.status, now),
+            HistoryLine(kind="paused", ts=now, message=reason),
+        ]
+        try:
+            with self._engine.begin() as conn:
+                if not self.lease.holds(conn):
+                    raise LeaseLostError(self.holder)
+                if not pause_unreadable(conn, broken, reason, lines):
+                    return  # written in between: the next tick reads it again
+        except (LeaseLostError, *DATABASE_DOWN):
+            raise
+        except Exception:  # the next tick tries again; the others go on
+            logger.exception("rollout %s: could not be paused after its error", broken.id)
+            return
+        self._alert(broken.id, broken.status, broken.error, reason)
+
+    def _alert(self, rollout_id: str, status: str, error: BaseException, reason: str) -> None:
+        if self._alerts is None:
+            return
+        message = AlertMessage(
+            id=uuid.uuid4().hex,
+            kind=ALERT_KIND,
+            severity="critical",
+            message=f"rollout {rollout_id} {reason}",
+            ts=self._clock(),
+            evidence={
+                "rollout_id": rollout_id,
+                "status_before": status,
+                "error": type(error).__name__,
+                "detail": _text(error),
+            },
+        )
+        try:
+            self._alerts.publish_alert(message)
+        except Exception as e:  # the pause is stored; the alert is best effort
+            logger.warning(
+                "rollout %s is paused but its alert was not published: %s", rollout_id, e
+            )
 
     def _due_retries(self, state: RolloutState) -> list[Action]:
         if not any(key[0] == state.rollout_id for key in self._retry):
@@ -402,6 +546,28 @@ class Orchestrator:
                 )
             )
         return lines
+
+
+class _DecidingError(Exception):
+    """Reading or deciding a rollout failed (the cause is chained): pause it."""
+
+
+def _text(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or repr(error)
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"
+
+
+def _reason(error: BaseException) -> str:
+    return f"paused: deciding it failed with {type(error).__name__}: {_text(error)}"
+
+
+def _error_line(error: BaseException, status: str, now: datetime) -> HistoryLine:
+    return HistoryLine(
+        kind="decide_failed",
+        ts=now,
+        message=f"deciding the rollout failed with {type(error).__name__}: {_text(error)}",
+        detail={"error": type(error).__name__, "detail": _text(error), "status_before": status},
+    )
 
 
 def _destination(state: RolloutState, action: Assign | RollBack) -> tuple[str, bool]:

@@ -14,7 +14,11 @@ Invariants:
   `save`); `append` takes only device lines. So ``(id, version)`` names the state *and*
   those lines, and a view of them can be cached by it (`edgefleet.fleet.api.rollouts`);
 - a parsed state is cached by ``(database, id, version)``, put there when it is read or
-  once the transaction that saved it has committed (`committed`).
+  once the transaction that saved it has committed (`committed`);
+- a stored state that no longer parses (written by an older schema, or by hand) never
+  hides the others: `load_active_checked` returns it apart as an `UnreadableRollout`,
+  which the orchestrator pauses with the error (`pause_unreadable`) and `create` counts
+  as holding the targets its JSON names.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import Connection, Engine, Text, cast, insert, literal, select, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Session, col
@@ -72,6 +76,18 @@ class StoredRollout:
     version: int
     state: RolloutState
     created_by: str
+
+
+@dataclass(frozen=True)
+class UnreadableRollout:
+    """An active rollout row whose stored state does not parse as a `RolloutState`."""
+
+    id: str
+    version: int
+    status: str
+    status_reason: str | None
+    error: Exception
+    targets: frozenset[str]
 
 
 @dataclass(frozen=True)
@@ -152,9 +168,15 @@ def _stored(database: str, row: Any) -> StoredRollout:
     )
 
 
-def _load_many(conn: Connection, *where: Any) -> list[StoredRollout]:
+def _load_many(
+    conn: Connection, *where: Any, unreadable: list[UnreadableRollout] | None = None
+) -> list[StoredRollout]:
     """The rollouts matching ``where``, oldest first, reading a state only if the cache
-    does not hold that version."""
+    does not hold that version.
+
+    Raises `pydantic.ValidationError` for a state that does not parse, unless
+    ``unreadable`` is given: such rows are then appended there and left out.
+    """
     database = _database(conn)
     heads = conn.execute(
         select(_ROLLOUT.c.id, _ROLLOUT.c.version, _ROLLOUT.c.created_by)
@@ -167,7 +189,11 @@ def _load_many(conn: Connection, *where: Any) -> list[StoredRollout]:
     if missing:
         rows = conn.execute(
             select(
-                _ROLLOUT.c.id, _ROLLOUT.c.version, _ROLLOUT.c.state, _ROLLOUT.c.created_by
+                _ROLLOUT.c.id,
+                _ROLLOUT.c.version,
+                _ROLLOUT.c.state,
+                _ROLLOUT.c.created_by,
+                _ROLLOUT.c.status,
             ).where(_ROLLOUT.c.id.in_(missing))
         )
         read = {row.id: row for row in rows}
@@ -176,11 +202,34 @@ def _load_many(conn: Connection, *where: Any) -> list[StoredRollout]:
         state = cached[head.id]
         if head.id in read:
             # A rollout saved between the two reads: the second read's version stands.
-            found.append(_stored(database, read[head.id]))
+            row = read[head.id]
+            try:
+                found.append(_stored(database, row))
+            except (ValidationError, ValueError, TypeError) as e:
+                if unreadable is None:
+                    raise
+                unreadable.append(_unreadable(row, e))
         else:
             assert state is not None
             found.append(StoredRollout(head.id, head.version, state, head.created_by))
     return found
+
+
+def _unreadable(row: Any, error: Exception) -> UnreadableRollout:
+    raw = row.state if isinstance(row.state, dict) else {}
+    targets = raw.get("targets")
+    reason = raw.get("status_reason")
+    return UnreadableRollout(
+        id=row.id,
+        version=row.version,
+        status=row.status,
+        status_reason=reason if isinstance(reason, str) else None,
+        error=error,
+        # What a create must keep away from: every device id the JSON still names.
+        targets=frozenset(d for d in targets if isinstance(d, str))
+        if isinstance(targets, list)
+        else frozenset(),
+    )
 
 
 def load(conn: Connection, rollout_id: str) -> StoredRollout:
@@ -192,8 +241,48 @@ def load(conn: Connection, rollout_id: str) -> StoredRollout:
 
 
 def load_active(conn: Connection) -> list[StoredRollout]:
-    """Every rollout not in a terminal status, oldest first."""
+    """Every rollout not in a terminal status, oldest first.
+
+    Raises `pydantic.ValidationError` if a stored state does not parse (see
+    `load_active_checked`)."""
     return _load_many(conn, _ROLLOUT.c.status.in_(ACTIVE_STATUSES))
+
+
+def load_active_checked(
+    conn: Connection,
+) -> tuple[list[StoredRollout], list[UnreadableRollout]]:
+    """Every rollout not in a terminal status, oldest first, and apart from them those
+    whose stored state does not parse. Raises only `sqlalchemy.exc.SQLAlchemyError`."""
+    unreadable: list[UnreadableRollout] = []
+    found = _load_many(conn, _ROLLOUT.c.status.in_(ACTIVE_STATUSES), unreadable=unreadable)
+    return found, unreadable
+
+
+def pause_unreadable(
+    conn: Connection, rollout: UnreadableRollout, reason: str, lines: Iterable[HistoryLine]
+) -> bool:
+    """Pause a rollout whose state does not parse, in the caller's transaction: the
+    status column (and the JSON's ``status``/``status_reason``, when it is an object)
+    say PAUSED with ``reason``, the version moves on, ``lines`` go into its history.
+
+    Returns False (nothing written) when the version moved on since it was read.
+    """
+    raw = conn.execute(select(_ROLLOUT.c.state).where(_ROLLOUT.c.id == rollout.id)).scalar()
+    values: dict[str, Any] = {
+        "status": RolloutStatus.PAUSED.value,
+        "version": rollout.version + 1,
+    }
+    if isinstance(raw, dict):
+        values["state"] = {**raw, "status": RolloutStatus.PAUSED.value, "status_reason": reason}
+    result = conn.execute(
+        update(_ROLLOUT)
+        .where(_ROLLOUT.c.id == rollout.id, _ROLLOUT.c.version == rollout.version)
+        .values(**values)
+    )
+    if result.rowcount != 1:
+        return False
+    _append(conn, rollout.id, lines)
+    return True
 
 
 def list_rollouts(
@@ -326,7 +415,9 @@ def create(
                 )
             )
         ]
-        active = {s.id: held_devices(s.state) for s in load_active(conn)}
+        readable, unreadable = load_active_checked(conn)
+        active = {s.id: held_devices(s.state) for s in readable}
+        active.update({u.id: u.targets for u in unreadable})
         state = new_rollout(rollout_id, spec, candidates, active, now)
         conn.execute(
             insert(_ROLLOUT).values(

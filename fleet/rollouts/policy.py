@@ -52,7 +52,8 @@ Rules:
    resume (PAUSED → RUNNING; resuming past a failed gate records it as passed by the
    operator); abort (→ ABORTED: stop assigning, leave devices as they are); rollback
    (from any status, also COMPLETED or ABORTED → ROLLING_BACK). Repeating a command is a
-   no-op; a command the status forbids raises `RolloutCommandError`.
+   no-op; a command the status forbids raises `RolloutCommandError`. A rollout whose
+   deciding failed is paused with the error as its reason (`pause_for_error`).
 9. A rollout in a terminal status (COMPLETED, ABORTED, ROLLED_BACK, FAILED) holds no
    devices and assigns nothing; it still records rollback confirmations and, unless
    aborted, how its in-flight devices end (a gate with ``min_success_ratio`` below 1 can
@@ -215,6 +216,21 @@ def apply_command(state: RolloutState, command: OperatorCommand, now: datetime) 
     if new != state:
         new = replace(new, updated_at=now)
     return Decision(state=new, actions=tuple(tick.actions), timeline=tuple(tick.timeline))
+
+
+def pause_for_error(state: RolloutState, reason: str, now: datetime) -> Decision:
+    """The rollout paused because deciding it failed (the orchestrator caught ``reason``).
+
+    A rollout already paused for this same reason is left as it is, so an error that
+    repeats at every tick is recorded once. A terminal rollout is left as it is. Raises
+    `ValueError` for a naive ``now``.
+    """
+    _require_aware(now)
+    if not state.active or (state.status is S.PAUSED and state.status_reason == reason):
+        return Decision(state=state)
+    tick = _Tick(now=now, observations={}, metrics=None)
+    paused = replace(_pause(state, reason, None, tick), updated_at=now)
+    return Decision(state=paused, actions=tuple(tick.actions), timeline=tuple(tick.timeline))
 
 
 def unconfirmed_actions(state: RolloutState) -> list[Action]:
