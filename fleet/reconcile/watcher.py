@@ -137,7 +137,13 @@ class RetainedWatcher:
             self._subscribed_at = None
             self._subscribe_mid = client.subscribe(self.topic, qos=1)[1]
 
-    def _on_subscribe(self, _c: mqtt.Client, _u: Any, mid: int, _rcs: Any, _p: Any) -> None:
+    def _on_subscribe(
+        self, _c: mqtt.Client, _u: Any, mid: int, codes: list[ReasonCode], _p: Any
+    ) -> None:
+        if any(code.is_failure for code in codes):
+            # Never settled: without the subscription every device would look lost.
+            logger.warning("reconciler watcher: broker refused %s: %s", self.topic, codes)
+            return
         with self._lock:
             if mid == self._subscribe_mid:
                 self._subscribed_at = time.monotonic()
