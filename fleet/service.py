@@ -244,6 +244,7 @@ class FleetService:
             interval_s=s.drift_interval_s,
             lookback_s=s.drift_lookback_s,
             cooldown_s=s.drift_cooldown_s,
+            registry=self.registry,  # its failure counter beside the ingest metrics
         )
         self.drift_monitor.start()
 

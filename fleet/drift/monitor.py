@@ -8,6 +8,14 @@ alerts that `edgefleet.fleet.drift.alerts` decides and the cool-down lets throug
 
 The cool-down reads the stored alerts, so several replicas running the monitor, or a
 restarted one, do not repeat each other's alerts beyond a race inside one evaluation.
+
+Isolation: one bad input never stops the evaluation of the others. A slice that cannot
+be judged is logged and skipped; when a slice of several devices (the fleet, a tag, a
+hardware type) fails, the devices whose own windows cannot be judged are left out of it
+(named in the alert's ``excluded_devices``) and the rest is judged; a model version whose
+profile, thresholds or alerts fail is skipped and the next one is evaluated. Each failure
+is counted in ``edgefleet_drift_evaluation_failures{scope=slice|device|version}``, and the
+background thread survives anything a run raises.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import threading
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
+from prometheus_client import CollectorRegistry, Counter
 from sqlalchemy import Engine, func
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col
@@ -24,7 +33,7 @@ from sqlmodel import Session, col
 from edgefleet.fleet.drift.alerts import AlertDecision, apply_cooldown, decide
 from edgefleet.fleet.drift.analysis import comparable, judge
 from edgefleet.fleet.drift.notify import Notifier
-from edgefleet.fleet.drift.rollup import SLICERS, SliceFilter, rollup, slices
+from edgefleet.fleet.drift.rollup import SLICERS, Rollup, SliceFilter, WindowRecord, rollup, slices
 from edgefleet.fleet.drift.store import (
     get_reference,
     get_thresholds,
@@ -33,12 +42,45 @@ from edgefleet.fleet.drift.store import (
 )
 from edgefleet.fleet.errors import NotFoundError
 from edgefleet.fleet.store.drift_tables import DriftAlert
-from edgefleet.shared.drift import DriftError
+from edgefleet.shared.drift import DriftError, DriftReport, DriftThresholds, ReferenceProfile
 from edgefleet.shared.messages import utcnow
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_SLICES = ("fleet", "device", "tag", "hardware")
+# How many left-out devices an alert names (the count is always there).
+MAX_EXCLUDED_NAMED = 50
+
+
+class _Quarantine:
+    """Which devices' windows cannot be judged on their own, within one version's run:
+    each device is tried at most once, and counted once when it is left out."""
+
+    def __init__(
+        self,
+        records: Sequence[WindowRecord],
+        profile: ReferenceProfile,
+        thresholds: DriftThresholds,
+    ) -> None:
+        self._by_device: dict[str, list[WindowRecord]] = {}
+        for record in records:
+            self._by_device.setdefault(record.device_id, []).append(record)
+        self._profile = profile
+        self._thresholds = thresholds
+        self._errors: dict[str, Exception | None] = {}
+
+    def error(self, device_id: str) -> Exception | None:
+        """Why ``device_id``'s windows cannot be judged on their own (None: they can)."""
+        if device_id not in self._errors:
+            try:
+                judge(self._by_device.get(device_id, []), self._profile, self._thresholds)
+                self._errors[device_id] = None
+            except Exception as e:  # whatever it is, it is this device's alone
+                self._errors[device_id] = e
+        return self._errors[device_id]
+
+    def tried(self) -> dict[str, Exception]:
+        return {d: e for d, e in self._errors.items() if e is not None}
 
 
 class DriftMonitorService:
@@ -53,7 +95,11 @@ class DriftMonitorService:
         lookback_s: float = 3600.0,
         cooldown_s: float = 3600.0,
         slice_kinds: Sequence[str] = DEFAULT_SLICES,
+        registry: CollectorRegistry | None = None,
     ) -> None:
+        """``registry`` gets the monitor's failure counter (a private one if None).
+
+        Raises `ValueError` for an unknown slice kind or a non-positive interval."""
         unknown = [k for k in slice_kinds if k not in SLICERS]
         if unknown or interval_s <= 0 or lookback_s <= 0 or cooldown_s < 0:
             raise ValueError(
@@ -67,6 +113,13 @@ class DriftMonitorService:
         self.lookback_s = lookback_s
         self.cooldown_s = cooldown_s
         self.slice_kinds = tuple(slice_kinds)
+        self.failures = Counter(
+            "edgefleet_drift_evaluation_failures",
+            "drift evaluations that failed and were skipped: a slice, a device left out "
+            "of the slices it is in, or a whole model version",
+            ["scope"],
+            registry=registry if registry is not None else CollectorRegistry(),
+        )
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -78,15 +131,23 @@ class DriftMonitorService:
             versions = model_versions_with_windows(session, since)
         raised: list[DriftAlert] = []
         for model, version in versions:
-            decisions = self._evaluate_version(model, version, since, now)
-            if not decisions:
-                continue
-            kept = apply_cooldown(
-                decisions, self._last_alerted(decisions), now=now, cooldown_s=self.cooldown_s
-            )
-            if kept:
-                raised.extend(self._notifier.raise_alerts(kept, now))
+            try:
+                raised.extend(self._run_version(model, version, since, now))
+            except Exception:  # one version's failure must not stop the next one
+                self.failures.labels(scope="version").inc()
+                logger.exception("drift evaluation of %s %s failed; skipped", model, version)
         return raised
+
+    def _run_version(
+        self, model: str, version: str, since: datetime, now: datetime
+    ) -> list[DriftAlert]:
+        decisions = self._evaluate_version(model, version, since, now)
+        if not decisions:
+            return []
+        kept = apply_cooldown(
+            decisions, self._last_alerted(decisions), now=now, cooldown_s=self.cooldown_s
+        )
+        return self._notifier.raise_alerts(kept, now) if kept else []
 
     def _evaluate_version(
         self, model: str, version: str, since: datetime, now: datetime
@@ -113,31 +174,75 @@ class DriftMonitorService:
                 profile.profile_id[:12],
             )
         decisions: list[AlertDecision] = []
+        quarantine = _Quarantine(kept, profile, thresholds)
+        where = f"{model} {version}"
         for slice_key, members in sorted(slices(kept, self.slice_kinds).items()):
             try:
-                report = judge(members, profile, thresholds)
-            except DriftError as e:
-                logger.warning("%s %s %s: cannot judge: %s", model, version, slice_key, e)
-                continue
-            if report is None:
-                continue
-            merged = rollup(members)
-            context = {
-                "window_start": merged.start.isoformat(),
-                "window_end": merged.end.isoformat(),
-                "windows": merged.windows,
-                "devices": merged.devices,
-            }
-            decisions.extend(
-                decide(
-                    report,
-                    model_name=model,
-                    model_version=version,
-                    slice_key=slice_key,
-                    context=context,
+                judged = self._judge_slice(members, profile, thresholds, quarantine, where)
+                if judged is None:
+                    continue
+                report, merged, excluded = judged
+                context: dict[str, object] = {
+                    "window_start": merged.start.isoformat(),
+                    "window_end": merged.end.isoformat(),
+                    "windows": merged.windows,
+                    "devices": merged.devices,
+                }
+                if excluded:
+                    context["excluded_devices"] = excluded[:MAX_EXCLUDED_NAMED]
+                    context["excluded_count"] = len(excluded)
+                decisions.extend(
+                    decide(
+                        report,
+                        model_name=model,
+                        model_version=version,
+                        slice_key=slice_key,
+                        context=context,
+                    )
                 )
+            except Exception as e:  # this slice only: the others are still judged
+                self.failures.labels(scope="slice").inc()
+                log = logger.warning if isinstance(e, DriftError) else logger.error
+                log("%s %s: cannot judge: %s: %s", where, slice_key, type(e).__name__, e)
+        for device_id, error in sorted(quarantine.tried().items()):
+            self.failures.labels(scope="device").inc()
+            logger.warning(
+                "%s: windows of device %s cannot be judged (%s: %s); left out of every "
+                "slice it is in",
+                where,
+                device_id,
+                type(error).__name__,
+                error,
             )
         return decisions
+
+    @staticmethod
+    def _judge_slice(
+        members: Sequence[WindowRecord],
+        profile: ReferenceProfile,
+        thresholds: DriftThresholds,
+        quarantine: _Quarantine,
+        where: str,
+    ) -> tuple[DriftReport, Rollup, list[str]] | None:
+        """The slice's report, merge and the devices left out of it; None if empty.
+
+        A slice of several devices that fails is judged again without the devices whose
+        own windows fail. Raises what judging raises when no device is to blame.
+        """
+        try:
+            report = judge(members, profile, thresholds)
+            return None if report is None else (report, rollup(members), [])
+        except Exception:
+            devices = sorted({m.device_id for m in members})
+            if len(devices) < 2:
+                raise
+            bad = [d for d in devices if quarantine.error(d) is not None]
+            if not bad:
+                raise
+        rest = [m for m in members if m.device_id not in set(bad)]
+        logger.debug("%s: judging a slice again without %s device(s)", where, len(bad))
+        report = judge(rest, profile, thresholds)
+        return None if report is None else (report, rollup(rest), bad)
 
     def _last_alerted(
         self, decisions: Sequence[AlertDecision]
