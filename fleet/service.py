@@ -29,7 +29,7 @@ from edgefleet.fleet.api.auth import bootstrap_admin_token
 from edgefleet.fleet.api.update_deps import UpdateServices
 from edgefleet.fleet.director import Director
 from edgefleet.fleet.drift.monitor import DriftMonitorService
-from edgefleet.fleet.drift.notify import MqttAlertPublisher, Notifier
+from edgefleet.fleet.drift.notify import MqttAlertPublisher, Notifier, stored_webhook_body
 from edgefleet.fleet.ingest.metrics import IngestMetrics
 from edgefleet.fleet.ingest.subscriber import Ingester
 from edgefleet.fleet.keys import FleetKeys, load_fleet_keys, open_repository, passphrase_from_env
@@ -41,6 +41,7 @@ from edgefleet.fleet.repo_access import MetadataRefresher, RepositoryAccess
 from edgefleet.fleet.rollout_service.orchestrator import Orchestrator
 from edgefleet.fleet.settings import FleetSettings
 from edgefleet.fleet.store.engine import create_all, make_engine
+from edgefleet.fleet.webhooks.dispatcher import RetryPolicy, WebhookDispatcher
 from edgefleet.fleet.webhooks.transport import destination_policy
 from edgefleet.shared.signing.tufapi import SSlibKey
 
@@ -101,6 +102,7 @@ class FleetService:
         self._retained_watcher: RetainedWatcher | None = None
         self.drift_monitor: DriftMonitorService | None = None
         self._alert_publisher: MqttAlertPublisher | None = None
+        self._webhooks: WebhookDispatcher | None = None
         self.registry = CollectorRegistry()
         self.metrics = IngestMetrics(self.registry)
         self.bootstrap_admin_token: str | None = None
@@ -119,6 +121,11 @@ class FleetService:
     @property
     def ingester(self) -> Ingester | None:
         return self._ingester
+
+    @property
+    def webhooks(self) -> WebhookDispatcher | None:
+        """The webhook dispatcher (None when stopped)."""
+        return self._webhooks
 
     @property
     def port(self) -> int:
@@ -208,6 +215,11 @@ class FleetService:
         if self.drift_monitor is not None:
             self.drift_monitor.stop()
             self.drift_monitor = None
+        if self._webhooks is not None:
+            # After the monitor (nothing new is queued); unfinished deliveries stay
+            # pending in the database and are sent by the next start.
+            self._webhooks.stop()
+            self._webhooks = None
         if self.orchestrator is not None:
             # Before the publishers: a tick in progress still publishes what it stored.
             self.orchestrator.stop()
@@ -240,7 +252,7 @@ class FleetService:
         s = self.settings
         self.drift_monitor = DriftMonitorService(
             engine,
-            Notifier(engine, publisher=self._alerts(), destinations=destination_policy(s)),
+            Notifier(engine, publisher=self._alerts(), dispatcher=self._start_webhooks(engine)),
             interval_s=s.drift_interval_s,
             lookback_s=s.drift_lookback_s,
             cooldown_s=s.drift_cooldown_s,
@@ -266,6 +278,24 @@ class FleetService:
             alerts=self._alerts(),  # a rollout paused by an error is a critical alert
         )
         self.orchestrator.start()
+
+    def _start_webhooks(self, engine: Engine) -> WebhookDispatcher:
+        """The webhook dispatcher: per-webhook queues and threads, off the drift thread."""
+        s = self.settings
+        self._webhooks = WebhookDispatcher(
+            engine,
+            policy=RetryPolicy(
+                max_attempts=s.webhook_max_attempts,
+                backoff_s=s.webhook_backoff_s,
+                max_backoff_s=s.webhook_max_backoff_s,
+                timeout_s=s.webhook_timeout_s,
+            ),
+            destinations=destination_policy(s),
+            queue_size=s.webhook_queue_size,
+        )
+        # Deliveries a previous run left pending (stopped, or crashed) are sent again.
+        self._webhooks.start(body_of=stored_webhook_body(engine))
+        return self._webhooks
 
     def _alerts(self) -> MqttAlertPublisher:
         """The one publisher of the fleet alerts topic, started on first use."""

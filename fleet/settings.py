@@ -236,6 +236,26 @@ class FleetSettings(BaseSettings):
         description="CIDRs webhooks may reach although internal (loopback, private,"
         " link-local, ...), e.g. 10.20.0.0/16 for an in-house receiver",
     )
+    # Webhook delivery (edgefleet.fleet.webhooks.dispatcher): each webhook has its own
+    # queue and thread, so one slow receiver delays only itself.
+    webhook_timeout_s: float = Field(
+        default=5.0, gt=0, le=120, description="how long one delivery attempt may take"
+    )
+    webhook_max_attempts: int = Field(
+        default=5, ge=1, le=50, description="attempts per delivery before it is failed"
+    )
+    webhook_backoff_s: float = Field(
+        default=1.0, gt=0, le=3600, description="wait after a first failed attempt (doubling)"
+    )
+    webhook_max_backoff_s: float = Field(
+        default=60.0, gt=0, le=86_400, description="cap of the doubling wait between attempts"
+    )
+    webhook_queue_size: int = Field(
+        default=100,
+        ge=1,
+        le=100_000,
+        description="deliveries waiting per webhook; beyond it a delivery is failed, logged",
+    )
 
     @model_validator(mode="after")
     def _lease_outlasts_tick(self) -> FleetSettings:

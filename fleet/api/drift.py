@@ -13,6 +13,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Response
 from pydantic import BaseModel, Field, ValidationError
+from sqlalchemy import func
+from sqlalchemy import select as sa_select
 from sqlmodel import col, select
 
 from edgefleet.fleet.api.deps import SessionDep, SettingsDep, current_token
@@ -254,11 +256,16 @@ def put_reference_route(
     return ReferenceStored(model=model, version=version, profile_id=profile.profile_id)
 
 
+MAX_WEBHOOKS = 100
+
+
 class WebhookCreate(BaseModel):
     """A webhook to add."""
 
     url: str = Field(min_length=8, max_length=2000)
-    kinds: list[AlertKind] = Field(default_factory=list, description="empty: every kind")
+    kinds: list[AlertKind] = Field(
+        default_factory=list, max_length=20, description="empty: every kind"
+    )
 
 
 class WebhookCreated(WebhookPublic):
@@ -297,6 +304,10 @@ def create_webhook(
         destination_policy(settings).check_url(body.url)
     except DestinationRefusedError as e:
         raise InvalidRequestError(e.reason) from None
+    count = session.scalar(sa_select(func.count()).select_from(Webhook)) or 0
+    if count >= MAX_WEBHOOKS:
+        # Each webhook gets a delivery thread while it has work: keep their number bounded.
+        raise InvalidRequestError(f"at most {MAX_WEBHOOKS} webhooks; delete one first")
     row = Webhook(
         id=new_id(),
         url=body.url,

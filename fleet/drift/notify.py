@@ -3,25 +3,22 @@
 Order matters: the alert row is committed first, so an alert exists (and the cool-down
 sees it) even when the broker or every webhook is down. MQTT delivery is QoS 1 on
 ``edgefleet/v1/fleet/alerts``, not retained (an alert is an event, not a state).
-Webhooks get a JSON POST (`WebhookPayload`) with up to ``max_attempts`` tries and
-exponential backoff; every attempt is logged in ``drift_webhook_delivery``. A 4xx other
-than 408/429 is the receiver refusing the payload, so it is not retried. Every attempt
-goes through `edgefleet.fleet.webhooks.transport.post_checked`: a destination the
-policy refuses (internal address, host not allowed) fails without a packet sent. A
-webhook with a secret gets each attempt signed (``X-Edgefleet-Signature``).
+Webhooks get a JSON POST (`WebhookPayload`), handed to a
+`edgefleet.fleet.webhooks.dispatcher.WebhookDispatcher`: `raise_alerts` only writes a
+pending delivery row per webhook and queues it, so a receiver that hangs or fails never
+delays the drift monitor (nor, on its own lane, any other webhook). The dispatcher
+retries with backoff, logs every attempt in ``drift_webhook_delivery``, checks each
+destination after resolving it (`edgefleet.fleet.webhooks.policy`) and signs each
+attempt with the webhook's secret (``X-Edgefleet-Signature``).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
-import httpx
 from pydantic import BaseModel, Field
 from sqlalchemy import Engine
 from sqlmodel import Session, select
@@ -31,22 +28,14 @@ from edgefleet.fleet.drift.store import new_id
 from edgefleet.fleet.errors import PublishError
 from edgefleet.fleet.mqtt_publisher import MqttPublisher
 from edgefleet.fleet.settings import FleetSettings
-from edgefleet.fleet.store.drift_tables import (
-    DriftAlert,
-    Webhook,
-    WebhookDelivery,
-    WebhookSecret,
-)
-from edgefleet.fleet.webhooks.policy import DestinationPolicy, DestinationRefusedError
-from edgefleet.fleet.webhooks.resolver import ResolveError, Resolver, SystemResolver
-from edgefleet.fleet.webhooks.signing import DELIVERY_HEADER, SIGNATURE_HEADER, signature_header
-from edgefleet.fleet.webhooks.transport import post_checked, webhook_client
-from edgefleet.shared.messages import AlertMessage, ModelRef, encode, utcnow
+from edgefleet.fleet.store.drift_tables import DriftAlert, Webhook, WebhookSecret
+from edgefleet.fleet.webhooks.dispatcher import RetryPolicy, WebhookDispatcher
+from edgefleet.fleet.webhooks.policy import DestinationPolicy
+from edgefleet.fleet.webhooks.resolver import Resolver
+from edgefleet.shared.messages import AlertMessage, ModelRef, encode
 from edgefleet.shared.topics import ALERTS_TOPIC
 
 logger = logging.getLogger(__name__)
-
-RETRYABLE_4XX = frozenset({408, 429})
 
 
 class NotifyError(Exception):
@@ -113,98 +102,22 @@ def retraining_trigger(alert: DriftAlert) -> RetrainingTrigger:
     )
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Webhook retries: ``backoff_s * 2**k`` between tries, capped at ``max_backoff_s``."""
-
-    max_attempts: int = 5
-    backoff_s: float = 1.0
-    max_backoff_s: float = 60.0
-    timeout_s: float = 5.0
-
-    def delay_s(self, attempt: int) -> float:
-        """The wait after failed attempt number ``attempt`` (1-based)."""
-        return float(min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1)))
+def webhook_body(alert: DriftAlert) -> bytes:
+    """The JSON body POSTed to webhooks for ``alert``."""
+    payload = WebhookPayload(alert=alert_message(alert), retraining=retraining_trigger(alert))
+    return payload.model_dump_json(by_alias=True).encode()
 
 
-def deliver(
-    engine: Engine,
-    webhook: Webhook,
-    payload: bytes,
-    alert_id: str,
-    *,
-    policy: RetryPolicy,
-    client: httpx.Client,
-    sleep: Callable[[float], None],
-    destinations: DestinationPolicy,
-    resolver: Resolver,
-    secret: str | None,
-    clock: Callable[[], float] = time.time,
-) -> WebhookDelivery:
-    """POST ``payload`` to ``webhook`` until it answers 2xx or the attempts run out.
+def stored_webhook_body(engine: Engine) -> Callable[[str], bytes | None]:
+    """Rebuilds a stored alert's webhook body by id (None if the alert is gone), for
+    `WebhookDispatcher.start` to send again what a previous run left pending."""
 
-    Every attempt is written to the delivery row as it happens. Never raises for a
-    transport failure: the outcome is the row's ``status`` (delivered or failed). A
-    destination the policy refuses (checked at each attempt, after resolving the name)
-    fails the delivery at once, without sending anything. With a ``secret`` each attempt
-    is signed afresh (`edgefleet.fleet.webhooks.signing`); every attempt carries the
-    delivery's id, so a receiver can drop a retry it already took.
-    """
-    with Session(engine, expire_on_commit=False) as session:
-        delivery = WebhookDelivery(webhook_id=webhook.id, alert_id=alert_id, created_at=utcnow())
-        session.add(delivery)
-        session.commit()
-        for attempt in range(1, policy.max_attempts + 1):
-            entry: dict[str, Any] = {"attempt": attempt, "at": utcnow().isoformat()}
-            retry = True
-            headers = {
-                "Content-Type": "application/json",
-                "X-Edgefleet-Alert": alert_id,
-                DELIVERY_HEADER: str(delivery.id),
-            }
-            if secret is not None:
-                headers[SIGNATURE_HEADER] = signature_header(secret, payload, int(clock()))
-            try:
-                response = post_checked(
-                    client,
-                    webhook.url,
-                    payload,
-                    headers,
-                    destinations=destinations,
-                    resolver=resolver,
-                    timeout_s=policy.timeout_s,
-                )
-                entry["status_code"] = response.status_code
-                ok = response.is_success
-                retry = not ok and (
-                    response.status_code >= 500 or response.status_code in RETRYABLE_4XX
-                )
-            except DestinationRefusedError as e:
-                # The operator's policy, not a transient failure: retrying cannot help.
-                entry["error"] = f"refused: {e.reason}"
-                ok = retry = False
-            except (httpx.HTTPError, ResolveError) as e:
-                entry["error"] = f"{type(e).__name__}: {e}"
-                ok = False
-            delivery.attempts = attempt
-            delivery.log = [*delivery.log, entry]
-            if ok or not retry or attempt == policy.max_attempts:
-                delivery.status = "delivered" if ok else "failed"
-                delivery.finished_at = utcnow()
-            session.add(delivery)
-            session.commit()
-            if delivery.finished_at is not None:
-                break
-            sleep(policy.delay_s(attempt))
-        if delivery.status == "failed":
-            logger.warning(
-                "webhook %s gave up on alert %s after %s attempts: %s",
-                webhook.url,
-                alert_id,
-                delivery.attempts,
-                delivery.log[-1],
-            )
-        return delivery
+    def body_of(alert_id: str) -> bytes | None:
+        with Session(engine) as session:
+            alert = session.get(DriftAlert, alert_id)
+            return webhook_body(alert) if alert is not None else None
+
+    return body_of
 
 
 class Notifier:
@@ -215,26 +128,31 @@ class Notifier:
         engine: Engine,
         *,
         publisher: AlertPublisher | None,
+        dispatcher: WebhookDispatcher | None = None,
         policy: RetryPolicy | None = None,
-        sleep: Callable[[float], None] | None = None,
         destinations: DestinationPolicy | None = None,
         resolver: Resolver | None = None,
     ) -> None:
-        """``destinations`` defaults to refusing every internal address."""
+        """Webhooks go through ``dispatcher`` (the caller starts and stops it); without
+        one the notifier makes its own from ``policy``, ``destinations`` (default: every
+        internal address refused) and ``resolver``, and `close` stops it."""
         self._engine = engine
         self._publisher = publisher
-        self._policy = policy or RetryPolicy()
-        self._destinations = destinations or DestinationPolicy()
-        self._resolver = resolver or SystemResolver()
-        self._stop = threading.Event()
-        self._sleep = sleep or self._wait
+        self._owns_dispatcher = dispatcher is None
+        self._dispatcher = dispatcher or WebhookDispatcher(
+            engine, policy=policy, destinations=destinations, resolver=resolver
+        )
+        if self._owns_dispatcher:
+            self._dispatcher.start()
 
-    def _wait(self, seconds: float) -> None:
-        self._stop.wait(seconds)
+    @property
+    def dispatcher(self) -> WebhookDispatcher:
+        return self._dispatcher
 
     def close(self) -> None:
-        """Cut short any backoff wait (used when the monitor stops)."""
-        self._stop.set()
+        """Stop the notifier's own dispatcher (used when the monitor stops)."""
+        if self._owns_dispatcher:
+            self._dispatcher.stop()
 
     def raise_alerts(self, decisions: Sequence[AlertDecision], now: datetime) -> list[DriftAlert]:
         """Store each decision as an alert, then publish and POST it; returns the alerts."""
@@ -283,25 +201,10 @@ class Notifier:
     def _post(
         self, alert: DriftAlert, webhooks: Sequence[Webhook], secrets: dict[str, str]
     ) -> None:
-        targets = [w for w in webhooks if not w.kinds or alert.kind in w.kinds]
-        if not targets:
-            return
-        payload = WebhookPayload(alert=alert_message(alert), retraining=retraining_trigger(alert))
-        body = payload.model_dump_json(by_alias=True).encode()
-        for webhook in targets:
-            with webhook_client() as client:
-                deliver(
-                    self._engine,
-                    webhook,
-                    body,
-                    alert.id,
-                    policy=self._policy,
-                    client=client,
-                    sleep=self._sleep,
-                    destinations=self._destinations,
-                    resolver=self._resolver,
-                    secret=secrets.get(webhook.id),
-                )
+        """Queue the alert for its webhooks; never waits on a receiver."""
+        targets = [(w, secrets.get(w.id)) for w in webhooks if not w.kinds or alert.kind in w.kinds]
+        if targets:
+            self._dispatcher.submit(alert.id, webhook_body(alert), targets)
 
 
 class MqttAlertPublisher:

@@ -8,4 +8,9 @@
 - `resolver` is the one place names become addresses; delivery connects to the address
   it checked, so a DNS answer that changes between check and connect (rebinding) cannot
   redirect a POST.
+- `signing` (pure) signs each body with the webhook's secret (HMAC-SHA256 over the
+  timestamp and the body) and verifies such a signature, for receivers.
+- `dispatcher` runs deliveries off the drift thread: one lane (bounded queue and
+  thread) per webhook, retries with backoff, every attempt logged in
+  ``drift_webhook_delivery``, pending rows sent again after a restart.
 """

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -25,6 +26,7 @@ class WebhookReceiver:
     url: str = ""
     fail_first: int = 0
     failed: int = 0
+    arrived: int = 0  # requests received, answered or not
     hang_s: float = 0.0
     bodies: list[dict[str, Any]] = field(default_factory=list)
     requests: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
@@ -44,14 +46,15 @@ class WebhookReceiver:
             return list(self.requests)
 
 
-@pytest.fixture
-def webhook_receiver() -> Iterator[WebhookReceiver]:
-    """A webhook endpoint on a free loopback port, stopped after the test."""
-    receiver = WebhookReceiver()
+@contextmanager
+def serve_webhook(receiver: WebhookReceiver) -> Iterator[WebhookReceiver]:
+    """Serve ``receiver`` on a free loopback port until the block ends."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            with receiver.lock:
+                receiver.arrived += 1
             if receiver.hang_s:
                 receiver.closing.wait(receiver.hang_s)
             with receiver.lock:
@@ -72,8 +75,24 @@ def webhook_receiver() -> Iterator[WebhookReceiver]:
     thread = threading.Thread(target=server.serve_forever, name="webhook-receiver", daemon=True)
     thread.start()
     receiver.url = f"http://127.0.0.1:{server.server_address[1]}/hooks/drift"
-    yield receiver
-    receiver.closing.set()
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
+    try:
+        yield receiver
+    finally:
+        receiver.closing.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@pytest.fixture
+def webhook_receiver() -> Iterator[WebhookReceiver]:
+    """A webhook endpoint on a free loopback port, stopped after the test."""
+    with serve_webhook(WebhookReceiver()) as receiver:
+        yield receiver
+
+
+@pytest.fixture
+def webhook_receivers() -> Iterator[Callable[[], WebhookReceiver]]:
+    """Makes webhook endpoints on free loopback ports; all stopped after the test."""
+    with ExitStack() as stack:
+        yield lambda: stack.enter_context(serve_webhook(WebhookReceiver()))

@@ -16,8 +16,9 @@ from sqlmodel import Session, select
 
 from edgefleet.fleet.drift.alerts import AlertKind
 from edgefleet.fleet.drift.monitor import DriftMonitorService
-from edgefleet.fleet.drift.notify import MqttAlertPublisher, Notifier, RetryPolicy, WebhookPayload
+from edgefleet.fleet.drift.notify import MqttAlertPublisher, Notifier, WebhookPayload
 from edgefleet.fleet.store.drift_tables import DriftAlert, Webhook, WebhookDelivery
+from edgefleet.fleet.webhooks.dispatcher import RetryPolicy
 from edgefleet.fleet.webhooks.policy import DestinationPolicy
 from edgefleet.shared.messages import AlertMessage, utcnow
 from edgefleet.shared.topics import ALERTS_TOPIC
@@ -37,6 +38,18 @@ def monitor(fleet: Fleet, *, slices=("device",), cooldown_s: float = 600.0, publ
     return DriftMonitorService(
         fleet.engine, notifier, lookback_s=3600, cooldown_s=cooldown_s, slice_kinds=slices
     )
+
+
+def finished_deliveries(fleet: Fleet, count: int) -> list[WebhookDelivery]:
+    """Wait until ``count`` webhook deliveries are finished (they run off the drift thread)."""
+    deadline = time.monotonic() + 15
+    while True:
+        with Session(fleet.engine) as session:
+            rows = list(session.exec(select(WebhookDelivery).order_by(WebhookDelivery.id)).all())
+        if len(rows) == count and all(r.finished_at is not None for r in rows):
+            return rows
+        assert time.monotonic() < deadline, f"deliveries not finished: {rows}"
+        time.sleep(0.02)
 
 
 def kinds(alerts: list[DriftAlert]) -> list[tuple[str, str]]:
@@ -147,6 +160,7 @@ def test_an_alert_reaches_mqtt_subscribers_and_a_flaky_webhook_exactly_once(
             ("fleet", AlertKind.PREDICTION_DRIFT),
         ]
         assert arrived.wait(5)
+        finished_deliveries(fleet, 1)  # delivery runs on its own thread
     finally:
         publisher.stop()
         subscriber.loop_stop()
@@ -166,8 +180,7 @@ def test_an_alert_reaches_mqtt_subscribers_and_a_flaky_webhook_exactly_once(
     assert payload.retraining.reason == "data_drift"
     assert payload.retraining.slice == {}
     assert payload.retraining.evidence["drifted_inputs"]
-    with Session(fleet.engine) as session:
-        deliveries = session.exec(select(WebhookDelivery)).all()
+    deliveries = finished_deliveries(fleet, 1)
     assert [(d.status, d.attempts) for d in deliveries] == [("delivered", 3)]
     assert [e.get("status_code") for e in deliveries[0].log] == [503, 503, 204]
 
@@ -184,8 +197,8 @@ def test_a_webhook_that_never_answers_is_given_up_and_the_alert_is_kept(
     fleet.send([Window("hot", now - timedelta(minutes=2), wine.unlabelled(250, shift=1.0))])
     raised = monitor(fleet, slices=("fleet",)).run_once(now)
     assert len(raised) == 2
+    deliveries = finished_deliveries(fleet, 2)
     with Session(fleet.engine) as session:
-        deliveries = session.exec(select(WebhookDelivery)).all()
         assert len(session.exec(select(DriftAlert)).all()) == 2
     assert [(d.status, d.attempts) for d in deliveries] == [("failed", 4), ("failed", 4)]
     assert all("ConnectError" in e["error"] for d in deliveries for e in d.log)
