@@ -15,6 +15,8 @@ Invariants:
   those lines, and a view of them can be cached by it (`edgefleet.fleet.api.rollouts`);
 - a parsed state is cached by ``(database, id, version)``, put there when it is read or
   once the transaction that saved it has committed (`committed`);
+- a stored state whose gate durations an older schema let past today's bounds is read
+  with them at `MAX_DURATION_S` (`_parse_state`);
 - a stored state that no longer parses (written by an older schema, or by hand) never
   hides the others: `load_active_checked` returns it apart as an `UnreadableRollout`,
   which the orchestrator pauses with the error (`pause_unreadable`) and `create` counts
@@ -23,6 +25,7 @@ Invariants:
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 from collections import OrderedDict
@@ -39,6 +42,7 @@ from sqlmodel import Session, col
 from edgefleet.fleet.errors import NotFoundError
 from edgefleet.fleet.rollout_service.lease import lock_row
 from edgefleet.fleet.rollouts.model import (
+    MAX_DURATION_S,
     TERMINAL_STATUSES,
     Candidate,
     Decision,
@@ -146,12 +150,65 @@ class _ParsedStates:
     def parse(self, database: str, rollout_id: str, version: int, raw: Any) -> RolloutState:
         state = self.get(database, rollout_id, version)
         if state is None:
-            state = RolloutState.model_validate(raw)
+            state = _parse_state(rollout_id, version, raw)
             self.put(database, rollout_id, version, state)
         return state
 
 
 _STATES = _ParsedStates()
+_DURATIONS = ("soak_s", "timeout_s", "metrics_timeout_s")
+
+
+def _parse_state(rollout_id: str, version: int, raw: Any) -> RolloutState:
+    """``raw`` as a state; one stored before the schema bounded gate durations (1e15 was
+    accepted, infinity was stored as null) is read with them at `MAX_DURATION_S`, so
+    the rollout can still be shown, commanded and decided.
+
+    Raises `pydantic.ValidationError` (the original one) when that does not help.
+    """
+    try:
+        return RolloutState.model_validate(raw)
+    except ValidationError as e:
+        repaired = _bounded_durations(raw)
+        if repaired is None:
+            raise
+        try:
+            state = RolloutState.model_validate(repaired)
+        except ValidationError:
+            raise e from None
+    logger.warning(
+        "rollout %s (version %s): gate durations beyond %s s or not finite are read as %s s",
+        rollout_id,
+        version,
+        MAX_DURATION_S,
+        MAX_DURATION_S,
+    )
+    return state
+
+
+def _bounded_durations(raw: Any) -> dict[str, Any] | None:
+    """A copy of ``raw`` with every gate duration over `MAX_DURATION_S` (or null, NaN)
+    set to it; None when there was none to change."""
+    if not isinstance(raw, dict):
+        return None
+    fixed = copy.deepcopy(raw)
+    found = fixed.get("spec")
+    spec: dict[str, Any] = found if isinstance(found, dict) else {}
+    gates: list[Any] = [spec.get("gate")]
+    for waves in (spec.get("waves"), fixed.get("waves")):
+        if isinstance(waves, list):
+            gates += [w.get("gate") for w in waves if isinstance(w, dict)]
+    changed = False
+    for gate in gates:
+        if not isinstance(gate, dict):
+            continue
+        for name in _DURATIONS:
+            value = gate.get(name, 0.0)
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            if value is None or (number and not value <= MAX_DURATION_S):  # NaN too
+                gate[name] = MAX_DURATION_S
+                changed = True
+    return fixed if changed else None
 
 
 def _database(bind: Connection | Engine) -> str:

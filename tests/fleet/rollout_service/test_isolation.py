@@ -22,7 +22,9 @@ from edgefleet.fleet.errors import PublishError
 from edgefleet.fleet.rollout_service import store
 from edgefleet.fleet.rollout_service.orchestrator import ALERT_KIND, Orchestrator
 from edgefleet.fleet.rollouts.model import (
+    MAX_DURATION_S,
     ModelTarget,
+    OperatorCommand,
     RolloutSpec,
     RolloutStatus,
     Selector,
@@ -131,6 +133,13 @@ def _huge_timeout(raw: dict[str, Any]) -> None:
         wave["gate"]["timeout_s"] = 1e15
 
 
+def _infinite_soak(raw: dict[str, Any]) -> None:
+    # How an older schema stored soak_s = inf: JSON has no infinity, pydantic wrote null.
+    raw["spec"]["gate"]["soak_s"] = None
+    for wave in raw["waves"]:
+        wave["gate"]["soak_s"] = None
+
+
 def _status(engine: Engine, rollout_id: str) -> str:
     with engine.connect() as conn:
         found: str = conn.execute(
@@ -203,20 +212,28 @@ def test_a_rollout_that_cannot_be_decided_is_paused_and_the_others_go_on(
     assert _status(engine, "good") == "running"
 
 
-def test_a_stored_gate_of_1e15_seconds_does_not_stop_a_healthy_rollout(engine: Engine) -> None:
-    """The issue's case: such a gate made every tick raise OverflowError. Whether the
-    stored state still parses depends on the schema's bounds; either way the healthy
-    rollout advances, and the bad one is paused with the error or simply waits."""
+@pytest.mark.parametrize("corruption", [_huge_timeout, _infinite_soak])
+def test_a_gate_stored_before_the_bounds_is_read_at_the_maximum_and_runs(
+    engine: Engine, corruption: Callable[[dict[str, Any]], None]
+) -> None:
+    """The issue's case: a gate of 1e15 s made every tick raise OverflowError. Such a row
+    is read with its durations at the schema's maximum, so it runs beside the healthy
+    one, and the API can still show and command it."""
     _create(engine, "huge", BAD, T0 - timedelta(seconds=1))
     _create(engine, "good", GOOD, T0)
-    _corrupt(engine, "huge", _huge_timeout)
+    _corrupt(engine, "huge", corruption)
     alerts, broker = RecordingAlerts(), RecordingBroker()
     orchestrator = _orchestrator(engine, alerts, broker)
 
     orchestrator.tick()
 
     assert _status(engine, "good") == "running"
-    assert set(GOOD) <= {t.rsplit("/", 2)[1] for t in broker.topics}
-    failed = store.history(engine, "huge", kinds=["decide_failed"])
-    assert _status(engine, "huge") == ("paused" if failed else "running")
-    assert len(alerts.sent) == len(failed)
+    assert _status(engine, "huge") == "running"
+    assert sorted(broker.topics) == sorted(f"edgefleet/v1/devices/{d}/desired" for d in GOOD + BAD)
+    assert store.history(engine, "huge", kinds=["decide_failed"]) == []
+    assert alerts.sent == []
+    with engine.connect() as conn:
+        gate = store.load(conn, "huge").state.waves[0].gate
+    assert MAX_DURATION_S in (gate.timeout_s, gate.soak_s)
+    aborted = store.command(engine, "huge", OperatorCommand.ABORT, by="test", now=T0)
+    assert aborted.state.status is RolloutStatus.ABORTED
