@@ -268,6 +268,13 @@ class WebhookCreate(BaseModel):
     )
 
 
+class WebhookUpdate(BaseModel):
+    """Changes to a webhook; what is left out stays as it is."""
+
+    url: str | None = Field(default=None, min_length=8, max_length=2000)
+    kinds: list[AlertKind] | None = Field(default=None, max_length=20)
+
+
 class WebhookCreated(WebhookPublic):
     """A new webhook with its signing secret: the only answer that ever shows it."""
 
@@ -321,6 +328,33 @@ def create_webhook(
     session.commit()
     session.refresh(row)
     return WebhookCreated.model_validate({**row.model_dump(), "secret": secret.secret})
+
+
+@router.patch("/webhooks/{webhook_id}", response_model=WebhookPublic)
+def update_webhook(
+    session: SessionDep,
+    settings: SettingsDep,
+    _token: Operator,
+    webhook_id: Annotated[str, Path(max_length=32)],
+    body: WebhookUpdate,
+) -> WebhookPublic:
+    """Change a webhook's URL or kinds (its secret stays); raises `NotFoundError` (404)
+    and, for a URL the destination policy refuses, `InvalidRequestError` (422)."""
+    row = session.get(Webhook, webhook_id)
+    if row is None:
+        raise NotFoundError(f"no webhook {webhook_id!r}")
+    if body.url is not None:
+        try:
+            destination_policy(settings).check_url(body.url)
+        except DestinationRefusedError as e:
+            raise InvalidRequestError(e.reason) from None
+        row.url = body.url
+    if body.kinds is not None:
+        row.kinds = [k.value for k in body.kinds]
+    session.add(row)
+    session.commit()
+    session.refresh(row)
+    return WebhookPublic.model_validate(row.model_dump())
 
 
 @router.post("/webhooks/{webhook_id}/secret", response_model=WebhookSecretRotated)

@@ -149,3 +149,34 @@ def test_the_system_resolver_answers_loopback_names_with_loopback() -> None:
     addresses = SystemResolver().resolve("localhost", 80)
     assert addresses
     assert all(a.is_loopback for a in addresses)
+
+
+def test_changing_a_webhook_to_an_internal_url_is_422_and_changes_nothing(
+    webhook_api: WebhookApi,
+) -> None:
+    api = webhook_api()
+    hook = api.post("/v1/webhooks", json={"url": "https://hooks.example.org/a"}).json()
+    refused = api.patch(f"/v1/webhooks/{hook['id']}", json={"url": "http://169.254.169.254/"})
+    assert refused.status_code == 422, refused.text
+    assert "cloud metadata" in refused.text
+    assert api.get("/v1/webhooks").json()["items"][0]["url"] == "https://hooks.example.org/a"
+    changed = api.patch(
+        f"/v1/webhooks/{hook['id']}",
+        json={"url": "https://hooks.example.org/b", "kinds": ["concept_drift"]},
+    )
+    assert changed.status_code == 200, changed.text
+    assert (changed.json()["url"], changed.json()["kinds"]) == (
+        "https://hooks.example.org/b",
+        ["concept_drift"],
+    )
+    assert api.patch("/v1/webhooks/nope", json={"kinds": []}).status_code == 404
+
+
+def test_at_most_a_hundred_webhooks(webhook_api: WebhookApi) -> None:
+    api = webhook_api()
+    for n in range(100):
+        url = f"https://hooks.example.org/{n}"
+        assert api.post("/v1/webhooks", json={"url": url}).status_code == 201
+    over = api.post("/v1/webhooks", json={"url": "https://hooks.example.org/x"})
+    assert over.status_code == 422
+    assert "at most 100 webhooks" in over.text
