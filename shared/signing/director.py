@@ -63,6 +63,12 @@ MAX_ENVELOPE_BYTES: Final = 64 * 1024
 # payload from the recursion of the JSON decoder and the canonical encoder, which would
 # otherwise raise RecursionError rather than a rejection.
 MAX_ENVELOPE_DEPTH: Final = 16
+# Every integer fits the signed 64-bit columns and message fields it lands in, and every
+# string the events that name it (`edgefleet.shared.messages`, which imports this module,
+# so its MAX_INT64 cannot be imported here), so a signed value can always be reported.
+MAX_SEQ: Final = 2**63 - 1
+# A rejection's reason quotes what it refused; this much of it is enough to tell.
+MAX_QUOTE_CHARS: Final = 300
 
 
 class _Wire(BaseModel):
@@ -74,8 +80,8 @@ class DesiredTarget(_Wire):
 
     name: str = Field(min_length=1, max_length=200)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    length: int = Field(ge=0)
-    version: str = Field(min_length=1, max_length=100)
+    length: int = Field(ge=0, le=MAX_SEQ)
+    version: str = Field(min_length=1, max_length=64)
 
 
 class DesiredBody(_Wire):
@@ -85,10 +91,10 @@ class DesiredBody(_Wire):
         default=DESIRED_STATE_SCHEMA, alias="schema"
     )
     device_id: str = Field(pattern=DEVICE_ID_PATTERN)
-    seq: int = Field(ge=0)
+    seq: int = Field(ge=0, le=MAX_SEQ)
     target: DesiredTarget
     expires_at: AwareDatetime
-    rollout_id: str | None = None
+    rollout_id: str | None = Field(default=None, max_length=200)
     rollback: bool = False
     issued_at: AwareDatetime
 
@@ -146,6 +152,8 @@ def open_desired(
         payload = canonical_bytes(raw_body)
     except UnicodeEncodeError as e:  # a lone surrogate ("\ud800") has no UTF-8 form
         raise Malformed(f"desired state body is not encodable as UTF-8: {e}") from e
+    except Malformed as e:  # its message quotes the whole body
+        raise Malformed(f"desired state body: {_clip(str(e))}") from e
     _verify_signatures(payload, signatures, trusted_director_keys)
     try:
         body = DesiredBody.model_validate(raw_body)
@@ -206,7 +214,7 @@ def claimed_seq(envelope_bytes: bytes) -> int | None:
     """The ``signed.seq`` a payload claims, unverified (to report a rejection); never raises.
 
     None when the payload is not a bounded JSON envelope (`MAX_ENVELOPE_BYTES`,
-    `MAX_ENVELOPE_DEPTH`) or claims no non-negative integer seq.
+    `MAX_ENVELOPE_DEPTH`) or claims no seq in 0..`MAX_SEQ`.
     """
     try:
         doc = _load_envelope_json(envelope_bytes)
@@ -215,7 +223,9 @@ def claimed_seq(envelope_bytes: bytes) -> int | None:
     signed = doc.get("signed") if isinstance(doc, dict) else None
     seq = signed.get("seq") if isinstance(signed, dict) else None
     # bool is an int to Python, not a seq to anyone.
-    return seq if isinstance(seq, int) and not isinstance(seq, bool) and seq >= 0 else None
+    if isinstance(seq, int) and not isinstance(seq, bool) and 0 <= seq <= MAX_SEQ:
+        return seq
+    return None
 
 
 def _load_envelope_json(envelope_bytes: bytes) -> Any:
@@ -300,6 +310,12 @@ def _verify_signatures(
             continue
         return
     raise BadSignature(f"desired state signature does not verify ({'; '.join(failures)})")
+
+
+def _clip(text: str) -> str:
+    if len(text) <= MAX_QUOTE_CHARS:
+        return text
+    return f"{text[:MAX_QUOTE_CHARS]}... ({len(text)} characters)"
 
 
 def _describe(error: ValidationError) -> str:

@@ -33,7 +33,7 @@ from edgefleet.agent.update.types import (
 )
 from edgefleet.agent.update.wiring import UpdateService
 from edgefleet.fleet.repository import ImageRepository
-from edgefleet.shared.messages import EventKind, ModelRef
+from edgefleet.shared.messages import EventKind, EventMessage, ModelRef
 from edgefleet.shared.signing import keys
 from edgefleet.shared.signing.bundle import write_bundle
 from edgefleet.shared.signing.errors import UpdateRejected
@@ -43,17 +43,14 @@ from tests.shared.signing.hostile import hostile_payloads
 
 
 @dataclass
-class RecordedEvent:
-    kind: EventKind
-    desired_seq: int | None
-    reason: str | None
-
-
-@dataclass
 class Recorder:
-    """EventPublisher: keeps what the agent would publish on its ``events`` topic."""
+    """EventPublisher: builds each event's wire message, as the agent does, and keeps it.
 
-    events: list[RecordedEvent] = field(default_factory=list)
+    Building the `EventMessage` is what the agent's own `publish_event` does before the
+    outbox; a value it refuses (a seq beyond 64 bits...) would lose the event there.
+    """
+
+    events: list[EventMessage] = field(default_factory=list)
 
     def publish_event(
         self,
@@ -65,10 +62,20 @@ class Recorder:
         reason: str | None = None,
         detail: dict[str, Any] | None = None,
     ) -> int | None:
-        self.events.append(RecordedEvent(kind, desired_seq, reason))
-        return None
+        message = EventMessage(
+            device_id="cam-17",
+            seq=len(self.events),
+            kind=kind,
+            model=model,
+            desired_seq=desired_seq,
+            rollout_id=rollout_id,
+            reason=reason,
+            detail=detail or {},
+        )
+        self.events.append(EventMessage.model_validate_json(message.model_dump_json()))
+        return message.seq
 
-    def rejected(self) -> list[RecordedEvent]:
+    def rejected(self) -> list[EventMessage]:
         return [e for e in self.events if e.kind is EventKind.REJECTED]
 
 
@@ -157,6 +164,14 @@ def test_rejection_reports_the_seq_a_bounded_payload_claims(device: Device) -> N
     assert rejected.desired_seq == 41
     assert rejected.reason is not None
     assert "unknown key" in rejected.reason
+
+
+def test_a_seq_beyond_64_bits_is_rejected_and_reported_without_it(device: Device) -> None:
+    device.offer(b'{"signed":{"seq":%d},"signatures":[]}' % 2**70)
+    (rejected,) = device.recorder.rejected()
+    assert rejected.desired_seq is None
+    assert rejected.reason is not None
+    assert "signatures" in rejected.reason
 
 
 @settings(
