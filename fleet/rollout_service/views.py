@@ -2,7 +2,8 @@
 
 Pure: `summary` and `detail` read a `StoredRollout` and history rows, nothing else.
 Counts always list every `DeviceRolloutState` (zeros included), so clients need not
-guess which keys exist.
+guess which keys exist. A target without a device record (a state the orchestrator
+paused as inconsistent) is left out rather than failing the view.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from edgefleet.fleet.rollouts.model import (
     DeviceRolloutState,
     Gate,
     RolloutSpec,
+    RolloutState,
     RolloutStatus,
 )
 from edgefleet.fleet.store.rollout_tables import RolloutEvent
@@ -172,7 +174,7 @@ def detail(
             end=planned.end,
             started=i <= state.current_wave,
             gate=planned.gate,
-            counts=counts(state.wave_members(i)),
+            counts=counts(_members(state, i)),
             gate_decision=latest.get(i),
         )
         for i, planned in enumerate(state.waves)
@@ -191,4 +193,14 @@ def devices(stored: StoredRollout) -> list[DeviceView]:
     return [
         DeviceView(**stored.state.devices[d].model_dump(exclude={"timed_out"}))
         for d in stored.state.targets
+        if d in stored.state.devices
     ]
+
+
+def _members(state: RolloutState, wave: int) -> list[DeviceRecord]:
+    """The records of a wave's targets. Unlike `RolloutState.wave_members` it skips a
+    target without a record: a state the orchestrator paused because it is inconsistent
+    must still be shown."""
+    start = state.waves[wave - 1].end if wave > 0 else 0
+    targets = state.targets[start : state.waves[wave].end]
+    return [state.devices[d] for d in targets if d in state.devices]
