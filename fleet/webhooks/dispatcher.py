@@ -301,7 +301,7 @@ class WebhookDispatcher:
         if job.secret is not None:
             headers[SIGNATURE_HEADER] = signature_header(job.secret, job.body, int(self._clock()))
         try:
-            response = post_checked(
+            status = post_checked(
                 client,
                 job.url,
                 job.body,
@@ -317,10 +317,10 @@ class WebhookDispatcher:
         except (httpx.HTTPError, ResolveError) as e:
             entry["error"] = f"{type(e).__name__}: {e}"
             return entry, False, True
-        entry["status_code"] = response.status_code
-        if response.is_success:
+        entry["status_code"] = status
+        if 200 <= status < 300:
             return entry, True, False
-        return entry, False, response.status_code >= 500 or response.status_code in RETRYABLE_4XX
+        return entry, False, status >= 500 or status in RETRYABLE_4XX
 
     def _mark_overflow(self, rows: Sequence[WebhookDelivery]) -> None:
         logger.warning(

@@ -40,8 +40,10 @@ def post_checked(
     destinations: DestinationPolicy,
     resolver: Resolver,
     timeout_s: float,
-) -> httpx.Response:
-    """POST ``body`` to ``url`` at an address the policy allows.
+) -> int:
+    """POST ``body`` to ``url`` at an address the policy allows; return the status code.
+
+    The response body is never read: a receiver cannot make the fleet buffer anything.
 
     Raises `edgefleet.fleet.webhooks.policy.DestinationRefusedError` (before anything is
     sent) when the URL or any address its host resolves to is refused,
@@ -58,10 +60,12 @@ def post_checked(
     extensions: dict[str, str] = {}
     if destination.scheme == "https" and destination.address is None:
         extensions["sni_hostname"] = destination.host
-    return client.post(
+    with client.stream(
+        "POST",
         destination.url_for(addresses[0]),
         content=body,
         headers={**headers, "Host": destination.host_header},
         timeout=timeout_s,
         extensions=extensions,
-    )
+    ) as response:
+        return response.status_code

@@ -8,6 +8,10 @@ raises before a connection is opened. The only real network is the loopback rece
 from __future__ import annotations
 
 import ipaddress
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import httpx
 import pytest
@@ -38,11 +42,11 @@ class FakeResolver:
 class NoNetwork(httpx.BaseTransport):
     """A transport that fails the test if anything tries to send."""
 
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
+    def handle_request(self, request: httpx.Request) -> int:
         raise AssertionError(f"a refused destination was contacted: {request.url}")
 
 
-def post(url: str, resolver: FakeResolver, policy: DestinationPolicy) -> httpx.Response:
+def post(url: str, resolver: FakeResolver, policy: DestinationPolicy) -> int:
     with webhook_client() as client:
         return post_checked(
             client, url, b"{}", {}, destinations=policy, resolver=resolver, timeout_s=5
@@ -127,8 +131,7 @@ def test_delivery_connects_to_the_address_it_checked_with_the_name_as_host(
     # again (or let a second lookup pick the address), it could not reach the receiver.
     resolver = FakeResolver({"rebind.invalid": ["127.0.0.1"]})
     url = f"http://rebind.invalid:{webhook_receiver.port}/hooks/drift"
-    response = post(url, resolver, LOOPBACK_ALLOWED)
-    assert response.status_code == 204
+    assert post(url, resolver, LOOPBACK_ALLOWED) == 204
     assert resolver.asked == ["rebind.invalid"]
     headers, _body = webhook_receiver.received_requests()[0]
     assert headers["Host"] == f"rebind.invalid:{webhook_receiver.port}"
@@ -138,7 +141,7 @@ def test_a_loopback_receiver_is_reached_when_loopback_is_allowed_and_refused_oth
     webhook_receiver: WebhookReceiver,
 ) -> None:
     resolver = FakeResolver({})
-    assert post(webhook_receiver.url, resolver, LOOPBACK_ALLOWED).status_code == 204
+    assert post(webhook_receiver.url, resolver, LOOPBACK_ALLOWED) == 204
     with pytest.raises(DestinationRefusedError, match="loopback"):
         post(webhook_receiver.url, resolver, DestinationPolicy())
     assert len(webhook_receiver.received()) == 1
@@ -180,3 +183,33 @@ def test_at_most_a_hundred_webhooks(webhook_api: WebhookApi) -> None:
     over = api.post("/v1/webhooks", json={"url": "https://hooks.example.org/x"})
     assert over.status_code == 422
     assert "at most 100 webhooks" in over.text
+
+
+def test_a_receiver_answering_with_an_endless_body_is_not_read() -> None:
+    done = threading.Event()
+
+    class Endless(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            self.send_response(200)
+            self.send_header("Content-Length", str(1 << 30))
+            self.end_headers()
+            self.wfile.write(b"x" * 65536)
+            done.wait(10)  # and the rest never comes
+
+        def log_message(self, *_args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Endless)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        started = time.monotonic()
+        url = f"http://127.0.0.1:{server.server_address[1]}/x"
+        assert post(url, FakeResolver({}), LOOPBACK_ALLOWED) == 200
+        assert time.monotonic() - started < 2.0  # the 5 s read timeout never came into it
+    finally:
+        done.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(5)

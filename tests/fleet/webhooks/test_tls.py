@@ -100,7 +100,7 @@ def tls_receiver(tmp_path: Path) -> Iterator[tuple[int, ssl.SSLContext, list[str
     thread.join(5)
 
 
-def _post(url: str, context: ssl.SSLContext) -> httpx.Response:
+def _post(url: str, context: ssl.SSLContext) -> int:
     with httpx.Client(verify=context, trust_env=False) as client:
         return post_checked(
             client,
@@ -117,7 +117,7 @@ def test_https_to_a_checked_address_verifies_the_certificate_of_the_name(
     tls_receiver: tuple[int, ssl.SSLContext, list[str]],
 ) -> None:
     port, context, seen = tls_receiver
-    assert _post(f"https://hooks.test:{port}/alerts", context).status_code == 204
+    assert _post(f"https://hooks.test:{port}/alerts", context) == 204
     assert seen == ["hooks.test"]  # SNI carried the name, though we connected to the IP
 
 
