@@ -3,7 +3,9 @@
 Invariants:
 - a dead letter keeps at most ``prefix_bytes`` of its payload, with the whole payload's
   size and sha256 (enough to recognise a payload again without storing it), at most
-  `MAX_TOPIC_CHARS` of its topic and `MAX_ERROR_CHARS` of its reason;
+  `MAX_TOPIC_CHARS` of its topic and `MAX_ERROR_CHARS` of its reason, both with NUL
+  written as ``\\x00`` (a reason can echo a peer's string, and PostgreSQL text refuses
+  NUL: a dead letter the database refuses would stall the writer in retries);
 - after every batch that adds dead letters, the table holds at most ``max_rows`` rows
   and at most ``max_bytes`` of ``stored_bytes`` (prefix, topic and error bytes plus
   `ROW_OVERHEAD_BYTES` a row); the oldest (lowest id) go first;
@@ -46,8 +48,8 @@ class DeadLetterLimits:
 def dead_letter_row(rejected: Rejected, prefix_bytes: int) -> dict[str, Any]:
     """The `DeadLetter` values of ``rejected``: its payload cut to ``prefix_bytes``."""
     prefix = rejected.payload[:prefix_bytes]
-    topic = rejected.topic[:MAX_TOPIC_CHARS]
-    error = rejected.error[:MAX_ERROR_CHARS]
+    topic = _storable(rejected.topic[:MAX_TOPIC_CHARS])
+    error = _storable(rejected.error[:MAX_ERROR_CHARS])
     stored = len(prefix) + len(topic.encode()) + len(error.encode()) + ROW_OVERHEAD_BYTES
     return {
         "received_at": rejected.received_at,
@@ -58,6 +60,13 @@ def dead_letter_row(rejected: Rejected, prefix_bytes: int) -> dict[str, Any]:
         "error": error,
         "stored_bytes": stored,
     }
+
+
+def _storable(text: str) -> str:
+    """``text`` as every database stores it: no NUL, no lone surrogate."""
+    if text.isprintable() or (text.isascii() and "\x00" not in text):
+        return text
+    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def trim(conn: Connection, limits: DeadLetterLimits) -> int:

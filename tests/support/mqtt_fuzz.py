@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -187,19 +188,20 @@ def _nested(depth: int, rng: random.Random) -> bytes:
     return b'{"a":' * depth + b"1" + b"}" * depth
 
 
+_GARBAGE: list[Callable[[random.Random], bytes]] = [
+    lambda rng: rng.randbytes(rng.randrange(0, 2000)),
+    lambda rng: b"",
+    lambda rng: rng.choice([b"[]", b"42", b'"text"', b"null", b"true", b"{}", b"NaN", b"-Inf"]),
+    lambda rng: b'{"schema": "edgefleet/v1/' + rng.randbytes(20) + b'"}',
+    lambda rng: "\ud800".encode("utf-8", "surrogatepass"),  # not valid UTF-8
+    # A NUL and a lone surrogate in a string the decoder's reason echoes.
+    lambda rng: rng.choice([b'{"schema": "a\\u0000b"}', b'{"schema": "\\ud800"}']),
+    lambda rng: b'{"seq": 1, "device_id": "x", "schema": ' + b"9" * rng.randrange(1, 5000) + b"}",
+]
+
+
 def _garbage(rng: random.Random) -> bytes:
-    kind = rng.randrange(6)
-    if kind == 0:
-        return rng.randbytes(rng.randrange(0, 2000))
-    if kind == 1:
-        return b""
-    if kind == 2:
-        return rng.choice([b"[]", b"42", b'"text"', b"null", b"true", b"{}", b"NaN", b"-Infinity"])
-    if kind == 3:
-        return b'{"schema": "edgefleet/v1/' + rng.randbytes(20) + b'"}'
-    if kind == 4:
-        return "\ud800".encode("utf-8", "surrogatepass")  # not valid UTF-8
-    return b'{"seq": 1, "device_id": "x", "schema": ' + b"9" * rng.randrange(1, 5000) + b"}"
+    return rng.choice(_GARBAGE)(rng)
 
 
 def fuzz_messages(

@@ -173,3 +173,18 @@ def test_the_running_ingester_cuts_huge_payloads_and_applies_the_retention(
     assert (letter.payload_prefix, letter.payload_bytes) == (b"[" * 100, len(huge))
     assert letter.payload_sha256 == hashlib.sha256(huge).hexdigest()
     assert "larger than the 65536" in letter.error
+
+
+def test_a_reason_that_echoes_a_nul_from_the_payload_is_stored_not_retried(
+    engine: Engine,
+) -> None:
+    # The schema tag is echoed in the reason; PostgreSQL text refuses NUL, and a dead
+    # letter the database refuses used to stall the writer in retries.
+    rejected = decode(TOPIC, b'{"schema": "a\\u0000b"}', NOW)
+    assert isinstance(rejected, Rejected)
+    assert "\x00" in rejected.error
+    odd = Rejected("t\x00\ud800", b"", NOW, "e\ud800")
+    assert BatchWriter(engine).write([rejected, odd]).dead_lettered == 2
+    first, second = letters(engine)
+    assert "'a\\x00b'" in first.error
+    assert (second.topic, second.error) == ("t\\x00\\ud800", "e\\ud800")

@@ -32,12 +32,6 @@ MAX_BYTES = 1 << 20
 MiB = 1 << 20
 
 
-@pytest.fixture
-def database_url(tmp_path: Path) -> str:
-    """SQLite only: the database-size check reads the file (and its WAL)."""
-    return f"sqlite:///{tmp_path / 'fleet.db'}"
-
-
 @pytest.fixture(scope="module")
 def messages() -> list[FuzzMessage]:
     return fuzz_messages(SEED, "fuzz", per_channel=PER_CHANNEL, max_payload_bytes=MAX_PAYLOAD_BYTES)
@@ -146,10 +140,11 @@ def test_a_payload_storm_on_every_topic_is_sorted_exactly_and_stays_bounded(
     # MAX_PAYLOAD_BYTES; the store at most MAX_BYTES of dead letters (SQLite reuses the
     # pages it frees, so the file grows by little more than that, plus the WAL).
     assert growth <= QUEUE_SIZE * MAX_PAYLOAD_BYTES + 64 * MiB, growth / MiB
-    db = tmp_path / "fleet.db"
-    wal = tmp_path / "fleet.db-wal"
-    size = db.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
-    assert size <= 4 * MAX_BYTES + 8 * MiB, size / MiB
+    if service.engine.dialect.name == "sqlite":  # PostgreSQL frees space at its vacuum
+        db = tmp_path / "fleet.db"
+        wal = tmp_path / "fleet.db-wal"
+        size = db.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+        assert size <= 4 * MAX_BYTES + 8 * MiB, size / MiB
 
     # Ingest goes on: a valid message afterwards is stored.
     publish(mosquitto.port, [device_message(Channel.TELEMETRY, telemetry("after-fuzz", 1))])
