@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
-from edgefleet.fleet.drift.notify import Notifier, RetryPolicy
+from edgefleet.fleet.drift.notify import Notifier
 from edgefleet.fleet.store.drift_tables import WebhookDelivery, WebhookSecret
+from edgefleet.fleet.webhooks.dispatcher import RetryPolicy
 from edgefleet.fleet.webhooks.policy import DestinationPolicy
 from edgefleet.fleet.webhooks.signing import (
     DELIVERY_HEADER,
