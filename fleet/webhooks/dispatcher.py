@@ -267,6 +267,10 @@ class WebhookDispatcher:
             delivery = session.get(WebhookDelivery, job.delivery_id)
         if delivery is None or delivery.status != "pending":
             return
+        if delivery.attempts >= policy.max_attempts:
+            # Recovered after its last attempt was logged (or max_attempts was lowered).
+            self._finish([delivery], f"no attempts left ({delivery.attempts} made)")
+            return
         for attempt in range(delivery.attempts + 1, policy.max_attempts + 1):
             entry, ok, retry = self._attempt(client, job, attempt)
             delivery.attempts = attempt

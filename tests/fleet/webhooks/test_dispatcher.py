@@ -205,3 +205,28 @@ def test_a_fleet_stopped_mid_delivery_sends_it_after_restart(
     (row,) = deliveries(engine, "hook")
     assert row.attempts == 2
     assert [e.get("status_code") for e in row.log] == [503, 204]
+
+
+def test_a_recovered_delivery_with_no_attempts_left_is_failed_not_resent(
+    engine: Engine, webhook_receiver: WebhookReceiver
+) -> None:
+    add_webhook(engine, "hook", webhook_receiver.url)
+    notifier = Notifier(engine, publisher=None)
+    notifier.dispatcher.stop()  # the process that died: rows written, nothing sent
+    (alert,) = notifier.raise_alerts([decision()], utcnow())
+    with Session(engine) as session:
+        (row,) = session.exec(select(WebhookDelivery)).all()
+        row.attempts = FAST.max_attempts  # died between the last attempt and its verdict
+        session.add(row)
+        session.commit()
+    dispatcher = WebhookDispatcher(engine, policy=FAST, destinations=ALLOW_LOOPBACK)
+    dispatcher.start(body_of=stored_webhook_body(engine))
+    try:
+        assert dispatcher.wait_idle(10)
+    finally:
+        dispatcher.stop()
+    (row,) = deliveries(engine, "hook")
+    assert row.status == "failed"
+    assert "no attempts left" in row.log[-1]["error"]
+    assert webhook_receiver.arrived == 0
+    assert alert.id == row.alert_id
