@@ -10,9 +10,14 @@ for a single row names.
 answers are described in `edgefleet.agent.feedback`.
 
 ``GET /v1/health`` returns 200 with whether a model is loaded. Errors are JSON
-``{"error": {"code", "message"}}``: 400 bad JSON or inputs, 404 unknown path (or an
-unknown request id in feedback), 409 feedback for an unmonitored model, 413 a body over
-``max_body_bytes``, 503 no model loaded, 500 the runtime failed.
+``{"error": {"code", "message"}}``: 400 bad JSON or inputs (or a malformed request line,
+header or Content-Length), 404 unknown path (or an unknown request id in feedback), 405
+an unknown method, 409 feedback for an unmonitored model, 411 no Content-Length, 413 a
+body over ``max_body_bytes``, 503 no model loaded, 500 the runtime failed on valid
+inputs (or a bug: answered, logged, the connection closed).
+
+Invariant: whatever a client sends, it gets a complete JSON answer, and bad input of any
+kind is a 4xx; nothing a request carries changes the model that serves.
 """
 
 from __future__ import annotations
@@ -62,12 +67,17 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"cannot encode {type(value).__name__} as JSON")
 
 
+def _load_json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    # RecursionError: the decoder recurses once per level of nesting.
+    except (ValueError, RecursionError) as e:
+        raise ApiError(HTTPStatus.BAD_REQUEST, "bad_json", f"the body is not JSON: {e}") from e
+
+
 def predict(host: ModelHost, body: bytes) -> dict[str, Any]:
     """Answer one predict request body; raises `ApiError` for every failure."""
-    try:
-        request = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ApiError(HTTPStatus.BAD_REQUEST, "bad_json", f"the body is not JSON: {e}") from e
+    request = _load_json(body)
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), dict):
         raise ApiError(
             HTTPStatus.BAD_REQUEST,
@@ -107,10 +117,7 @@ def predict(host: ModelHost, body: bytes) -> dict[str, Any]:
 
 def feedback(host: ModelHost, body: bytes) -> dict[str, Any]:
     """Answer one feedback request body (see `edgefleet.agent.feedback`); raises `ApiError`."""
-    try:
-        request = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ApiError(HTTPStatus.BAD_REQUEST, "bad_json", f"the body is not JSON: {e}") from e
+    request = _load_json(body)
     try:
         parsed: FeedbackItem | FeedbackBatch
         if isinstance(request, dict) and "items" in request:
@@ -144,6 +151,13 @@ def _describe(error: ValidationError) -> str:
 
 
 _POST_ROUTES = {"/v1/predict": predict, "/v1/feedback": feedback}
+REQUEST_TIMEOUT_S = 60.0
+MAX_QUOTE_CHARS = 200
+
+
+def _clip(text: str) -> str:
+    """``text`` as an error message may quote it (a path or header can be 64 KiB)."""
+    return text if len(text) <= MAX_QUOTE_CHARS else f"{text[:MAX_QUOTE_CHARS]}..."
 
 
 def _handler_class(
@@ -155,32 +169,66 @@ def _handler_class(
         # Headers and body go out in two writes; without this, Nagle's algorithm and the
         # client's delayed ACK add ~40 ms to every keep-alive request.
         disable_nagle_algorithm = True
+        # A client that declares more body than it sends (or goes quiet mid-request)
+        # would otherwise hold its thread forever; the base class closes on this.
+        timeout = REQUEST_TIMEOUT_S
 
         def do_GET(self) -> None:
             if self.path.split("?")[0] == "/v1/health":
                 self._reply(HTTPStatus.OK, health())
             else:
-                self._error(ApiError(HTTPStatus.NOT_FOUND, "not_found", f"no {self.path}"))
+                self._error(ApiError(HTTPStatus.NOT_FOUND, "not_found", f"no {_clip(self.path)}"))
 
         def do_POST(self) -> None:
             route = _POST_ROUTES.get(self.path.split("?")[0])
             if route is None:
-                self._error(ApiError(HTTPStatus.NOT_FOUND, "not_found", f"no {self.path}"))
                 self.close_connection = True
+                self._error(ApiError(HTTPStatus.NOT_FOUND, "not_found", f"no {_clip(self.path)}"))
                 return
             try:
                 self._reply(HTTPStatus.OK, route(host, self._body()))
             except ApiError as e:
                 self._error(e)
+            except Exception:
+                # A bug, not the client's fault: answer (rather than drop the connection)
+                # and log it; the request may have been half read, so close.
+                log.exception("local API: %s %s failed", self.command, _clip(self.path))
+                self.close_connection = True
+                self._error(
+                    ApiError(HTTPStatus.INTERNAL_SERVER_ERROR, "internal", "the agent failed")
+                )
+
+        def send_error(
+            self, code: int, message: str | None = None, explain: str | None = None
+        ) -> None:
+            # The base class answers what it cannot parse (request line, headers,
+            # method) with an HTML page; answer in the API's JSON instead, and as the
+            # client's error it is: 405 for an unknown method, 400 for a bad request.
+            status = HTTPStatus(code)
+            if status is HTTPStatus.NOT_IMPLEMENTED:
+                status = HTTPStatus.METHOD_NOT_ALLOWED
+            elif status >= HTTPStatus.INTERNAL_SERVER_ERROR:
+                status = HTTPStatus.BAD_REQUEST
+            self.close_connection = True
+            text = message or status.phrase
+            self._error(ApiError(status, status.name.lower(), _clip(text)))
 
         def _body(self) -> bytes:
+            declared = self.headers.get("Content-Length", "")
             try:
-                length = int(self.headers.get("Content-Length", ""))
+                length = int(declared)
             except ValueError:
                 self.close_connection = True
                 raise ApiError(
                     HTTPStatus.LENGTH_REQUIRED, "length_required", "send a Content-Length"
                 ) from None
+            if length < 0:
+                self.close_connection = True
+                raise ApiError(
+                    HTTPStatus.BAD_REQUEST,
+                    "bad_length",
+                    f"Content-Length {_clip(declared)} is negative",
+                )
             if length > max_body_bytes:
                 # The body stays unread, so this connection cannot carry another request.
                 self.close_connection = True
@@ -202,7 +250,8 @@ def _handler_class(
             if self.close_connection:
                 self.send_header("Connection", "close")
             self.end_headers()
-            self.wfile.write(payload)
+            if self.command != "HEAD":  # a HEAD answer has headers only
+                self.wfile.write(payload)
 
         def log_message(self, format: str, *args: Any) -> None:
             log.debug("%s " + format, self.address_string(), *args)
