@@ -3,17 +3,24 @@
 Windows counted against another profile than the version's current reference (a
 profile re-registered after devices started reporting) cannot be compared with it;
 they are left out and counted in ``skipped_windows`` rather than failing the slice.
+
+One device cannot spoil a slice: when judging a slice of several devices fails (a stored
+window that parses but does not add up, such as a ragged confusion matrix), the devices
+whose own windows cannot be judged are left out (`judge_isolated`, ``excluded_devices``)
+and the rest is judged. A slice that still cannot be judged is reported as not judged,
+its windows counted in ``skipped_windows``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
-from edgefleet.fleet.drift.rollup import WindowRecord, buckets, rollup
+from edgefleet.fleet.drift.rollup import Rollup, WindowRecord, buckets, rollup
 from edgefleet.shared.drift import (
     ClassificationMetrics,
     DriftReport,
@@ -44,6 +51,9 @@ class SliceScores(BaseModel):
     drifted_inputs: list[str]
     drifted_outputs: list[str]
     features: list[FeatureVerdict]
+    excluded_devices: list[str] = Field(
+        default=[], description="devices whose windows cannot be judged, left out"
+    )
 
 
 class SliceMetrics(BaseModel):
@@ -110,6 +120,86 @@ def judge(
     return evaluate(profile, rollup(records).sketch, thresholds)
 
 
+class DeviceScreen:
+    """Which devices' windows cannot be judged on their own against a profile. Each
+    device is tried at most once, and only when a slice it is in fails."""
+
+    def __init__(
+        self,
+        records: Sequence[WindowRecord],
+        profile: ReferenceProfile,
+        thresholds: DriftThresholds,
+    ) -> None:
+        self._by_device: dict[str, list[WindowRecord]] = {}
+        for record in records:
+            self._by_device.setdefault(record.device_id, []).append(record)
+        self._profile = profile
+        self._thresholds = thresholds
+        self._errors: dict[str, Exception | None] = {}
+
+    def error(self, device_id: str) -> Exception | None:
+        """Why ``device_id``'s windows cannot be judged (None: they can). Raises nothing."""
+        if device_id not in self._errors:
+            try:
+                judge(self._by_device.get(device_id, []), self._profile, self._thresholds)
+                self._errors[device_id] = None
+            except Exception as e:  # whatever it is, it is this device's alone
+                self._errors[device_id] = e
+        return self._errors[device_id]
+
+    def failed(self) -> dict[str, Exception]:
+        """The devices tried so far whose windows cannot be judged, with why."""
+        return {d: e for d, e in self._errors.items() if e is not None}
+
+
+@dataclass(frozen=True)
+class Judged:
+    """A slice's verdict, the merge it is over, and the devices left out of it."""
+
+    report: DriftReport
+    merged: Rollup
+    excluded: list[str]
+
+
+def judge_isolated(
+    records: Sequence[WindowRecord],
+    profile: ReferenceProfile,
+    thresholds: DriftThresholds,
+    screen: DeviceScreen | None = None,
+) -> Judged | None:
+    """`judge`, except that when a slice of several devices fails, it is judged again
+    without the devices whose own windows fail (``screen`` remembers them across the
+    slices of one evaluation). None for no records (or none left).
+
+    Raises what `judge` or the merge raises when no single device is to blame.
+    """
+    try:
+        report = judge(records, profile, thresholds)
+        return None if report is None else Judged(report, rollup(records), [])
+    except Exception:
+        devices = sorted({r.device_id for r in records})
+        if len(devices) < 2:
+            raise
+        screen = screen or DeviceScreen(records, profile, thresholds)
+        bad = [d for d in devices if screen.error(d) is not None]
+        if not bad:
+            raise
+    rest = [r for r in records if r.device_id not in set(bad)]
+    report = judge(rest, profile, thresholds)
+    return None if report is None else Judged(report, rollup(rest), bad)
+
+
+def _judged_or_none(
+    records: Sequence[WindowRecord], profile: ReferenceProfile, thresholds: DriftThresholds
+) -> Judged | None:
+    """`judge_isolated`, or None when the slice cannot be judged at all (the caller
+    reports it as not judged)."""
+    try:
+        return judge_isolated(records, profile, thresholds)
+    except Exception:  # shown as not judged; the monitor logs and counts such slices
+        return None
+
+
 def slice_scores(
     records: Sequence[WindowRecord],
     profile: ReferenceProfile,
@@ -119,16 +209,19 @@ def slice_scores(
     version: str,
     where: dict[str, str],
 ) -> SliceScores:
-    """Scores of the slice; an empty slice is reported as not judged, with no features."""
+    """Scores of the slice; an empty slice, or one that cannot be judged even without
+    its bad devices (its windows then count as skipped), is reported as not judged."""
     kept, skipped = comparable(records, profile)
-    report = judge(kept, profile, thresholds)
-    merged = rollup(kept) if kept else None
+    judged = _judged_or_none(kept, profile, thresholds)
+    report, merged = (judged.report, judged.merged) if judged else (None, None)
+    excluded = judged.excluded if judged else []
+    used = merged.windows if merged else 0
     return SliceScores(
         model=model,
         version=version,
         slice=where,
-        windows=len(kept),
-        skipped_windows=skipped,
+        windows=used,
+        skipped_windows=skipped + len(kept) - used,
         devices=merged.devices if merged else 0,
         start=merged.start if merged else None,
         end=merged.end if merged else None,
@@ -139,6 +232,7 @@ def slice_scores(
         drifted_inputs=report.drifted_inputs if report else [],
         drifted_outputs=report.drifted_outputs if report else [],
         features=report.features if report else [],
+        excluded_devices=excluded,
     )
 
 
@@ -151,12 +245,14 @@ def slice_metrics(
     version: str,
     where: dict[str, str],
 ) -> SliceMetrics:
-    """Label metrics of the slice (empty when nothing was labelled or no label spec)."""
+    """Label metrics of the slice (empty when nothing was labelled, no label spec, or
+    the slice cannot be judged); devices whose windows cannot be judged are left out."""
     kept, _ = comparable(records, profile)
-    report = judge(kept, profile, thresholds)
+    judged = _judged_or_none(kept, profile, thresholds)
+    report = judged.report if judged else None
     classification = regression = None
-    if kept and profile.labels is not None:
-        sketch = rollup(kept).sketch
+    if judged is not None and profile.labels is not None:
+        sketch = judged.merged.sketch
         if sketch.classification is not None and sketch.labelled:
             classification = classification_metrics(sketch.classification, profile.labels.classes)
         if sketch.regression is not None and sketch.regression.count:
@@ -165,7 +261,7 @@ def slice_metrics(
         model=model,
         version=version,
         slice=where,
-        windows=len(kept),
+        windows=judged.merged.windows if judged else 0,
         labelled=report.labelled if report else 0,
         metrics=report.metrics if report else {},
         baseline=profile.labels.baseline if profile.labels else {},
@@ -186,10 +282,33 @@ def time_series(
     version: str,
     where: dict[str, str],
 ) -> TimeSeries:
-    """The slice bucketed by window start; each bucket judged on its own."""
+    """The slice bucketed by window start; each bucket judged on its own. If that fails,
+    the devices whose windows cannot be judged are left out and it is done again.
+
+    Raises `SketchMismatchError` (or what the failing window raises) when no single
+    device is to blame, and `ValueError` for a non-positive ``bucket_s``.
+    """
     kept, _ = comparable(records, profile)
+    try:
+        points = _points(kept, profile, thresholds, bucket_s)
+    except Exception:
+        if bucket_s <= 0:
+            raise
+        screen = DeviceScreen(kept, profile, thresholds)
+        points = _points(
+            [r for r in kept if screen.error(r.device_id) is None], profile, thresholds, bucket_s
+        )
+    return TimeSeries(model=model, version=version, slice=where, bucket_s=bucket_s, points=points)
+
+
+def _points(
+    records: Sequence[WindowRecord],
+    profile: ReferenceProfile,
+    thresholds: DriftThresholds,
+    bucket_s: int,
+) -> list[TimePoint]:
     points: list[TimePoint] = []
-    for start, merged in buckets(kept, bucket_s):
+    for start, merged in buckets(records, bucket_s):
         report = evaluate(profile, merged.sketch, thresholds)
         psi: dict[str, Any] = {v.scores.name: v.scores.psi for v in report.features}
         points.append(
@@ -208,4 +327,4 @@ def time_series(
                 metrics=report.metrics,
             )
         )
-    return TimeSeries(model=model, version=version, slice=where, bucket_s=bucket_s, points=points)
+    return points

@@ -31,9 +31,9 @@ from sqlalchemy import select as sa_select
 from sqlmodel import Session, col
 
 from edgefleet.fleet.drift.alerts import AlertDecision, apply_cooldown, decide
-from edgefleet.fleet.drift.analysis import comparable, judge
+from edgefleet.fleet.drift.analysis import DeviceScreen, comparable, judge_isolated
 from edgefleet.fleet.drift.notify import Notifier
-from edgefleet.fleet.drift.rollup import SLICERS, Rollup, SliceFilter, WindowRecord, rollup, slices
+from edgefleet.fleet.drift.rollup import SLICERS, SliceFilter, slices
 from edgefleet.fleet.drift.store import (
     get_reference,
     get_thresholds,
@@ -42,7 +42,7 @@ from edgefleet.fleet.drift.store import (
 )
 from edgefleet.fleet.errors import NotFoundError
 from edgefleet.fleet.store.drift_tables import DriftAlert
-from edgefleet.shared.drift import DriftError, DriftReport, DriftThresholds, ReferenceProfile
+from edgefleet.shared.drift import DriftError
 from edgefleet.shared.messages import utcnow
 
 logger = logging.getLogger(__name__)
@@ -50,37 +50,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_SLICES = ("fleet", "device", "tag", "hardware")
 # How many left-out devices an alert names (the count is always there).
 MAX_EXCLUDED_NAMED = 50
-
-
-class _Quarantine:
-    """Which devices' windows cannot be judged on their own, within one version's run:
-    each device is tried at most once, and counted once when it is left out."""
-
-    def __init__(
-        self,
-        records: Sequence[WindowRecord],
-        profile: ReferenceProfile,
-        thresholds: DriftThresholds,
-    ) -> None:
-        self._by_device: dict[str, list[WindowRecord]] = {}
-        for record in records:
-            self._by_device.setdefault(record.device_id, []).append(record)
-        self._profile = profile
-        self._thresholds = thresholds
-        self._errors: dict[str, Exception | None] = {}
-
-    def error(self, device_id: str) -> Exception | None:
-        """Why ``device_id``'s windows cannot be judged on their own (None: they can)."""
-        if device_id not in self._errors:
-            try:
-                judge(self._by_device.get(device_id, []), self._profile, self._thresholds)
-                self._errors[device_id] = None
-            except Exception as e:  # whatever it is, it is this device's alone
-                self._errors[device_id] = e
-        return self._errors[device_id]
-
-    def tried(self) -> dict[str, Exception]:
-        return {d: e for d, e in self._errors.items() if e is not None}
 
 
 class DriftMonitorService:
@@ -174,14 +143,14 @@ class DriftMonitorService:
                 profile.profile_id[:12],
             )
         decisions: list[AlertDecision] = []
-        quarantine = _Quarantine(kept, profile, thresholds)
+        screen = DeviceScreen(kept, profile, thresholds)
         where = f"{model} {version}"
         for slice_key, members in sorted(slices(kept, self.slice_kinds).items()):
             try:
-                judged = self._judge_slice(members, profile, thresholds, quarantine, where)
+                judged = judge_isolated(members, profile, thresholds, screen)
                 if judged is None:
                     continue
-                report, merged, excluded = judged
+                report, merged, excluded = judged.report, judged.merged, judged.excluded
                 context: dict[str, object] = {
                     "window_start": merged.start.isoformat(),
                     "window_end": merged.end.isoformat(),
@@ -204,7 +173,7 @@ class DriftMonitorService:
                 self.failures.labels(scope="slice").inc()
                 log = logger.warning if isinstance(e, DriftError) else logger.error
                 log("%s %s: cannot judge: %s: %s", where, slice_key, type(e).__name__, e)
-        for device_id, error in sorted(quarantine.tried().items()):
+        for device_id, error in sorted(screen.failed().items()):
             self.failures.labels(scope="device").inc()
             logger.warning(
                 "%s: windows of device %s cannot be judged (%s: %s); left out of every "
@@ -215,34 +184,6 @@ class DriftMonitorService:
                 error,
             )
         return decisions
-
-    @staticmethod
-    def _judge_slice(
-        members: Sequence[WindowRecord],
-        profile: ReferenceProfile,
-        thresholds: DriftThresholds,
-        quarantine: _Quarantine,
-        where: str,
-    ) -> tuple[DriftReport, Rollup, list[str]] | None:
-        """The slice's report, merge and the devices left out of it; None if empty.
-
-        A slice of several devices that fails is judged again without the devices whose
-        own windows fail. Raises what judging raises when no device is to blame.
-        """
-        try:
-            report = judge(members, profile, thresholds)
-            return None if report is None else (report, rollup(members), [])
-        except Exception:
-            devices = sorted({m.device_id for m in members})
-            if len(devices) < 2:
-                raise
-            bad = [d for d in devices if quarantine.error(d) is not None]
-            if not bad:
-                raise
-        rest = [m for m in members if m.device_id not in set(bad)]
-        logger.debug("%s: judging a slice again without %s device(s)", where, len(bad))
-        report = judge(rest, profile, thresholds)
-        return None if report is None else (report, rollup(rest), bad)
 
     def _last_alerted(
         self, decisions: Sequence[AlertDecision]

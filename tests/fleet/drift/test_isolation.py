@@ -1,4 +1,5 @@
-"""One device's (or one model version's) drift evaluation failing never stops the others.
+"""One device's (or one model version's) drift evaluation failing never stops the others:
+in the monitor, and in the slice views the drift API serves.
 
 Windows are stored in a real database (SQLite and PostgreSQL) as the ingester stores
 them; the bad ones are written straight into the table, past the ingester, as an older
@@ -20,13 +21,21 @@ from sqlalchemy import Engine
 from sqlmodel import Session, SQLModel
 
 from edgefleet.fleet.drift.alerts import AlertKind
+from edgefleet.fleet.drift.analysis import slice_metrics, slice_scores, time_series
 from edgefleet.fleet.drift.monitor import DriftMonitorService
 from edgefleet.fleet.drift.notify import Notifier
+from edgefleet.fleet.drift.rollup import WindowRecord
 from edgefleet.fleet.drift.store import put_reference
 from edgefleet.fleet.store import drift_tables
 from edgefleet.fleet.store.engine import create_all, make_engine
 from edgefleet.fleet.store.tables import Device, DriftWindowRow
-from edgefleet.shared.drift import ReferenceProfile, WindowAccumulator, build_profile
+from edgefleet.shared.drift import (
+    DriftThresholds,
+    ReferenceProfile,
+    WindowAccumulator,
+    WindowSketch,
+    build_profile,
+)
 from edgefleet.shared.messages import utcnow
 
 MODEL, VERSION = "sensor", "1.0.0"
@@ -197,3 +206,49 @@ def test_a_model_version_that_cannot_be_evaluated_does_not_stop_the_next(
     }
     assert {a.model_name for a in raised} == {MODEL}
     assert _failures(registry, "version") == 1
+
+
+def _records(profile: ReferenceProfile, now: datetime) -> list[WindowRecord]:
+    sketches = {
+        "calm": _window(profile, seed=1),
+        "hot": _window(profile, shift=1.5, seed=2),
+        "broken": _ragged(_window(profile, seed=3)),
+    }
+    return [
+        WindowRecord(
+            device_id=device_id,
+            model_name=MODEL,
+            model_version=VERSION,
+            window_start=now - timedelta(minutes=2),
+            window_end=now - timedelta(minutes=1),
+            sketch=WindowSketch.model_validate(sketch),
+        )
+        for device_id, sketch in sketches.items()
+    ]
+
+
+def test_the_slice_views_leave_out_a_device_whose_windows_cannot_be_judged(
+    profile: ReferenceProfile,
+) -> None:
+    now = utcnow()
+    records = _records(profile, now)
+    thresholds = DriftThresholds()
+    kw: dict[str, Any] = {"model": MODEL, "version": VERSION, "where": {}}
+
+    scores = slice_scores(records, profile, thresholds, **kw)
+    assert scores.judged
+    assert scores.data_drift  # the hot device still shows through the fleet slice
+    assert (scores.windows, scores.skipped_windows, scores.devices) == (2, 1, 2)
+    assert scores.excluded_devices == ["broken"]
+
+    metrics = slice_metrics(records, profile, thresholds, **kw)
+    assert metrics.windows == 2
+    assert metrics.labelled == 600
+    assert metrics.classification is not None
+
+    series = time_series(records, profile, thresholds, bucket_s=3600, **kw)
+    assert sum(p.windows for p in series.points) == 2
+
+    # Alone, the broken device's slice is not judged (rather than failing the request).
+    alone = slice_scores(records[2:], profile, thresholds, **kw)
+    assert (alone.judged, alone.windows, alone.skipped_windows) == (False, 0, 1)
