@@ -359,7 +359,8 @@ class Orchestrator:
     def _pause_unreadable(self, broken: UnreadableRollout) -> None:
         """Pause a rollout whose stored state does not parse, once per distinct error."""
         reason = _reason(broken.error)
-        if broken.status == RolloutStatus.PAUSED.value and broken.status_reason == reason:
+        # A state that is not even a JSON object cannot hold the reason: paused is enough.
+        if broken.status == RolloutStatus.PAUSED.value and broken.status_reason in (reason, None):
             logger.debug("rollout %s stays paused: its state does not parse", broken.id)
             return
         logger.error(

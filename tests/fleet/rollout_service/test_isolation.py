@@ -111,11 +111,12 @@ def _corrupt(engine: Engine, rollout_id: str, change: Callable[[dict[str, Any]],
             conn.execute(select(_ROLLOUT.c.state).where(_ROLLOUT.c.id == rollout_id)).scalar()
         )
         change(raw)
+        stored: Any = raw or ["not", "a", "state"]
         # A new version, as every write makes: the parsed-state cache keys on it.
         conn.execute(
             update(_ROLLOUT)
             .where(_ROLLOUT.c.id == rollout_id)
-            .values(state=raw, version=_ROLLOUT.c.version + 1)
+            .values(state=stored, version=_ROLLOUT.c.version + 1)
         )
 
 
@@ -125,6 +126,10 @@ def _ghost_target(raw: dict[str, Any]) -> None:
 
 def _unparseable(raw: dict[str, Any]) -> None:
     raw["devices"] = "not a mapping"
+
+
+def _not_an_object(raw: dict[str, Any]) -> None:
+    raw.clear()  # `_corrupt` stores an empty object as a JSON list instead
 
 
 def _huge_timeout(raw: dict[str, Any]) -> None:
@@ -167,7 +172,11 @@ def _orchestrator(engine: Engine, alerts: RecordingAlerts, broker: RecordingBrok
 
 @pytest.mark.parametrize(
     ("corruption", "error"),
-    [(_ghost_target, "KeyError"), (_unparseable, "ValidationError")],
+    [
+        (_ghost_target, "KeyError"),
+        (_unparseable, "ValidationError"),
+        (_not_an_object, "ValidationError"),
+    ],
 )
 def test_a_rollout_that_cannot_be_decided_is_paused_and_the_others_go_on(
     engine: Engine, corruption: Callable[[dict[str, Any]], None], error: str
