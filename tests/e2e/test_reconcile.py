@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -20,17 +19,21 @@ from edgefleet.agent.daemon import Agent
 from edgefleet.fleet.keys import LabSetup
 from edgefleet.fleet.service import FleetService
 from edgefleet.shared.hashing import sha256_file
-from edgefleet.shared.manifest import ProbationBudget
-from edgefleet.shared.modeltools.builder import build_package
 from edgefleet.shared.topics import Channel, device_topic
 from edgefleet.simulators.models import TrainedModel
 from tests.fleet.publisher import publish, wait_until
-from tests.support.agent import Received, Subscriber, agent_config
-from tests.support.fleet_fixtures import DEVICE_TOKEN, MakeFleet, admin_client, upload
+from tests.support.agent import Received, Subscriber, agent_config, infer_until
+from tests.support.fleet_fixtures import (
+    DEVICE_TOKEN,
+    MakeFleet,
+    admin_client,
+    current_deployment,
+    device_record,
+    upload,
+)
 from tests.support.mosquitto import MosquittoBroker
 from tests.support.mqtt_helpers import retained_desired
 
-FAST_PROBATION = ProbationBudget(min_inferences=5, duration_s=0.5)
 FAST_RECONCILE: dict[str, object] = {
     "reconcile_interval_s": 0.5,
     "reconcile_settle_s": 1.0,
@@ -43,36 +46,18 @@ def database_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'fleet.db'}"
 
 
-@pytest.fixture(scope="module")
-def fast_packages(
-    tmp_path_factory: pytest.TempPathFactory, wine_model: TrainedModel
-) -> dict[str, Path]:
-    out = tmp_path_factory.mktemp("reconcile-packages")
-    return {
-        v: build_package(
-            wine_model.path,
-            name="wine",
-            version=v,
-            out_dir=out,
-            golden_count=8,
-            probation=FAST_PROBATION,
-        )
-        for v in ("1.0.0", "1.1.0")
-    }
-
-
 def test_cleared_retained_desired_state_is_republished_and_installed(
     make_fleet: MakeFleet,
     lab: LabSetup,
     mosquitto: MosquittoBroker,
-    fast_packages: dict[str, Path],
+    fast_wine_packages: dict[str, Path],
     wine_model: TrainedModel,
     tmp_path: Path,
     unique_id: str,
 ) -> None:
     device_id = f"rec-{unique_id}"
     fleet = make_fleet(**FAST_RECONCILE)
-    factory, upgrade = fast_packages["1.0.0"], fast_packages["1.1.0"]
+    factory, upgrade = fast_wine_packages["1.0.0"], fast_wine_packages["1.1.0"]
     config = agent_config(
         tmp_path,
         mosquitto,
@@ -93,11 +78,11 @@ def test_cleared_retained_desired_state_is_republished_and_installed(
         agent = Agent(config)
         agent.start()
         wait_until(
-            lambda: _device(api, device_id).get("model_version") == "1.0.0",
+            lambda: device_record(api, device_id).get("model_version") == "1.0.0",
             what="the agent's birth state to reach the fleet",
         )
         agent.stop(2.0)
-        wait_until(lambda: _device(api, device_id).get("online") is False, what="offline")
+        wait_until(lambda: device_record(api, device_id).get("online") is False, what="offline")
         seq = _assign_upgrade(api, device_id, factory, upgrade)
 
         watching = Subscriber(mosquitto.port, [topic])
@@ -115,15 +100,15 @@ def test_cleared_retained_desired_state_is_republished_and_installed(
         agent = Agent(config)
         agent.start()
         stop = threading.Event()
-        traffic = threading.Thread(target=_infer_until, args=(agent, wine_model, stop), daemon=True)
+        traffic = threading.Thread(target=infer_until, args=(agent, wine_model, stop), daemon=True)
         traffic.start()
         try:
             wait_until(
-                lambda: _current(api, device_id).get("outcome") == "committed",
+                lambda: current_deployment(api, device_id).get("outcome") == "committed",
                 timeout_s=60,
                 what="the device to install the republished update",
             )
-            assert _current(api, device_id)["desired_seq"] == seq
+            assert current_deployment(api, device_id)["desired_seq"] == seq
             assert agent.updates is not None
             assert agent.updates.store.active() == sha256_file(upgrade)
         finally:
@@ -135,13 +120,15 @@ def test_cleared_retained_desired_state_is_republished_and_installed(
 def test_desired_state_lost_in_a_broker_restart_is_republished(
     make_fleet: MakeFleet,
     mosquitto: MosquittoBroker,
-    fast_packages: dict[str, Path],
+    fast_wine_packages: dict[str, Path],
     unique_id: str,
 ) -> None:
     device_id = f"rec-{unique_id}"
     fleet = make_fleet(**FAST_RECONCILE)
     with admin_client(fleet) as api:
-        seq = _assign_upgrade(api, device_id, fast_packages["1.0.0"], fast_packages["1.1.0"])
+        seq = _assign_upgrade(
+            api, device_id, fast_wine_packages["1.0.0"], fast_wine_packages["1.1.0"]
+        )
     assert json.loads(retained_desired(mosquitto.port, device_id))["signed"]["seq"] == seq
     # The test broker keeps nothing on disk: a restart forgets every retained message,
     # and no message says so; the fleet notices the absence after it resubscribes.
@@ -176,21 +163,3 @@ def _republished(fleet: FleetService, reason: str) -> float:
         "edgefleet_reconcile_republished_total", {"reason": reason}
     )
     return value or 0.0
-
-
-def _infer_until(agent: Agent, wine_model: TrainedModel, stop: threading.Event) -> None:
-    while not stop.wait(0.01):
-        try:
-            agent.infer({"input": wine_model.x_test[:2]})
-        except Exception:  # a swap in progress may refuse one call
-            continue
-
-
-def _device(api: httpx.Client, device_id: str) -> dict[str, Any]:
-    response = api.get(f"/v1/devices/{device_id}")
-    return response.json() if response.status_code == 200 else {}  # type: ignore[no-any-return]
-
-
-def _current(api: httpx.Client, device_id: str) -> dict[str, Any]:
-    current = api.get(f"/v1/devices/{device_id}/deployments").json().get("current")
-    return current or {}  # type: ignore[no-any-return]

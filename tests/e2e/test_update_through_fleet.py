@@ -10,23 +10,24 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 
 from edgefleet.agent.daemon import Agent
 from edgefleet.fleet.keys import LabSetup
 from edgefleet.shared.hashing import sha256_file
-from edgefleet.shared.manifest import ProbationBudget
-from edgefleet.shared.modeltools.builder import build_package
 from edgefleet.simulators.models import TrainedModel
 from tests.fleet.publisher import wait_until
-from tests.support.agent import agent_config
-from tests.support.fleet_fixtures import DEVICE_TOKEN, MakeFleet, admin_client, upload
+from tests.support.agent import agent_config, infer_until
+from tests.support.fleet_fixtures import (
+    DEVICE_TOKEN,
+    MakeFleet,
+    admin_client,
+    current_deployment,
+    device_record,
+    upload,
+)
 from tests.support.mosquitto import MosquittoBroker
-
-FAST_PROBATION = ProbationBudget(min_inferences=5, duration_s=0.5)
 
 
 @pytest.fixture
@@ -34,36 +35,18 @@ def database_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'fleet.db'}"
 
 
-@pytest.fixture(scope="module")
-def fast_packages(
-    tmp_path_factory: pytest.TempPathFactory, wine_model: TrainedModel
-) -> dict[str, Path]:
-    out = tmp_path_factory.mktemp("fast-packages")
-    return {
-        v: build_package(
-            wine_model.path,
-            name="wine",
-            version=v,
-            out_dir=out,
-            golden_count=8,
-            probation=FAST_PROBATION,
-        )
-        for v in ("1.0.0", "1.1.0")
-    }
-
-
 def test_update_through_fleet_is_installed_and_reported_committed(
     make_fleet: MakeFleet,
     lab: LabSetup,
     mosquitto: MosquittoBroker,
-    fast_packages: dict[str, Path],
+    fast_wine_packages: dict[str, Path],
     wine_model: TrainedModel,
     tmp_path: Path,
     unique_id: str,
 ) -> None:
     device_id = f"e2e-{unique_id}"
     fleet = make_fleet()
-    factory, upgrade = fast_packages["1.0.0"], fast_packages["1.1.0"]
+    factory, upgrade = fast_wine_packages["1.0.0"], fast_wine_packages["1.1.0"]
     config = agent_config(
         tmp_path,
         mosquitto,
@@ -82,7 +65,7 @@ def test_update_through_fleet_is_installed_and_reported_committed(
     agent.start()
     stop = threading.Event()
     # Probation needs inferences on the new model; an app on the device would send them.
-    traffic = threading.Thread(target=_infer_until, args=(agent, wine_model, stop), daemon=True)
+    traffic = threading.Thread(target=infer_until, args=(agent, wine_model, stop), daemon=True)
     traffic.start()
     try:
         with admin_client(fleet) as api:
@@ -90,7 +73,7 @@ def test_update_through_fleet_is_installed_and_reported_committed(
                 assert upload(api, package).status_code == 201
             assert api.post("/v1/models/wine/1.1.0/publish").status_code == 200
             wait_until(
-                lambda: _device(api, device_id).get("model_version") == "1.0.0",
+                lambda: device_record(api, device_id).get("model_version") == "1.0.0",
                 what="the agent's birth state to reach the fleet",
             )
             desired = api.put(
@@ -100,11 +83,11 @@ def test_update_through_fleet_is_installed_and_reported_committed(
             assert desired.status_code == 200, desired.text
             seq = desired.json()["signed"]["seq"]
             wait_until(
-                lambda: _current(api, device_id).get("outcome") == "committed",
+                lambda: current_deployment(api, device_id).get("outcome") == "committed",
                 timeout_s=60,
                 what="the device to report the update committed",
             )
-            current = _current(api, device_id)
+            current = current_deployment(api, device_id)
             assert current["desired_seq"] == seq
             assert current["rollout_id"] == "e2e"
             kinds = [step["kind"] for step in current["steps"]]
@@ -121,29 +104,11 @@ def test_update_through_fleet_is_installed_and_reported_committed(
             agent = Agent(config)
             agent.start()
             wait_until(
-                lambda: _device(api, device_id).get("model_version") == "1.1.0",
+                lambda: device_record(api, device_id).get("model_version") == "1.1.0",
                 what="the device state to show the new active model",
             )
-            assert _current(api, device_id)["outcome"] == "committed"
+            assert current_deployment(api, device_id)["outcome"] == "committed"
     finally:
         stop.set()
         traffic.join(5)
         agent.stop(2.0)
-
-
-def _infer_until(agent: Agent, wine_model: TrainedModel, stop: threading.Event) -> None:
-    while not stop.wait(0.01):
-        try:
-            agent.infer({"input": wine_model.x_test[:2]})
-        except Exception:  # a swap in progress may refuse one call
-            continue
-
-
-def _device(api: httpx.Client, device_id: str) -> dict[str, Any]:
-    response = api.get(f"/v1/devices/{device_id}")
-    return response.json() if response.status_code == 200 else {}  # type: ignore[no-any-return]
-
-
-def _current(api: httpx.Client, device_id: str) -> dict[str, Any]:
-    current = api.get(f"/v1/devices/{device_id}/deployments").json().get("current")
-    return current or {}  # type: ignore[no-any-return]

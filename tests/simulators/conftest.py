@@ -17,8 +17,6 @@ import pytest
 
 from edgefleet.fleet.keys import LabSetup
 from edgefleet.fleet.service import FleetService
-from edgefleet.shared.manifest import ProbationBudget
-from edgefleet.shared.modeltools.builder import build_package
 from edgefleet.simulators.fleet import DeviceProfile, FleetPlan, UpdatePlan
 from edgefleet.simulators.models import TrainedModel
 from edgefleet.simulators.shards import ShardedFleet
@@ -28,7 +26,6 @@ from tests.support.fleet_fixtures import DEVICE_TOKEN, upload
 from tests.support.mosquitto import MosquittoBroker
 
 FAST = {"rollout_tick_interval_s": 0.2, "rollout_lease_s": 2.0}
-PROBATION = ProbationBudget(min_inferences=3, duration_s=0.5)
 
 StartSim = Callable[..., ShardedFleet]
 
@@ -39,22 +36,9 @@ def database_url(tmp_path: Path) -> str:
 
 
 @pytest.fixture(scope="session")
-def sim_packages(
-    tmp_path_factory: pytest.TempPathFactory, wine_model: TrainedModel
-) -> dict[str, Path]:
+def sim_packages(fast_wine_packages: dict[str, Path]) -> dict[str, Path]:
     """wine 1.0.0 (the factory model) and 1.1.0, with golden samples and a short probation."""
-    out = tmp_path_factory.mktemp("sim-packages")
-    return {
-        v: build_package(
-            wine_model.path,
-            name="wine",
-            version=v,
-            out_dir=out,
-            golden_count=8,
-            probation=PROBATION,
-        )
-        for v in ("1.0.0", "1.1.0")
-    }
+    return fast_wine_packages
 
 
 def publish(api: httpx.Client, packages: dict[str, Path]) -> None:

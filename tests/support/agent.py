@@ -15,6 +15,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgefleet.agent.config import AgentConfig
+from edgefleet.agent.daemon import Agent
+from edgefleet.simulators.models import TrainedModel
 from tests.support.mosquitto import MosquittoBroker
 
 REPO = Path(__file__).resolve().parents[2]
@@ -179,3 +181,12 @@ def _toml(table: dict[str, Any], prefix: str = "") -> str:
         if isinstance(value, dict):
             lines += [f"[{prefix}{key}]", _toml(value, f"{prefix}{key}.").rstrip("\n")]
     return "\n".join(line for line in lines if line) + "\n"
+
+
+def infer_until(agent: Agent, wine_model: TrainedModel, stop: threading.Event) -> None:
+    """Keep ``agent`` inferring (as an app on the device would) until ``stop`` is set."""
+    while not stop.wait(0.01):
+        try:
+            agent.infer({"input": wine_model.x_test[:2]})
+        except Exception:  # a swap in progress may refuse one call
+            continue

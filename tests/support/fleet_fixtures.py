@@ -10,6 +10,7 @@ import io
 import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -17,6 +18,7 @@ import pytest
 from edgefleet.fleet.keys import LabSetup, create_lab_setup
 from edgefleet.fleet.service import FleetService
 from edgefleet.fleet.settings import FleetSettings
+from edgefleet.shared.manifest import ProbationBudget
 from edgefleet.shared.modeltools.builder import build_package
 from edgefleet.simulators.models import TrainedModel
 from tests.support.mosquitto import MosquittoBroker
@@ -47,6 +49,29 @@ def wine_packages(
             training_data=training,
         )
         for i, version in enumerate(("1.0.0", "1.1.0"))
+    }
+
+
+# A probation short enough for end-to-end tests: a few inferences and half a second.
+FAST_PROBATION = ProbationBudget(min_inferences=3, duration_s=0.5)
+
+
+@pytest.fixture(scope="session")
+def fast_wine_packages(
+    tmp_path_factory: pytest.TempPathFactory, wine_model: TrainedModel
+) -> dict[str, Path]:
+    """wine 1.0.0 (a factory model) and 1.1.0, with golden samples and `FAST_PROBATION`."""
+    out = tmp_path_factory.mktemp("fast-packages")
+    return {
+        v: build_package(
+            wine_model.path,
+            name="wine",
+            version=v,
+            out_dir=out,
+            golden_count=8,
+            probation=FAST_PROBATION,
+        )
+        for v in ("1.0.0", "1.1.0")
     }
 
 
@@ -151,3 +176,15 @@ def retar(package: Path, out: Path, change: Callable[[dict[str, bytes]], dict[st
             tar.addfile(info, io.BytesIO(data))
     out.write_bytes(buffer.getvalue())
     return out
+
+
+def device_record(api: httpx.Client, device_id: str) -> dict[str, Any]:
+    """``GET /v1/devices/{id}``, or ``{}`` while the fleet does not know the device."""
+    response = api.get(f"/v1/devices/{device_id}")
+    return response.json() if response.status_code == 200 else {}  # type: ignore[no-any-return]
+
+
+def current_deployment(api: httpx.Client, device_id: str) -> dict[str, Any]:
+    """The device's current deployment (``/deployments``'s ``current``), or ``{}``."""
+    current = api.get(f"/v1/devices/{device_id}/deployments").json().get("current")
+    return current or {}  # type: ignore[no-any-return]
