@@ -15,6 +15,11 @@
   rollout; 409 when its status does not allow the command. Repeating a command is a
   no-op. The orchestrator acts on the new status at its next tick.
 
+A rollout whose stored state does not parse (an older schema or a hand edit wrote it) is
+listed with its ``status_reason`` saying so and its plan and counts empty; its history
+can be read, its detail, devices and other commands answer 409 ``rollout_unreadable``,
+and abort answers 200 with its summary (status aborted), freeing the devices it held.
+
 Gate guards (``gate``, or a wave's own ``gate``): ``max_error_rate_increase`` (absolute)
 and ``max_latency_p95_ratio`` (new / old) compare the new version with the version it
 replaces on the same wave's devices; ``max_drift_score`` bounds the new version's drift
@@ -230,7 +235,8 @@ def get_rollout_history(
     limit: Annotated[int, Query(ge=1, le=10_000)] = 500,
 ) -> views.HistoryPage:
     """The rollout's history lines after ``after_id``, oldest first; 404 if unknown."""
-    _load(context, rollout_id)
+    with context.engine.connect() as conn:  # 404 if unknown; lines need no state
+        store.load_any(conn, rollout_id)
     rows = store.history(
         context.engine,
         rollout_id,
@@ -268,12 +274,16 @@ def resume_rollout(
     return _command(context, rollout_id, OperatorCommand.RESUME, token.name)
 
 
-@router.post("/{rollout_id}/abort", response_model=views.RolloutDetail)
+@router.post("/{rollout_id}/abort", response_model=views.RolloutDetail | views.RolloutSummary)
 def abort_rollout(
     rollout_id: RolloutId, context: ContextDep, token: Operator
-) -> views.RolloutDetail:
-    """Stop for good, leaving devices as they are; 409 for a finished rollout."""
-    return _command(context, rollout_id, OperatorCommand.ABORT, token.name)
+) -> views.RolloutDetail | views.RolloutSummary:
+    """Stop for good, leaving devices as they are; 409 for a finished rollout. One whose
+    stored state does not parse is aborted too, answered with its summary."""
+    aborted = store.abort(context.engine, rollout_id, by=token.name, now=utcnow())
+    if isinstance(aborted, store.UnreadableRollout):
+        return views.summary(aborted)
+    return _detail(context, aborted)
 
 
 @router.post("/{rollout_id}/rollback", response_model=views.RolloutDetail)

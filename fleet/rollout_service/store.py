@@ -20,7 +20,9 @@ Invariants:
 - a stored state that no longer parses (written by an older schema, or by hand) never
   hides the others: `load_active_checked` returns it apart as an `UnreadableRollout`,
   which the orchestrator pauses with the error (`pause_unreadable`) and `create` counts
-  as holding the targets its JSON names.
+  as holding the targets its JSON names. The API lists it (`list_rollouts`), refuses
+  anything else with `UnreadableRolloutError` (`load`) but lets an operator abort it
+  (`abort`, by its status column like `pause_unreadable`), which frees those targets.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -47,11 +49,13 @@ from edgefleet.fleet.rollouts.model import (
     Candidate,
     Decision,
     OperatorCommand,
+    RolloutCommandError,
     RolloutConflictError,
     RolloutSpec,
     RolloutState,
     RolloutStatus,
     TimelineEntry,
+    UnreadableRolloutError,
 )
 from edgefleet.fleet.rollouts.policy import apply_command, held_devices, new_rollout
 from edgefleet.fleet.store.rollout_tables import Rollout, RolloutEvent
@@ -64,6 +68,10 @@ COMMAND_ATTEMPTS = 10
 _ROLLOUT: Any = Rollout.__table__  # type: ignore[attr-defined]
 _EVENT: Any = RolloutEvent.__table__  # type: ignore[attr-defined]
 ACTIVE_STATUSES = tuple(sorted(s.value for s in RolloutStatus if s not in TERMINAL_STATUSES))
+_TERMINAL_VALUES = frozenset(s.value for s in TERMINAL_STATUSES)
+MAX_PARSE_ERROR_CHARS = 300
+# What a state that does not parse is read as (any of them is why; see `_load_many`).
+_UNPARSEABLE = (ValidationError, ValueError, TypeError)
 
 
 class StaleRolloutError(RolloutConflictError):
@@ -84,7 +92,8 @@ class StoredRollout:
 
 @dataclass(frozen=True)
 class UnreadableRollout:
-    """An active rollout row whose stored state does not parse as a `RolloutState`."""
+    """A rollout row whose stored state does not parse as a `RolloutState`: what its
+    columns (and its JSON, as far as it goes) still say."""
 
     id: str
     version: int
@@ -92,6 +101,31 @@ class UnreadableRollout:
     status_reason: str | None
     error: Exception
     targets: frozenset[str]
+    model_name: str
+    model_version: str
+    created_by: str
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def problem(self) -> str:
+        """Why it cannot be shown, for an operator: the parse error, clipped."""
+        return f"stored state is unreadable: {parse_error_text(self.error)}"
+
+
+def parse_error_text(error: Exception) -> str:
+    """``error`` on one line, at most `MAX_PARSE_ERROR_CHARS` characters."""
+    if isinstance(error, ValidationError):
+        found = "; ".join(
+            f"{'.'.join(map(str, d['loc'])) or 'state'}: {d['msg']}"
+            for d in error.errors(include_url=False, include_input=False)
+        )
+        text = f"{type(error).__name__}: {found}"
+    else:
+        text = f"{type(error).__name__}: {' '.join(str(error).split())}"
+    if len(text) <= MAX_PARSE_ERROR_CHARS:
+        return text
+    return text[: MAX_PARSE_ERROR_CHARS - 1] + "…"
 
 
 @dataclass(frozen=True)
@@ -251,6 +285,10 @@ def _load_many(
                 _ROLLOUT.c.state,
                 _ROLLOUT.c.created_by,
                 _ROLLOUT.c.status,
+                _ROLLOUT.c.model_name,
+                _ROLLOUT.c.model_version,
+                _ROLLOUT.c.created_at,
+                _ROLLOUT.c.updated_at,
             ).where(_ROLLOUT.c.id.in_(missing))
         )
         read = {row.id: row for row in rows}
@@ -262,7 +300,7 @@ def _load_many(
             row = read[head.id]
             try:
                 found.append(_stored(database, row))
-            except (ValidationError, ValueError, TypeError) as e:
+            except _UNPARSEABLE as e:
                 if unreadable is None:
                     raise
                 unreadable.append(_unreadable(row, e))
@@ -272,7 +310,25 @@ def _load_many(
     return found
 
 
+def _without_inputs(error: Exception) -> Exception:
+    """``error`` without the stored values it quotes, when it is a `ValidationError`.
+
+    Its text quotes the state (abridged), ``status_reason`` included, which
+    `pause_unreadable` writes: the orchestrator, seeing a new error at each tick, then
+    paused and alerted again at each tick. A state is also no operator's to read.
+    """
+    if not isinstance(error, ValidationError):
+        return error
+    try:
+        # An error's details are what it is built from, less what rebuilding ignores.
+        details: Any = error.errors()
+        return ValidationError.from_exception_data(error.title, details, hide_input=True)
+    except (TypeError, ValueError, KeyError):  # an error type it cannot rebuild
+        return error
+
+
 def _unreadable(row: Any, error: Exception) -> UnreadableRollout:
+    error = _without_inputs(error)
     raw = row.state if isinstance(row.state, dict) else {}
     targets = raw.get("targets")
     reason = raw.get("status_reason")
@@ -286,12 +342,38 @@ def _unreadable(row: Any, error: Exception) -> UnreadableRollout:
         targets=frozenset(d for d in targets if isinstance(d, str))
         if isinstance(targets, list)
         else frozenset(),
+        model_name=row.model_name,
+        model_version=row.model_version,
+        created_by=row.created_by,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
     )
 
 
 def load(conn: Connection, rollout_id: str) -> StoredRollout:
-    """The rollout ``rollout_id``; raises `NotFoundError`."""
-    found = _load_many(conn, _ROLLOUT.c.id == rollout_id)
+    """The rollout ``rollout_id``.
+
+    Raises `NotFoundError`, and `UnreadableRolloutError` when its stored state does not
+    parse (the message says so and that aborting it is what is left).
+    """
+    found = load_any(conn, rollout_id)
+    if isinstance(found, UnreadableRollout):
+        raise UnreadableRolloutError(
+            f"rollout {rollout_id!r} cannot be shown or commanded: its {found.problem}; "
+            f"abort it (POST /v1/rollouts/{rollout_id}/abort) to free its devices"
+        ) from found.error
+    return found
+
+
+def load_any(conn: Connection, rollout_id: str) -> StoredRollout | UnreadableRollout:
+    """The rollout ``rollout_id``, or what is left of it when its state does not parse.
+
+    Raises `NotFoundError`.
+    """
+    unreadable: list[UnreadableRollout] = []
+    found = _load_many(conn, _ROLLOUT.c.id == rollout_id, unreadable=unreadable)
+    if unreadable:
+        return unreadable[0]
     if not found:
         raise NotFoundError(f"rollout {rollout_id!r} does not exist")
     return found[0]
@@ -342,10 +424,58 @@ def pause_unreadable(
     return True
 
 
+def abort_unreadable(
+    conn: Connection, rollout: UnreadableRollout, *, by: str, now: datetime
+) -> UnreadableRollout | None:
+    """Abort a rollout whose state does not parse, in the caller's transaction, as
+    `pause_unreadable` pauses one: the status column (and the JSON's
+    ``status``/``status_reason``, when it is an object) say ABORTED, the version moves
+    on, the command and ``aborted`` go into its history. Being terminal, it then holds
+    no devices (`create` reads only active rows). An aborted one is left as it is.
+
+    Returns the rollout as now stored, or None (nothing written) when its version moved
+    on since it was read. Raises `RolloutCommandError` for another terminal status.
+    """
+    aborted = RolloutStatus.ABORTED.value
+    if rollout.status == aborted:
+        return rollout
+    if rollout.status in _TERMINAL_VALUES:
+        raise RolloutCommandError(
+            f"cannot abort rollout {rollout.id!r}: it is {rollout.status}, expected one of "
+            + ", ".join(sorted(s for s in ACTIVE_STATUSES))
+        )
+    reason = f"aborted by operator; its {rollout.problem}"
+    raw = conn.execute(select(_ROLLOUT.c.state).where(_ROLLOUT.c.id == rollout.id)).scalar()
+    values: dict[str, Any] = {"status": aborted, "version": rollout.version + 1, "updated_at": now}
+    if isinstance(raw, dict):
+        values["state"] = {**raw, "status": aborted, "status_reason": reason}
+    result = conn.execute(
+        update(_ROLLOUT)
+        .where(_ROLLOUT.c.id == rollout.id, _ROLLOUT.c.version == rollout.version)
+        .values(**values)
+    )
+    if result.rowcount != 1:
+        return None
+    lines = [
+        HistoryLine(
+            kind="command",
+            ts=now,
+            message=f"{OperatorCommand.ABORT.value} by {by}",
+            detail={"command": OperatorCommand.ABORT.value, "by": by},
+        ),
+        HistoryLine(kind="aborted", ts=now, message=reason),
+    ]
+    _append(conn, rollout.id, lines)
+    return replace(
+        rollout, version=rollout.version + 1, status=aborted, status_reason=reason, updated_at=now
+    )
+
+
 def list_rollouts(
     engine: Engine, *, status: str | None = None, limit: int = 100, offset: int = 0
-) -> tuple[list[StoredRollout], int]:
-    """Rollouts (of ``status``), newest first, and how many there are in all."""
+) -> tuple[list[StoredRollout | UnreadableRollout], int]:
+    """Rollouts (of ``status``), newest first, and how many there are in all; one whose
+    state does not parse as what is left of it (`UnreadableRollout`)."""
     with Session(engine) as session:
         query = select(Rollout)
         if status is not None:
@@ -355,12 +485,19 @@ def list_rollouts(
             .limit(limit)
             .offset(offset)
         ).scalars()
-        found = [_stored(_database(engine), r) for r in rows]
+        found = [_stored_or_unreadable(_database(engine), r) for r in rows]
         total_query = select(col(Rollout.id))
         if status is not None:
             total_query = total_query.where(col(Rollout.status) == status)
         total = len(session.execute(total_query).all())
     return found, total
+
+
+def _stored_or_unreadable(database: str, row: Any) -> StoredRollout | UnreadableRollout:
+    try:
+        return _stored(database, row)
+    except _UNPARSEABLE as e:
+        return _unreadable(row, e)
 
 
 def append(conn: Connection, rollout_id: str, lines: Iterable[HistoryLine]) -> None:
@@ -532,8 +669,9 @@ def command(
     """Apply an operator's command and store the result with its history.
 
     Raises `NotFoundError`, `edgefleet.fleet.rollouts.model.RolloutCommandError` (the status
-    forbids it; HTTP 409), `StaleRolloutError` if the orchestrator kept writing in
-    between for every one of `COMMAND_ATTEMPTS` attempts.
+    forbids it; HTTP 409), `UnreadableRolloutError` (its state does not parse: only
+    `abort` applies), `StaleRolloutError` if the orchestrator kept writing in between
+    for every one of `COMMAND_ATTEMPTS` attempts.
     """
     for _ in range(COMMAND_ATTEMPTS):
         with engine.begin() as conn:
@@ -558,6 +696,30 @@ def command(
     raise StaleRolloutError(
         f"rollout {rollout_id!r} kept changing; {operator_command.value} not applied, retry"
     )
+
+
+def abort(
+    engine: Engine, rollout_id: str, *, by: str, now: datetime
+) -> StoredRollout | UnreadableRollout:
+    """The operator's abort: `command` for a rollout whose state parses, and for one
+    that does not `abort_unreadable`, the one way left to free the devices it holds.
+
+    Raises what `command` raises (a rollout that is not there, or a finished one) and
+    `StaleRolloutError` when an unreadable one kept changing for `COMMAND_ATTEMPTS`
+    attempts.
+    """
+    for _ in range(COMMAND_ATTEMPTS):
+        with engine.begin() as conn:
+            found = load_any(conn, rollout_id)
+            if isinstance(found, StoredRollout):
+                break
+            aborted = abort_unreadable(conn, found, by=by, now=now)
+        if aborted is not None:
+            logger.info("rollout %s: abort by %s (its stored state does not parse)", rollout_id, by)
+            return aborted
+    else:
+        raise StaleRolloutError(f"rollout {rollout_id!r} kept changing; abort not applied, retry")
+    return command(engine, rollout_id, OperatorCommand.ABORT, by=by, now=now)
 
 
 def decision_lines(decision: Decision, now: datetime) -> list[HistoryLine]:

@@ -3,7 +3,9 @@
 Pure: `summary` and `detail` read a `StoredRollout` and history rows, nothing else.
 Counts always list every `DeviceRolloutState` (zeros included), so clients need not
 guess which keys exist. A target without a device record (a state the orchestrator
-paused as inconsistent) is left out rather than failing the view.
+paused as inconsistent) is left out rather than failing the view. A rollout whose state
+does not parse is summarised from its columns, its ``status_reason`` saying why
+(`UnreadableRollout.problem`), its plan and progress empty.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from edgefleet.fleet.rollout_service.store import StoredRollout, wave_sizes
+from edgefleet.fleet.rollout_service.store import StoredRollout, UnreadableRollout, wave_sizes
 from edgefleet.fleet.rollouts.model import (
     DeviceRecord,
     DeviceRolloutState,
@@ -131,7 +133,11 @@ class DeviceView(BaseModel):
     rollback_requested_at: datetime | None
 
 
-def summary(stored: StoredRollout) -> RolloutSummary:
+def summary(stored: StoredRollout | UnreadableRollout) -> RolloutSummary:
+    """The list entry of ``stored``. Raises `ValueError` only for an unreadable one
+    whose status column is not a `RolloutStatus` (written by hand)."""
+    if isinstance(stored, UnreadableRollout):
+        return _unreadable_summary(stored)
     state = stored.state
     return RolloutSummary(
         id=stored.id,
@@ -147,6 +153,27 @@ def summary(stored: StoredRollout) -> RolloutSummary:
         targets=len(state.targets),
         wave_sizes=wave_sizes(state),
         counts=counts(state.devices.values()),
+    )
+
+
+def _unreadable_summary(rollout: UnreadableRollout) -> RolloutSummary:
+    return RolloutSummary(
+        id=rollout.id,
+        model=rollout.model_name,
+        version=rollout.model_version,
+        status=RolloutStatus(rollout.status),
+        # Its own reason (an abort's says the problem too), else what is wrong with it.
+        status_reason=rollout.status_reason
+        if rollout.status_reason and rollout.problem in rollout.status_reason
+        else rollout.problem,
+        created_by=rollout.created_by,
+        created_at=rollout.created_at,
+        updated_at=rollout.updated_at,
+        finished_at=None,
+        current_wave=-1,
+        targets=0,
+        wave_sizes=[],
+        counts=counts(()),
     )
 
 

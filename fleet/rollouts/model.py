@@ -60,6 +60,13 @@ class RolloutCommandError(RolloutConflictError):
     code = "rollout_command_rejected"
 
 
+class UnreadableRolloutError(RolloutConflictError):
+    """The rollout's stored state does not parse (an older schema or a hand edit wrote
+    it): it can be listed, its history read and it can be aborted, nothing else."""
+
+    code = "rollout_unreadable"
+
+
 def _names(devices: list[str], limit: int = 10) -> str:
     shown = ", ".join(devices[:limit])
     more = f" and {len(devices) - limit} more" if len(devices) > limit else ""
