@@ -45,6 +45,7 @@ class EmbeddedBroker:
         from amqtt.broker import Broker
 
         asyncio.set_event_loop(self._loop)
+        self._loop.set_exception_handler(_log_loop_error)
         config = {
             "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
             "plugins": {
@@ -71,3 +72,17 @@ class EmbeddedBroker:
                 log.warning("embedded broker shutdown failed: %s", e)
             self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout_s)
+
+
+def _log_loop_error(_loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """One line for an error amqtt leaves to the event loop, the traceback at DEBUG.
+
+    amqtt has races between client sessions (e.g. ``dictionary changed size during
+    iteration`` when clients subscribe while another connects) that drop that one
+    connection; the client reconnects. asyncio's default handler prints a traceback the
+    demo's user cannot act on.
+    """
+    error = context.get("exception")
+    what = f"{type(error).__name__}: {error}" if error is not None else context.get("message")
+    log.warning("embedded broker dropped a connection (%s); the client reconnects", what)
+    log.debug("embedded broker loop error: %s", context.get("message"), exc_info=error)
