@@ -33,11 +33,23 @@ from numpy.typing import NDArray
 from pydantic import Field
 
 from edgefleet.shared.drift.base import DriftInputError, DriftModel, ProfileError
+from edgefleet.shared.drift.bounds import (
+    MAX_BINS,
+    MAX_CLASSES,
+    MAX_FEATURES,
+    MAX_METRICS,
+    MAX_NAME_CHARS,
+    Bins,
+    Count,
+    Edges,
+    Finite,
+    Name,
+)
 from edgefleet.shared.drift.categories import missing_mask
 
 PROFILE_VERSION = 1
 OTHER = "__other__"
-MAX_FLAT_FEATURES = 4096
+MAX_FLAT_FEATURES = MAX_FEATURES
 Tensors = Mapping[str, NDArray[np.generic]]
 
 
@@ -76,23 +88,23 @@ def flatten_tensors(tensors: Tensors, *, max_features: int | None = None) -> Ten
 class FeatureBase(DriftModel):
     """Where a feature comes from: a tensor, and a column of it when it is 2-D."""
 
-    name: str = Field(min_length=1)
-    tensor: str = Field(min_length=1)
-    column: int | None = Field(default=None, ge=0)
+    name: Name
+    tensor: Name
+    column: int | None = Field(default=None, ge=0, lt=MAX_FEATURES)
 
 
 class NumericFeature(FeatureBase):
     """A numeric feature's reference: quantile bins, counts in them, and moments."""
 
     kind: Literal["numeric"] = "numeric"
-    edges: list[float] = Field(min_length=2)
-    counts: list[int]
-    count: int = Field(ge=0, description="finite values (moments are over these)")
-    mean: float
-    m2: float = Field(ge=0, description="sum of squared deviations from the mean")
-    min: float
-    max: float
-    missing: int = Field(ge=0)
+    edges: Edges
+    counts: Bins
+    count: Count = Field(description="finite values (moments are over these)")
+    mean: Finite
+    m2: Finite = Field(ge=0, description="sum of squared deviations from the mean")
+    min: Finite
+    max: Finite
+    missing: Count
 
     @property
     def n_bins(self) -> int:
@@ -109,9 +121,9 @@ class CategoricalFeature(FeatureBase):
     """A categorical feature's reference: top-K category counts plus "other"."""
 
     kind: Literal["categorical"] = "categorical"
-    categories: list[str]
-    counts: list[int]
-    missing: int = Field(ge=0)
+    categories: list[Annotated[str, Field(max_length=MAX_NAME_CHARS)]] = Field(max_length=MAX_BINS)
+    counts: Bins
+    missing: Count
 
     @property
     def n_bins(self) -> int:
@@ -126,25 +138,29 @@ class LabelSpec(DriftModel):
     """How labels join predictions, and the baseline metrics on the reference data."""
 
     task: Literal["classification", "regression"]
-    prediction: str = Field(description="1-D output tensor: predicted class or value")
-    scores: str | None = Field(
+    prediction: Name = Field(description="1-D output tensor: predicted class or value")
+    scores: Name | None = Field(
         default=None, description="2-D output tensor [N, K]; column j scores classes[j]"
     )
-    classes: list[str] = Field(default_factory=list)
-    score_edges: list[list[float]] = Field(
-        default_factory=list, description="per class, bin edges of that class's score"
+    classes: list[Annotated[str, Field(max_length=MAX_NAME_CHARS)]] = Field(
+        default_factory=list, max_length=MAX_CLASSES
     )
-    baseline: dict[str, float] = Field(default_factory=dict)
+    score_edges: list[Edges] = Field(
+        default_factory=list,
+        max_length=MAX_CLASSES,
+        description="per class, bin edges of that class's score",
+    )
+    baseline: dict[Name, Finite] = Field(default_factory=dict, max_length=MAX_METRICS)
 
 
 class ReferenceProfile(DriftModel):
     """Everything a device needs to fold windows and the fleet needs to compare them."""
 
     version: Literal[1] = 1
-    profile_id: str = ""
-    rows: int = Field(ge=0)
-    inputs: list[Feature]
-    outputs: list[Feature] = Field(default_factory=list)
+    profile_id: str = Field(default="", max_length=128)
+    rows: Count
+    inputs: list[Feature] = Field(max_length=MAX_FEATURES)
+    outputs: list[Feature] = Field(default_factory=list, max_length=MAX_FEATURES)
     labels: LabelSpec | None = None
 
     def to_json(self) -> str:

@@ -39,11 +39,19 @@ Defaults, each overridable per model (a `DriftThresholds` per model) and per fea
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field
 
 from edgefleet.shared.drift.base import DriftModel, SketchMismatchError
+from edgefleet.shared.drift.bounds import (
+    MAX_COUNT,
+    MAX_FEATURES,
+    MAX_METRICS,
+    Name,
+    PValue,
+    Statistic,
+)
 from edgefleet.shared.drift.labels import metric_summary
 from edgefleet.shared.drift.profile import CategoricalFeature, NumericFeature, ReferenceProfile
 from edgefleet.shared.drift.stats import FeatureScores, feature_scores
@@ -54,23 +62,29 @@ Status = Literal["ok", "warn", "alert", "not_judged"]
 
 
 class FeatureThresholds(DriftModel):
-    """Thresholds for one feature; None means "inherit the model's default"."""
+    """Thresholds for one feature; None means "inherit the model's default".
 
-    psi_warn: float | None = None
-    psi_alert: float | None = None
-    js_alert: float | None = None
-    ks_alert: float | None = None
-    ks_pvalue: float | None = None
-    chi2_pvalue: float | None = None
-    wasserstein_norm_alert: float | None = None
-    missing_rate_alert: float | None = None
+    p-values are fractions; a statistic's threshold is 0..`MAX_STATISTIC` (one above
+    the statistic's own range, e.g. ``ks_alert = 1.1``, never alerts).
+    """
+
+    psi_warn: Statistic | None = None
+    psi_alert: Statistic | None = None
+    js_alert: Statistic | None = None
+    ks_alert: Statistic | None = None
+    ks_pvalue: PValue | None = None
+    chi2_pvalue: PValue | None = None
+    wasserstein_norm_alert: Statistic | None = None
+    missing_rate_alert: Statistic | None = None
     psi_min_reference_per_bin: float | None = Field(
         default=None,
         ge=0,
+        le=MAX_COUNT,
+        allow_inf_nan=False,
         description="reference rows per inner bin below which PSI does not alert on a "
         "numeric feature (0 = PSI always votes)",
     )
-    alert_on: list[Check] | None = None
+    alert_on: list[Check] | None = Field(default=None, max_length=len(get_args(Check)))
     ignore: bool | None = None
 
 
@@ -92,17 +106,22 @@ DEFAULT_FEATURE_THRESHOLDS = FeatureThresholds(
 class DriftThresholds(DriftModel):
     """A model's thresholds: defaults, per-feature overrides, sample sizes, metrics."""
 
-    min_count: int = Field(default=200, ge=1)
+    min_count: int = Field(default=200, ge=1, le=MAX_COUNT)
     defaults: FeatureThresholds = DEFAULT_FEATURE_THRESHOLDS
-    features: dict[str, FeatureThresholds] = Field(default_factory=dict)
-    min_drifted_inputs: int = Field(default=1, ge=1)
-    min_drifted_outputs: int = Field(default=1, ge=1)
-    min_labelled: int = Field(default=100, ge=1)
-    max_metric_drop: dict[str, float] = Field(
-        default_factory=lambda: {"accuracy": 0.05, "macro_f1": 0.05, "roc_auc": 0.05}
+    features: dict[Name, FeatureThresholds] = Field(
+        default_factory=dict, max_length=2 * MAX_FEATURES
     )
-    max_error_increase: dict[str, float] = Field(
-        default_factory=lambda: {"mae": 0.2, "rmse": 0.2}, description="relative"
+    min_drifted_inputs: int = Field(default=1, ge=1, le=MAX_FEATURES)
+    min_drifted_outputs: int = Field(default=1, ge=1, le=MAX_FEATURES)
+    min_labelled: int = Field(default=100, ge=1, le=MAX_COUNT)
+    max_metric_drop: dict[Name, Statistic] = Field(
+        default_factory=lambda: {"accuracy": 0.05, "macro_f1": 0.05, "roc_auc": 0.05},
+        max_length=MAX_METRICS,
+    )
+    max_error_increase: dict[Name, Statistic] = Field(
+        default_factory=lambda: {"mae": 0.2, "rmse": 0.2},
+        max_length=MAX_METRICS,
+        description="relative",
     )
 
     def for_feature(self, name: str) -> FeatureThresholds:

@@ -23,18 +23,21 @@ from typing import Annotated, Literal
 from pydantic import ConfigDict, Field, ValidationError
 
 from edgefleet.shared.drift.base import DriftModel, SketchMismatchError
-from edgefleet.shared.drift.profile import MAX_FLAT_FEATURES
+from edgefleet.shared.drift.bounds import (
+    MAX_BINS,
+    MAX_CLASSES,
+    MAX_COUNT,
+    MAX_FEATURES,
+    MAX_NAME_CHARS,
+    Bins,
+    Count,
+)
 
 SKETCH_VERSION = 1
-MAX_COUNT = 2**63 - 1
-MAX_BINS = 10_000  # numeric bins or categories plus "other", per feature
-MAX_FEATURES = MAX_FLAT_FEATURES  # the widest profile a model package may carry
-MAX_CLASSES = 1024
+__all__ = ["MAX_BINS", "MAX_CLASSES", "MAX_COUNT", "MAX_FEATURES", "Bins", "Count"]
 
-Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
-Bins = Annotated[list[Count], Field(max_length=MAX_BINS)]
 Matrix = Annotated[list[Bins], Field(max_length=MAX_CLASSES + 1)]
-FeatureName = Annotated[str, Field(max_length=200)]
+FeatureName = Annotated[str, Field(max_length=MAX_NAME_CHARS)]
 
 
 class WindowModel(DriftModel):
