@@ -13,4 +13,5 @@ ruff format --check .
 echo "== mypy"
 mypy -p edgefleet
 echo "== pytest"
-pytest -q -p no:cacheprovider "$@"
+# The slowest tests are listed at the end: the suite should stay well under 20 minutes.
+pytest -q -p no:cacheprovider --durations=15 "$@"
