@@ -137,7 +137,14 @@ class UpdateConfig(_Section):
         default=None, description="sent as a Bearer token to the repository; none = no auth"
     )
     max_download_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
-    download_timeout_s: float = Field(default=30.0, gt=0)
+    download_timeout_s: float = Field(default=30.0, gt=0, description="per connect and read")
+    download_deadline_s: float = Field(
+        default=1800.0,
+        gt=0,
+        le=7 * 24 * 3600,
+        description="a whole download attempt ends by then, however slowly bytes trickle in "
+        "(a transient failure: retried later, resuming)",
+    )
     tick_s: float = Field(default=1.0, gt=0, description="how often the update runner wakes")
     policy: UpdatePolicy = Field(default_factory=UpdatePolicy)
 

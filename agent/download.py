@@ -15,8 +15,15 @@ Invariants:
 - ``dest`` appears only by an atomic rename of a verified file.
 
 Errors: `LengthMismatch` and `DigestMismatch` mean the bytes are wrong (the partial file is
-deleted: retrying resumes nothing bad); `TransportError` means the network failed (the
+deleted: retrying resumes nothing bad); `TargetNotFound` means the server answered 404
+(or 410) for the artifact: retrying the same URL will not make it appear; `TransportError`
+means the network failed, the total deadline passed or the download was aborted (the
 partial file is kept for the next try).
+
+A download ends by ``deadline_s`` at the latest, however slowly the server trickles bytes
+(the per-read ``timeout_s`` alone would let a byte every few seconds hold it for ever),
+and a `DownloadAbort` lets another thread stop it at once. Both shut the connection's
+socket down, which wakes a read blocked in the downloading thread.
 """
 
 from __future__ import annotations
@@ -27,20 +34,31 @@ import http.client
 import logging
 import os
 import re
+import socket
+import threading
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Final
 
 from edgefleet.shared.durable import fsync_dir
 from edgefleet.shared.hashing import hash_stream
-from edgefleet.shared.signing.errors import DigestMismatch, LengthMismatch, TransportError
+from edgefleet.shared.signing.errors import (
+    DigestMismatch,
+    LengthMismatch,
+    TargetNotFound,
+    TransportError,
+)
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_BYTES: Final = 256 * 1024
+DEFAULT_DEADLINE_S: Final = 1800.0
+# Statuses that say the artifact is not there: a retry would ask again for nothing.
+_NOT_FOUND: Final = frozenset({404, 410})
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
 
@@ -55,6 +73,54 @@ class DownloadResult:
     resumed_from: int  # bytes already on disk when this call started
 
 
+class DownloadAbort:
+    """Stops a download in progress from any thread: `abort` shuts its connection down.
+
+    One per download. An abort before the connection opens makes `download` raise as soon
+    as it starts or connects; one after it ends does nothing.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._reason: str | None = None
+        self._fd: int | None = None
+
+    @property
+    def reason(self) -> str | None:
+        """Why it was aborted (the first reason given), or None."""
+        return self._reason
+
+    def abort(self, reason: str) -> None:
+        """Stop the download with ``reason`` (it raises `TransportError`). Never raises."""
+        with self._lock:
+            if self._reason is None:
+                self._reason = reason
+            if self._fd is not None:
+                _shutdown(self._fd)
+
+    @contextlib.contextmanager
+    def _watching(self, response: http.client.HTTPResponse) -> Iterator[None]:
+        # Left (under the lock) before the response closes, so `abort` never shuts down
+        # a descriptor that was closed and reused.
+        fd = response.fileno()
+        with self._lock:
+            self._fd = fd
+            if self._reason is not None:
+                _shutdown(fd)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._fd = None
+
+
+def _shutdown(fd: int) -> None:
+    # A blocked recv in another thread returns at once (EOF) after shutdown, where a
+    # close would leave it waiting. The duplicate descriptor is ours to close.
+    with contextlib.suppress(OSError), socket.socket(fileno=os.dup(fd)) as sock:
+        sock.shutdown(socket.SHUT_RDWR)
+
+
 def download(
     url: str,
     dest: Path,
@@ -63,15 +129,55 @@ def download(
     expected_length: int,
     headers: Mapping[str, str] | None = None,
     timeout_s: float = 30.0,
+    deadline_s: float = DEFAULT_DEADLINE_S,
+    abort: DownloadAbort | None = None,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
 ) -> DownloadResult:
     """Download ``url`` to ``dest``, resuming a previous partial download if there is one.
 
+    ``timeout_s`` bounds each connect and read, ``deadline_s`` the whole call; ``abort``
+    lets another thread stop it.
+
     Raises `LengthMismatch` (the server sent more than ``expected_length`` bytes, or a
     wrong Content-Length / Content-Range), `DigestMismatch` (complete but the hash
-    differs), `TransportError` (connection failure, timeout, HTTP error, or the stream
-    ended early; call again to resume).
+    differs), `TargetNotFound` (HTTP 404 or 410), `TransportError` (connection failure,
+    timeout, other HTTP error, the stream ended early, the deadline passed or ``abort``
+    was called; call again to resume).
     """
+    abort = abort or DownloadAbort()
+    if abort.reason is not None:
+        raise TransportError(f"download of {url} stopped: {abort.reason}")
+    timer = threading.Timer(
+        deadline_s, abort.abort, args=(f"it passed its total deadline of {deadline_s:g} s",)
+    )
+    timer.daemon = True
+    timer.start()
+    try:
+        return _download(
+            url,
+            dest,
+            expected_sha256=expected_sha256,
+            expected_length=expected_length,
+            headers=headers,
+            timeout_s=min(timeout_s, deadline_s),
+            abort=abort,
+            chunk_bytes=chunk_bytes,
+        )
+    finally:
+        timer.cancel()
+
+
+def _download(
+    url: str,
+    dest: Path,
+    *,
+    expected_sha256: str,
+    expected_length: int,
+    headers: Mapping[str, str] | None,
+    timeout_s: float,
+    abort: DownloadAbort,
+    chunk_bytes: int,
+) -> DownloadResult:
     expected_sha256 = expected_sha256.lower()
     part = dest.with_name(dest.name + ".part")
     etag_file = dest.with_name(dest.name + ".part.etag")
@@ -88,8 +194,12 @@ def download(
             request.add_header("Range", f"bytes={offset}-")
             if etag:
                 request.add_header("If-Range", etag)
+        started = time.monotonic()
         try:
-            with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310
+            with (
+                urllib.request.urlopen(request, timeout=timeout_s) as response,  # noqa: S310
+                abort._watching(response),
+            ):
                 start = _start_offset(response, offset, expected_length, url)
                 if start == 0 and offset:
                     logger.info("server sent all of %s again; restarting from byte 0", url)
@@ -111,12 +221,12 @@ def download(
                         part=part,
                     )
         except urllib.error.HTTPError as e:
-            if e.code == 416:
-                # Our partial file is no prefix the server recognises: start over next time.
-                _discard(part, etag_file)
-            raise TransportError(f"{url} answered HTTP {e.code} {e.reason}") from e
+            raise _http_error(e, url, part, etag_file) from e
         except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
+            _raise_if_aborted(abort, url, offset, started)
             raise TransportError(f"download of {url} failed at byte {offset}: {e}") from e
+        if offset < expected_length:
+            _raise_if_aborted(abort, url, offset, started)
     if offset < expected_length:
         raise TransportError(
             f"download of {url} ended at byte {offset} of {expected_length}; call again to resume"
@@ -131,6 +241,28 @@ def download(
     fsync_dir(dest.parent)
     logger.debug("downloaded %s (%s bytes, %s fetched)", url, expected_length, fetched)
     return DownloadResult(dest, found, expected_length, fetched, resumed_from)
+
+
+def _http_error(
+    e: urllib.error.HTTPError, url: str, part: Path, etag_file: Path
+) -> TargetNotFound | TransportError:
+    if e.code == 416:
+        # Our partial file is no prefix the server recognises: start over next time.
+        _discard(part, etag_file)
+    if e.code in _NOT_FOUND:
+        return TargetNotFound(
+            f"{url} answered HTTP {e.code} {e.reason}: the repository lists the target "
+            "but does not serve it"
+        )
+    return TransportError(f"{url} answered HTTP {e.code} {e.reason}")
+
+
+def _raise_if_aborted(abort: DownloadAbort, url: str, offset: int, started: float) -> None:
+    if abort.reason is not None:
+        raise TransportError(
+            f"download of {url} stopped at byte {offset} after "
+            f"{time.monotonic() - started:.1f} s: {abort.reason}"
+        )
 
 
 def _rehash_prefix(part: Path, expected_length: int) -> tuple[hashlib._Hash, int]:

@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from edgefleet.agent.download import download
+from edgefleet.agent.download import DEFAULT_DEADLINE_S, download
 from edgefleet.agent.model_host import ActiveModel, ModelHost
 from edgefleet.agent.trust import TargetInfo, TrustedRepository
 from edgefleet.agent.update.ports import EventPublisher, GoldenOutcome, RuntimeLoader
@@ -58,11 +58,13 @@ class TufDownloader:
         max_download_bytes: int,
         headers: Mapping[str, str] | None = None,
         timeout_s: float = 30.0,
+        deadline_s: float = DEFAULT_DEADLINE_S,
     ) -> None:
         self._repository = repository
         self._max_bytes = max_download_bytes
         self._headers = dict(headers or {})
         self._timeout_s = timeout_s
+        self._deadline_s = deadline_s
 
     def download(self, target: UpdateTarget, dest: Path, progress: Callable[[int], None]) -> None:
         """Fetch ``target``'s artifact into ``dest`` (resuming ``dest.part``).
@@ -87,6 +89,7 @@ class TufDownloader:
             expected_length=target.length,
             headers=self._headers,
             timeout_s=self._timeout_s,
+            deadline_s=self._deadline_s,
         )
         progress(result.length)
 

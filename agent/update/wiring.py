@@ -130,6 +130,7 @@ class UpdateService:
                 max_download_bytes=settings.max_download_bytes,
                 headers=headers,
                 timeout_s=settings.download_timeout_s,
+                deadline_s=settings.download_deadline_s,
             ),
             verifier=ArtifactVerifier(repository),
             extractor=PackageUnpacker(),

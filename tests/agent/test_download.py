@@ -10,7 +10,12 @@ from pathlib import Path
 import pytest
 
 from edgefleet.agent.download import download
-from edgefleet.shared.signing.errors import DigestMismatch, LengthMismatch, TransportError
+from edgefleet.shared.signing.errors import (
+    DigestMismatch,
+    LengthMismatch,
+    TargetNotFound,
+    TransportError,
+)
 from tests.shared.signing.repo_server import RepoServer
 
 SIZE = 512 * 1024
@@ -135,9 +140,9 @@ def test_unreachable_server_is_a_transport_error(served, tmp_path: Path):
         )
 
 
-def test_missing_artifact_is_a_transport_error_naming_the_status(served, tmp_path: Path):
+def test_missing_artifact_is_rejected_naming_the_status(served, tmp_path: Path):
     server, data = served
-    with pytest.raises(TransportError, match="HTTP 404"):
+    with pytest.raises(TargetNotFound, match="HTTP 404"):
         fetch(server, tmp_path / "m", data, path="targets/nope.efpkg")
 
 
