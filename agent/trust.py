@@ -1,8 +1,9 @@
 """The device side of the image repository: TUF-verified knowledge of which targets exist.
 
-`TrustedRepository` wraps `tuf.ngclient.Updater`: it starts from the root pinned at
-provisioning (``trusted_root.json``), walks the root chain, and refuses expired or
-rolled-back metadata (a freeze or replay attack) before it says anything about a target.
+`TrustedRepository` wraps `tuf.ngclient.Updater`: it starts from the newest root it has
+verified (never older than the root pinned at provisioning, ``trusted_root.json``), walks
+the root chain, and refuses expired or rolled-back metadata (a freeze or replay attack)
+before it says anything about a target.
 It does not download artifacts: the update runner does that with `edgefleet.agent.download`
 (resumable, size-capped), after `verify_target_info` has checked that the director's claim
 (name, sha256, length) is exactly what the release key signed — mix-and-match protection.
@@ -27,6 +28,7 @@ from tuf.ngclient.config import UpdaterConfig
 from tuf.ngclient.fetcher import FetcherInterface
 from tuf.ngclient.updater import Updater
 
+from edgefleet.shared.durable import atomic_write_bytes
 from edgefleet.shared.signing.errors import (
     DigestMismatch,
     Expired,
@@ -35,12 +37,17 @@ from edgefleet.shared.signing.errors import (
     TransportError,
     TufError,
 )
-from edgefleet.shared.signing.tufapi import TargetFile
+from edgefleet.shared.signing.tufapi import Metadata, Root, TargetFile
 
 logger = logging.getLogger(__name__)
 
 METADATA_PATH = "metadata/"
 TARGETS_PATH = "targets/"
+# The newest root a refresh verified, in the metadata cache: the next refresh (and the
+# next start) begins its chain there. python-tuf walks at most `max_root_rotations` (256)
+# versions per refresh, so a device that always began at its provisioning root would be
+# stuck for good once the repository is more than 256 root versions past it.
+NEWEST_ROOT_FILE = "newest_root.json"
 
 
 class HeaderFetcher(FetcherInterface):
@@ -99,8 +106,12 @@ class TrustedRepository:
     """TUF-verified view of the image repository at ``base_url``.
 
     ``metadata_dir`` is the device's writable metadata cache; ``trusted_root_path`` is the
-    root pinned at provisioning (always the start of the chain, so a tampered cache
-    cannot replace the trust anchor).
+    root pinned at provisioning. The chain starts at the newest root a refresh verified
+    (``NEWEST_ROOT_FILE`` in the cache, written durably); the pinned root is the floor:
+    a cached root that does not parse, is not signed by its own root threshold, or is not
+    newer than the pinned root is ignored and the chain starts at the pinned root. (The
+    self-signature check catches a damaged cache, not one rewritten by someone who can
+    write the cache and sign a root with a key of their own.)
     """
 
     def __init__(
@@ -125,6 +136,11 @@ class TrustedRepository:
         self._updater: Updater | None = None
 
     @property
+    def trusted_root_version(self) -> int:
+        """The version of the root the next refresh starts its chain from (0: unreadable)."""
+        return _root_version(self._start_root()) or 0
+
+    @property
     def base_url(self) -> str:
         """The repository base URL (ends with ``/``)."""
         return self._base_url
@@ -140,6 +156,7 @@ class TrustedRepository:
 
     def _refreshed(self) -> Updater:
         self._metadata_dir.mkdir(parents=True, exist_ok=True)
+        start = self._start_root()
         with _translated("refresh"):
             # An Updater refreshes once in its life; a new one per refresh is the ngclient way.
             updater = Updater(
@@ -148,12 +165,50 @@ class TrustedRepository:
                 target_base_url=self._base_url + TARGETS_PATH,
                 fetcher=self._fetcher,
                 config=self._config,
-                bootstrap=self._trusted_root,
+                bootstrap=start,
             )
-            updater.refresh()
+            try:
+                updater.refresh()
+            finally:
+                # Also when the refresh failed later on (a timestamp key only a root past
+                # this walk's 256 versions knows): the roots verified so far are kept, so
+                # the next refresh walks on from there.
+                self._keep_newest_root(start)
         self._updater = updater
         logger.debug("TUF metadata refreshed from %s", self._base_url)
         return updater
+
+    def _start_root(self) -> bytes:
+        """The cached newest verified root if it is usable and newer than the pinned one."""
+        try:
+            cached = (self._metadata_dir / NEWEST_ROOT_FILE).read_bytes()
+        except FileNotFoundError:
+            return self._trusted_root
+        except OSError as e:
+            logger.warning("cannot read the cached TUF root, starting from the pinned root: %s", e)
+            return self._trusted_root
+        cached_version = _root_version(cached, self_signed=True)
+        pinned_version = _root_version(self._trusted_root)
+        if cached_version is None or pinned_version is None or cached_version <= pinned_version:
+            if cached_version is None:
+                logger.warning("the cached TUF root is unusable, starting from the pinned root")
+            return self._trusted_root
+        return cached
+
+    def _keep_newest_root(self, start: bytes) -> None:
+        """Store the root the Updater trusts now (``root.json``) if it is newer than ``start``.
+
+        python-tuf keeps ``root.json`` pointing at the last root it verified through the
+        chain; its own writes are not fsync'd, ours are. Raises `OSError` (the cache).
+        """
+        try:
+            newest = (self._metadata_dir / "root.json").read_bytes()
+        except FileNotFoundError:
+            return
+        newest_version = _root_version(newest)
+        if newest_version is not None and newest_version > (_root_version(start) or 0):
+            atomic_write_bytes(self._metadata_dir / NEWEST_ROOT_FILE, newest)
+            logger.info("TUF root v%d is now the start of the chain", newest_version)
 
     def find_target(self, name: str) -> TargetInfo:
         """What the signed targets of the last `refresh` say about ``name``.
@@ -204,6 +259,22 @@ class TrustedRepository:
     def target_url(self, info: TargetInfo) -> str:
         """The absolute URL of ``info``'s artifact (content-addressed)."""
         return self._base_url + info.url_path
+
+
+def _root_version(data: bytes, *, self_signed: bool = False) -> int | None:
+    """The version of root metadata ``data``; None if it does not parse as a root or,
+    with ``self_signed``, is not signed by its own root threshold (a damaged cache)."""
+    try:
+        md = Metadata.from_bytes(data)
+        if not isinstance(md.signed, Root):
+            return None
+        if self_signed:
+            md.signed.verify_delegate(Root.type, md.signed_bytes, md.signatures)
+    except tuf_errors.RepositoryError as e:  # DeserializationError, UnsignedMetadataError
+        logger.debug("not a usable TUF root: %s", e)
+        return None
+    version: int = md.signed.version
+    return version
 
 
 @contextmanager
