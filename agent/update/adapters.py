@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from edgefleet.agent.download import DEFAULT_DEADLINE_S, download
+from edgefleet.agent.download import DEFAULT_DEADLINE_S, DownloadAbort, download
 from edgefleet.agent.model_host import ActiveModel, ModelHost
 from edgefleet.agent.trust import TargetInfo, TrustedRepository
 from edgefleet.agent.update.ports import EventPublisher, GoldenOutcome, RuntimeLoader
@@ -65,6 +65,15 @@ class TufDownloader:
         self._headers = dict(headers or {})
         self._timeout_s = timeout_s
         self._deadline_s = deadline_s
+        self._lock = threading.Lock()
+        self._abort: DownloadAbort | None = None
+
+    def cancel(self, reason: str) -> None:
+        """Make the download in progress, if any, raise `TransportError` now (any thread)."""
+        with self._lock:
+            abort = self._abort
+        if abort is not None:
+            abort.abort(reason)
 
     def download(self, target: UpdateTarget, dest: Path, progress: Callable[[int], None]) -> None:
         """Fetch ``target``'s artifact into ``dest`` (resuming ``dest.part``).
@@ -78,19 +87,28 @@ class TufDownloader:
                 f"target {target.name} {target.version} is {target.length} bytes, "
                 f"this device downloads at most {self._max_bytes}"
             )
-        self._repository.refresh()
-        info = self._repository.verify_target_info(target.name, target.sha256, target.length)
-        url = self._repository.target_url(info)
-        log.debug("downloading %s", url)
-        result = download(
-            url,
-            dest,
-            expected_sha256=target.sha256,
-            expected_length=target.length,
-            headers=self._headers,
-            timeout_s=self._timeout_s,
-            deadline_s=self._deadline_s,
-        )
+        abort = DownloadAbort()
+        with self._lock:
+            self._abort = abort
+        try:
+            self._repository.refresh()
+            info = self._repository.verify_target_info(target.name, target.sha256, target.length)
+            url = self._repository.target_url(info)
+            log.debug("downloading %s", url)
+            # A cancel during the refresh makes download() raise before it connects.
+            result = download(
+                url,
+                dest,
+                expected_sha256=target.sha256,
+                expected_length=target.length,
+                headers=self._headers,
+                timeout_s=self._timeout_s,
+                deadline_s=self._deadline_s,
+                abort=abort,
+            )
+        finally:
+            with self._lock:
+                self._abort = None
         progress(result.length)
 
 

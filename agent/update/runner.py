@@ -13,6 +13,13 @@ loads the persisted state and feeds it `Resumed`.
 The machine has no randomness of its own: the runner draws the jitter of a download
 retry and hands it over in the `DownloadFailed` event.
 
+A newer desired state does not wait behind the download it supersedes: `submit`, on
+whatever thread it runs, asks the pure acceptance rules (`judge`) whether the machine
+will take it and, if it would abort the download in progress, calls ``cancel_download``
+(a port: the downloader shuts its connection down), so the worker thread returns from the
+download at once and handles the desired state next. The machine decides as always; a
+cancel only ends the old download early (its failure names a target no longer worked on).
+
 The exceptions to "persist every step" are the steps that change nothing but counters:
 a probation sample (a restart restarts probation anyway, and an fsync per inference
 would wear an SD card) and download progress (a resumed download starts from the bytes
@@ -32,6 +39,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from edgefleet.agent.store import ModelStore, StoreError
+from edgefleet.agent.update.acceptance import Accepted, judge
 from edgefleet.agent.update.machine import DEFAULT_POLICY, Phase, UpdatePolicy, UpdateState, step
 from edgefleet.agent.update.ports import (
     Downloader,
@@ -51,6 +59,7 @@ from edgefleet.agent.update.types import (
     Cleanup,
     CollectGarbage,
     Commit,
+    DesiredReceived,
     DownloadDone,
     DownloadFailed,
     DownloadProgress,
@@ -108,6 +117,7 @@ class UpdateRunner:
         tick_s: float = 1.0,
         work_gate: WorkGate | None = None,
         rng: random.Random | None = None,
+        cancel_download: Callable[[str], None] | None = None,
     ) -> None:
         """A runner over ``store`` whose state lives in ``state_path``; `start` runs it.
 
@@ -138,6 +148,7 @@ class UpdateRunner:
         self._tick_s = tick_s
         self._work_gate = work_gate
         self._rng = rng or random.Random()
+        self._cancel_download = cancel_download
         self._holding_gate = False
         self._queue: queue.Queue[Event | None] = queue.Queue()
         self._thread: threading.Thread | None = None
@@ -150,8 +161,15 @@ class UpdateRunner:
         return self._state
 
     def submit(self, event: Event) -> None:
-        """Queue an event (thread-safe)."""
+        """Queue an event (thread-safe); a superseding desired state cancels the download."""
         self._queue.put(event)
+        # After the put: the cancelled download's failure then queues behind the desired
+        # state, which has already moved the machine on, so the failure changes nothing.
+        if isinstance(event, DesiredReceived) and self._supersedes_download(event):
+            assert self._cancel_download is not None
+            seq = event.target.desired_seq
+            log.info("desired seq %s supersedes the download in progress; cancelling it", seq)
+            self._cancel_download(f"superseded by desired seq {seq}")
 
     def record_inference(self, ok: bool, latency_ms: float) -> None:
         """Called by the inference path after each inference; cheap outside probation."""
@@ -211,6 +229,25 @@ class UpdateRunner:
                 self._release_gate()
 
     # --- internals ----------------------------------------------------------------------
+
+    def _supersedes_download(self, offer: DesiredReceived) -> bool:
+        # Reads the state the worker thread last published (an immutable value); if it is
+        # a step behind, the worst case is a cancel the machine then ignores (retried) or
+        # none (the old download runs until it ends, as before).
+        state = self._state
+        current = state.target
+        if self._cancel_download is None or state.phase is not Phase.DOWNLOADING:
+            return False
+        if current is None or state.retry_at is not None:
+            return False
+        verdict = judge(
+            offer,
+            last_seq=state.last_desired_seq,
+            held=(state.target, state.pending),
+            last_rejected=state.last_rejected_envelope,
+            now=self._clock(),
+        )
+        return isinstance(verdict, Accepted) and verdict.target.sha256 != current.sha256
 
     def _loop(self) -> None:
         while True:

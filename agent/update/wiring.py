@@ -121,17 +121,18 @@ class UpdateService:
         options = config.model.runtime
         self._activator = RuntimeActivator(host, options, loader=runtime_loader)
         self._host = host
+        downloader = TufDownloader(
+            repository,
+            max_download_bytes=settings.max_download_bytes,
+            headers=headers,
+            timeout_s=settings.download_timeout_s,
+            deadline_s=settings.download_deadline_s,
+        )
         self.runner = UpdateRunner(
             state_path=state_path,
             store=self.store,
             downloads_dir=data / DOWNLOADS_DIR,
-            downloader=TufDownloader(
-                repository,
-                max_download_bytes=settings.max_download_bytes,
-                headers=headers,
-                timeout_s=settings.download_timeout_s,
-                deadline_s=settings.download_deadline_s,
-            ),
+            downloader=downloader,
             verifier=ArtifactVerifier(repository),
             extractor=PackageUnpacker(),
             activator=self._activator,
@@ -141,6 +142,7 @@ class UpdateService:
             clock=clock,
             tick_s=settings.tick_s,
             work_gate=work_gate,
+            cancel_download=downloader.cancel,
         )
 
     @property
