@@ -28,7 +28,7 @@ from tuf.ngclient.config import UpdaterConfig
 from tuf.ngclient.fetcher import FetcherInterface
 from tuf.ngclient.updater import Updater
 
-from edgefleet.shared.durable import atomic_write_bytes
+from edgefleet.shared.durable import fsync_dir, fsync_file
 from edgefleet.shared.signing.errors import (
     DigestMismatch,
     Expired,
@@ -43,11 +43,12 @@ logger = logging.getLogger(__name__)
 
 METADATA_PATH = "metadata/"
 TARGETS_PATH = "targets/"
-# The newest root a refresh verified, in the metadata cache: the next refresh (and the
-# next start) begins its chain there. python-tuf walks at most `max_root_rotations` (256)
-# versions per refresh, so a device that always began at its provisioning root would be
-# stuck for good once the repository is more than 256 root versions past it.
-NEWEST_ROOT_FILE = "newest_root.json"
+# python-tuf keeps every root it verified here, as ``<version>.root.json``. A refresh
+# starts its chain at the newest root this cache chains to from the pinned root: python-tuf
+# walks at most `max_root_rotations` (256) versions per refresh, so a device that always
+# began at its provisioning root would be stuck for good once the repository is more than
+# 256 root versions past it.
+ROOT_HISTORY_DIR = "root_history"
 
 
 class HeaderFetcher(FetcherInterface):
@@ -107,11 +108,11 @@ class TrustedRepository:
 
     ``metadata_dir`` is the device's writable metadata cache; ``trusted_root_path`` is the
     root pinned at provisioning. The chain starts at the newest root a refresh verified
-    (``NEWEST_ROOT_FILE`` in the cache, written durably); the pinned root is the floor:
-    a cached root that does not parse, is not signed by its own root threshold, or is not
-    newer than the pinned root is ignored and the chain starts at the pinned root. (The
-    self-signature check catches a damaged cache, not one rewritten by someone who can
-    write the cache and sign a root with a key of their own.)
+    (``ROOT_HISTORY_DIR`` in the cache, fsync'd after each refresh); the pinned root is
+    the floor: the cached roots are followed only as far as each is the next version,
+    signed by the threshold of the one before and its own, starting at the pinned root —
+    so a damaged or rewritten cache cannot replace the trust anchor, only shorten the
+    walk.
     """
 
     def __init__(
@@ -134,6 +135,8 @@ class TrustedRepository:
         except OSError as e:
             raise TufError(f"cannot read the pinned TUF root {trusted_root_path}: {e}") from e
         self._updater: Updater | None = None
+        # The newest root known to chain from the pinned one: where the next walk begins.
+        self._verified_root = self._trusted_root
 
     @property
     def trusted_root_version(self) -> int:
@@ -173,42 +176,39 @@ class TrustedRepository:
                 # Also when the refresh failed later on (a timestamp key only a root past
                 # this walk's 256 versions knows): the roots verified so far are kept, so
                 # the next refresh walks on from there.
-                self._keep_newest_root(start)
+                self._keep_new_roots(start)
         self._updater = updater
         logger.debug("TUF metadata refreshed from %s", self._base_url)
         return updater
 
     def _start_root(self) -> bytes:
-        """The cached newest verified root if it is usable and newer than the pinned one."""
-        try:
-            cached = (self._metadata_dir / NEWEST_ROOT_FILE).read_bytes()
-        except FileNotFoundError:
-            return self._trusted_root
-        except OSError as e:
-            logger.warning("cannot read the cached TUF root, starting from the pinned root: %s", e)
-            return self._trusted_root
-        cached_version = _root_version(cached, self_signed=True)
-        pinned_version = _root_version(self._trusted_root)
-        if cached_version is None or pinned_version is None or cached_version <= pinned_version:
-            if cached_version is None:
-                logger.warning("the cached TUF root is unusable, starting from the pinned root")
-            return self._trusted_root
-        return cached
+        """The newest cached root that chains from the pinned root (the pinned one at worst)."""
+        self._verified_root, _ = _follow_cached_chain(
+            self._verified_root, self._metadata_dir / ROOT_HISTORY_DIR
+        )
+        return self._verified_root
 
-    def _keep_newest_root(self, start: bytes) -> None:
-        """Store the root the Updater trusts now (``root.json``) if it is newer than ``start``.
+    def _keep_new_roots(self, start: bytes) -> None:
+        """Make the roots the Updater added after ``start`` durable; they start the next walk.
 
-        python-tuf keeps ``root.json`` pointing at the last root it verified through the
-        chain; its own writes are not fsync'd, ours are. Raises `OSError` (the cache).
+        python-tuf writes them atomically but does not fsync; a root lost in a power cut
+        would only shorten the next walk, but a durable chain keeps a device that was far
+        behind from falling back past the 256-version window. Does not raise: it runs
+        while a refresh error may be on its way out, and that error must not be masked.
         """
-        try:
-            newest = (self._metadata_dir / "root.json").read_bytes()
-        except FileNotFoundError:
+        history = self._metadata_dir / ROOT_HISTORY_DIR
+        newest, added = _follow_cached_chain(start, history)
+        self._verified_root = newest
+        if not added:
             return
-        newest_version = _root_version(newest)
-        if newest_version is not None and newest_version > (_root_version(start) or 0):
-            atomic_write_bytes(self._metadata_dir / NEWEST_ROOT_FILE, newest)
-            logger.info("TUF root v%d is now the start of the chain", newest_version)
+        try:
+            for path in added:
+                fsync_file(path)
+            fsync_dir(history)
+            fsync_dir(self._metadata_dir)
+        except OSError as e:
+            logger.warning("cannot fsync the cached TUF roots (kept, not yet durable): %s", e)
+        logger.info("TUF root v%d is now the start of the chain", _root_version(newest))
 
     def find_target(self, name: str) -> TargetInfo:
         """What the signed targets of the last `refresh` say about ``name``.
@@ -261,20 +261,53 @@ class TrustedRepository:
         return self._base_url + info.url_path
 
 
-def _root_version(data: bytes, *, self_signed: bool = False) -> int | None:
-    """The version of root metadata ``data``; None if it does not parse as a root or,
-    with ``self_signed``, is not signed by its own root threshold (a damaged cache)."""
+def _root_version(data: bytes) -> int | None:
+    """The version of root metadata ``data``; None if it does not parse as a root."""
     try:
         md = Metadata.from_bytes(data)
-        if not isinstance(md.signed, Root):
-            return None
-        if self_signed:
-            md.signed.verify_delegate(Root.type, md.signed_bytes, md.signatures)
-    except tuf_errors.RepositoryError as e:  # DeserializationError, UnsignedMetadataError
-        logger.debug("not a usable TUF root: %s", e)
+    except tuf_errors.RepositoryError:
+        return None
+    if not isinstance(md.signed, Root):
         return None
     version: int = md.signed.version
     return version
+
+
+def _follow_cached_chain(trusted: bytes, history: Path) -> tuple[bytes, list[Path]]:
+    """Follow ``history/<n>.root.json`` from ``trusted`` as far as each root verifies.
+
+    Each next root must be version n+1 and signed by the root threshold of version n and
+    of itself, as TUF's root update requires (expiry is not checked: the walk's end is
+    checked against the clock by the refresh). Returns the newest root's bytes and the
+    files followed. Does not raise: an unreadable or bad file ends the walk.
+    """
+    try:
+        current = Metadata.from_bytes(trusted)
+    except tuf_errors.RepositoryError:
+        return trusted, []  # the Updater says what is wrong with it
+    followed: list[Path] = []
+    newest = trusted
+    while isinstance(current.signed, Root):
+        expected = current.signed.version + 1
+        path = history / f"{expected}.root.json"
+        try:
+            data = path.read_bytes()
+        except OSError:
+            break
+        try:
+            new = Metadata.from_bytes(data)
+            if not isinstance(new.signed, Root) or new.signed.version != expected:
+                raise tuf_errors.RepositoryError(f"{path.name} is not root v{expected}")
+            current.signed.verify_delegate(Root.type, new.signed_bytes, new.signatures)
+            new.signed.verify_delegate(Root.type, new.signed_bytes, new.signatures)
+        except tuf_errors.RepositoryError as e:
+            logger.warning(
+                "cached TUF root %s does not chain, the walk ends before it: %s", path, e
+            )
+            break
+        current, newest = new, data
+        followed.append(path)
+    return newest, followed
 
 
 @contextmanager

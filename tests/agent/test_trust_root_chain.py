@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from edgefleet.agent.trust import NEWEST_ROOT_FILE, TrustedRepository
+from edgefleet.agent.trust import ROOT_HISTORY_DIR, TrustedRepository
 from edgefleet.fleet.repository import ImageRepository
 from edgefleet.shared.signing import keys
 from edgefleet.shared.signing.errors import TufError
@@ -104,45 +104,56 @@ def test_one_refresh_walks_at_most_256_versions_and_the_next_one_continues(
     assert device.trusted_root_version == 301
 
 
-def test_a_cached_root_older_than_the_provisioning_root_is_replaced_by_it(
+def test_a_cached_chain_older_than_the_provisioning_root_is_not_a_start(
     tmp_path: Path, repo: ImageRepository, server: RepoServer, signers: dict[str, CryptoSigner]
 ) -> None:
     _rotate(repo, signers, 3)
     cache = tmp_path / "device" / "tuf"
-    cache.mkdir(parents=True)
-    (cache / NEWEST_ROOT_FILE).write_bytes(repo.metadata_bytes("root", 2))
-    # Re-provisioned with v3: the floor moves up, the older cached root is not a start.
+    TrustedRepository(cache, _pin(tmp_path, repo, 1), server.url).refresh()
+    for version in (3, 4):
+        (cache / ROOT_HISTORY_DIR / f"{version}.root.json").unlink()
+    # Re-provisioned with v3: the floor moves up, the older cached v2 is not a start.
     device = TrustedRepository(cache, _pin(tmp_path, repo, 3), server.url)
     assert device.trusted_root_version == 3
     device.refresh()
     assert device.trusted_root_version == 4
 
 
-@pytest.mark.parametrize("damage", ["garbage", "unsigned", "truncated"])
-def test_a_cached_root_that_does_not_parse_or_verify_falls_back_to_the_provisioning_root(
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "unsigned", "attacker"])
+def test_a_cached_root_that_does_not_chain_ends_the_walk_and_is_fetched_again(
     tmp_path: Path,
     repo: ImageRepository,
     server: RepoServer,
     signers: dict[str, CryptoSigner],
     damage: str,
 ) -> None:
-    _rotate(repo, signers, 2)
+    _rotate(repo, signers, 3)
     pinned = _pin(tmp_path, repo)
     cache = tmp_path / "device" / "tuf"
     TrustedRepository(cache, pinned, server.url).refresh()
-    newest = cache / NEWEST_ROOT_FILE
-    good = newest.read_bytes()
+    cached = cache / ROOT_HISTORY_DIR / "3.root.json"
+    good = cached.read_bytes()
+    md = Metadata.from_bytes(good)
     if damage == "garbage":
-        newest.write_bytes(b"not json at all")
+        cached.write_bytes(b"not json at all")
     elif damage == "truncated":
-        newest.write_bytes(good[: len(good) // 2])
-    else:
-        md = Metadata.from_bytes(good)
+        cached.write_bytes(good[: len(good) // 2])
+    elif damage == "unsigned":
         md.signatures.clear()
-        newest.write_bytes(md.to_bytes())
+        cached.write_bytes(md.to_bytes())
+    else:
+        # Someone who can write the cache but holds no root key: a root of their own,
+        # self-signed, must not become the trust anchor.
+        attacker = keys.generate_signer()
+        root = md.signed
+        root.roles["root"].keyids = [attacker.public_key.keyid]
+        root.keys[attacker.public_key.keyid] = attacker.public_key
+        forged = Metadata(root)
+        forged.sign(attacker)
+        cached.write_bytes(forged.to_bytes())
 
     device = TrustedRepository(cache, pinned, server.url)
-    assert device.trusted_root_version == 1
-    device.refresh()  # the chain is walked again from the provisioning root
-    assert device.trusted_root_version == 3
-    assert Metadata.from_bytes(newest.read_bytes()).signed.version == 3
+    assert device.trusted_root_version == 2  # the walk ends before the bad v3
+    device.refresh()  # v3 is fetched and verified again, the chain goes on to v4
+    assert device.trusted_root_version == 4
+    assert cached.read_bytes() == good
