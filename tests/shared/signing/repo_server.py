@@ -38,6 +38,9 @@ class RepoServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body go out in separate writes; with Nagle's algorithm the body
+            # waits for the client's delayed ACK, ~40 ms on every keep-alive request.
+            disable_nagle_algorithm = True
 
             def log_message(self, format: str, *args: object) -> None:
                 pass
