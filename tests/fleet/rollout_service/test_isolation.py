@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine, select, update
-from sqlmodel import Session
 
 from edgefleet.fleet.director import Director
 from edgefleet.fleet.errors import PublishError
@@ -23,19 +22,15 @@ from edgefleet.fleet.rollout_service import store
 from edgefleet.fleet.rollout_service.orchestrator import ALERT_KIND, Orchestrator
 from edgefleet.fleet.rollouts.model import (
     MAX_DURATION_S,
-    ModelTarget,
     OperatorCommand,
-    RolloutSpec,
     RolloutStatus,
-    Selector,
-    Wave,
 )
 from edgefleet.fleet.store.engine import create_all, make_engine
 from edgefleet.fleet.store.rollout_tables import Rollout
-from edgefleet.fleet.store.tables import Device
 from edgefleet.shared.messages import AlertMessage
 from edgefleet.shared.signing.director import DesiredTarget
 from edgefleet.shared.signing.keys import generate_signer
+from tests.fleet.rollout_service.rows import create_one_wave_rollout, register_devices
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 GOOD, BAD = ["g0", "g1", "g2"], ["b0", "b1", "b2"]
@@ -77,31 +72,9 @@ class RecordingAlerts:
 def engine(database_url: str) -> Iterator[Engine]:
     engine = make_engine(database_url)
     create_all(engine)
-    with Session(engine) as session:
-        for device_id in GOOD + BAD:
-            session.add(
-                Device(
-                    device_id=device_id,
-                    online=True,
-                    first_seen=T0,
-                    last_seen=T0,
-                    model_name="wine",
-                    model_version="1.0.0",
-                    last_state_seq=1,
-                )
-            )
-        session.commit()
+    register_devices(engine, GOOD + BAD, T0)
     yield engine
     engine.dispose()
-
-
-def _create(engine: Engine, rollout_id: str, devices: list[str], at: datetime) -> None:
-    spec = RolloutSpec(
-        model=ModelTarget(name="wine", version="1.1.0"),
-        selector=Selector(device_ids=tuple(devices)),
-        waves=(Wave(fraction=1.0),),
-    )
-    store.create(engine, rollout_id, spec, created_by="test", now=at)
 
 
 def _corrupt(engine: Engine, rollout_id: str, change: Callable[[dict[str, Any]], None]) -> None:
@@ -182,8 +155,8 @@ def test_a_rollout_that_cannot_be_decided_is_paused_and_the_others_go_on(
     engine: Engine, corruption: Callable[[dict[str, Any]], None], error: str
 ) -> None:
     # The bad one is older, so today's orchestrator meets it first and stops there.
-    _create(engine, "bad", BAD, T0 - timedelta(seconds=1))
-    _create(engine, "good", GOOD, T0)
+    create_one_wave_rollout(engine, "bad", BAD, T0 - timedelta(seconds=1))
+    create_one_wave_rollout(engine, "good", GOOD, T0)
     _corrupt(engine, "bad", corruption)
     alerts, broker = RecordingAlerts(), RecordingBroker()
     orchestrator = _orchestrator(engine, alerts, broker)
@@ -228,8 +201,8 @@ def test_a_gate_stored_before_the_bounds_is_read_at_the_maximum_and_runs(
     """The issue's case: a gate of 1e15 s made every tick raise OverflowError. Such a row
     is read with its durations at the schema's maximum, so it runs beside the healthy
     one, and the API can still show and command it."""
-    _create(engine, "huge", BAD, T0 - timedelta(seconds=1))
-    _create(engine, "good", GOOD, T0)
+    create_one_wave_rollout(engine, "huge", BAD, T0 - timedelta(seconds=1))
+    create_one_wave_rollout(engine, "good", GOOD, T0)
     _corrupt(engine, "huge", corruption)
     alerts, broker = RecordingAlerts(), RecordingBroker()
     orchestrator = _orchestrator(engine, alerts, broker)

@@ -31,6 +31,7 @@ from edgefleet.fleet.rollouts.policy import decide
 from edgefleet.fleet.store.engine import create_all, make_engine
 from edgefleet.fleet.store.rollout_tables import Lease, Rollout
 from edgefleet.fleet.store.tables import DesiredStateRow, Device, EventRow
+from tests.fleet.rollout_service.rows import register_devices
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 DEVICES = [f"d{i}" for i in range(6)]
@@ -53,20 +54,7 @@ def _spec() -> RolloutSpec:
 
 
 def _devices(engine: Engine) -> None:
-    with Session(engine) as session:
-        for device_id in DEVICES:
-            session.add(
-                Device(
-                    device_id=device_id,
-                    online=True,
-                    first_seen=T0,
-                    last_seen=T0,
-                    model_name="wine",
-                    model_version="1.0.0",
-                    last_state_seq=1,
-                )
-            )
-        session.commit()
+    register_devices(engine, DEVICES, T0)
 
 
 def _events(engine: Engine, *events: tuple[str, int, str, str, datetime]) -> None:

@@ -12,23 +12,18 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine, select, update
-from sqlmodel import Session
 
 from edgefleet.fleet.rollout_service import store, views
 from edgefleet.fleet.rollouts.model import (
-    ModelTarget,
     OperatorCommand,
     RolloutCommandError,
     RolloutOverlapError,
-    RolloutSpec,
     RolloutStatus,
-    Selector,
     UnreadableRolloutError,
-    Wave,
 )
 from edgefleet.fleet.store.engine import create_all, make_engine
 from edgefleet.fleet.store.rollout_tables import Rollout
-from edgefleet.fleet.store.tables import Device
+from tests.fleet.rollout_service.rows import create_one_wave_rollout, register_devices
 from tests.fleet.rollout_service.test_isolation import (
     RecordingAlerts,
     RecordingBroker,
@@ -44,31 +39,9 @@ _ROLLOUT: Any = Rollout.__table__  # type: ignore[attr-defined]
 def engine(database_url: str) -> Iterator[Engine]:
     engine = make_engine(database_url)
     create_all(engine)
-    with Session(engine) as session:
-        for device_id in GOOD + BAD:
-            session.add(
-                Device(
-                    device_id=device_id,
-                    online=True,
-                    first_seen=T0,
-                    last_seen=T0,
-                    model_name="wine",
-                    model_version="1.0.0",
-                    last_state_seq=1,
-                )
-            )
-        session.commit()
+    register_devices(engine, GOOD + BAD, T0)
     yield engine
     engine.dispose()
-
-
-def _create(engine: Engine, rollout_id: str, devices: list[str], at: datetime) -> None:
-    spec = RolloutSpec(
-        model=ModelTarget(name="wine", version="1.1.0"),
-        selector=Selector(device_ids=tuple(devices)),
-        waves=(Wave(fraction=1.0),),
-    )
-    store.create(engine, rollout_id, spec, created_by="alice", now=at)
 
 
 def _store_state(engine: Engine, rollout_id: str, state: Any, status: str | None = None) -> None:
@@ -98,8 +71,8 @@ def _status(engine: Engine, rollout_id: str) -> str:
 def test_an_unreadable_rollout_is_listed_refused_and_aborted_freeing_its_devices(
     engine: Engine, garbage: Any
 ) -> None:
-    _create(engine, "bad", BAD, T0 - timedelta(seconds=1))
-    _create(engine, "good", GOOD, T0)
+    create_one_wave_rollout(engine, "bad", BAD, T0 - timedelta(seconds=1), created_by="alice")
+    create_one_wave_rollout(engine, "good", GOOD, T0, created_by="alice")
     if garbage == "object naming its targets":
         garbage = _garbage_naming_targets(engine, "bad")
     _store_state(engine, "bad", garbage)
@@ -126,7 +99,9 @@ def test_an_unreadable_rollout_is_listed_refused_and_aborted_freeing_its_devices
         store.command(engine, "bad", OperatorCommand.PAUSE, by="bob", now=T0)
     if isinstance(garbage, dict):  # its JSON still names its devices: they stay held
         with pytest.raises(RolloutOverlapError, match="bad"):
-            _create(engine, "again", BAD, T0 + timedelta(seconds=1))
+            create_one_wave_rollout(
+                engine, "again", BAD, T0 + timedelta(seconds=1), created_by="alice"
+            )
 
     aborted = store.abort(engine, "bad", by="bob", now=T0 + timedelta(seconds=2))
 
@@ -146,21 +121,21 @@ def test_an_unreadable_rollout_is_listed_refused_and_aborted_freeing_its_devices
     assert again.version == aborted.version
     assert len(store.history(engine, "bad")) == len(lines)
 
-    _create(engine, "again", BAD, T0 + timedelta(seconds=4))
+    create_one_wave_rollout(engine, "again", BAD, T0 + timedelta(seconds=4), created_by="alice")
     with engine.connect() as conn:
         assert set(store.load(conn, "again").state.targets) == set(BAD)
         assert store.load(conn, "good").state.status is RolloutStatus.CREATED
 
 
 def test_abort_still_aborts_a_readable_rollout(engine: Engine) -> None:
-    _create(engine, "good", GOOD, T0)
+    create_one_wave_rollout(engine, "good", GOOD, T0, created_by="alice")
     aborted = store.abort(engine, "good", by="bob", now=T0 + timedelta(seconds=1))
     assert isinstance(aborted, store.StoredRollout)
     assert aborted.state.status is RolloutStatus.ABORTED
 
 
 def test_a_finished_unreadable_rollout_cannot_be_aborted(engine: Engine) -> None:
-    _create(engine, "done", GOOD, T0)
+    create_one_wave_rollout(engine, "done", GOOD, T0, created_by="alice")
     _store_state(engine, "done", {"garbage": True}, status="completed")
     with pytest.raises(RolloutCommandError, match="it is completed"):
         store.abort(engine, "done", by="bob", now=T0 + timedelta(seconds=1))
@@ -170,7 +145,7 @@ def test_a_finished_unreadable_rollout_cannot_be_aborted(engine: Engine) -> None
 def test_a_garbage_object_is_paused_and_alerted_once_not_at_every_tick(engine: Engine) -> None:
     """Its parse error quoted the stored JSON, pause reason included, so each tick saw a
     new error and paused and alerted again."""
-    _create(engine, "bad", BAD, T0 - timedelta(seconds=1))
+    create_one_wave_rollout(engine, "bad", BAD, T0 - timedelta(seconds=1), created_by="alice")
     _store_state(engine, "bad", _garbage_naming_targets(engine, "bad"))
     alerts, broker = RecordingAlerts(), RecordingBroker()
     orchestrator = _orchestrator(engine, alerts, broker)

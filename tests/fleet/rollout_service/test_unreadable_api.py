@@ -11,12 +11,11 @@ from typing import Any
 
 import httpx
 from sqlalchemy import select, update
-from sqlmodel import Session
 
 from edgefleet.fleet.store.rollout_tables import Rollout
-from edgefleet.fleet.store.tables import Device
 from tests.fleet.publisher import wait_until
 from tests.fleet.rollout_service.conftest import FAST, publish_models
+from tests.fleet.rollout_service.rows import register_devices
 from tests.support.fleet_fixtures import MakeFleet, admin_client
 
 _ROLLOUT: Any = Rollout.__table__  # type: ignore[attr-defined]
@@ -39,20 +38,9 @@ def test_an_unreadable_rollout_is_listed_refused_and_aborted_over_http(
     fleet = make_fleet(**FAST)
     good_ids = [f"g-{unique_id}-{i}" for i in range(2)]
     bad_ids = [f"b-{unique_id}-{i}" for i in range(2)]
-    with Session(fleet.engine) as session:  # registered devices; none needs to answer
-        for device_id in good_ids + bad_ids:
-            session.add(
-                Device(
-                    device_id=device_id,
-                    online=True,
-                    first_seen=T0,
-                    last_seen=T0,
-                    model_name="wine",
-                    model_version="1.0.0",
-                    last_state_seq=1,
-                )
-            )
-        session.commit()
+    register_devices(
+        fleet.engine, good_ids + bad_ids, T0
+    )  # registered devices; none needs to answer
     with admin_client(fleet) as api:
         publish_models(api, wine_packages)
         created = api.post("/v1/rollouts", json=_request(bad_ids))
