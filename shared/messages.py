@@ -36,12 +36,12 @@ from pydantic import (
 )
 
 from edgefleet.shared.drift.window import WindowSketch
+from edgefleet.shared.limits import MAX_INT64
 from edgefleet.shared.signing.director import DesiredBody, DirectorSignature
 from edgefleet.shared.topics import DEVICE_ID_PATTERN, Channel
 
 SCHEMA_PREFIX = "edgefleet/v1/"
 
-MAX_INT64 = 2**63 - 1  # the BIGINT columns every int lands in
 MAX_DURATION_S = 1e10  # ~317 years
 MAX_LATENCY_MS = 1e7  # ~2.8 hours for one inference
 MAX_CPU_PERCENT = 102_400.0  # psutil reports 100 per busy core: 1024 cores

@@ -10,7 +10,7 @@ from typing import Annotated
 
 from fastapi import Query
 
-MAX_INT64 = 2**63 - 1
+from edgefleet.shared.limits import MAX_INT64
 
 Offset = Annotated[int, Query(ge=0, le=MAX_INT64, description="items to skip")]
 AfterId = Annotated[int, Query(ge=0, le=MAX_INT64, description="the last id already seen")]

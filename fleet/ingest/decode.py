@@ -25,8 +25,8 @@ import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from edgefleet.shared.limits import MAX_INT64
 from edgefleet.shared.messages import (
-    MAX_INT64,
     DriftMessage,
     EventMessage,
     MessageError,

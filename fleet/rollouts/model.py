@@ -23,6 +23,7 @@ from typing import Annotated, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from edgefleet.fleet.errors import FleetError, InvalidRequestError
+from edgefleet.shared.limits import MAX_INT64
 from edgefleet.shared.messages import EventKind
 
 # --- errors -----------------------------------------------------------------------------
@@ -99,7 +100,7 @@ class ModelTarget(Frozen):
     name: str = Field(min_length=1, max_length=200)
     version: str = Field(min_length=1, max_length=64)
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
-    length: int | None = Field(default=None, ge=0, le=2**63 - 1, description="artifact bytes")
+    length: int | None = Field(default=None, ge=0, le=MAX_INT64, description="artifact bytes")
 
 
 class Candidate(Frozen):

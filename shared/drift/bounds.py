@@ -13,7 +13,9 @@ from typing import Annotated
 
 from pydantic import Field
 
-MAX_COUNT = 2**63 - 1  # the BIGINT columns counts land in
+from edgefleet.shared.limits import MAX_INT64
+
+MAX_COUNT = MAX_INT64  # the BIGINT columns counts land in
 MAX_BINS = 10_000  # numeric bins or categories plus "other", per feature
 MAX_FEATURES = 4096  # the widest profile a model package may carry (flattened tensors)
 MAX_CLASSES = 1024

@@ -42,6 +42,7 @@ from typing import Any, Final, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 from securesystemslib.exceptions import UnverifiedSignatureError, VerificationError
 
+from edgefleet.shared.limits import MAX_INT64
 from edgefleet.shared.signing.canonical import canonical_bytes
 from edgefleet.shared.signing.errors import (
     BadSignature,
@@ -64,9 +65,8 @@ MAX_ENVELOPE_BYTES: Final = 64 * 1024
 # otherwise raise RecursionError rather than a rejection.
 MAX_ENVELOPE_DEPTH: Final = 16
 # Every integer fits the signed 64-bit columns and message fields it lands in, and every
-# string the events that name it (`edgefleet.shared.messages`, which imports this module,
-# so its MAX_INT64 cannot be imported here), so a signed value can always be reported.
-MAX_SEQ: Final = 2**63 - 1
+# string the events that name it, so a signed value can always be reported.
+MAX_SEQ: Final = MAX_INT64
 # A rejection's reason quotes what it refused; this much of it is enough to tell.
 MAX_QUOTE_CHARS: Final = 300
 

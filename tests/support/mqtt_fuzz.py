@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from edgefleet.shared.limits import MAX_INT64
 from edgefleet.shared.messages import (
     MAX_CPU_PERCENT,
     MAX_DETAIL_KEYS,
     MAX_DURATION_S,
     MAX_HARDWARE_CHARS,
-    MAX_INT64,
     MAX_REASON_CHARS,
     MAX_RUNTIMES,
     MAX_TAG_CHARS,

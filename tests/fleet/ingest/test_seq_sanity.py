@@ -25,7 +25,8 @@ from edgefleet.fleet.ingest.writer import BatchWriter
 from edgefleet.fleet.service import FleetService
 from edgefleet.fleet.settings import FleetSettings
 from edgefleet.fleet.store import DeadLetter, TelemetryRow, create_all, make_engine
-from edgefleet.shared.messages import MAX_INT64, encode, utcnow
+from edgefleet.shared.limits import MAX_INT64
+from edgefleet.shared.messages import encode, utcnow
 from edgefleet.shared.topics import Channel, device_topic
 from tests.fleet.factories import state, telemetry
 from tests.fleet.publisher import device_message, publish, wait_until
