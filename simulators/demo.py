@@ -110,8 +110,7 @@ def run_demo(options: DemoOptions, stop: threading.Event | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     if logging.getLogger().level > logging.DEBUG:
         # Twenty agents' connect lines would bury the summary; --log-level DEBUG shows them.
-        for chatty in ("edgefleet.agent", "edgefleet.fleet", "edgefleet.simulators"):
-            logging.getLogger(chatty).setLevel(logging.WARNING)
+        logging.getLogger("edgefleet").setLevel(logging.WARNING)
 
     broker: EmbeddedBroker | None = None
     broker_url = options.broker_url
