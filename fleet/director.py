@@ -32,6 +32,8 @@ from sqlalchemy import Connection, Engine, bindparam, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from edgefleet.fleet.audit.entry import AuditRecord
+from edgefleet.fleet.audit.log import append
 from edgefleet.fleet.errors import FleetError, InvalidRequestError, NotFoundError, PublishError
 from edgefleet.fleet.store.tables import DesiredStateRow
 from edgefleet.shared.messages import utcnow
@@ -97,12 +99,14 @@ class Director:
         rollout_id: str | None = None,
         rollback: bool = False,
         expires_in_s: int | None = None,
+        audit: AuditRecord | None = None,
     ) -> SignedDesiredState:
         """Sign, store and publish (retained) a new desired state for ``device_id``.
 
         Raises `InvalidRequestError` for a bad device id, `PublishError` if the
         broker does not acknowledge (the state is stored with its seq; `republish` or a
-        later assign delivers it).
+        later assign delivers it). ``audit`` is appended in the transaction that stores
+        the state, with its seq.
         """
         outcome = self.assign_many(
             [device_id],
@@ -110,6 +114,7 @@ class Director:
             rollout_id=rollout_id,
             rollback=rollback,
             expires_in_s=expires_in_s,
+            audit=audit,
         )[device_id]
         if isinstance(outcome, FleetError):
             raise outcome
@@ -123,6 +128,7 @@ class Director:
         rollout_id: str | None = None,
         rollback: bool = False,
         expires_in_s: int | None = None,
+        audit: AuditRecord | None = None,
     ) -> dict[str, Outcome]:
         """`assign` for many devices: one transaction, then every publish in flight at once.
 
@@ -161,6 +167,14 @@ class Director:
                 )
                 envelopes[device_id] = sign_desired(body, self._signer)
             _store(conn, envelopes, rollout_id, now)
+            if audit is not None:
+                after: dict[str, Any] = {
+                    "target": target.name,
+                    "rollback": rollback,
+                    "rollout_id": rollout_id,
+                    "seqs": {d: e.signed.seq for d, e in envelopes.items()},
+                }
+                append(conn, audit.model_copy(update={"after": after}))
         for device_id, envelope in envelopes.items():
             logger.info(
                 "desired seq %s for %s: %s%s",

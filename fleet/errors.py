@@ -22,9 +22,20 @@ class AuthenticationError(FleetError):
 
 
 class PermissionDeniedError(FleetError):
-    """A valid token whose role does not allow the operation."""
+    """A valid caller whose grants do not allow the operation; names the permission."""
 
     code = "forbidden"
+
+    def __init__(self, message: str, *, permission: str | None = None) -> None:
+        super().__init__(message)
+        self.permission = permission
+
+
+class FourEyesError(FleetError):
+    """An approval by the person who asked for it (uploaded the version, created the
+    rollout): someone else must approve."""
+
+    code = "four_eyes"
 
 
 class PublishError(FleetError):

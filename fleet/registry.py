@@ -16,23 +16,28 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from edgefleet.fleet.audit.entry import AuditRecord
+from edgefleet.fleet.audit.log import append
 from edgefleet.fleet.drift.store import put_reference
 from edgefleet.fleet.errors import FleetError, InvalidRequestError, NotFoundError
+from edgefleet.fleet.governance import lifecycle
+from edgefleet.fleet.model_lifecycle import new_lifecycle, state_of
 from edgefleet.fleet.repo_access import RepositoryAccess
 from edgefleet.fleet.repository import KeyNotHeldError
 from edgefleet.fleet.repository import NotFoundError as RepoNotFoundError
 from edgefleet.fleet.store.tables import ModelVersion, ModelVersionPublic
 from edgefleet.shared.drift import ReferenceProfile
 from edgefleet.shared.durable import replace_durably
-from edgefleet.shared.manifest import target_name
+from edgefleet.shared.manifest import Lineage, ModelManifest, target_name
 from edgefleet.shared.messages import utcnow
 from edgefleet.shared.package.format import PACKAGE_SUFFIX, PackageError
 from edgefleet.shared.package.read import package_digest, read_package
@@ -80,18 +85,37 @@ class ModelRegistry:
 
     # -- uploads ---------------------------------------------------------------------
 
-    def add(self, upload: Path, *, uploaded_by: str) -> tuple[ModelVersionPublic, bool]:
+    def add(
+        self,
+        upload: Path,
+        *,
+        uploaded_by: str,
+        uploader: str | None = None,
+        lineage: Mapping[str, Any] | None = None,
+        audit: AuditRecord | None = None,
+        authorize: Callable[[str], None] | None = None,
+    ) -> tuple[ModelVersionPublic, bool]:
         """Verify and store the package at ``upload`` (consumed: moved or deleted).
+
+        ``uploader`` is the person id four-eyes approval compares with (default
+        ``uploaded_by``); ``lineage`` fills what the manifest's lineage leaves out;
+        ``audit`` is appended in the transaction that stores the version;
+        ``authorize`` is called with the manifest's model name before anything is stored
+        (and raises, e.g. `PermissionDeniedError`, to refuse it).
 
         Returns the version and whether this call created it (False: the same bytes were
         there already). Raises `InvalidRequestError` naming what is wrong with a package
-        that `read_package` refuses, `ConflictError` if the version exists with other bytes.
+        that `read_package` refuses, or lineage that contradicts the manifest's;
+        `ConflictError` if the version exists with other bytes.
         """
         try:
             try:
                 manifest, _members = read_package(upload)
             except (PackageError, DigestMismatch) as e:
                 raise InvalidRequestError(f"not a valid model package: {e}") from e
+            if authorize is not None:
+                authorize(manifest.name)
+            recorded_lineage = _merged_lineage(manifest, lineage or {})
             sha256, length = package_digest(upload)
             existing = self._existing(manifest.name, manifest.version, sha256)
             if existing is not None:
@@ -116,7 +140,29 @@ class ModelRegistry:
         )
         with Session(self._engine) as session:
             session.add(row)
+            session.add(
+                new_lifecycle(
+                    manifest.name,
+                    manifest.version,
+                    uploader=uploader or uploaded_by,
+                    lineage=recorded_lineage,
+                )
+            )
             try:
+                session.flush()
+                if audit is not None:
+                    append(
+                        session,
+                        audit.model_copy(
+                            update={
+                                "after": {
+                                    "sha256": sha256,
+                                    "runtime": manifest.runtime,
+                                    "lineage": recorded_lineage,
+                                }
+                            }
+                        ),
+                    )
                 session.commit()
             except IntegrityError:
                 # Another upload of this version won the race; same bytes or conflict.
@@ -194,12 +240,18 @@ class ModelRegistry:
 
     # -- publishing ------------------------------------------------------------------
 
-    def publish(self, name: str, version: str, *, approved_by: str) -> ModelVersionPublic:
+    def publish(
+        self, name: str, version: str, *, by: str, audit: AuditRecord | None = None
+    ) -> ModelVersionPublic:
         """Sign (name, version) into the targets with the release key the fleet holds.
 
-        Raises `NotFoundError`, `ConflictError` (the fleet does not hold the release key,
-        or the target name is signed with other bytes), `UpdatesDisabledError`.
+        Publishing makes the package fetchable; it approves nothing (approval is the
+        lifecycle's, `edgefleet.fleet.model_lifecycle`). Raises `NotFoundError`,
+        `ConflictError` (the fleet does not hold the release key, or the target name is
+        signed with other bytes), `LifecycleError` (a rejected or retired version),
+        `UpdatesDisabledError`.
         """
+        self.require_deployable(name, version)
         row = self.get(name, version)
         access = self._require_repository()
         with access.writing() as repo:
@@ -218,11 +270,13 @@ class ModelRegistry:
                         f"{e}; then PUT the signed targets.json to /v1/repository/targets-metadata"
                     ) from e
             targets = repo.targets
-        self._sync_published(targets, approved_by=approved_by, now=utcnow())
-        logger.info("model %s %s published by %s", name, version, approved_by)
+        self._sync_published(targets, now=utcnow(), audit=audit)
+        logger.info("model %s %s published by %s", name, version, by)
         return self.get(name, version)
 
-    def accept_targets_metadata(self, data: bytes, *, approved_by: str) -> list[str]:
+    def accept_targets_metadata(
+        self, data: bytes, *, by: str, audit: AuditRecord | None = None
+    ) -> list[str]:
         """Accept targets metadata signed offline with the release key; returns its targets.
 
         Artifacts come from the registry: every target the metadata lists must be an
@@ -243,8 +297,8 @@ class ModelRegistry:
             except (UpdateRejected, RepoNotFoundError) as e:
                 raise InvalidRequestError(f"refused targets metadata: {e}") from e
             targets = repo.targets
-        self._sync_published(targets, approved_by=approved_by, now=utcnow())
-        logger.info("targets v%s uploaded by %s", md.signed.version, approved_by)
+        self._sync_published(targets, now=utcnow(), audit=audit)
+        logger.info("targets v%s uploaded by %s", md.signed.version, by)
         return sorted(targets)
 
     def _artifacts(self, listed: Mapping[str, TargetFile]) -> dict[str, Path]:
@@ -255,20 +309,33 @@ class ModelRegistry:
             return {r.target_name: self.package_path(r) for r in rows}
 
     def _sync_published(
-        self, targets: Mapping[str, TargetFile], *, approved_by: str, now: datetime
+        self, targets: Mapping[str, TargetFile], *, now: datetime, audit: AuditRecord | None
     ) -> None:
+        published: list[str] = []
+        withdrawn: list[str] = []
         with Session(self._engine) as session:
             for row in session.exec(select(ModelVersion)).all():
                 info = targets.get(row.target_name)
                 listed = info is not None and _digest(info) == (row.sha256, row.length)
                 if listed and not row.published:
                     row.published, row.published_at = True, now
-                    row.approved_by, row.approved_at = approved_by, now
                     session.add(row)
+                    published.append(f"{row.name}/{row.version}")
                 elif not listed and row.published:
                     row.published = False
                     session.add(row)
+                    withdrawn.append(f"{row.name}/{row.version}")
+            if audit is not None:
+                session.flush()
+                change = {"published": sorted(published), "withdrawn": sorted(withdrawn)}
+                append(session, audit.model_copy(update={"after": change}))
             session.commit()
+
+    def require_deployable(self, name: str, version: str) -> None:
+        """Raises `LifecycleError` for a rejected or retired version (it starts no
+        rollout and no assignment)."""
+        with Session(self._engine) as session:
+            lifecycle.require_deployable(state_of(session, name, version), f"{name} {version}")
 
     def _require_repository(self) -> RepositoryAccess:
         if self.repository is None:
@@ -281,3 +348,23 @@ class ModelRegistry:
 
 def _digest(info: TargetFile) -> tuple[str, int]:
     return tuf_metadata.sha256_of(info), info.length
+
+
+def _merged_lineage(manifest: ModelManifest, given: Mapping[str, Any]) -> dict[str, Any]:
+    """The manifest's lineage with ``given`` (from the upload) filling what it leaves out.
+
+    Raises `InvalidRequestError` for a field the two set differently, or a bad value.
+    """
+    recorded = manifest.lineage.model_dump(exclude_none=True) if manifest.lineage else {}
+    for key, value in given.items():
+        if value is None:
+            continue
+        if key in recorded and recorded[key] != value:
+            raise InvalidRequestError(
+                f"lineage {key}: the upload says {value!r}, the manifest {recorded[key]!r}"
+            )
+        recorded[key] = value
+    try:
+        return Lineage.model_validate(recorded).model_dump(mode="json", exclude_none=True)
+    except ValueError as e:
+        raise InvalidRequestError(f"bad lineage: {e}") from e

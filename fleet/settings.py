@@ -124,6 +124,26 @@ class FleetSettings(BaseSettings):
         description="the fleet holds the release (targets) key and publishes models itself;"
         " off: releases are signed offline and uploaded as targets metadata",
     )
+    single_person_approval: bool = Field(
+        default=False,
+        description="one-person lab: the uploader of a version (or creator of a rollout)"
+        " may approve it; off (the default): approval takes a second person. /healthz"
+        " shows it",
+    )
+    rollout_approval_required: bool = Field(
+        default=False, description="every new rollout waits for approval before it starts"
+    )
+    rollout_approval_min_devices: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000_000,
+        description="a rollout selecting more devices than this waits for approval",
+    )
+    rollout_approval_tags: tuple[str, ...] = Field(
+        default=(),
+        max_length=100,
+        description="a rollout selecting a device with one of these tags waits for approval",
+    )
     repository_device_token: SecretStr | None = Field(
         default=None,
         description="bearer token devices send to fetch TUF metadata and artifacts"

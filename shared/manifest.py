@@ -167,6 +167,28 @@ class ProbationBudget(WireModel):
     duration_s: float = Field(default=300.0, ge=0)
 
 
+class Lineage(WireModel):
+    """Where a version came from: for governance, never read by the device.
+
+    ``training_data_sha256`` stays on the manifest itself (older packages carry it
+    there); the fleet's ``GET /v1/models/{name}/{version}/lineage`` shows both.
+    """
+
+    code_revision: str | None = Field(default=None, max_length=200, description="e.g. a git sha")
+    run_uri: str | None = Field(
+        default=None, max_length=1000, description="the experiment run, e.g. an MLflow runs:/ URI"
+    )
+    parent_version: SemVer | None = Field(default=None, description="the version it replaces")
+    quantized_from: Sha256 | None = Field(
+        default=None, description="sha256 of the float model file it was quantized from"
+    )
+    dataset_version: str | None = Field(default=None, max_length=200)
+    params: dict[str, str] = Field(default_factory=dict, max_length=200)
+    source: str | None = Field(
+        default=None, max_length=1000, description="where the model file came from"
+    )
+
+
 class ModelManifest(WireModel):
     """What a model package holds and how the device must check it."""
 
@@ -188,6 +210,7 @@ class ModelManifest(WireModel):
     reference_profile: dict[str, Any] | None = None
     probation: ProbationBudget = Field(default_factory=ProbationBudget)
     feature_names: list[str] | None = None
+    lineage: Lineage | None = None
 
     @field_validator("feature_names")
     @classmethod

@@ -10,18 +10,15 @@ from sqlalchemy import Engine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edgefleet.fleet.api import deployments, devices, drift, health, models, repository, rollouts
-from edgefleet.fleet.api.deps import AppContext, IngestStatus, current_token
+from edgefleet.fleet.api.deps import AppContext, IngestStatus
 from edgefleet.fleet.api.errors import document_errors, error_response, http_error, validation_error
 from edgefleet.fleet.api.guard import RequestGuard
-from edgefleet.fleet.api.update_deps import (
-    ROLE_CHECKS,
-    PayloadTooLargeError,
-    UpdateServices,
-    repository_client,
-)
+from edgefleet.fleet.api.principals import PrincipalResolver
+from edgefleet.fleet.api.update_deps import PayloadTooLargeError, UpdateServices
 from edgefleet.fleet.errors import (
     AuthenticationError,
     FleetError,
+    FourEyesError,
     InvalidRequestError,
     NotFoundError,
     PermissionDeniedError,
@@ -37,6 +34,7 @@ HTTP_STATUS: dict[type[FleetError], int] = {
     NotFoundError: 404,
     AuthenticationError: 401,
     PermissionDeniedError: 403,
+    FourEyesError: 403,
     InvalidRequestError: 422,
     ConflictError: 409,
     RolloutConflictError: 409,
@@ -57,7 +55,6 @@ ROUTERS: tuple[tuple[APIRouter, tuple[int, ...]], ...] = (
     (rollouts.router, (409,)),
     (drift.router, ()),
 )
-AUTH_DEPENDENCIES = (current_token, repository_client)
 # Uploads stream to disk under their own, larger limits (max_upload_bytes,
 # MAX_TARGETS_METADATA_BYTES); every other body is capped by max_request_body_bytes.
 OWN_BODY_LIMITS = frozenset({("POST", "/v1/models"), ("PUT", "/v1/repository/targets-metadata")})
@@ -82,27 +79,25 @@ def create_app(
         engine = make_engine(settings.database_url)
         create_all(engine)
     app = FastAPI(title="edgefleet", version=__version__)
+    principals = PrincipalResolver(engine)
     app.state.context = AppContext(
         settings=settings,
         engine=engine,
         registry=registry or CollectorRegistry(),
         ingester=ingester,
+        principals=principals,
     )
     app.state.updates = updates or UpdateServices(
         registry=ModelRegistry(engine, settings.resolved_models_dir, None)
     )
     for router, statuses in ROUTERS:
-        app.include_router(
-            document_errors(
-                router, auth=AUTH_DEPENDENCIES, roles=ROLE_CHECKS, domain_statuses=statuses
-            )
-        )
+        app.include_router(document_errors(router, domain_statuses=statuses))
     app.add_exception_handler(FleetError, _fleet_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_middleware(
         RequestGuard,
-        engine=engine,
+        principals=principals,
         max_body_bytes=settings.max_request_body_bytes,
         own_limits=OWN_BODY_LIMITS,
     )

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query
 
 from edgefleet.fleet.api.bounds import Offset
-from edgefleet.fleet.api.deps import SessionDep, SettingsDep, current_token
+from edgefleet.fleet.api.deps import SessionDep, SettingsDep, require
 from edgefleet.fleet.devices import (
     DeviceFilter,
     DevicePage,
@@ -17,11 +17,16 @@ from edgefleet.fleet.devices import (
     get_device,
     list_devices,
 )
+from edgefleet.fleet.governance.permissions import Permission
 from edgefleet.fleet.store.tables import DevicePublic
 from edgefleet.shared.messages import utcnow
 from edgefleet.shared.topics import DEVICE_ID_PATTERN
 
-router = APIRouter(prefix="/v1/devices", tags=["devices"], dependencies=[Depends(current_token)])
+router = APIRouter(
+    prefix="/v1/devices",
+    tags=["devices"],
+    dependencies=[Depends(require(Permission.DEVICE_READ))],
+)
 
 DeviceId = Annotated[str, Path(pattern=DEVICE_ID_PATTERN, description="the device's id")]
 

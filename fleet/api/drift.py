@@ -16,8 +16,8 @@ from sqlalchemy import func
 from sqlalchemy import select as sa_select
 from sqlmodel import col, select
 
-from edgefleet.fleet.api.deps import SessionDep, SettingsDep, current_token
-from edgefleet.fleet.api.update_deps import Operator
+from edgefleet.fleet.api.deps import Caller, SessionDep, SettingsDep, require
+from edgefleet.fleet.audit.log import append
 from edgefleet.fleet.drift.alerts import AlertKind
 from edgefleet.fleet.drift.analysis import (
     SliceMetrics,
@@ -39,6 +39,7 @@ from edgefleet.fleet.drift.store import (
     put_thresholds,
 )
 from edgefleet.fleet.errors import InvalidRequestError, NotFoundError
+from edgefleet.fleet.governance.permissions import Permission
 from edgefleet.fleet.store.drift_tables import (
     DriftAlert,
     DriftAlertPublic,
@@ -56,7 +57,11 @@ from edgefleet.shared.manifest import NAME_PATTERN
 from edgefleet.shared.messages import utcnow
 from edgefleet.shared.topics import DEVICE_ID_PATTERN
 
-router = APIRouter(prefix="/v1", tags=["drift"], dependencies=[Depends(current_token)])
+router = APIRouter(prefix="/v1", tags=["drift"])
+
+AlertReader = Annotated[Caller, Depends(require(Permission.ALERT_READ))]
+DriftManager = Annotated[Caller, Depends(require(Permission.DRIFT_MANAGE))]
+WebhookManager = Annotated[Caller, Depends(require(Permission.WEBHOOK_MANAGE))]
 
 ModelName = Annotated[str, Query(pattern=NAME_PATTERN, description="model name")]
 Version = Annotated[str, Query(min_length=1, max_length=64, description="model version")]
@@ -107,7 +112,7 @@ def _described(where: SliceFilter) -> dict[str, str]:
 
 
 @router.get("/drift/scores", response_model=SliceScores)
-def drift_scores(session: SessionDep, where: SliceDep) -> SliceScores:
+def drift_scores(session: SessionDep, where: SliceDep, _caller: AlertReader) -> SliceScores:
     """Per-feature drift scores and data/prediction drift verdicts of the merged slice."""
     profile, thresholds, records = _slice_inputs(session, where)
     return slice_scores(
@@ -121,7 +126,7 @@ def drift_scores(session: SessionDep, where: SliceDep) -> SliceScores:
 
 
 @router.get("/drift/metrics", response_model=SliceMetrics)
-def drift_metrics(session: SessionDep, where: SliceDep) -> SliceMetrics:
+def drift_metrics(session: SessionDep, where: SliceDep, _caller: AlertReader) -> SliceMetrics:
     """Label metrics (accuracy, F1, ROC-AUC, MAE, ...) of the slice against the baseline."""
     profile, thresholds, records = _slice_inputs(session, where)
     return slice_metrics(
@@ -138,6 +143,7 @@ def drift_metrics(session: SessionDep, where: SliceDep) -> SliceMetrics:
 def drift_timeseries(
     session: SessionDep,
     where: SliceDep,
+    _caller: AlertReader,
     bucket_s: Annotated[int, Query(ge=60, le=31 * 86400)] = 3600,
 ) -> TimeSeries:
     """The slice per time bucket (epoch-aligned, by window start), each judged alone."""
@@ -162,6 +168,7 @@ class AlertPage(BaseModel):
 @router.get("/alerts", response_model=AlertPage)
 def list_alerts(
     session: SessionDep,
+    _caller: AlertReader,
     since: Since = None,
     kind: AlertKind | None = None,
     model: Annotated[str | None, Query(pattern=NAME_PATTERN)] = None,
@@ -191,7 +198,7 @@ def check_thresholds(thresholds: DriftThresholds, features: set[str]) -> None:
 
 @router.get("/drift/thresholds/{model}", response_model=DriftThresholds)
 def get_model_thresholds(
-    session: SessionDep, model: Annotated[str, Path(pattern=NAME_PATTERN)]
+    session: SessionDep, _caller: AlertReader, model: Annotated[str, Path(pattern=NAME_PATTERN)]
 ) -> DriftThresholds:
     """The model's thresholds (library defaults where it has no overrides)."""
     if not known_model(session, model):
@@ -202,7 +209,7 @@ def get_model_thresholds(
 @router.put("/drift/thresholds/{model}", response_model=DriftThresholds)
 def put_model_thresholds(
     session: SessionDep,
-    token: Operator,
+    caller: DriftManager,
     model: Annotated[str, Path(pattern=NAME_PATTERN)],
     thresholds: DriftThresholds,
 ) -> DriftThresholds:
@@ -210,7 +217,14 @@ def put_model_thresholds(
     if not known_model(session, model):
         raise NotFoundError(f"model {model!r} has no reference profile and no drift windows")
     check_thresholds(thresholds, profile_feature_names(session, model))
-    put_thresholds(session, model, thresholds, by=token.name)
+    caller.principal.require(Permission.DRIFT_MANAGE, model=model, what=f"model {model!r}")
+    put_thresholds(
+        session,
+        model,
+        thresholds,
+        by=caller.principal.name,
+        audit=caller.record("drift.thresholds.put", "model", model),
+    )
     return get_thresholds(session, model)
 
 
@@ -223,16 +237,23 @@ class ReferenceStored(BaseModel):
 
 
 @router.put("/drift/reference/{model}/{version}", response_model=ReferenceStored)
-def put_reference_route(
+def put_reference_route(  # noqa: PLR0917  (FastAPI passes parameters by keyword)
     session: SessionDep,
     response: Response,
-    _token: Operator,
+    caller: DriftManager,
     model: Annotated[str, Path(pattern=NAME_PATTERN)],
     version: Annotated[str, Path(min_length=1, max_length=64)],
     profile: ReferenceProfile,
 ) -> ReferenceStored:
     """Register (201) or replace (200) a model version's reference profile."""
-    created = put_reference(session, model, version, profile)
+    caller.principal.require(Permission.DRIFT_MANAGE, model=model, what=f"model {model!r}")
+    created = put_reference(
+        session,
+        model,
+        version,
+        profile,
+        audit=caller.record("drift.reference.put", "model_version", f"{model}/{version}"),
+    )
     response.status_code = 201 if created else 200
     return ReferenceStored(model=model, version=version, profile_id=profile.profile_id)
 
@@ -282,7 +303,7 @@ class DeliveryPage(BaseModel):
 
 @router.post("/webhooks", response_model=WebhookCreated, status_code=201)
 def create_webhook(
-    session: SessionDep, settings: SettingsDep, token: Operator, body: WebhookCreate
+    session: SessionDep, settings: SettingsDep, caller: WebhookManager, body: WebhookCreate
 ) -> WebhookCreated:
     """Add a webhook; raises `InvalidRequestError` (422, with the reason) for a URL the
     destination policy refuses: not http(s), a host outside ``webhook_allowed_hosts``, or
@@ -301,11 +322,17 @@ def create_webhook(
         url=body.url,
         kinds=[k.value for k in body.kinds],
         created_at=utcnow(),
-        created_by=token.name,
+        created_by=caller.principal.name,
     )
     secret = WebhookSecret(webhook_id=row.id, secret=new_secret(), created_at=row.created_at)
     session.add(row)
     session.add(secret)
+    append(
+        session,
+        caller.record(
+            "webhook.create", "webhook", row.id, after={"url": row.url, "kinds": row.kinds}
+        ),
+    )
     session.commit()
     session.refresh(row)
     return WebhookCreated.model_validate({**row.model_dump(), "secret": secret.secret})
@@ -315,7 +342,7 @@ def create_webhook(
 def update_webhook(
     session: SessionDep,
     settings: SettingsDep,
-    _token: Operator,
+    caller: WebhookManager,
     webhook_id: Annotated[str, Path(max_length=32)],
     body: WebhookUpdate,
 ) -> WebhookPublic:
@@ -324,6 +351,7 @@ def update_webhook(
     row = session.get(Webhook, webhook_id)
     if row is None:
         raise NotFoundError(f"no webhook {webhook_id!r}")
+    before = {"url": row.url, "kinds": list(row.kinds)}
     if body.url is not None:
         try:
             destination_policy(settings).check_url(body.url)
@@ -333,6 +361,16 @@ def update_webhook(
     if body.kinds is not None:
         row.kinds = [k.value for k in body.kinds]
     session.add(row)
+    append(
+        session,
+        caller.record(
+            "webhook.update",
+            "webhook",
+            row.id,
+            before=before,
+            after={"url": row.url, "kinds": row.kinds},
+        ),
+    )
     session.commit()
     session.refresh(row)
     return WebhookPublic.model_validate(row.model_dump())
@@ -340,7 +378,7 @@ def update_webhook(
 
 @router.post("/webhooks/{webhook_id}/secret", response_model=WebhookSecretRotated)
 def rotate_webhook_secret(
-    session: SessionDep, _token: Operator, webhook_id: Annotated[str, Path(max_length=32)]
+    session: SessionDep, caller: WebhookManager, webhook_id: Annotated[str, Path(max_length=32)]
 ) -> WebhookSecretRotated:
     """Give the webhook a new signing secret, shown once; raises `NotFoundError` (404)."""
     if session.get(Webhook, webhook_id) is None:
@@ -351,19 +389,20 @@ def rotate_webhook_secret(
     secret.secret = new_secret()
     secret.created_at = utcnow()
     session.add(secret)
+    append(session, caller.record("webhook.rotate_secret", "webhook", webhook_id))
     session.commit()
     return WebhookSecretRotated(webhook_id=webhook_id, secret=secret.secret)
 
 
 @router.get("/webhooks", response_model=WebhookPage)
-def list_webhooks(session: SessionDep) -> WebhookPage:
+def list_webhooks(session: SessionDep, _caller: WebhookManager) -> WebhookPage:
     rows = session.exec(select(Webhook).order_by(col(Webhook.created_at))).all()
     return WebhookPage(items=[WebhookPublic.model_validate(r.model_dump()) for r in rows])
 
 
 @router.delete("/webhooks/{webhook_id}", status_code=204)
 def delete_webhook(
-    session: SessionDep, _token: Operator, webhook_id: Annotated[str, Path(max_length=32)]
+    session: SessionDep, caller: WebhookManager, webhook_id: Annotated[str, Path(max_length=32)]
 ) -> Response:
     """Remove a webhook (its delivery log stays); 404 if there is none."""
     row = session.get(Webhook, webhook_id)
@@ -373,6 +412,12 @@ def delete_webhook(
     if secret is not None:
         session.delete(secret)
     session.delete(row)
+    append(
+        session,
+        caller.record(
+            "webhook.delete", "webhook", webhook_id, before={"url": row.url, "kinds": row.kinds}
+        ),
+    )
     session.commit()
     return Response(status_code=204)
 
@@ -380,6 +425,7 @@ def delete_webhook(
 @router.get("/webhooks/{webhook_id}/deliveries", response_model=DeliveryPage)
 def list_deliveries(
     session: SessionDep,
+    _caller: WebhookManager,
     webhook_id: Annotated[str, Path(max_length=32)],
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> DeliveryPage:

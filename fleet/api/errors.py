@@ -12,7 +12,7 @@ errors (404 unknown route, 405 method, 413 body too large, ...) and, from
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Iterable
 from http import HTTPStatus
 from typing import Any
 
@@ -23,6 +23,8 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
+
+from edgefleet.fleet.api.deps import PUBLIC, permission_of
 
 # The most validation problems one answer lists: a fuzzed body can have thousands.
 MAX_DETAILS = 50
@@ -141,50 +143,40 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
 }
 
 
-def document_errors(
-    router: APIRouter,
-    *,
-    auth: Collection[Callable[..., Any]],
-    roles: Collection[Callable[..., Any]],
-    domain_statuses: Iterable[int] = (),
-) -> APIRouter:
-    """Add the error statuses of each of ``router``'s routes to its OpenAPI responses.
+def document_errors(router: APIRouter, *, domain_statuses: Iterable[int] = ()) -> APIRouter:
+    """Add each route's error statuses and permission to its OpenAPI operation.
 
     Call it before ``app.include_router(router)`` (FastAPI builds a route's response
     schemas when the route is copied into the app). Every route can answer 500, and
     413 (any request may carry a body); 404 and 422 if it has parameters or a body, 400
-    if it has a body, 401 if it depends on one of the ``auth`` dependencies, 401 and 403
-    on one of ``roles``, and ``domain_statuses`` (e.g. 409, 503: the domain errors its
-    service raises; 422 for a route that reads its body itself). Statuses a route
-    documents itself are kept.
+    if it has a body, 401 and 403 if it needs a permission, and ``domain_statuses``
+    (e.g. 409, 503: the domain errors its service raises; 422 for a route that reads its
+    body itself). Statuses a route documents itself are kept. The permission its
+    dependencies declare (`edgefleet.fleet.api.deps.require`) is written as
+    ``x-required-permission`` (``none`` for a public route).
     """
     for route in router.routes:
         if not isinstance(route, APIRoute):
             continue
         statuses = {413, 500, *domain_statuses}
-        calls = set(_calls(route.dependant))
         if _has_inputs(route.dependant):
             # A named thing may not exist (a path id, or a model named in a query or body).
             statuses.update((404, 422))
         if _has_body(route.dependant):
             statuses.add(400)  # a body that is not JSON (or not UTF-8) at all
-        if calls & set(auth):
-            statuses.add(401)
-        if calls & set(roles):
+        permission = permission_of(route.dependant)
+        if permission is not None and permission != PUBLIC:
             statuses.update((401, 403))
+        if permission is not None:
+            route.openapi_extra = (route.openapi_extra or {}) | {
+                "x-required-permission": permission
+            }
         errors: dict[int | str, dict[str, Any]] = {
             s: {"model": ErrorBody, "description": ERROR_DESCRIPTIONS.get(s, _phrase(s))}
             for s in sorted(statuses)
         }
         route.responses = errors | route.responses
     return router
-
-
-def _calls(dependant: Dependant) -> Iterator[Callable[..., Any]]:
-    if dependant.call is not None:
-        yield dependant.call
-    for sub in dependant.dependencies:
-        yield from _calls(sub)
 
 
 def _has_body(dependant: Dependant) -> bool:

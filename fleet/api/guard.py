@@ -9,6 +9,9 @@ A pure ASGI middleware, outside FastAPI's routing, so it acts on headers alone:
   it is refused at once (413), and a body without one (chunked) is counted while the
   app reads it and cut off with a 413 at the limit. Routes in ``own_limits`` (uploads,
   which stream to disk with their own larger cap) are not capped here;
+- every request gets an id (the client's ``X-Request-ID`` if it is 1-64 safe characters,
+  else a new one), echoed in the response's ``X-Request-ID`` and written to the audit
+  entries the request makes;
 - an exception nothing else handled is logged with its traceback and answered 500 with
   an `edgefleet.fleet.api.errors.ErrorBody` that names no internals.
 
@@ -19,18 +22,19 @@ server does not read and discard a body it already refused.
 from __future__ import annotations
 
 import logging
+import re
+import uuid
 from collections.abc import Collection
 
-from sqlalchemy import Engine
-from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from edgefleet.fleet.api.auth import authenticate, bearer_token
+from edgefleet.fleet.api.auth import bearer_token
 from edgefleet.fleet.api.errors import error_response
+from edgefleet.fleet.api.principals import PrincipalResolver
 from edgefleet.fleet.errors import AuthenticationError
 
 logger = logging.getLogger(__name__)
@@ -38,6 +42,7 @@ logger = logging.getLogger(__name__)
 AUTHENTICATED_PREFIX = "/v1/"
 # Longer than any Content-Length the limit could allow: compared as text, never parsed.
 MAX_LENGTH_DIGITS = 18
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
 class RequestGuard:
@@ -47,12 +52,12 @@ class RequestGuard:
         self,
         app: ASGIApp,
         *,
-        engine: Engine,
+        principals: PrincipalResolver,
         max_body_bytes: int,
         own_limits: Collection[tuple[str, str]],
     ) -> None:
         self.app = app
-        self.engine = engine
+        self.principals = principals
         self.max_body_bytes = max_body_bytes
         self.own_limits = frozenset(own_limits)
 
@@ -61,11 +66,15 @@ class RequestGuard:
             await self.app(scope, receive, send)
             return
         started = False
+        request_id = _request_id(Headers(scope=scope).get("x-request-id"))
+        scope.setdefault("state", {})["request_id"] = request_id
 
         async def tracked_send(message: Message) -> None:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
             await send(message)
 
         try:
@@ -94,7 +103,7 @@ class RequestGuard:
         if scope["path"].startswith(AUTHENTICATED_PREFIX):
             token = bearer_token(headers.get("authorization"))
             try:
-                await run_in_threadpool(self._authenticate, token)
+                await run_in_threadpool(self.principals.check, token)
             except AuthenticationError as e:
                 return error_response(
                     401,
@@ -112,9 +121,12 @@ class RequestGuard:
             )
         return None
 
-    def _authenticate(self, token: str | None) -> None:
-        with Session(self.engine) as session:
-            authenticate(session, token)
+
+def _request_id(given: str | None) -> str:
+    """The client's ``X-Request-ID`` when it is a sane one, else a new id."""
+    if given and _REQUEST_ID.fullmatch(given):
+        return given
+    return uuid.uuid4().hex
 
 
 def _above(declared: str, limit: int) -> bool:

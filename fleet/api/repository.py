@@ -38,14 +38,15 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
+from edgefleet.fleet.api.deps import Caller, require
 from edgefleet.fleet.api.errors import ErrorBody, error_response
 from edgefleet.fleet.api.update_deps import (
-    Approver,
     PayloadTooLargeError,
     RepositoryClient,
     UpdatesDep,
 )
 from edgefleet.fleet.errors import NotFoundError
+from edgefleet.fleet.governance.permissions import Permission
 from edgefleet.fleet.http_range import RangePlan, plan
 from edgefleet.fleet.repo_access import RepositoryAccess
 from edgefleet.fleet.repository import NotFoundError as RepoNotFoundError
@@ -225,7 +226,7 @@ async def target(
             f"the range is outside the file's {decision.length} bytes",
             headers=headers,
         )
-    logger.debug("%s fetches %s (%s)", client, hash_prefixed_name, decision)
+    logger.debug("%s fetches %s (%s)", client.principal.name, hash_prefixed_name, decision)
     if isinstance(found, CachedFile):
         body = found.data
         if decision.status == 206:
@@ -243,7 +244,9 @@ async def target(
 
 @router.put("/targets-metadata", response_model=TargetsAccepted)
 async def upload_targets_metadata(
-    request: Request, updates: UpdatesDep, token: Approver
+    request: Request,
+    updates: UpdatesDep,
+    caller: Annotated[Caller, Depends(require(Permission.MODEL_PUBLISH))],
 ) -> TargetsAccepted:
     """Accept targets.json signed offline with the release key (``edgefleet model sign``).
 
@@ -258,7 +261,11 @@ async def upload_targets_metadata(
                 f"targets metadata is larger than {MAX_TARGETS_METADATA_BYTES} bytes"
             )
     targets = await run_in_threadpool(
-        updates.registry.accept_targets_metadata, bytes(body), approved_by=token.name
+        lambda: updates.registry.accept_targets_metadata(
+            bytes(body),
+            by=caller.principal.name,
+            audit=caller.record("repository.targets.put", "repository", "targets"),
+        )
     )
     return TargetsAccepted(targets=targets)
 

@@ -55,8 +55,9 @@ from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
 from edgefleet.fleet.api.bounds import AfterId, Offset
-from edgefleet.fleet.api.deps import ContextDep, current_token
-from edgefleet.fleet.api.update_deps import Operator, UpdatesDep
+from edgefleet.fleet.api.deps import Caller, ContextDep, require
+from edgefleet.fleet.api.update_deps import UpdatesDep
+from edgefleet.fleet.governance.permissions import Permission
 from edgefleet.fleet.rollout_service import store, views
 from edgefleet.fleet.rollouts.model import (
     DEFAULT_WAVES,
@@ -75,7 +76,11 @@ from edgefleet.fleet.rollouts.model import (
 from edgefleet.shared.manifest import NAME_PATTERN
 from edgefleet.shared.messages import utcnow
 
-router = APIRouter(prefix="/v1/rollouts", tags=["rollouts"], dependencies=[Depends(current_token)])
+router = APIRouter(prefix="/v1/rollouts", tags=["rollouts"])
+
+RolloutReader = Annotated[Caller, Depends(require(Permission.ROLLOUT_READ))]
+RolloutCreator = Annotated[Caller, Depends(require(Permission.ROLLOUT_CREATE))]
+RolloutHandler = Annotated[Caller, Depends(require(Permission.ROLLOUT_HANDLE))]
 
 RolloutId = Annotated[str, Path(pattern=r"^[A-Za-z0-9._-]{1,100}$", description="the rollout id")]
 
@@ -174,7 +179,7 @@ def _load(context: ContextDep, rollout_id: str) -> store.StoredRollout:
 
 @router.post("", response_model=views.RolloutDetail, status_code=201)
 async def create_rollout(
-    request: RolloutCreate, context: ContextDep, updates: UpdatesDep, token: Operator
+    request: RolloutCreate, context: ContextDep, updates: UpdatesDep, caller: RolloutCreator
 ) -> views.RolloutDetail:
     """Plan a rollout; see the module docstring for the statuses."""
     target = await run_in_threadpool(
@@ -189,7 +194,7 @@ async def create_rollout(
         context.engine,
         rollout_id,
         request.spec(model),
-        created_by=token.name,
+        created_by=caller.principal.name,
         now=utcnow(),
     )
     return await run_in_threadpool(_detail, context, stored)
@@ -198,6 +203,7 @@ async def create_rollout(
 @router.get("", response_model=views.RolloutPage)
 def list_rollouts(
     context: ContextDep,
+    _caller: RolloutReader,
     status: RolloutStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Offset = 0,
@@ -210,13 +216,17 @@ def list_rollouts(
 
 
 @router.get("/{rollout_id}", response_model=views.RolloutDetail)
-def get_rollout(rollout_id: RolloutId, context: ContextDep) -> views.RolloutDetail:
+def get_rollout(
+    rollout_id: RolloutId, context: ContextDep, _caller: RolloutReader
+) -> views.RolloutDetail:
     """One rollout with per-wave counts, gate decisions and timeline; 404 if unknown."""
     return _detail(context, _load(context, rollout_id))
 
 
 @router.get("/{rollout_id}/devices", response_model=list[views.DeviceView])
-def get_rollout_devices(rollout_id: RolloutId, context: ContextDep) -> list[views.DeviceView]:
+def get_rollout_devices(
+    rollout_id: RolloutId, context: ContextDep, _caller: RolloutReader
+) -> list[views.DeviceView]:
     """Each target device's progress, in wave order; 404 if unknown."""
     return views.devices(_load(context, rollout_id))
 
@@ -226,6 +236,7 @@ def get_rollout_history(
     *,
     rollout_id: RolloutId,
     context: ContextDep,
+    _caller: RolloutReader,
     device_id: Annotated[str | None, Query(max_length=128)] = None,
     kind: Annotated[
         list[Annotated[str, StringConstraints(max_length=64)]] | None,
@@ -260,27 +271,27 @@ def _command(
 
 @router.post("/{rollout_id}/pause", response_model=views.RolloutDetail)
 def pause_rollout(
-    rollout_id: RolloutId, context: ContextDep, token: Operator
+    rollout_id: RolloutId, context: ContextDep, caller: RolloutHandler
 ) -> views.RolloutDetail:
     """Stop assigning (created, running, soaking → paused); 409 otherwise."""
-    return _command(context, rollout_id, OperatorCommand.PAUSE, token.name)
+    return _command(context, rollout_id, OperatorCommand.PAUSE, caller.principal.name)
 
 
 @router.post("/{rollout_id}/resume", response_model=views.RolloutDetail)
 def resume_rollout(
-    rollout_id: RolloutId, context: ContextDep, token: Operator
+    rollout_id: RolloutId, context: ContextDep, caller: RolloutHandler
 ) -> views.RolloutDetail:
     """Paused → running; past a failed gate, that gate is recorded as passed by you."""
-    return _command(context, rollout_id, OperatorCommand.RESUME, token.name)
+    return _command(context, rollout_id, OperatorCommand.RESUME, caller.principal.name)
 
 
 @router.post("/{rollout_id}/abort", response_model=views.RolloutDetail | views.RolloutSummary)
 def abort_rollout(
-    rollout_id: RolloutId, context: ContextDep, token: Operator
+    rollout_id: RolloutId, context: ContextDep, caller: RolloutHandler
 ) -> views.RolloutDetail | views.RolloutSummary:
     """Stop for good, leaving devices as they are; 409 for a finished rollout. One whose
     stored state does not parse is aborted too, answered with its summary."""
-    aborted = store.abort(context.engine, rollout_id, by=token.name, now=utcnow())
+    aborted = store.abort(context.engine, rollout_id, by=caller.principal.name, now=utcnow())
     if isinstance(aborted, store.UnreadableRollout):
         return views.summary(aborted)
     return _detail(context, aborted)
@@ -288,7 +299,7 @@ def abort_rollout(
 
 @router.post("/{rollout_id}/rollback", response_model=views.RolloutDetail)
 def rollback_rollout(
-    rollout_id: RolloutId, context: ContextDep, token: Operator
+    rollout_id: RolloutId, context: ContextDep, caller: RolloutHandler
 ) -> views.RolloutDetail:
     """Roll every touched device back to the version it ran before (any status)."""
-    return _command(context, rollout_id, OperatorCommand.ROLLBACK, token.name)
+    return _command(context, rollout_id, OperatorCommand.ROLLBACK, caller.principal.name)

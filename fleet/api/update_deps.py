@@ -1,4 +1,4 @@
-"""Dependencies of the signed-update routes: the services, role checks, device auth.
+"""Dependencies of the signed-update routes: the services and the repository's callers.
 
 `UpdateServices` is built once per app (by `edgefleet.fleet.service.FleetService` with the keys
 loaded, or by `create_app` with none: uploads work, publishing answers 503) and read
@@ -8,26 +8,30 @@ through `get_updates`, so tests can override it like any other dependency.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import Engine
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
-from edgefleet.fleet.api.auth import authenticate
-from edgefleet.fleet.api.deps import CurrentToken, context_of
+from edgefleet.fleet.api.deps import (
+    REQUIRED_PERMISSION,
+    AppContext,
+    Caller,
+    caller_of,
+    context_of,
+    record_denial,
+)
 from edgefleet.fleet.director import Director
 from edgefleet.fleet.errors import FleetError, PermissionDeniedError
+from edgefleet.fleet.governance.permissions import Permission
+from edgefleet.fleet.governance.principal import DEVICE as DEVICE_PRINCIPAL
+from edgefleet.fleet.governance.principal import PUBLIC as PUBLIC_PRINCIPAL
+from edgefleet.fleet.governance.principal import Principal
 from edgefleet.fleet.registry import ModelRegistry, UpdatesDisabledError
 from edgefleet.fleet.repo_access import RepositoryAccess
-from edgefleet.fleet.store.tables import ApiToken, TokenRole
-
-ROLE_ORDER = (TokenRole.VIEWER, TokenRole.OPERATOR, TokenRole.APPROVER, TokenRole.ADMIN)
-DEVICE_TOKEN_NAME = "device"  # noqa: S105  (how a device caller is named in logs, not a secret)
 
 
 class PayloadTooLargeError(FleetError):
@@ -67,35 +71,18 @@ async def get_updates(request: Request) -> UpdateServices:
     return services
 
 
-# Every check `require_role` made, so the OpenAPI document can list their 403.
-ROLE_CHECKS: set[Callable[..., object]] = set()
-
-
-def require_role(role: TokenRole) -> Callable[[ApiToken], ApiToken]:
-    """A dependency that lets through tokens of ``role`` or higher (403 otherwise)."""
-
-    def check(token: CurrentToken) -> ApiToken:
-        if ROLE_ORDER.index(TokenRole(token.role)) < ROLE_ORDER.index(role):
-            raise PermissionDeniedError(
-                f"token {token.name!r} has role {token.role}; this needs {role} or higher"
-            )
-        return token
-
-    ROLE_CHECKS.add(check)
-    return check
-
-
 _bearer = HTTPBearer(auto_error=False, description="the device token or an API token")
 
 
 async def repository_client(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> str:
-    """Who fetches from the repository: ``device``, an API token's name, or ``public``.
+) -> Caller:
+    """Who fetches from the repository: a device, the public, or an API token's holder.
 
-    Raises `edgefleet.fleet.errors.AuthenticationError` (401) without a valid token unless the
-    repository is configured public.
+    Raises `edgefleet.fleet.errors.AuthenticationError` (401) without a valid credential
+    unless the repository is configured public, and `PermissionDeniedError` (403) for a
+    caller without ``repository:read``.
 
     Every device of a rollout calls this at once, so the public and device-token cases
     run on the event loop and touch no database (the settings are read straight from the
@@ -104,7 +91,7 @@ async def repository_client(
     context = context_of(request)
     settings = context.settings
     if settings.repository_public:
-        return "public"
+        return caller_of(request, PUBLIC_PRINCIPAL)
     token = credentials.credentials if credentials else None
     device_token = settings.repository_device_token
     if (
@@ -112,16 +99,27 @@ async def repository_client(
         and device_token is not None
         and hmac.compare_digest(token.encode(), device_token.get_secret_value().encode())
     ):
-        return DEVICE_TOKEN_NAME
-    return await run_in_threadpool(_api_token_name, context.engine, token)
+        return caller_of(request, DEVICE_PRINCIPAL)
+    principal = await run_in_threadpool(_principal, context, token)
+    caller = caller_of(request, principal)
+    if not principal.has(Permission.REPOSITORY_READ):
+        await run_in_threadpool(
+            record_denial, context.engine, caller, request, Permission.REPOSITORY_READ
+        )
+        raise PermissionDeniedError(
+            f"{principal.describe()} lacks permission {Permission.REPOSITORY_READ.value}",
+            permission=Permission.REPOSITORY_READ,
+        )
+    return caller
 
 
-def _api_token_name(engine: Engine, token: str | None) -> str:
-    with Session(engine) as session:
-        return authenticate(session, token).name
+setattr(repository_client, REQUIRED_PERMISSION, Permission.REPOSITORY_READ.value)
+
+
+def _principal(context: AppContext, token: str | None) -> Principal:
+    with Session(context.engine) as session:
+        return context.principals.resolve(session, token)
 
 
 UpdatesDep = Annotated[UpdateServices, Depends(get_updates)]
-RepositoryClient = Annotated[str, Depends(repository_client)]
-Operator = Annotated[ApiToken, Depends(require_role(TokenRole.OPERATOR))]
-Approver = Annotated[ApiToken, Depends(require_role(TokenRole.APPROVER))]
+RepositoryClient = Annotated[Caller, Depends(repository_client)]

@@ -16,6 +16,8 @@ from typing import Any
 from pydantic import ValidationError
 from sqlmodel import Session, col, select
 
+from edgefleet.fleet.audit.entry import AuditRecord
+from edgefleet.fleet.audit.log import append
 from edgefleet.fleet.drift.rollup import SliceFilter, WindowRecord
 from edgefleet.fleet.errors import InvalidRequestError, NotFoundError
 from edgefleet.fleet.store.drift_tables import DriftThresholdsRow, ReferenceProfileRow
@@ -33,9 +35,15 @@ def new_id() -> str:
 
 
 def put_reference(
-    session: Session, model_name: str, model_version: str, profile: ReferenceProfile
+    session: Session,
+    model_name: str,
+    model_version: str,
+    profile: ReferenceProfile,
+    *,
+    audit: AuditRecord | None = None,
 ) -> bool:
     """Store (or replace) the reference profile of a model version; True if it is new.
+    ``audit`` is appended in the same transaction, with the old and new profile ids.
 
     Raises `InvalidRequestError` when ``profile_id`` is not the profile's content hash
     (a tampered or hand-edited profile would make windows incomparable).
@@ -55,10 +63,16 @@ def put_reference(
             profile_id=profile.profile_id,
             registered_at=utcnow(),
         )
+    before = None if created else {"profile_id": row.profile_id}
     row.profile_id = profile.profile_id
     row.profile = profile.model_dump(mode="json")
     row.registered_at = utcnow()
     session.add(row)
+    if audit is not None:
+        append(
+            session,
+            audit.model_copy(update={"before": before, "after": {"profile_id": row.profile_id}}),
+        )
     session.commit()
     return created
 
@@ -114,16 +128,24 @@ def get_thresholds(session: Session, model_name: str) -> DriftThresholds:
 
 
 def put_thresholds(
-    session: Session, model_name: str, thresholds: DriftThresholds, *, by: str
+    session: Session,
+    model_name: str,
+    thresholds: DriftThresholds,
+    *,
+    by: str,
+    audit: AuditRecord | None = None,
 ) -> None:
-    """Store the model's thresholds (validate them first with `check_thresholds`)."""
-    row = session.get(DriftThresholdsRow, model_name) or DriftThresholdsRow(
-        model_name=model_name, updated_at=utcnow()
-    )
+    """Store the model's thresholds (validate them first with `check_thresholds`);
+    ``audit`` is appended in the same transaction, with the old and new thresholds."""
+    row = session.get(DriftThresholdsRow, model_name)
+    before = dict(row.thresholds) if row is not None else None
+    row = row or DriftThresholdsRow(model_name=model_name, updated_at=utcnow())
     row.thresholds = thresholds.model_dump(mode="json", exclude_none=True)
     row.updated_at = utcnow()
     row.updated_by = by
     session.add(row)
+    if audit is not None:
+        append(session, audit.model_copy(update={"before": before, "after": row.thresholds}))
     session.commit()
 
 

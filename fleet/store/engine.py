@@ -66,10 +66,38 @@ def create_all(engine: Engine) -> None:
     # Each table module registers on SQLModel.metadata when imported; import every one
     # here so the schema is complete whatever the caller happened to import before.
     import edgefleet.fleet.store.drift_tables
+    import edgefleet.fleet.store.governance_tables
     import edgefleet.fleet.store.rollout_tables
     import edgefleet.fleet.store.tables  # noqa: F401
 
     SQLModel.metadata.create_all(engine)
+    _seed_audit_head(engine)
+
+
+# The chain's first prev_hash; an empty log's head.
+AUDIT_GENESIS_HASH = "0" * 64
+
+
+def _seed_audit_head(engine: Engine) -> None:
+    """The audit chain's one head row, so every append can lock it (two replicas
+    starting at once both try; the loser's insert does nothing)."""
+    from sqlalchemy import insert
+    from sqlalchemy.dialects.postgresql import insert as pg_insert
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    from edgefleet.fleet.store.governance_tables import AuditHead
+
+    table = AuditHead.__table__  # type: ignore[attr-defined]
+    values = {"id": 1, "seq": 0, "hash": AUDIT_GENESIS_HASH}
+    statement: Any
+    if engine.dialect.name == "postgresql":
+        statement = pg_insert(table).values(values).on_conflict_do_nothing()
+    elif engine.dialect.name == "sqlite":
+        statement = sqlite_insert(table).values(values).on_conflict_do_nothing()
+    else:  # pragma: no cover  (normalise_url admits only the two)
+        statement = insert(table).values(values)
+    with engine.begin() as connection:
+        connection.execute(statement)
 
 
 def _configure_sqlite(dbapi_connection: sqlite3.Connection, busy_timeout_ms: int) -> None:

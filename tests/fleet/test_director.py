@@ -219,19 +219,13 @@ def test_broker_outage_keeps_the_state_and_says_it_was_not_published(
 def test_operator_role_is_needed_to_assign(
     fleet: FleetService, api: httpx.Client, unique_id: str
 ) -> None:
-    from sqlmodel import Session
+    from tests.support.people import user_token
 
-    from edgefleet.fleet.api.auth import hash_token, new_token
-    from edgefleet.fleet.store.tables import ApiToken, TokenRole
-
-    token = new_token()
-    with Session(fleet.engine) as session:
-        session.add(ApiToken(name="viewer", role=TokenRole.VIEWER, token_sha256=hash_token(token)))
-        session.commit()
+    token = user_token(fleet.engine, "viewer", "viewer")
     response = httpx.put(
         f"{fleet.base_url}/v1/devices/dev-{unique_id}/desired",
         json={"model": "wine", "version": "1.0.0"},
         headers={"Authorization": f"Bearer {token}"},
     )
     assert response.status_code == 403
-    assert "viewer" in response.json()["error"]["message"]
+    assert "device:write" in response.json()["error"]["message"]

@@ -101,14 +101,15 @@ def test_upload_needs_a_token(fleet: FleetService, wine_packages: dict[str, Path
     assert response.status_code == 401
 
 
-def test_lab_mode_publish_signs_the_target_and_records_the_approver(
+def test_lab_mode_publish_signs_the_target_and_approves_nothing(
     api: httpx.Client, wine_packages: dict[str, Path]
 ) -> None:
     assert upload(api, wine_packages["1.0.0"]).status_code == 201
     published = api.post("/v1/models/wine/1.0.0/publish")
     assert published.status_code == 200, published.text
     assert published.json()["published"] is True
-    assert published.json()["approved_by"] == "admin"
+    assert published.json()["approved_by"] is None  # approval is a second person's step
+    assert published.json()["review"]["state"] == "uploaded"
     targets = json.loads(api.get("/v1/repository/metadata/targets.json").content)["signed"]
     info = targets["targets"]["wine-1.0.0.efpkg"]
     assert info["hashes"]["sha256"] == sha256_file(wine_packages["1.0.0"])
@@ -148,7 +149,7 @@ def test_offline_signed_targets_are_accepted_and_publish_the_version(
         assert response.json()["targets"] == ["wine-1.0.0.efpkg"]
         model = api.get("/v1/models/wine/1.0.0").json()
     assert model["published"] is True
-    assert model["approved_by"] == "admin"
+    assert model["review"]["state"] == "uploaded"
 
 
 def test_targets_signed_by_another_key_are_refused(

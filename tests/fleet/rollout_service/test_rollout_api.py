@@ -6,24 +6,19 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlmodel import Session
 
-from edgefleet.fleet.api.auth import hash_token
 from edgefleet.fleet.service import FleetService
-from edgefleet.fleet.store.tables import ApiToken, TokenRole
 from tests.fleet.publisher import wait_until
 from tests.fleet.rollout_service.conftest import FAST, StartDevices
 from tests.support.fleet_fixtures import MakeFleet, admin_client, upload
+from tests.support.people import user_token
 from tests.support.rollouts import history, wait_status
 
 LONG_SOAK = {"soak_s": 600, "timeout_s": 30}
 
 
 def _viewer(fleet: FleetService) -> httpx.Client:
-    token = "viewer-token-for-tests-0123456789"
-    with Session(fleet.engine) as session:
-        session.add(ApiToken(name="viewer", role=TokenRole.VIEWER, token_sha256=hash_token(token)))
-        session.commit()
+    token = user_token(fleet.engine, "viewer", "viewer")
     return httpx.Client(
         base_url=fleet.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=20
     )
