@@ -24,6 +24,7 @@ from edgefleet.fleet.errors import (
     PermissionDeniedError,
     PublishError,
 )
+from edgefleet.fleet.governance.lifecycle import LifecycleError
 from edgefleet.fleet.registry import ConflictError, ModelRegistry, UpdatesDisabledError
 from edgefleet.fleet.rollouts.model import RolloutConflictError
 from edgefleet.fleet.settings import FleetSettings
@@ -38,6 +39,7 @@ HTTP_STATUS: dict[type[FleetError], int] = {
     InvalidRequestError: 422,
     ConflictError: 409,
     RolloutConflictError: 409,
+    LifecycleError: 409,
     PayloadTooLargeError: 413,
     UpdatesDisabledError: 503,
     PublishError: 503,

@@ -11,10 +11,10 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Response
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import func
 from sqlalchemy import select as sa_select
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from edgefleet.fleet.api.deps import Caller, SessionDep, SettingsDep, require
 from edgefleet.fleet.audit.log import append
@@ -41,6 +41,7 @@ from edgefleet.fleet.drift.store import (
 from edgefleet.fleet.errors import InvalidRequestError, NotFoundError
 from edgefleet.fleet.governance.permissions import Permission
 from edgefleet.fleet.store.drift_tables import (
+    AlertAck,
     DriftAlert,
     DriftAlertPublic,
     Webhook,
@@ -62,6 +63,7 @@ router = APIRouter(prefix="/v1", tags=["drift"])
 AlertReader = Annotated[Caller, Depends(require(Permission.ALERT_READ))]
 DriftManager = Annotated[Caller, Depends(require(Permission.DRIFT_MANAGE))]
 WebhookManager = Annotated[Caller, Depends(require(Permission.WEBHOOK_MANAGE))]
+AlertAcker = Annotated[Caller, Depends(require(Permission.ALERT_ACK))]
 
 ModelName = Annotated[str, Query(pattern=NAME_PATTERN, description="model name")]
 Version = Annotated[str, Query(min_length=1, max_length=64, description="model version")]
@@ -159,10 +161,40 @@ def drift_timeseries(
     )
 
 
+class Acknowledgement(BaseModel):
+    """Who acknowledged an alert."""
+
+    by: str = Field(max_length=200)
+    at: datetime
+    remark: str | None = Field(default=None, max_length=2000)
+
+
+class AlertView(DriftAlertPublic):
+    """An alert, with its acknowledgement if it has one."""
+
+    acknowledged: Acknowledgement | None = None
+
+
 class AlertPage(BaseModel):
     """Alerts, newest first."""
 
-    items: list[DriftAlertPublic]
+    items: list[AlertView]
+
+
+class AckRequest(BaseModel):
+    """An acknowledgement's remark."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    remark: str | None = Field(default=None, max_length=2000)
+
+
+def _alert_view(session: Session, row: DriftAlert) -> AlertView:
+    ack = session.get(AlertAck, row.id)
+    acknowledged = (
+        Acknowledgement(by=ack.acked_by, at=ack.acked_at, remark=ack.remark) if ack else None
+    )
+    return AlertView.model_validate({**row.model_dump(), "acknowledged": acknowledged})
 
 
 @router.get("/alerts", response_model=AlertPage)
@@ -183,7 +215,35 @@ def list_alerts(
     if model is not None:
         query = query.where(col(DriftAlert.model_name) == model)
     rows = session.exec(query.order_by(col(DriftAlert.created_at).desc()).limit(limit)).all()
-    return AlertPage(items=[DriftAlertPublic.model_validate(r.model_dump()) for r in rows])
+    return AlertPage(items=[_alert_view(session, r) for r in rows])
+
+
+@router.post("/alerts/{alert_id}/ack", response_model=AlertView)
+def acknowledge_alert(
+    session: SessionDep,
+    caller: AlertAcker,
+    alert_id: Annotated[str, Path(max_length=32)],
+    body: AckRequest | None = None,
+) -> AlertView:
+    """Acknowledge an alert (again: the newest acknowledgement stands); 404 if unknown."""
+    row = session.get(DriftAlert, alert_id)
+    if row is None:
+        raise NotFoundError(f"no alert {alert_id!r}")
+    caller.principal.require(
+        Permission.ALERT_ACK, model=row.model_name, what=f"model {row.model_name!r}"
+    )
+    ack = session.get(AlertAck, alert_id)
+    before = {"by": ack.acked_by} if ack else None
+    ack = ack or AlertAck(alert_id=alert_id, acked_by="", acked_at=utcnow())
+    ack.acked_by, ack.acked_at = caller.principal.name, utcnow()
+    ack.remark = body.remark if body else None
+    session.add(ack)
+    append(
+        session,
+        caller.record("alert.ack", "alert", alert_id, before=before, after={"remark": ack.remark}),
+    )
+    session.commit()
+    return _alert_view(session, row)
 
 
 def check_thresholds(thresholds: DriftThresholds, features: set[str]) -> None:

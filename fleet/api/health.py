@@ -17,11 +17,13 @@ router = APIRouter(tags=["operations"], dependencies=[Depends(public_route)])
 
 
 class Health(BaseModel):
-    """Whether this replica can serve: database reachable, ingester connected."""
+    """Whether this replica can serve: database reachable, ingester connected; and how
+    it approves (``approval``: ``four_eyes``, or ``single_person`` in a one-person lab)."""
 
     status: Literal["ok", "degraded"]
     database: Literal["ok", "unreachable"]
     ingester: Literal["connected", "disconnected", "disabled"]
+    approval: Literal["four_eyes", "single_person"] = "four_eyes"
 
 
 @router.get("/healthz", response_model=Health, responses={503: {"model": Health}})
@@ -36,7 +38,12 @@ def healthz(context: ContextDep) -> JSONResponse:
     if context.ingester is not None:
         ingester = "connected" if context.ingester.connected else "disconnected"
     ok = database == "ok" and ingester != "disconnected"
-    health = Health(status="ok" if ok else "degraded", database=database, ingester=ingester)
+    health = Health(
+        status="ok" if ok else "degraded",
+        database=database,
+        ingester=ingester,
+        approval="single_person" if context.settings.single_person_approval else "four_eyes",
+    )
     return JSONResponse(health.model_dump(), status_code=200 if ok else 503)
 
 

@@ -213,6 +213,45 @@ def list_models(
     return out
 
 
+# Before /{name}/{version}: FastAPI matches in order, and "aliases" is no version.
+@router.get("/{name}/aliases", response_model=list[Alias])
+def list_aliases(name: PathName, lifecycle: LifecycleDep, _caller: ModelReader) -> list[Alias]:
+    """The model's aliases (``production``, ``canary``, ...)."""
+    return lifecycle.aliases(name)
+
+
+@router.put("/{name}/aliases/{alias}", response_model=Alias)
+def set_alias(
+    name: PathName,
+    alias: AliasName,
+    body: AliasRequest,
+    lifecycle: LifecycleDep,
+    caller: ModelApprover,
+) -> Alias:
+    """Point an alias at an approved version (409 otherwise); audited as
+    ``model.alias.set`` with the old and new version."""
+    caller.principal.require(Permission.MODEL_APPROVE, model=name, what=f"model {name!r}")
+    return lifecycle.set_alias(
+        name,
+        alias,
+        body.version,
+        by=caller.principal.person,
+        audit=caller.record("model.alias.set", "model_alias", f"{name}:{alias}"),
+    )
+
+
+@router.delete("/{name}/aliases/{alias}", status_code=204)
+def delete_alias(
+    name: PathName, alias: AliasName, lifecycle: LifecycleDep, caller: ModelApprover
+) -> Response:
+    """Remove an alias; 404 if there is none."""
+    caller.principal.require(Permission.MODEL_APPROVE, model=name, what=f"model {name!r}")
+    lifecycle.delete_alias(
+        name, alias, audit=caller.record("model.alias.delete", "model_alias", f"{name}:{alias}")
+    )
+    return Response(status_code=204)
+
+
 @router.get("/{name}/{version}", response_model=ModelVersionView)
 def get_model(
     name: PathName,
@@ -327,44 +366,6 @@ def retire_model(
         remark=body.remark if body else None,
         audit=caller.record("model.retire", "model_version", f"{name}/{version}"),
     )
-
-
-@router.get("/{name}/aliases", response_model=list[Alias])
-def list_aliases(name: PathName, lifecycle: LifecycleDep, _caller: ModelReader) -> list[Alias]:
-    """The model's aliases (``production``, ``canary``, ...)."""
-    return lifecycle.aliases(name)
-
-
-@router.put("/{name}/aliases/{alias}", response_model=Alias)
-def set_alias(
-    name: PathName,
-    alias: AliasName,
-    body: AliasRequest,
-    lifecycle: LifecycleDep,
-    caller: ModelApprover,
-) -> Alias:
-    """Point an alias at an approved version (409 otherwise); audited as
-    ``model.alias.set`` with the old and new version."""
-    caller.principal.require(Permission.MODEL_APPROVE, model=name, what=f"model {name!r}")
-    return lifecycle.set_alias(
-        name,
-        alias,
-        body.version,
-        by=caller.principal.person,
-        audit=caller.record("model.alias.set", "model_alias", f"{name}:{alias}"),
-    )
-
-
-@router.delete("/{name}/aliases/{alias}", status_code=204)
-def delete_alias(
-    name: PathName, alias: AliasName, lifecycle: LifecycleDep, caller: ModelApprover
-) -> Response:
-    """Remove an alias; 404 if there is none."""
-    caller.principal.require(Permission.MODEL_APPROVE, model=name, what=f"model {name!r}")
-    lifecycle.delete_alias(
-        name, alias, audit=caller.record("model.alias.delete", "model_alias", f"{name}:{alias}")
-    )
-    return Response(status_code=204)
 
 
 async def _copy_body(request: Request, out: BinaryIO, limit: int) -> None:

@@ -83,6 +83,17 @@ class DriftAlertPublic(DriftAlertBase):
     """An alert as the API returns it."""
 
 
+class AlertAck(SQLModel, table=True):
+    """Who acknowledged an alert, when, and what they said (one per alert)."""
+
+    __tablename__ = "alert_acks"
+
+    alert_id: str = Field(primary_key=True, max_length=32)
+    acked_by: str = Field(max_length=200)
+    acked_at: datetime = Field(sa_type=UTCDateTime)
+    remark: str | None = Field(default=None, sa_type=Text)
+
+
 class WebhookBase(SQLModel):
     """A webhook as clients see it."""
 
