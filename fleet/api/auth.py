@@ -55,8 +55,10 @@ def new_token() -> tuple[str, str]:
 def prefix_of(token: str) -> str:
     """The visible prefix of ``token``: its own for ours, a hash's for a configured one
     (whose characters are all secret)."""
-    head, sep, _ = token.rpartition("_")
-    if token.startswith(TOKEN_SCHEME) and sep and len(head) == len(TOKEN_SCHEME) + 8:
+    # The secret part may hold "_" too: the prefix is a fixed length, not a split.
+    size = len(TOKEN_SCHEME) + 8
+    head = token[:size]
+    if head.startswith(TOKEN_SCHEME) and token[size : size + 1] == "_":
         return head
     return "cfg_" + hash_token(token)[:8]
 
