@@ -43,6 +43,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="store_true",
         help="the fleet holds the release key and publishes models itself",
     )
+    serve.add_argument(
+        "--single-person-approval",
+        action="store_true",
+        help="one-person lab: an uploader may approve their own version (off: four eyes)",
+    )
     serve.set_defaults(handler=_serve)
 
     lab = commands.add_parser(
@@ -82,6 +87,8 @@ def _serve(args: argparse.Namespace) -> int:
         overrides["shared_subscription"] = False
     if args.lab_mode:
         overrides["lab_mode"] = True
+    if args.single_person_approval:
+        overrides["single_person_approval"] = True
     try:
         settings = FleetSettings(**overrides)
     except ValidationError as e:
