@@ -12,8 +12,17 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from edgefleet.fleet.governance.oidc import OidcConfig
 
 # Values people paste from examples; a console guarded by one of these is not guarded.
 PLACEHOLDER_SECRETS = frozenset(
@@ -276,6 +285,69 @@ class FleetSettings(BaseSettings):
         le=100_000,
         description="deliveries waiting per webhook; beyond it a delivery is failed, logged",
     )
+
+    # Single sign-on (edgefleet.fleet.governance.oidc): bearer JWTs of this issuer are
+    # accepted beside API tokens. Off while oidc_issuer is unset.
+    oidc_issuer: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="the OIDC issuer URL whose JWTs are accepted (exactly their iss)",
+    )
+    oidc_audience: str | None = Field(
+        default=None,
+        max_length=256,
+        description="the audience (client id) a JWT's aud must contain; needed with the issuer",
+    )
+    oidc_jwks_url: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="the issuer's JWKS URL; default: discovered from"
+        " <issuer>/.well-known/openid-configuration",
+    )
+    oidc_roles_claim: str = Field(
+        default="roles",
+        max_length=300,
+        description="the JWT claim holding roles; dots descend (realm_access.roles)",
+    )
+    oidc_role_map: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=256,
+        description="claim value -> edgefleet role (JSON in the environment); empty: claim"
+        " values that are role names are taken as they are",
+    )
+
+    @model_validator(mode="after")
+    def _oidc_is_complete(self) -> FleetSettings:
+        self.oidc_config()  # raises ValueError naming what is wrong
+        return self
+
+    def oidc_config(self) -> OidcConfig | None:
+        """The OIDC issuer configured, or None without ``oidc_issuer``.
+
+        Raises `ValueError` when the issuer is set without an audience, or a value is
+        invalid (a plain-http issuer, a malformed claim path, an unknown role name form).
+        """
+        if self.oidc_issuer is None:
+            if self.oidc_audience or self.oidc_jwks_url or self.oidc_role_map:
+                raise ValueError("oidc_audience, oidc_jwks_url and oidc_role_map need oidc_issuer")
+            return None
+        if not self.oidc_audience:
+            raise ValueError(
+                "oidc_issuer is set without oidc_audience: set the client id its tokens carry"
+            )
+        try:
+            return OidcConfig(
+                issuer=self.oidc_issuer,
+                audience=self.oidc_audience,
+                jwks_url=self.oidc_jwks_url,
+                roles_claim=self.oidc_roles_claim,
+                role_map=self.oidc_role_map,
+            )
+        except ValidationError as error:
+            problems = "; ".join(
+                f"oidc_{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
+            )
+            raise ValueError(f"invalid OIDC settings: {problems}") from None
 
     @model_validator(mode="after")
     def _lease_outlasts_tick(self) -> FleetSettings:

@@ -25,6 +25,7 @@ from edgefleet.fleet.errors import (
     PublishError,
 )
 from edgefleet.fleet.governance.lifecycle import LifecycleError
+from edgefleet.fleet.governance.oidc import oidc_verifier
 from edgefleet.fleet.registry import ConflictError, ModelRegistry, UpdatesDisabledError
 from edgefleet.fleet.rollouts.model import RolloutConflictError
 from edgefleet.fleet.settings import FleetSettings
@@ -81,7 +82,7 @@ def create_app(
         engine = make_engine(settings.database_url)
         create_all(engine)
     app = FastAPI(title="edgefleet", version=__version__)
-    principals = PrincipalResolver(engine)
+    principals = PrincipalResolver(engine, jwt_verifier=oidc_verifier(settings))
     app.state.context = AppContext(
         settings=settings,
         engine=engine,
