@@ -264,7 +264,8 @@ class OidcVerifier:
         if isinstance(error, jwt.ExpiredSignatureError):
             return f"it expired at {_when(claims.get('exp'))}"
         if isinstance(error, jwt.ImmatureSignatureError):
-            return f"it is not valid yet ({error})"
+            claim = "iat" if "(iat)" in str(error) else "nbf"
+            return f"it is not valid yet: its {claim} is {_when(claims.get(claim))}"
         if isinstance(error, jwt.InvalidAudienceError):
             return (
                 f"wrong audience: it is for {str(claims.get('aud'))[:200]!r},"

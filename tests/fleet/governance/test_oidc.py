@@ -75,6 +75,7 @@ class Issuer:
     url: str = ""
     keys: dict[str, PrivateKey] = field(default_factory=dict)
     jwks_fetches: int = 0
+    advertised_issuer: str | None = None  # what its openid-configuration says; default url
     server: ThreadingHTTPServer | None = None
 
     @property
@@ -127,7 +128,10 @@ def issuer() -> Iterator[Issuer]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             if self.path == "/.well-known/openid-configuration":
-                body = {"issuer": state.url, "jwks_uri": state.jwks_url}
+                body = {
+                    "issuer": state.advertised_issuer or state.url,
+                    "jwks_uri": state.jwks_url,
+                }
             elif self.path == "/jwks.json":
                 state.jwks_fetches += 1
                 body = state.jwks()
@@ -331,12 +335,16 @@ def test_a_token_without_sub_is_refused(issuer: Issuer) -> None:
 
 def test_a_token_not_valid_before_a_future_time_is_refused(issuer: Issuer) -> None:
     now = int(time.time())
-    _refused(OidcVerifier(issuer.config()), issuer.token(nbf=now + 600), "not valid yet")
+    _refused(
+        OidcVerifier(issuer.config()), issuer.token(nbf=now + 600), "not valid yet: its nbf is 20"
+    )
 
 
 def test_a_token_issued_in_the_future_is_refused(issuer: Issuer) -> None:
     now = int(time.time())
-    _refused(OidcVerifier(issuer.config()), issuer.token(iat=now + 600), "not valid yet")
+    _refused(
+        OidcVerifier(issuer.config()), issuer.token(iat=now + 600), "not valid yet: its iat is 20"
+    )
 
 
 @pytest.mark.parametrize(
@@ -369,11 +377,22 @@ def test_a_token_is_refused_while_the_jwks_server_is_down(issuer: Issuer) -> Non
             verifier.principal(token, {})
 
 
-def test_a_discovery_document_naming_another_issuer_is_refused(issuer: Issuer) -> None:
+def test_keys_of_a_discovery_document_naming_another_issuer_are_not_used(
+    issuer: Issuer,
+) -> None:
+    # OpenID Connect Discovery §4.3: the configuration must be the configured issuer's.
+    issuer.advertised_issuer = "https://evil.example.com"
+    _refused(
+        OidcVerifier(issuer.config()),
+        issuer.token(),
+        "names issuer 'https://evil.example.com', not the configured",
+    )
+
+
+def test_an_issuer_without_a_discovery_document_is_named_in_the_refusal(issuer: Issuer) -> None:
     config = OidcConfig(issuer=issuer.url + "/realms/x", audience=AUDIENCE)
     token = issuer.token(iss=issuer.url + "/realms/x")
-    with pytest.raises(AuthenticationError, match="answered HTTP 404"):
-        OidcVerifier(config).principal(token, {})
+    _refused(OidcVerifier(config), token, "openid-configuration answered HTTP 404")
 
 
 # Key rotation and the cache
