@@ -167,6 +167,15 @@ class ProbationBudget(WireModel):
     duration_s: float = Field(default=300.0, ge=0)
 
 
+# MLflow's own bound on a param key is 250 characters; its values may be longer (6000),
+# but a manifest is read by the fleet on every upload, so long values are cut when packed.
+MAX_LINEAGE_PARAMS: Final = 200
+MAX_PARAM_KEY_CHARS: Final = 250
+MAX_PARAM_VALUE_CHARS: Final = 500
+ParamKey = Annotated[str, Field(min_length=1, max_length=MAX_PARAM_KEY_CHARS)]
+ParamValue = Annotated[str, Field(max_length=MAX_PARAM_VALUE_CHARS)]
+
+
 class Lineage(WireModel):
     """Where a version came from: for governance, never read by the device.
 
@@ -183,7 +192,11 @@ class Lineage(WireModel):
         default=None, description="sha256 of the float model file it was quantized from"
     )
     dataset_version: str | None = Field(default=None, max_length=200)
-    params: dict[str, str] = Field(default_factory=dict, max_length=200)
+    params: dict[ParamKey, ParamValue] = Field(
+        default_factory=dict,
+        max_length=MAX_LINEAGE_PARAMS,
+        description="training hyperparameters, as text (an MLflow run's params)",
+    )
     source: str | None = Field(
         default=None, max_length=1000, description="where the model file came from"
     )

@@ -38,12 +38,14 @@ from edgefleet.shared.manifest import (
     NAME_PATTERN,
     RUNTIMES,
     GoldenSpec,
+    Lineage,
     ModelManifest,
     ProbationBudget,
     Tolerance,
     Version,
     VersionError,
 )
+from edgefleet.shared.modeltools.quantize import QUANTIZED_FROM_KEY, QuantizeError, quantized_from
 from edgefleet.shared.modeltools.reference import (
     SchemaMismatchError,
     load_reference,
@@ -180,6 +182,7 @@ def build_package(
     metrics: Mapping[str, float] | None = None,
     min_agent_version: str | None = None,
     training_data: Path | None = None,
+    lineage: Lineage | None = None,
     feature_names: list[str] | None = None,
     probation: ProbationBudget | None = None,
     runtime: str | None = None,
@@ -193,9 +196,12 @@ def build_package(
     The reference profile is built from ``reference_data`` by ``profile_builder`` (by
     default `edgefleet.shared.drift.builder.build_profile` when that module exists). ``created_at``
     defaults to ``SOURCE_DATE_EPOCH`` or the model file's mtime, so rebuilding the same
-    inputs gives byte-identical packages.
+    inputs gives byte-identical packages. ``lineage`` goes into the manifest as given,
+    with ``quantized_from`` filled in from an ONNX model that `quantize_onnx
+    <edgefleet.shared.modeltools.quantize.quantize_onnx>` wrote.
 
-    Raises `ManifestError` (bad name, version, runtime, ...), `ModelLoadError`,
+    Raises `ManifestError` (bad name, version, runtime, lineage that contradicts the
+    model's quantization stamp, ...), `ModelLoadError`,
     `DataError`/`SchemaMismatchError` (reference data) and `GoldenFailureError`.
     """
     runtime_name = _check_identity(model_file, name, version, min_agent_version, runtime)
@@ -224,6 +230,7 @@ def build_package(
     finally:
         model.close()
 
+    lineage = _with_quantized_from(model_file, runtime_name, lineage, f"{name} {version}")
     model_bytes = model_file.read_bytes()
     model_member = f"model{model_file.suffix.lower() or '.' + runtime_name}"
     members = {model_member: model_bytes}
@@ -252,13 +259,14 @@ def build_package(
             sha256=hashlib.sha256(model_bytes).hexdigest(),
             size_bytes=len(model_bytes),
             created_at=created_at or _default_created_at(model_file),
-            training_data_sha256=_lineage(training_data),
+            training_data_sha256=_training_data_sha256(training_data),
             metrics=dict(metrics or {}),
             min_agent_version=min_agent_version,
             golden=golden,
             reference_profile=profile,
             probation=probation or ProbationBudget(),
             feature_names=feature_names,
+            lineage=lineage,
         )
     except ValidationError as e:
         raise ManifestError(f"{name} {version}: invalid manifest: {manifest_problem(e)}") from e
@@ -270,7 +278,32 @@ def build_package(
     return out
 
 
-def _lineage(training_data: Path | None) -> str | None:
+def _with_quantized_from(
+    model_file: Path, runtime: str, lineage: Lineage | None, what: str
+) -> Lineage | None:
+    """``lineage`` with ``quantized_from`` taken from the model's quantization stamp."""
+    if runtime != "onnx":
+        return lineage
+    try:
+        stamp = quantized_from(model_file)
+    except QuantizeError as e:  # the runtime loaded it, so this is not expected
+        raise ModelLoadError(str(e)) from e
+    if stamp is None:
+        return lineage
+    given = lineage.quantized_from if lineage is not None else None
+    if given is not None and given != stamp:
+        raise ManifestError(
+            f"{what}: lineage says quantized from {given}, but {model_file.name} was "
+            f"quantized from {stamp} (its {QUANTIZED_FROM_KEY} metadata)"
+        )
+    fields = lineage.model_dump() if lineage is not None else {}
+    try:
+        return Lineage.model_validate({**fields, "quantized_from": stamp})
+    except ValidationError as e:
+        raise ManifestError(f"{what}: bad quantization stamp: {manifest_problem(e)}") from e
+
+
+def _training_data_sha256(training_data: Path | None) -> str | None:
     if training_data is None:
         return None
     try:

@@ -9,8 +9,11 @@ labels, how often the two agree), latency at batch 1 and size.
 Invariant: the output file exists only if the quantized model passed the accuracy
 gate. It is written to a temporary file in the output's directory and moved into place
 (`edgefleet.shared.durable.replace_durably`) after the check; a refused or failed run
-removes the temporary file. Without labels the "accuracy drop" is the share of rows
-whose predicted class changed (1 - agreement), an upper bound on the real drop.
+removes the temporary file. The int8 model carries the sha256 of the float model it came
+from in its ONNX metadata (`QUANTIZED_FROM_KEY`), so packaging it records
+``lineage.quantized_from`` without being told (`quantized_from`). Without labels the
+"accuracy drop" is the share of rows whose predicted class changed (1 - agreement), an
+upper bound on the real drop.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict
 
 from edgefleet.shared.durable import replace_durably
+from edgefleet.shared.hashing import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +43,8 @@ LATENCY_WARMUP = 10
 LATENCY_RUNS = 200
 # Static calibration needs few rows; more only slows the MinMax pass down.
 MAX_CALIBRATION_ROWS = 512
+# The ONNX metadata_props key of the float model's sha256 in a quantized model.
+QUANTIZED_FROM_KEY = "edgefleet.quantized_from"
 
 
 class QuantizeError(Exception):
@@ -327,6 +333,40 @@ def _quantize_to(mode: Mode, source: Path, target: Path, calibration: Any | None
     )
 
 
+def _stamp_origin(target: Path, float_sha256: str) -> None:
+    """Record the float model's sha256 in ``target``'s metadata (replacing an older stamp)."""
+    import onnx
+
+    model = onnx.load(str(target))
+    kept = [p for p in model.metadata_props if p.key != QUANTIZED_FROM_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    model.metadata_props.add(key=QUANTIZED_FROM_KEY, value=float_sha256)
+    onnx.save(model, str(target))
+
+
+def quantized_from(model_file: Path) -> str | None:
+    """The float model's sha256 that `quantize_onnx` stamped into ``model_file``, if any.
+
+    None for a model without the stamp, or when the ``onnx`` package is not installed
+    (it comes with the tools extra). Raises `QuantizeError` if the file is not ONNX.
+    """
+    try:
+        import onnx
+    except ImportError:
+        logger.debug("onnx is not installed: not reading %s's quantization stamp", model_file)
+        return None
+    try:
+        model = onnx.load(str(model_file), load_external_data=False)
+    except Exception as e:  # protobuf's DecodeError and friends
+        raise QuantizeError(f"{model_file}: not a readable ONNX model: {e}") from e
+    for prop in model.metadata_props:
+        if prop.key == QUANTIZED_FROM_KEY:
+            value: str = prop.value
+            return value
+    return None
+
+
 # --- the operation ----------------------------------------------------------------------
 
 
@@ -381,6 +421,8 @@ def quantize_onnx(
             _quantize_to(mode, model, tmp, reader)
         except Exception as e:  # the quantizer raises assorted errors on odd graphs
             raise QuantizeError(f"{model}: onnxruntime could not quantize it ({mode}): {e}") from e
+        # Stamped before the comparison, so the checked bytes are the bytes kept.
+        _stamp_origin(tmp, sha256_file(model))
         report = _compare(
             mode=mode,
             model=model,

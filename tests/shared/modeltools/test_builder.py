@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgefleet.shared.manifest import Tolerance
+from edgefleet.shared.manifest import Lineage, Tolerance
 from edgefleet.shared.modeltools.builder import GoldenFailureError, ModelLoadError, build_package
 from edgefleet.shared.modeltools.reference import SchemaMismatchError
 from edgefleet.shared.package.format import DataError, ManifestError
@@ -179,6 +179,31 @@ def test_training_data_hash_records_lineage(
     assert manifest.training_data_sha256 == hashlib.sha256(reference_npy.read_bytes()).hexdigest()
     with pytest.raises(DataError, match=r"missing\.csv: cannot read training data"):
         _build(wine_model.path, tmp_path, None, training_data=tmp_path / "missing.csv")
+
+
+def test_lineage_is_written_into_the_manifest(wine_model: TrainedModel, tmp_path: Path) -> None:
+    lineage = Lineage(
+        code_revision="9f1c2e7",
+        run_uri="runs:/4b1d",
+        parent_version="2.0.0",
+        dataset_version="wine-2024-05",
+        params={"C": "1.0", "max_iter": "500"},
+        source="train.py",
+    )
+    out = _build(wine_model.path, tmp_path, None, lineage=lineage)
+    manifest, _ = read_package(out)
+    assert manifest.lineage == lineage
+    with tarfile.open(out) as tar:
+        member = tar.extractfile("manifest.json")
+        assert member is not None
+        on_disk = json.loads(member.read())
+    assert on_disk["lineage"]["params"] == {"C": "1.0", "max_iter": "500"}
+    assert on_disk["lineage"]["parent_version"] == "2.0.0"
+
+
+def test_without_lineage_the_manifest_has_none(wine_model: TrainedModel, tmp_path: Path) -> None:
+    manifest, _ = read_package(_build(wine_model.path, tmp_path, None))
+    assert manifest.lineage is None
 
 
 # ------------------------------------------------------------------------------ errors
