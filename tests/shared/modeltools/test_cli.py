@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from edgefleet.shared.cli import CLIError, main
-from edgefleet.shared.manifest import ModelManifest
+from edgefleet.shared.manifest import Lineage, ModelManifest
 from edgefleet.shared.modeltools import cli
+from edgefleet.shared.package.read import read_package
 from edgefleet.simulators.models import TrainedModel
 
 
@@ -92,6 +93,16 @@ def test_package_then_inspect(
         ),
         (["--version", "1.0.0", "--golden", "-1"], "--golden -1: expected a count >= 0"),
         (["--version", "1.0.0", "--reference", "/nonexistent/ref.npy"], "cannot read reference"),
+        (
+            ["--version", "1.0.0", "--parent-version", "v1"],
+            "--parent-version: version 'v1' is not a semantic version",
+        ),
+        (["--version", "1.0.0", "--param", "lr"], "--param 'lr': expected NAME=VALUE"),
+        (["--version", "1.0.0", "--param", "=3"], "--param '=3': expected NAME=VALUE"),
+        (["--version", "1.0.0", "--param", "a=1", "--param", "a=2"], "--param 'a' is given twice"),
+        (["--version", "1.0.0", "--param", "a=" + "x" * 501], "lineage: params.a"),
+        (["--version", "1.0.0", "--code-revision", "r" * 201], "lineage: code_revision"),
+        (["--version", "1.0.0", "--quantized-from", "/nonexistent/f.onnx"], "--quantized-from"),
     ],
 )
 def test_package_errors_are_one_clear_line(
@@ -108,6 +119,42 @@ def test_package_errors_are_one_clear_line(
     assert err[0].startswith("edgefleet: error: ")
     assert complaint in err[0]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_lineage_options_fill_the_manifest_lineage(
+    wine_model: TrainedModel, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    float_model = tmp_path / "float.onnx"
+    float_model.write_bytes(b"the float model's bytes")
+    code = _run(
+        [
+            "model", "package", str(wine_model.path), "--name", "wine", "--version", "1.3.0",
+            "--golden", "4", "--out", str(tmp_path),
+            "--code-revision", "9f1c2e7", "--run-uri", "runs:/4b1d",
+            "--parent-version", "1.2.0", "--dataset-version", "wine-2024-05",
+            "--param", "C=1.0", "--param", "solver=lbfgs", "--param", "note=a=b",
+            "--quantized-from", str(float_model),
+        ]
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    manifest, _ = read_package(tmp_path / "wine-1.3.0.efpkg")
+    assert manifest.lineage == Lineage(
+        code_revision="9f1c2e7",
+        run_uri="runs:/4b1d",
+        parent_version="1.2.0",
+        dataset_version="wine-2024-05",
+        params={"C": "1.0", "solver": "lbfgs", "note": "a=b"},
+        quantized_from=hashlib.sha256(float_model.read_bytes()).hexdigest(),
+    )
+
+
+def test_without_lineage_options_there_is_no_lineage(
+    wine_model: TrainedModel, tmp_path: Path
+) -> None:
+    argv = ["model", "package", str(wine_model.path), "--name", "wine", "--version", "1.3.0"]
+    assert _run([*argv, "--golden", "0", "--out", str(tmp_path)]) == 0
+    manifest, _ = read_package(tmp_path / "wine-1.3.0.efpkg")
+    assert manifest.lineage is None
 
 
 def test_packaging_an_unloadable_file_names_it(
