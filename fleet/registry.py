@@ -25,7 +25,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from edgefleet.fleet.audit.entry import AuditRecord
+from edgefleet.fleet.audit.entry import AuditObject, AuditRecord
 from edgefleet.fleet.audit.log import append
 from edgefleet.fleet.drift.store import put_reference
 from edgefleet.fleet.errors import FleetError, InvalidRequestError, NotFoundError
@@ -155,11 +155,14 @@ class ModelRegistry:
                         session,
                         audit.model_copy(
                             update={
+                                "object": AuditObject(
+                                    kind="model_version", id=f"{manifest.name}/{manifest.version}"
+                                ),
                                 "after": {
                                     "sha256": sha256,
                                     "runtime": manifest.runtime,
                                     "lineage": recorded_lineage,
-                                }
+                                },
                             }
                         ),
                     )

@@ -182,7 +182,8 @@ async def upload_model(  # noqa: PLR0917  (FastAPI passes parameters by keyword)
                 uploaded_by=caller.principal.name,
                 uploader=caller.principal.person,
                 lineage=lineage.model_dump(exclude_none=True),
-                audit=caller.record("model.upload", "model_version", "pending"),
+                # The object (name/version) is known once the registry read the package.
+                audit=caller.record("model.upload", "model_version", "?"),
                 authorize=authorize,
             )
         )

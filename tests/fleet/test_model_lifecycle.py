@@ -68,7 +68,8 @@ def test_the_uploader_cannot_approve_and_another_person_can(
     assert [e.actor_name for e in entries] == ["alice"]
     assert entries[0].before == {"state": "uploaded", "remark": None}
     assert entries[0].after == {"state": "approved", "remark": "metrics ok"}
-    assert [e.actor_name for e in _audit(fleet, "model.upload")] == ["admin"]
+    uploads = _audit(fleet, "model.upload")
+    assert [(e.actor_name, e.object_id) for e in uploads] == [("admin", "wine/1.0.0")]
 
 
 def test_a_viewer_or_operator_cannot_approve(

@@ -73,8 +73,7 @@ def test_every_route_declares_a_permission(document: dict[str, Any]) -> None:
 
 def test_every_permission_is_needed_by_some_route(document: dict[str, Any]) -> None:
     used = {op.get("x-required-permission") for _, _, op in _operations(document)}
-    # device:delete and alert:ack name actions the API does not offer yet.
-    unused = {p.value for p in Permission} - used - {"device:delete", "alert:ack"}
+    unused = {p.value for p in Permission} - used
     assert not unused
 
 

@@ -165,7 +165,12 @@ def test_bad_requests_get_clear_errors(
     window = api.get("/v1/devices/known/telemetry", params={"since": "2026-03-01T12:00:01+00:00"})
     assert [i["seq"] for i in window.json()["items"]] == [1]
     health = httpx.get(f"{service.base_url}/healthz")
-    assert health.json() == {"status": "ok", "database": "ok", "ingester": "connected"}
+    assert health.json() == {
+        "status": "ok",
+        "database": "ok",
+        "ingester": "connected",
+        "approval": "four_eyes",
+    }
 
 
 def test_the_ingester_resubscribes_after_the_broker_restarts(
