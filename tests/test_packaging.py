@@ -36,7 +36,7 @@ ROOT = "edgefleet"
 # The data files pyproject.toml declares for `edgefleet.simulators.tflite_models`.
 MODEL_DATA = ("*.tflite", "*.onnx", "manifest.json")
 # What a device must not get from `edgefleet[agent]`: the fleet's and the tools' stacks.
-SERVER_SIDE_MODULES = ("fastapi", "sqlmodel", "sklearn", "scipy")
+SERVER_SIDE_MODULES = ("fastapi", "sqlmodel", "sklearn", "scipy", "mlflow", "jwt")
 # One sample of the wine data's 13 features, for the packaged wine model.
 WINE_ROW = [13.0, 2.0, 2.4, 19.0, 100.0, 2.3, 2.0, 0.36, 1.6, 5.0, 0.96, 2.6, 750.0]
 # Where setuptools writes when it builds in a source tree.

@@ -1,7 +1,9 @@
 """Who may do what: permissions, roles, grants and the principal a request acts as.
 
-Pure logic, no I/O: `permissions` (the table and the built-in roles), `principal` (a
-caller's resolved grants and the checks on them). Users, tokens and custom roles are
+`permissions` (the table and the built-in roles), `grants`, `principal` (a caller's
+resolved grants and the checks on them) and `lifecycle` are pure logic; `oidc` turns a
+verified JWT's claims into a principal, with `jwks` (the one module here doing I/O)
+fetching the issuer's keys. Users, tokens and custom roles are
 stored by `edgefleet.fleet.store.governance_tables` and resolved by
 `edgefleet.fleet.api.auth`.
 """

@@ -15,6 +15,9 @@ from sqlmodel import Session, col, select
 from edgefleet.fleet.api.auth import BOOTSTRAP_USER_ID
 from edgefleet.fleet.service import FleetService
 from edgefleet.fleet.store.governance_tables import AuditRow
+from edgefleet.shared.manifest import Lineage
+from edgefleet.shared.modeltools.builder import build_package
+from edgefleet.simulators.models import TrainedModel
 from tests.support.fleet_fixtures import MakeFleet, admin_client, upload
 from tests.support.people import add_token, add_user, user_token
 
@@ -203,3 +206,37 @@ def test_one_person_lab_mode_lets_the_uploader_approve_and_says_so(
         approved = api.post("/v1/models/wine/1.0.0/approve", json={})
     assert approved.status_code == 200
     assert approved.json()["state"] == "approved"
+
+
+def test_upload_lineage_fills_the_manifest_but_never_contradicts_it(
+    api: httpx.Client, wine_model: TrainedModel, tmp_path: Path
+) -> None:
+    package = build_package(
+        wine_model.path,
+        name="wine",
+        version="2.0.0",
+        out_dir=tmp_path,
+        golden_count=4,
+        lineage=Lineage(code_revision="abc1234", parent_version="1.0.0"),
+    )
+    contradicting = api.post(
+        "/v1/models",
+        params={"code_revision": "fff9999"},
+        content=package.read_bytes(),
+        headers={"Content-Type": "application/octet-stream"},
+    )
+    assert contradicting.status_code == 422
+    assert "code_revision" in contradicting.json()["error"]["message"]
+    filled = api.post(
+        "/v1/models",
+        params={"code_revision": "abc1234", "run_uri": "runs:/r1"},
+        content=package.read_bytes(),
+        headers={"Content-Type": "application/octet-stream"},
+    )
+    assert filled.status_code == 201, filled.text
+    lineage = api.get("/v1/models/wine/2.0.0/lineage").json()
+    assert (lineage["code_revision"], lineage["run_uri"], lineage["parent_version"]) == (
+        "abc1234",
+        "runs:/r1",
+        "1.0.0",
+    )
