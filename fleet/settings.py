@@ -163,6 +163,11 @@ class FleetSettings(BaseSettings):
         description="serve the repository without authentication (it holds only signed,"
         " public data; for labs)",
     )
+    api_token_allow_no_expiry: bool = Field(
+        default=False,
+        description="API tokens may be made that never expire (off: at most 2 years;"
+        " see edgefleet.fleet.governance.tokens)",
+    )
     metadata_refresh_interval_s: float = Field(
         default=3600.0, gt=0, description="how often snapshot/timestamp expiry is checked"
     )
