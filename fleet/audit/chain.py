@@ -3,6 +3,13 @@
 ``hash = sha256(prev_hash + "\\n" + canonical_json(entry without its hashes))``. Canonical
 JSON is sorted keys, no spaces, UTF-8, times as ISO 8601 in UTC with microseconds: the
 same bytes whichever engine stored the row and whichever replica reads it.
+
+Numbers in ``before``/``after`` are written as the stored value reads back: PostgreSQL's
+JSONB keeps a number as a decimal, so ``1e16`` comes back as the integer
+``10000000000000000`` and ``-0.0`` as ``0.0``. An integral float is therefore hashed as
+the integer it equals (``2.0`` as ``2``); any other float's shortest repr survives the
+decimal round trip unchanged. NaN and infinities have no JSON form: `canonical_json`
+raises `ValueError` for them (PostgreSQL would refuse the row anyway).
 """
 
 from __future__ import annotations
@@ -23,13 +30,33 @@ def canonical_time(ts: datetime) -> str:
 
 
 def canonical_json(record: AuditRecord, *, seq: int, ts: datetime) -> bytes:
-    """The bytes an entry's hash covers."""
+    """The bytes an entry's hash covers.
+
+    Raises `ValueError` for a NaN or infinite number in ``before`` or ``after``.
+    """
     body: dict[str, Any] = record.model_dump(mode="json")
     for key in ("seq", "ts", "prev_hash", "hash"):
         body.pop(key, None)
     body["seq"] = seq
     body["ts"] = canonical_time(ts)
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return json.dumps(
+        _integral_floats_as_ints(body),
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
+    ).encode()
+
+
+def _integral_floats_as_ints(value: Any) -> Any:
+    """``value`` with every integral float replaced by the int it equals (see above)."""
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else value
+    if isinstance(value, dict):
+        return {k: _integral_floats_as_ints(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integral_floats_as_ints(v) for v in value]
+    return value
 
 
 def entry_hash(prev_hash: str, record: AuditRecord, *, seq: int, ts: datetime) -> str:
