@@ -10,6 +10,7 @@ from sqlalchemy import Engine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edgefleet.fleet.api import deployments, devices, drift, health, models, repository, rollouts
+from edgefleet.fleet.api import people as people_api
 from edgefleet.fleet.api.deps import AppContext, IngestStatus
 from edgefleet.fleet.api.errors import document_errors, error_response, http_error, validation_error
 from edgefleet.fleet.api.guard import RequestGuard
@@ -57,6 +58,7 @@ ROUTERS: tuple[tuple[APIRouter, tuple[int, ...]], ...] = (
     (repository.router, (422, 503)),
     (rollouts.router, (409,)),
     (drift.router, ()),
+    (people_api.router, (409, 422)),
 )
 # Uploads stream to disk under their own, larger limits (max_upload_bytes,
 # MAX_TARGETS_METADATA_BYTES); every other body is capped by max_request_body_bytes.
