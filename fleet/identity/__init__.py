@@ -1,0 +1,1 @@
+"""Device identity: the fleet's device CA, enrollment tokens and each device's certificate."""
