@@ -27,6 +27,8 @@ from sqlalchemy import Engine
 from edgefleet.fleet.api.app import create_app
 from edgefleet.fleet.api.auth import bootstrap_admin_token
 from edgefleet.fleet.api.update_deps import UpdateServices
+from edgefleet.fleet.audit.checkpoint import load_or_create_key
+from edgefleet.fleet.audit.checkpointer import AuditCheckpointer
 from edgefleet.fleet.director import Director
 from edgefleet.fleet.drift.monitor import DriftMonitorService
 from edgefleet.fleet.drift.notify import MqttAlertPublisher, Notifier, stored_webhook_body
@@ -43,7 +45,7 @@ from edgefleet.fleet.settings import FleetSettings
 from edgefleet.fleet.store.engine import create_all, make_engine
 from edgefleet.fleet.webhooks.dispatcher import RetryPolicy, WebhookDispatcher
 from edgefleet.fleet.webhooks.transport import destination_policy
-from edgefleet.shared.signing.tufapi import SSlibKey
+from edgefleet.shared.signing.tufapi import CryptoSigner, SSlibKey
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +105,7 @@ class FleetService:
         self.drift_monitor: DriftMonitorService | None = None
         self._alert_publisher: MqttAlertPublisher | None = None
         self._webhooks: WebhookDispatcher | None = None
+        self.audit_checkpointer: AuditCheckpointer | None = None
         self.registry = CollectorRegistry()
         self.metrics = IngestMetrics(self.registry)
         self.bootstrap_admin_token: str | None = None
@@ -168,9 +171,12 @@ class FleetService:
                 self._key_passphrase or passphrase_from_env(),
                 lab_mode=self.settings.lab_mode,
             )
+        audit_signer = self._audit_signer()  # before the tables too, for the same reason
         self._engine = make_engine(self.settings.database_url)
         create_all(self._engine)
         self.bootstrap_admin_token = bootstrap_admin_token(self._engine, self.settings)
+        if audit_signer is not None:
+            self._start_audit_checkpointer(self._engine, audit_signer)
         try:
             self.updates = self._start_updates(self._engine)
         except BaseException:
@@ -243,9 +249,43 @@ class FleetService:
         if self._ingester is not None:
             self._ingester.stop()
             self._ingester = None
+        # Last before the engine: its final checkpoint covers everything above wrote.
+        self._stop_audit_checkpointer()
         if self._engine is not None:
             self._engine.dispose()
             self._engine = None
+
+    def _audit_signer(self) -> CryptoSigner | None:
+        """The audit-checkpoint key (made on the first start), None if checkpoints are off.
+
+        Raises `KeyFileError` for a key that cannot be loaded (a wrong passphrase).
+        """
+        s = self.settings
+        if not s.audit_checkpoints:
+            logger.info("audit checkpoints off")
+            return None
+        return load_or_create_key(
+            s.resolved_audit_key_dir, self._key_passphrase or passphrase_from_env()
+        )
+
+    def _start_audit_checkpointer(self, engine: Engine, signer: CryptoSigner) -> None:
+        """Sign audit checkpoints into a file outside the database, at an interval."""
+        s = self.settings
+        self.audit_checkpointer = AuditCheckpointer(
+            engine,
+            signer,
+            path=s.resolved_audit_checkpoint_file,
+            fleet_id=s.audit_fleet_id,
+            interval_s=s.audit_checkpoint_interval_s,
+            webhook_url=s.audit_checkpoint_webhook_url,
+            webhook_timeout_s=s.webhook_timeout_s,
+        )
+        self.audit_checkpointer.start()
+
+    def _stop_audit_checkpointer(self) -> None:
+        if self.audit_checkpointer is not None:
+            self.audit_checkpointer.stop()
+            self.audit_checkpointer = None
 
     def _start_drift_monitor(self, engine: Engine) -> None:
         """Evaluate stored drift windows periodically; alerts go to MQTT and webhooks."""

@@ -174,6 +174,13 @@ class FleetSettings(BaseSettings):
     desired_expires_s: int = Field(
         default=30 * 24 * 3600, ge=60, description="default validity of a desired state"
     )
+    device_cert_lifetime_days: int = Field(
+        default=90,
+        ge=1,
+        le=397,
+        description="lifetime of a device certificate the device CA issues at enrollment or"
+        " renewal (edgefleet.fleet.identity)",
+    )
     max_upload_bytes: int = Field(default=1 << 30, ge=1, description="largest model package")
     max_request_body_bytes: int = Field(
         default=1 << 20,
@@ -321,6 +328,39 @@ class FleetSettings(BaseSettings):
         " values that are role names are taken as they are",
     )
 
+    # Audit checkpoints (edgefleet.fleet.audit.checkpointer): the audit chain's head,
+    # signed with a key of its own and kept outside the database.
+    audit_checkpoints: bool = Field(
+        default=True, description="sign audit checkpoints at an interval and at stop"
+    )
+    audit_checkpoint_interval_s: float = Field(
+        default=300.0,
+        ge=1,
+        le=86_400,
+        description="how often a checkpoint is signed (skipped when the log did not change)",
+    )
+    audit_checkpoint_file: Path | None = Field(
+        default=None,
+        description="the JSON Lines file checkpoints are appended to; default"
+        " <data_dir>/audit-checkpoints.jsonl",
+    )
+    audit_checkpoint_key_dir: Path | None = Field(
+        default=None,
+        description="where the audit-checkpoint key lives (made on first start, encrypted"
+        " with $EDGEFLEET_KEY_PASSPHRASE); default <data_dir>/audit-keys",
+    )
+    audit_checkpoint_webhook_url: str | None = Field(
+        default=None,
+        max_length=2048,
+        pattern=r"^https?://[^\s]+$",
+        description="also POST each checkpoint here (a failure is logged, nothing else)",
+    )
+    audit_fleet_id: str = Field(
+        default="edgefleet",
+        pattern=r"^[A-Za-z0-9_.-]{1,100}$",
+        description="names this fleet in its signed audit checkpoints",
+    )
+
     @model_validator(mode="after")
     def _oidc_is_complete(self) -> FleetSettings:
         self.oidc_config()  # raises ValueError naming what is wrong
@@ -401,6 +441,20 @@ class FleetSettings(BaseSettings):
     def resolved_models_dir(self) -> Path:
         """Where uploaded model packages are kept."""
         return self.models_dir if self.models_dir is not None else self.data_dir / "models"
+
+    @property
+    def resolved_audit_checkpoint_file(self) -> Path:
+        """Where signed audit checkpoints are appended."""
+        if self.audit_checkpoint_file is not None:
+            return self.audit_checkpoint_file
+        return self.data_dir / "audit-checkpoints.jsonl"
+
+    @property
+    def resolved_audit_key_dir(self) -> Path:
+        """Where the audit-checkpoint key (and its public half) lives."""
+        if self.audit_checkpoint_key_dir is not None:
+            return self.audit_checkpoint_key_dir
+        return self.data_dir / "audit-keys"
 
     @property
     def broker_host(self) -> str:
