@@ -61,6 +61,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     lab.set_defaults(handler=_lab_keys)
 
+    from edgefleet.fleet.people_cli import register as register_people
+
+    register_people(commands)
+
 
 def _serve(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
