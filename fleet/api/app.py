@@ -9,7 +9,16 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from edgefleet.fleet.api import deployments, devices, drift, health, models, repository, rollouts
+from edgefleet.fleet.api import (
+    deployments,
+    devices,
+    drift,
+    health,
+    identity,
+    models,
+    repository,
+    rollouts,
+)
 from edgefleet.fleet.api import people as people_api
 from edgefleet.fleet.api.deps import AppContext, IngestStatus
 from edgefleet.fleet.api.errors import document_errors, error_response, http_error, validation_error
@@ -58,6 +67,7 @@ ROUTERS: tuple[tuple[APIRouter, tuple[int, ...]], ...] = (
     (repository.router, (422, 503)),
     (rollouts.router, (409,)),
     (drift.router, ()),
+    (identity.router, (401, 403, 409, 503)),
     (people_api.router, (409, 422)),
 )
 # Uploads stream to disk under their own, larger limits (max_upload_bytes,

@@ -4,7 +4,10 @@ A pure ASGI middleware, outside FastAPI's routing, so it acts on headers alone:
 
 - a request with a body (``Content-Length`` > 0 or ``Transfer-Encoding``) to ``/v1/``
   must carry a valid API token, checked before the body is read (401 otherwise): an
-  unauthenticated client cannot make the fleet buffer or parse anything;
+  unauthenticated client cannot make the fleet buffer or parse anything. The one
+  exception is `PUBLIC_BODY_ROUTES`, the device identity routes whose body *is* the
+  credential (an enrollment token, a certificate plus a CSR): a device has no API token
+  before it enrolls. They are still capped below, and their fields are bounded;
 - a body is capped at ``max_request_body_bytes``: a declared ``Content-Length`` above
   it is refused at once (413), and a body without one (chunked) is counted while the
   app reads it and cut off with a 413 at the limit. Routes in ``own_limits`` (uploads,
@@ -43,6 +46,9 @@ AUTHENTICATED_PREFIX = "/v1/"
 # Longer than any Content-Length the limit could allow: compared as text, never parsed.
 MAX_LENGTH_DIGITS = 18
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+# Routes that take a body without an API token: the body authenticates them
+# (edgefleet.fleet.api.identity). Exact (method, path) pairs, nothing by prefix.
+PUBLIC_BODY_ROUTES = frozenset({("POST", "/v1/enroll"), ("POST", "/v1/identity/renew")})
 
 
 class RequestGuard:
@@ -100,7 +106,8 @@ class RequestGuard:
         has_body = (declared not in ("", "0")) or "transfer-encoding" in headers
         if not has_body:
             return None
-        if scope["path"].startswith(AUTHENTICATED_PREFIX):
+        public = (scope["method"], scope["path"]) in PUBLIC_BODY_ROUTES
+        if scope["path"].startswith(AUTHENTICATED_PREFIX) and not public:
             token = bearer_token(headers.get("authorization"))
             try:
                 await run_in_threadpool(self.principals.check, token)

@@ -17,6 +17,7 @@ class Permission(StrEnum):
     DEVICE_READ = "device:read"
     DEVICE_WRITE = "device:write"
     DEVICE_DELETE = "device:delete"
+    DEVICE_ENROLL = "device:enroll"
     MODEL_READ = "model:read"
     MODEL_UPLOAD = "model:upload"
     MODEL_PUBLISH = "model:publish"
@@ -40,6 +41,8 @@ PERMISSION_HELP: Mapping[Permission, str] = {
     Permission.DEVICE_READ: "list devices, their telemetry, desired state and deployments",
     Permission.DEVICE_WRITE: "assign a desired state to a device",
     Permission.DEVICE_DELETE: "remove a device from the registry",
+    Permission.DEVICE_ENROLL: "create enrollment tokens (pre-authorise a device) and revoke a"
+    " device's identity",
     Permission.MODEL_READ: "read the model registry, aliases and lineage",
     Permission.MODEL_UPLOAD: "upload a model package",
     Permission.MODEL_PUBLISH: "sign a version into the TUF repository (lab mode) or upload"
@@ -71,6 +74,7 @@ _VIEWER = frozenset(
 )
 _OPERATOR = _VIEWER | {
     Permission.DEVICE_WRITE,
+    Permission.DEVICE_ENROLL,
     Permission.MODEL_UPLOAD,
     Permission.MODEL_PUBLISH,
     Permission.ROLLOUT_CREATE,

@@ -67,6 +67,7 @@ def create_all(engine: Engine) -> None:
     # here so the schema is complete whatever the caller happened to import before.
     import edgefleet.fleet.store.drift_tables
     import edgefleet.fleet.store.governance_tables
+    import edgefleet.fleet.store.identity_tables
     import edgefleet.fleet.store.rollout_tables
     import edgefleet.fleet.store.tables  # noqa: F401
 

@@ -24,7 +24,17 @@ from edgefleet.fleet.store.engine import create_all, make_engine
 from tests.support.people import add_token, add_user
 
 # Routes that need no permission at all, and why.
-PUBLIC_ROUTES = {("GET", "/healthz"), ("GET", "/metrics")}
+PUBLIC_ROUTES = {
+    ("GET", "/healthz"),
+    ("GET", "/metrics"),
+    # A device has no API token before it enrolls: the one-time enrollment token in the
+    # body is the credential (and the current certificate plus a CSR signed by its key,
+    # for a renewal). The CA certificate and the CRL are public by nature.
+    ("POST", "/v1/enroll"),
+    ("POST", "/v1/identity/renew"),
+    ("GET", "/v1/identity/ca.pem"),
+    ("GET", "/v1/identity/crl"),
+}
 # Declared values that are not a permission of the table.
 NON_PERMISSIONS = {"none", "authenticated"}
 
