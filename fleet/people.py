@@ -373,7 +373,7 @@ def create_token(
     )
     now = utcnow()
     expires_at = rules.token_expiry(now, expires_in=expires_in, never=never_expires, policy=policy)
-    plaintext, prefix = new_token()
+    plaintext, prefix = _fresh_token(session)
     row = TokenRow(
         id=secrets.token_hex(8),
         prefix=prefix,
@@ -394,6 +394,16 @@ def create_token(
     session.commit()
     session.refresh(row)
     return TokenCreated(**_token_view(row, user.name).model_dump(), token=plaintext)
+
+
+def _fresh_token(session: Session) -> tuple[str, str]:
+    # The visible prefix has only 32 random bits and is unique: with tens of thousands of
+    # tokens a collision is likely enough to be worth a retry instead of a 500.
+    for _ in range(8):
+        plaintext, prefix = new_token()
+        if session.exec(select(TokenRow).where(col(TokenRow.prefix) == prefix)).first() is None:
+            return plaintext, prefix
+    raise ConflictError("could not find an unused token prefix; try again")
 
 
 def revoke_token(session: Session, acting: Acting, ref: str) -> TokenView:
