@@ -10,6 +10,7 @@ from sqlalchemy import Engine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edgefleet.fleet.api import (
+    audit,
     deployments,
     devices,
     drift,
@@ -69,6 +70,7 @@ ROUTERS: tuple[tuple[APIRouter, tuple[int, ...]], ...] = (
     (drift.router, ()),
     (identity.router, (401, 403, 409, 503)),
     (people_api.router, (409, 422)),
+    (audit.router, ()),
 )
 # Uploads stream to disk under their own, larger limits (max_upload_bytes,
 # MAX_TARGETS_METADATA_BYTES); every other body is capped by max_request_body_bytes.
