@@ -65,6 +65,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     register_people(commands)
 
+    from edgefleet.fleet.audit.cli import register as register_audit
+
+    register_audit(commands)
+
 
 def _serve(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
