@@ -91,6 +91,9 @@ def test_a_token_is_shown_once_stored_hashed_with_a_visible_prefix(
     assert who["name"] == "root"
     assert who["token_prefix"] == prefix
     assert "user:manage" in who["permissions"]
+    assert mine["last_used_at"] is None
+    used = client.get("/v1/tokens", headers=admin).json()["items"]
+    assert next(t for t in used if t["prefix"] == prefix)["last_used_at"] is not None
     (entry,) = _audit(engine, "token.create")
     assert entry.object_id == prefix
 
