@@ -1,4 +1,4 @@
-"""``edgefleet agent``: run the device agent, or check its configuration."""
+"""``edgefleet agent``: run the device agent, check its configuration, enroll the device."""
 
 from __future__ import annotations
 
@@ -28,6 +28,28 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             help=f"TOML config file (default: {DEFAULT_CONFIG} if it exists;"
             " EDGEFLEET_AGENT_* variables override it)",
         )
+        command.set_defaults(handler=handler)
+    _register_identity(commands)
+
+
+def _register_identity(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    text = "enroll this device: make its key, get a certificate with a one-time token"
+    enroll = commands.add_parser("enroll", help=text, description=text)
+    enroll.add_argument("--fleet", required=True, help="the fleet API's URL, http(s)://host:port")
+    enroll.add_argument("--token", required=True, help="the one-time enrollment token")
+    text = "print the device key's fingerprint (made if missing), to pre-authorise it"
+    fingerprint = commands.add_parser("key-fingerprint", help=text, description=text)
+    for command, handler in ((enroll, _enroll), (fingerprint, _key_fingerprint)):
+        command.add_argument(
+            "--device-id", default=None, help="default: device_id of the agent's config"
+        )
+        command.add_argument(
+            "--identity-dir",
+            type=Path,
+            default=None,
+            help="where the key and certificates live (default: <data_dir>/identity)",
+        )
+        command.add_argument("--config", type=Path, default=None, help="the agent's TOML config")
         command.set_defaults(handler=handler)
 
 
@@ -59,4 +81,47 @@ def _check_config(args: argparse.Namespace) -> int:
     from edgefleet.agent.config import redacted
 
     print(json.dumps(redacted(_load(args)), indent=2))
+    return 0
+
+
+def _identity_target(args: argparse.Namespace, *, need_id: bool) -> tuple[str, Path]:
+    """The device id and identity dir: from the flags, else from the agent's config."""
+    device_id: str | None = args.device_id
+    identity_dir: Path | None = args.identity_dir
+    if (need_id and device_id is None) or identity_dir is None:
+        config = _load(args)
+        device_id = device_id or config.device_id
+        identity_dir = identity_dir or config.data_dir / "identity"
+    assert identity_dir is not None
+    return device_id or "", identity_dir
+
+
+def _enroll(args: argparse.Namespace) -> int:
+    from edgefleet.agent.identity import IdentityError, enroll
+    from edgefleet.shared.cli import CLIError
+
+    device_id, identity_dir = _identity_target(args, need_id=True)
+    try:
+        enrolled = enroll(args.fleet, args.token, device_id=device_id, identity_dir=identity_dir)
+    except IdentityError as e:
+        raise CLIError(f"enrollment failed: {e}") from e
+    print(
+        f"enrolled {enrolled.device_id}: certificate {enrolled.cert_path} (serial"
+        f" {enrolled.serial}, valid until {enrolled.not_after:%Y-%m-%d %H:%M} UTC),"
+        f" CA {enrolled.ca_path}, key {enrolled.key_path}"
+    )
+    return 0
+
+
+def _key_fingerprint(args: argparse.Namespace) -> int:
+    from edgefleet.agent.identity import IdentityError, load_or_create_key
+    from edgefleet.shared.cli import CLIError
+    from edgefleet.shared.identity import key_fingerprint
+
+    _, identity_dir = _identity_target(args, need_id=False)
+    try:
+        key = load_or_create_key(identity_dir)
+    except IdentityError as e:
+        raise CLIError(str(e)) from e
+    print(key_fingerprint(key.public_key()))
     return 0
