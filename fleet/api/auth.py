@@ -1,14 +1,17 @@
 """API tokens: making them, the bootstrap admin, and resolving a bearer token to a principal.
 
-A token is ``eft_<8 chars>_<43 chars>``: the first part (``eft_xxxxxxxx``) is its
-visible prefix, shown in lists and the audit log; the whole string is secret. Only
-sha256(token) is stored. Tokens are 256-bit random strings, so a plain hash (no salt, no
-slow KDF) is enough: there is no dictionary to attack.
+A token is ``eft_<12 hex>_<43 chars>``: the first part (``eft_`` and 48 random bits,
+so prefixes of a large fleet do not collide) is its visible prefix, shown in lists and
+the audit log; the whole string is secret. Only sha256(token) is stored. Tokens are
+256-bit random strings, so a plain hash (no salt, no slow KDF) is enough: there is no
+dictionary to attack.
 
 The bootstrap admin is the user ``admin`` (id ``bootstrap-admin``) with the ``admin``
 role, made on the first start with one token (generated and shown once, or
-``settings.admin_token``). Retire it by revoking its token or disabling the user: a
-later start never brings it back.
+``settings.admin_token``). Disabling the user retires it for good. Revoking its token
+retires that token (a restart with the same ``admin_token`` does not revive it), but a
+restart with a *different* ``admin_token`` registers that one: the way back in for an
+operator who lost every admin token.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from edgefleet.shared.messages import utcnow
 logger = logging.getLogger(__name__)
 
 TOKEN_SCHEME = "eft_"  # noqa: S105  (the tokens' visible scheme, not a secret)
+PREFIX_HEX = 12
 BOOTSTRAP_USER_ID = "bootstrap-admin"
 BOOTSTRAP_USER_NAME = "admin"
 BOOTSTRAP_TOKEN_LABEL = "bootstrap"  # noqa: S105  (a label, not a secret)
@@ -48,7 +52,7 @@ def hash_token(token: str) -> str:
 
 def new_token() -> tuple[str, str]:
     """A fresh token and its visible prefix."""
-    prefix = TOKEN_SCHEME + secrets.token_hex(4)
+    prefix = TOKEN_SCHEME + secrets.token_hex(PREFIX_HEX // 2)
     return f"{prefix}_{secrets.token_urlsafe(32)}", prefix
 
 
@@ -56,11 +60,11 @@ def prefix_of(token: str) -> str:
     """The visible prefix of ``token``: its own for ours, a hash's for a configured one
     (whose characters are all secret)."""
     # The secret part may hold "_" too: the prefix is a fixed length, not a split.
-    size = len(TOKEN_SCHEME) + 8
+    size = len(TOKEN_SCHEME) + PREFIX_HEX
     head = token[:size]
     if head.startswith(TOKEN_SCHEME) and token[size : size + 1] == "_":
         return head
-    return "cfg_" + hash_token(token)[:8]
+    return "cfg_" + hash_token(token)[:PREFIX_HEX]
 
 
 def bootstrap_admin_token(engine: Engine, settings: FleetSettings) -> str | None:
@@ -167,8 +171,14 @@ def user_principal(session: Session, user: UserRow, *, token: TokenRow | None = 
     if token is not None and token.permissions is not None:
         known = [p for p in token.permissions if p in Permission._value2member_map_]
         resolved = narrow(resolved, parse_permissions(known))
+    try:
+        kind = PrincipalKind(user.kind)
+    except ValueError:
+        raise AuthenticationError(
+            f"user {user.name!r} has an unknown kind {user.kind!r}; fix the users row"
+        ) from None
     return Principal(
-        kind=PrincipalKind(user.kind),
+        kind=kind,
         id=user.id,
         name=user.name,
         grants=resolved,

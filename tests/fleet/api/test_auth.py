@@ -42,7 +42,7 @@ def test_a_token_shows_its_prefix_and_stores_only_its_hash(engine: Engine, tmp_p
     token, prefix = new_token()
     assert token.startswith(prefix + "_")
     assert prefix.startswith("eft_")
-    assert len(prefix) == 12
+    assert len(prefix) == 16
     assert prefix_of(token) == prefix
     assert prefix_of(prefix + "_with_underscores_in_it") == prefix
     assert prefix_of("a-configured-secret").startswith("cfg_")  # none of its characters
@@ -94,7 +94,7 @@ def test_authenticate_refuses_each_bad_token_with_its_reason(engine: Engine) -> 
         for bad, reason in [
             (None, "missing bearer token"),
             ("", "missing bearer token"),
-            ("eft_00000000_nope", "matches no API token"),
+            ("eft_000000000000_nope", "matches no API token"),
         ]:
             with pytest.raises(AuthenticationError, match=reason):
                 authenticate(session, bad)
