@@ -191,15 +191,23 @@ def append_checkpoint(path: Path, checkpoint: SignedCheckpoint) -> None:
     its directory fsync'd). Raises `OSError`."""
     created = not path.exists()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
+        # A line torn by a crash mid-write stays a line of its own (verify names it)
+        # rather than running into this one.
+        torn = not created and _ends_without_newline(fd)
         # One write of a short line: two replicas appending to one file do not interleave.
-        os.write(fd, checkpoint.line())
+        os.write(fd, (b"\n" if torn else b"") + checkpoint.line())
         os.fsync(fd)
     finally:
         os.close(fd)
     if created:
         fsync_dir(path.parent)
+
+
+def _ends_without_newline(fd: int) -> bool:
+    size = os.fstat(fd).st_size
+    return size > 0 and os.pread(fd, 1, size - 1) != b"\n"
 
 
 def load_or_create_key(key_dir: Path, passphrase: bytes | None) -> CryptoSigner:

@@ -262,3 +262,17 @@ def test_a_fleet_service_signs_what_it_audited_when_it_stops(make_service: MakeF
         assert verify_database(engine, claims).ok
     finally:
         engine.dispose()
+
+
+def test_a_line_torn_by_a_crash_stays_apart_from_the_next(tmp_path: Path) -> None:
+    signer = load_or_create_key(tmp_path, None)
+    path = tmp_path / "cp.jsonl"
+    path.write_bytes(b'{"schema": "edgefleet/v1/audit-ch')  # the write a crash cut short
+    append_checkpoint(
+        path, sign_checkpoint(signer, fleet_id="lab", count=1, head_hash="b" * 64, signed_at=T0)
+    )
+    last = last_checkpoint(path, signer.public_key)
+    assert last is not None
+    assert last.count == 1
+    with pytest.raises(CheckpointError, match="line 1: not a checkpoint"):
+        read_checkpoints(path, [signer.public_key])
