@@ -8,8 +8,8 @@ Numbers in ``before``/``after`` are written as the stored value reads back: Post
 JSONB keeps a number as a decimal, so ``1e16`` comes back as the integer
 ``10000000000000000`` and ``-0.0`` as ``0.0``. An integral float is therefore hashed as
 the integer it equals (``2.0`` as ``2``); any other float's shortest repr survives the
-decimal round trip unchanged. NaN and infinities have no JSON form: `canonical_json`
-raises `ValueError` for them (PostgreSQL would refuse the row anyway).
+decimal round trip unchanged. NaN and infinities have no JSON form: pydantic's JSON mode
+writes them as null, in the hash and in the stored row alike.
 """
 
 from __future__ import annotations
@@ -30,10 +30,7 @@ def canonical_time(ts: datetime) -> str:
 
 
 def canonical_json(record: AuditRecord, *, seq: int, ts: datetime) -> bytes:
-    """The bytes an entry's hash covers.
-
-    Raises `ValueError` for a NaN or infinite number in ``before`` or ``after``.
-    """
+    """The bytes an entry's hash covers."""
     body: dict[str, Any] = record.model_dump(mode="json")
     for key in ("seq", "ts", "prev_hash", "hash"):
         body.pop(key, None)
