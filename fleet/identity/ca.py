@@ -92,6 +92,16 @@ class IssuedCertificate:
         return self.certificate.public_bytes(Encoding.PEM).decode()
 
 
+def not_after(now: datetime, lifetime: timedelta) -> datetime:
+    """When a certificate issued at ``now`` expires (whole seconds, as X.509 stores it)."""
+    return (now + lifetime).replace(microsecond=0)
+
+
+def new_serial() -> int:
+    """A random positive 159-bit certificate serial."""
+    return x509.random_serial_number()
+
+
 def serial_hex(serial: int) -> str:
     return format(serial, "x")
 
@@ -210,23 +220,25 @@ class DeviceCA:
             raise CaUnavailableError(f"{bundle}: the CA certificate is not the key's")
         return cls(key, certificate, bundle.parent)
 
-    def sign(self, csr: CsrInfo, *, lifetime: timedelta, now: datetime) -> IssuedCertificate:
-        """A client certificate for the CSR's key with CN = its device id.
+    def sign(
+        self, csr: CsrInfo, *, lifetime: timedelta, now: datetime, serial: int | None = None
+    ) -> IssuedCertificate:
+        """A client certificate for the CSR's key with CN = its device id, valid until
+        `not_after` (``now`` + ``lifetime``), with ``serial`` (default: a new random one).
 
         Raises `ValueError` for a lifetime outside [1 h, 397 days].
         """
         if not MIN_CERT_LIFETIME <= lifetime <= MAX_CERT_LIFETIME:
             raise ValueError(f"certificate lifetime {lifetime} is outside [1 h, 397 days]")
-        not_after = now + lifetime
         ca_ski = self.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
         certificate = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, csr.device_id)]))
             .issuer_name(self.certificate.subject)
             .public_key(csr.public_key)
-            .serial_number(x509.random_serial_number())
+            .serial_number(serial if serial is not None else x509.random_serial_number())
             .not_valid_before(now - BACKDATE)
-            .not_valid_after(not_after)
+            .not_valid_after(not_after(now, lifetime))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(_key_usage(digital_signature=True), critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)

@@ -49,6 +49,8 @@ from edgefleet.fleet.identity.ca import (
     CsrRejectedError,
     DeviceCA,
     IssuedCertificate,
+    new_serial,
+    not_after,
     parse_csr,
     serial_hex,
 )
@@ -268,15 +270,16 @@ class IdentityService:
         ).first()
         identity_row = session.get(DeviceIdentityRow, csr.device_id)
         current = _identity(identity_row) if identity_row else None
-        issued = ca.sign(csr, lifetime=self.cert_lifetime, now=now)
+        # Decided before anything is signed: a refused request costs no signature.
+        serial = new_serial()
         try:
             active = rules.enroll(
                 _token_view(token_row) if token_row else None,
                 current,
                 device_id=csr.device_id,
                 key_fingerprint=csr.key_fingerprint,
-                serial=issued.serial,
-                not_after=issued.not_after,
+                serial=serial_hex(serial),
+                not_after=not_after(now, self.cert_lifetime),
                 now=now,
             )
         except EnrollmentRefused as e:
@@ -292,6 +295,7 @@ class IdentityService:
         if used.rowcount != 1:
             session.rollback()
             raise IdentityRefusedError("the enrollment token was used already")
+        issued = ca.sign(csr, lifetime=self.cert_lifetime, now=now, serial=serial)
         session.add(_store(identity_row, active, now))
         record = device_recorder(csr.device_id, request_id=request_id, source=source)
         append(
@@ -331,19 +335,20 @@ class IdentityService:
             raise IdentityKeyMismatchError("the CSR's CN is not the certificate's")
         identity_row = session.get(DeviceIdentityRow, csr.device_id)
         current = _identity(identity_row) if identity_row else None
-        issued = ca.sign(csr, lifetime=self.cert_lifetime, now=now)
+        serial = new_serial()
         try:
             renewed = rules.renew(
                 current,
                 presented_serial=serial_hex(presented.serial_number),
                 key_fingerprint=csr.key_fingerprint,
-                serial=issued.serial,
-                not_after=issued.not_after,
+                serial=serial_hex(serial),
+                not_after=not_after(now, self.cert_lifetime),
                 now=now,
             )
         except EnrollmentRefused as e:
             logger.warning("renewal of %s refused: %s", csr.device_id, e)
             raise _converted(e) from None
+        issued = ca.sign(csr, lifetime=self.cert_lifetime, now=now, serial=serial)
         row = _store(identity_row, renewed, now)
         row.renewed_at = now
         session.add(row)

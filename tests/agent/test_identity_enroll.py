@@ -7,6 +7,8 @@ encrypted with a passphrase); the agent side is the real CLI, in-process.
 from __future__ import annotations
 
 import stat
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -150,3 +152,18 @@ def test_an_unreachable_fleet_is_one_clear_line(
     err = capsys.readouterr().err.strip()
     assert err.startswith("edgefleet: error: enrollment failed: cannot reach the fleet")
     assert not (tmp_path / "d" / KEY_FILE).exists()  # nothing made before the fleet answered
+
+
+def test_enrolling_needs_nothing_beyond_the_agent_extra() -> None:
+    # httpx, FastAPI and SQLModel are the fleet's: a device installs edgefleet[agent] only.
+    code = (
+        "import sys, edgefleet.agent.identity, edgefleet.agent.cli\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in"
+        " ('httpx', 'fastapi', 'sqlmodel', 'sqlalchemy', 'uvicorn')"
+        " or m.startswith('edgefleet.fleet'))\n"
+        "print(','.join(bad))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout.strip() == ""
