@@ -1,12 +1,15 @@
 """Staged rollouts: pure decision logic over typed data (no database, no broker).
 
-`policy.new_rollout` plans a rollout, `policy.decide` runs one tick of it and
-`policy.apply_command` applies an operator's command; the orchestrator
+`policy.new_rollout` plans a rollout, `policy.decide` runs one tick of it,
+`policy.apply_command` applies an operator's command, `approval` decides whether a
+rollout waits for approval and applies an approval or denial, `patch.change_rollout`
+changes a rollout's spec; the orchestrator
 (`edgefleet.fleet.rollout_service`, the database shell) persists the returned state and
 carries out the returned actions. See `edgefleet.fleet.rollouts.policy` for the rules.
 
-The modules here (`model`, `policy`, `gates`, `selector`) import neither SQLAlchemy nor
-the broker, so the rules can be tested by tables and properties alone.
+The modules here (`model`, `policy`, `gates`, `selector`, `approval`, `patch`) import
+neither SQLAlchemy nor the broker, so the rules can be tested by tables and properties
+alone.
 """
 
 from edgefleet.fleet.rollouts.model import (

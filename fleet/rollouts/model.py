@@ -338,6 +338,8 @@ class DeviceRolloutState(StrEnum):
 
 
 class RolloutStatus(StrEnum):
+    WAITING_FOR_APPROVAL = "waiting_for_approval"
+    APPROVAL_DENIED = "approval_denied"
     CREATED = "created"
     RUNNING = "running"
     SOAKING = "soaking"
@@ -355,6 +357,7 @@ TERMINAL_STATUSES = frozenset(
         RolloutStatus.ABORTED,
         RolloutStatus.ROLLED_BACK,
         RolloutStatus.FAILED,
+        RolloutStatus.APPROVAL_DENIED,
     }
 )
 
@@ -387,8 +390,28 @@ class DeviceRecord(Frozen):
         return self.assigned_at is not None
 
 
+class ApprovalRecord(Frozen):
+    """Why a rollout waits for approval, and who decided it (see
+    `edgefleet.fleet.rollouts.approval`). ``decided_by`` is a person id
+    (`Principal.person`), ``decided_by_name`` what to show."""
+
+    reasons: tuple[str, ...] = Field(max_length=100)
+    requested_at: AwareDatetime
+    approved: bool | None = Field(default=None, description="None while waiting")
+    decided_by: str | None = Field(default=None, max_length=300)
+    decided_by_name: str | None = Field(default=None, max_length=200)
+    decided_at: AwareDatetime | None = None
+    remark: str | None = Field(default=None, max_length=2000)
+
+
 class RolloutState(Frozen):
-    """Everything a rollout remembers between ticks."""
+    """Everything a rollout remembers between ticks.
+
+    ``creator`` is the person id (`Principal.person`) of who created it, for the
+    four-eyes rule of its approval (None for a rollout stored before it was kept).
+    ``held`` says why a rollout whose gate passed does not go on (its model version is
+    not approved yet); ``held_wave`` is the wave whose gate passed.
+    """
 
     rollout_id: str = Field(min_length=1)
     spec: RolloutSpec
@@ -407,6 +430,10 @@ class RolloutState(Frozen):
     created_at: AwareDatetime
     updated_at: AwareDatetime
     finished_at: AwareDatetime | None = None
+    creator: str | None = Field(default=None, max_length=300)
+    approval: ApprovalRecord | None = None
+    held: str | None = Field(default=None, max_length=500)
+    held_wave: int | None = None
 
     @property
     def active(self) -> bool:
@@ -464,8 +491,15 @@ class Complete(Frozen):
     kind: Literal["complete"] = "complete"
 
 
+class Hold(Frozen):
+    """The rollout's gate passed but it may not go on yet (its version is not approved)."""
+
+    kind: Literal["hold"] = "hold"
+    reason: str
+
+
 Action = Annotated[
-    Assign | RollBack | MarkTimedOut | GateDecision | StartWave | Pause | Complete,
+    Assign | RollBack | MarkTimedOut | GateDecision | StartWave | Pause | Complete | Hold,
     Field(discriminator="kind"),
 ]
 

@@ -54,7 +54,21 @@ Rules:
    (from any status, also COMPLETED or ABORTED → ROLLING_BACK). Repeating a command is a
    no-op; a command the status forbids raises `RolloutCommandError`. A rollout whose
    deciding failed is paused with the error as its reason (`pause_for_error`).
-9. A rollout in a terminal status (COMPLETED, ABORTED, ROLLED_BACK, FAILED) holds no
+9. **Model lifecycle** (``model_state``, the version's `ModelState`, read by the
+   orchestrator each tick): the first (canary) wave runs whatever the version's state,
+   but a rollout goes on past a passed gate (next wave, or completion) only while its
+   version is APPROVED; until then it stays RUNNING, ``held`` naming why ("waiting for
+   model approval of NAME VERSION", one ``held`` history line and one ``Hold`` action),
+   and goes on at the first tick that sees the version approved. A version that becomes
+   REJECTED or RETIRED pauses every started rollout of it with the reason, whatever its
+   failure policy: devices are left as they are and an operator decides (roll back, or
+   abort). Resuming is refused (`RolloutCommandError`) for a rejected or retired version,
+   and for an unapproved one when the resume would go past the canary wave (the rollout
+   is past wave 0, or resumes over wave 0's failed gate).
+10. **Approval** (`edgefleet.fleet.rollouts.approval`): a WAITING_FOR_APPROVAL rollout
+   assigns nothing; APPROVAL_DENIED is terminal. Pause and resume do not apply to a
+   waiting rollout; abort and rollback do.
+11. A rollout in a terminal status (COMPLETED, ABORTED, ROLLED_BACK, FAILED) holds no
    devices and assigns nothing; it still records rollback confirmations and, unless
    aborted, how its in-flight devices end (a gate with ``min_success_ratio`` below 1 can
    complete a rollout before every device has settled).
@@ -66,6 +80,8 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from edgefleet.fleet.governance.lifecycle import ModelState, may_pass_first_wave
+from edgefleet.fleet.rollouts.approval import ApprovalRules, approval_reasons, request_approval
 from edgefleet.fleet.rollouts.gates import (
     GateVerdict,
     elapsed_s,
@@ -85,6 +101,7 @@ from edgefleet.fleet.rollouts.model import (
     DeviceRolloutState,
     FailurePolicy,
     GateDecision,
+    Hold,
     MarkTimedOut,
     OperatorCommand,
     Pause,
@@ -120,16 +137,22 @@ def new_rollout(
     candidates: Iterable[Candidate],
     active: Mapping[str, Collection[str]],
     now: datetime,
+    *,
+    creator: str | None = None,
+    approval: ApprovalRules | None = None,
 ) -> RolloutState:
-    """A CREATED rollout with its targets and waves fixed.
+    """A CREATED rollout with its targets and waves fixed, or WAITING_FOR_APPROVAL when
+    ``approval`` applies to its targets (`edgefleet.fleet.rollouts.approval`).
 
-    ``active`` maps each other active rollout's id to the devices it holds (`held_devices`).
-    Raises `SelectionError` when the selector matches nothing or names unknown devices, and
-    `RolloutOverlapError` when a target belongs to another active rollout.
+    ``active`` maps each other active rollout's id to the devices it holds (`held_devices`);
+    ``creator`` is the creating person's id. Raises `SelectionError` when the selector
+    matches nothing or names unknown devices, and `RolloutOverlapError` when a target
+    belongs to another active rollout.
     """
     _require_aware(now)
     seed = spec.seed or rollout_id
-    targets = select_targets(candidates, spec.selector, seed=seed)
+    by_id = {c.device_id: c for c in candidates}
+    targets = select_targets(by_id.values(), spec.selector, seed=seed)
     check_overlap(targets, {rid: held for rid, held in active.items() if rid != rollout_id})
     waves = plan_waves(spec.waves, len(targets), spec.gate)
     devices = {
@@ -137,7 +160,7 @@ def new_rollout(
         for index, members in enumerate(split_waves(targets, waves))
         for device_id in members
     }
-    return RolloutState(
+    state = RolloutState(
         rollout_id=rollout_id,
         spec=spec,
         seed=seed,
@@ -146,7 +169,10 @@ def new_rollout(
         devices=devices,
         created_at=now,
         updated_at=now,
+        creator=creator,
     )
+    reasons = approval_reasons(approval, (by_id[d] for d in targets)) if approval else ()
+    return request_approval(state, reasons, now)[0] if reasons else state
 
 
 def held_devices(state: RolloutState) -> frozenset[str]:
@@ -159,6 +185,7 @@ class _Tick:
     now: datetime
     observations: Mapping[str, DeviceObservation]
     metrics: WaveMetrics | None
+    model_state: ModelState = ModelState.APPROVED
     actions: list[Action] = field(default_factory=list)
     timeline: list[TimelineEntry] = field(default_factory=list)
     # The records `_refresh` left as they were, and the status it saw then. A device's
@@ -183,14 +210,17 @@ def decide(
     now: datetime,
     *,
     command: OperatorCommand | None = None,
+    model_state: ModelState = ModelState.APPROVED,
 ) -> Decision:
     """One tick of the rollout: apply ``command`` if any, then the rules above.
 
-    ``metrics`` are used only if they are for the current wave. Raises `ValueError` for a
-    naive ``now`` and `RolloutCommandError` for a command the status forbids.
+    ``metrics`` are used only if they are for the current wave; ``model_state`` is the
+    lifecycle state of the version rolled out (rule 9; the orchestrator always passes
+    it). Raises `ValueError` for a naive ``now`` and `RolloutCommandError` for a command
+    the status (or the version's state) forbids.
     """
     _require_aware(now)
-    tick = _Tick(now=now, observations=observations, metrics=metrics)
+    tick = _Tick(now=now, observations=observations, metrics=metrics, model_state=model_state)
     state = rollout
     if command is not None:
         state = _command(state, command, tick)
@@ -204,14 +234,20 @@ def decide(
     return Decision(state=state, actions=tuple(tick.actions), timeline=tuple(tick.timeline))
 
 
-def apply_command(state: RolloutState, command: OperatorCommand, now: datetime) -> Decision:
+def apply_command(
+    state: RolloutState,
+    command: OperatorCommand,
+    now: datetime,
+    *,
+    model_state: ModelState = ModelState.APPROVED,
+) -> Decision:
     """The rollout after an operator's command, without waiting for the next tick.
 
-    Raises `RolloutCommandError` naming the command and the status that forbids it, and
-    `ValueError` for a naive ``now``.
+    Raises `RolloutCommandError` naming the command and the status (or the version's
+    ``model_state``, rule 9) that forbids it, and `ValueError` for a naive ``now``.
     """
     _require_aware(now)
-    tick = _Tick(now=now, observations={}, metrics=None)
+    tick = _Tick(now=now, observations={}, metrics=None, model_state=model_state)
     new = _command(state, command, tick)
     if new != state:
         new = replace(new, updated_at=now)
@@ -269,6 +305,9 @@ def _operator_pause(state: RolloutState, tick: _Tick) -> RolloutState:
 
 
 def _operator_resume(state: RolloutState, tick: _Tick) -> RolloutState:
+    refused = resume_refusal(state, tick.model_state)
+    if refused is not None:
+        raise RolloutCommandError(f"cannot resume rollout {state.rollout_id!r}: {refused}")
     overridden = state.overridden_waves
     if state.paused_wave is not None:
         reason = "operator resumed past the failed gate"
@@ -303,6 +342,25 @@ def _operator_rollback(state: RolloutState, tick: _Tick) -> RolloutState:
         finished_at=None,
         devices={**state.devices, **retry},
     )
+
+
+def resume_refusal(state: RolloutState, model_state: ModelState) -> str | None:
+    """Why resuming ``state`` is refused for its version's ``model_state`` (rule 9), or
+    None when it may resume."""
+    what = _version(state)
+    if model_state in (ModelState.REJECTED, ModelState.RETIRED):
+        return f"model {what} is {model_state.value}; roll back or abort instead"
+    past_canary = state.current_wave >= 1 or state.paused_wave == 0
+    if past_canary and not may_pass_first_wave(model_state):
+        return (
+            f"model {what} is {model_state.value}, not approved: a rollout goes past its"
+            " canary wave only with an approved version"
+        )
+    return None
+
+
+def _version(state: RolloutState) -> str:
+    return f"{state.spec.model.name} {state.spec.model.version}"
 
 
 _Handler = Callable[[RolloutState, _Tick], RolloutState]
@@ -429,6 +487,12 @@ def _classify(  # noqa: PLR0911 - one return per progress rule
 
 
 def _advance(state: RolloutState, tick: _Tick) -> RolloutState:
+    if state.status in (S.CREATED, S.RUNNING, S.SOAKING) and tick.model_state in (
+        ModelState.REJECTED,
+        ModelState.RETIRED,
+    ):
+        why = f"model {_version(state)} became {tick.model_state.value}"
+        return _pause(replace(state, held=None, held_wave=None), why, None, tick)
     if state.status is S.CREATED:
         return _start_wave(state, 0, tick)
     if state.status in (S.RUNNING, S.SOAKING):
@@ -455,6 +519,12 @@ def _run(state: RolloutState, tick: _Tick) -> RolloutState:
                 )
     state = _assign(state, tick)
     wave = state.current_wave
+    if state.held_wave == wave:  # its gate passed; it waits for the version's approval
+        late = failure_reasons(state.wave_members(wave), state.waves[wave].gate)
+        if late:
+            held = replace(state, held=None, held_wave=None)
+            return _gate_failed(held, wave, [f"after its gate passed: {r}" for r in late], tick)
+        return _go_on(state, wave, tick)
     metrics = tick.metrics if tick.metrics is not None and tick.metrics.wave == wave else None
     if wave in state.overridden_waves:  # the operator resumed past this wave's failed gate
         verdict = GateVerdict(True)
@@ -474,6 +544,22 @@ def _run(state: RolloutState, tick: _Tick) -> RolloutState:
     if wave not in state.overridden_waves:  # the resume already recorded this pass
         tick.actions.append(GateDecision(wave=wave, passed=True, reasons=tuple(verdict.reasons)))
         tick.note("gate_passed", "; ".join(verdict.reasons), wave=wave)
+    return _go_on(state, wave, tick)
+
+
+def _go_on(state: RolloutState, wave: int, tick: _Tick) -> RolloutState:
+    """After ``wave``'s gate passed: the next wave or completion, once the version is
+    approved (rule 9); held until then."""
+    if not may_pass_first_wave(tick.model_state):
+        if state.held_wave == wave:
+            return state
+        why = f"waiting for model approval of {_version(state)}"
+        tick.actions.append(Hold(reason=why))
+        tick.note("held", why, wave=wave)
+        status = S.RUNNING
+        return replace(state, status=status, status_reason=why, held=why, held_wave=wave)
+    if state.held_wave is not None:
+        state = replace(state, held=None, held_wave=None, status_reason=None)
     if wave + 1 < len(state.waves):
         return _start_wave(state, wave + 1, tick)
     tick.actions.append(Complete())
