@@ -228,3 +228,20 @@ def test_a_fingerprint_without_a_device_id_is_refused(
 ) -> None:
     body = {"key_fingerprint": "sha256:" + "0" * 64}
     assert client.post("/v1/enrollment-tokens", json=body, headers=operator).status_code == 422
+
+
+def test_without_a_passphrase_the_ca_is_unavailable_and_says_why(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("EDGEFLEET_KEY_PASSPHRASE", raising=False)
+    settings = FleetSettings(data_dir=tmp_path / "plain", database_url=str(engine.url))
+    with TestClient(create_app(settings, engine=engine)) as client:
+        response = client.get("/v1/identity/ca.pem")
+        assert response.status_code == 503
+        assert response.json()["error"]["code"] == "identity_unavailable"
+        assert "EDGEFLEET_KEY_PASSPHRASE" in response.json()["error"]["message"]
+    assert not (tmp_path / "plain" / "device-ca" / "ca.bundle.pem").exists()
+    lab = FleetSettings(data_dir=tmp_path / "lab", database_url=str(engine.url), lab_mode=True)
+    with TestClient(create_app(lab, engine=engine)) as client:
+        assert client.get("/v1/identity/ca.pem").status_code == 200
+    assert (tmp_path / "lab" / "device-ca" / "ca.bundle.pem").exists()
