@@ -37,9 +37,12 @@ def _register_identity(commands: argparse._SubParsersAction[argparse.ArgumentPar
     enroll = commands.add_parser("enroll", help=text, description=text)
     enroll.add_argument("--fleet", required=True, help="the fleet API's URL, http(s)://host:port")
     enroll.add_argument("--token", required=True, help="the one-time enrollment token")
+    text = "renew this device's certificate over its current one (same key)"
+    renew = commands.add_parser("renew", help=text, description=text)
+    renew.add_argument("--fleet", required=True, help="the fleet API's URL, http(s)://host:port")
     text = "print the device key's fingerprint (made if missing), to pre-authorise it"
     fingerprint = commands.add_parser("key-fingerprint", help=text, description=text)
-    for command, handler in ((enroll, _enroll), (fingerprint, _key_fingerprint)):
+    for command, handler in ((enroll, _enroll), (renew, _renew), (fingerprint, _key_fingerprint)):
         command.add_argument(
             "--device-id", default=None, help="default: device_id of the agent's config"
         )
@@ -124,4 +127,20 @@ def _key_fingerprint(args: argparse.Namespace) -> int:
     except IdentityError as e:
         raise CLIError(str(e)) from e
     print(key_fingerprint(key.public_key()))
+    return 0
+
+
+def _renew(args: argparse.Namespace) -> int:
+    from edgefleet.agent.identity import IdentityError, renew
+    from edgefleet.shared.cli import CLIError
+
+    _, identity_dir = _identity_target(args, need_id=False)
+    try:
+        renewed = renew(args.fleet, identity_dir=identity_dir)
+    except IdentityError as e:
+        raise CLIError(f"renewal failed: {e}") from e
+    print(
+        f"renewed {renewed.device_id}: certificate {renewed.cert_path} (serial"
+        f" {renewed.serial}, valid until {renewed.not_after:%Y-%m-%d %H:%M} UTC)"
+    )
     return 0

@@ -2,7 +2,10 @@
 
 `enroll` makes the key on the device (or reuses one made earlier, e.g. to pre-authorise
 its fingerprint), sends the fleet a CSR with CN = the device id and the one-time
-enrollment token, and keeps what comes back only once it checks out.
+enrollment token, and keeps what comes back only once it checks out. `renew` gets a new
+certificate for the same key over the current one (the fleet checks that certificate
+and the CSR's signature by its key); a timer calling it before expiry is the daemon's,
+later.
 
 Files in the identity directory (mode 0700):
 
@@ -46,7 +49,12 @@ from cryptography.x509.oid import NameOID
 from pydantic import ValidationError
 
 from edgefleet.shared.durable import atomic_write_bytes
-from edgefleet.shared.identity import EnrollRequest, IssuedIdentity, key_fingerprint
+from edgefleet.shared.identity import (
+    EnrollRequest,
+    IssuedIdentity,
+    RenewRequest,
+    key_fingerprint,
+)
 from edgefleet.shared.topics import TopicError, validate_device_id
 
 logger = logging.getLogger(__name__)
@@ -170,6 +178,51 @@ def enroll(
     logger.info(
         "enrolled as %s: certificate %s until %s", device_id, issued.serial, issued.not_after
     )
+    return Enrolled(
+        device_id=device_id,
+        key_path=identity_dir / KEY_FILE,
+        cert_path=cert_path,
+        ca_path=ca_path,
+        serial=issued.serial,
+        not_after=certificate.not_valid_after_utc,
+        key_fingerprint=key_fingerprint(key.public_key()),
+    )
+
+
+def renew(fleet_url: str, *, identity_dir: Path, timeout_s: float = DEFAULT_TIMEOUT_S) -> Enrolled:
+    """Get a new certificate for the same key over the current one, from the pinned CA.
+
+    The proof of identity is the current certificate plus a CSR signed by its key (the
+    key never leaves the device). Raises `IdentityError` for a device not enrolled, a
+    network failure, a refusal (revoked, superseded or expired certificate) or an answer
+    that is not a certificate of the pinned CA for this key; `OSError` on write.
+    """
+    base = _base_url(fleet_url)
+    cert_path, ca_path = identity_dir / CERT_FILE, identity_dir / CA_FILE
+    if not (cert_path.exists() and ca_path.exists() and (identity_dir / KEY_FILE).exists()):
+        raise IdentityError(f"this device is not enrolled (no certificate in {identity_dir})")
+    try:
+        current = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        ca = x509.load_pem_x509_certificate(ca_path.read_bytes())
+    except ValueError as e:
+        raise IdentityError(
+            f"cannot read the device's certificates in {identity_dir}: {e}"
+        ) from None
+    names = current.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    device_id = str(names[0].value) if len(names) == 1 else ""
+    key = load_or_create_key(identity_dir)
+    body = RenewRequest(
+        certificate_pem=current.public_bytes(Encoding.PEM).decode(),
+        csr_pem=build_csr(key, device_id),
+    ).model_dump_json()
+    answer = _post(f"{base}/v1/identity/renew", body.encode(), timeout_s)
+    try:
+        issued = IssuedIdentity.model_validate_json(answer)
+    except ValidationError as e:
+        raise IdentityError(f"the fleet's answer is not an issued identity: {e}") from None
+    certificate = _checked(issued, ca, key, device_id)
+    atomic_write_bytes(cert_path, certificate.public_bytes(Encoding.PEM), mode=0o644)
+    logger.info("renewed %s: certificate %s until %s", device_id, issued.serial, issued.not_after)
     return Enrolled(
         device_id=device_id,
         key_path=identity_dir / KEY_FILE,

@@ -167,3 +167,36 @@ def test_enrolling_needs_nothing_beyond_the_agent_extra() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert result.stdout.strip() == ""
+
+
+def test_a_device_renews_over_its_certificate_until_it_is_revoked(
+    fleet_api: RunningFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    directory = tmp_path / "d"
+    assert _enroll(fleet_api.url, fleet_api.token(), "cam-1", directory) == 0
+    first = x509.load_pem_x509_certificate((directory / CERT_FILE).read_bytes())
+    key_before = (directory / KEY_FILE).read_bytes()
+    renew = ["agent", "renew", "--fleet", fleet_api.url, "--identity-dir", str(directory)]
+    assert main(renew) == 0
+    assert "renewed cam-1" in capsys.readouterr().out
+    second = x509.load_pem_x509_certificate((directory / CERT_FILE).read_bytes())
+    assert second.serial_number != first.serial_number
+    assert second.public_key() == first.public_key()
+    assert (directory / KEY_FILE).read_bytes() == key_before
+    identity = fleet_api.operator.get("/v1/identities/cam-1").json()
+    assert identity["cert_serial"] == format(second.serial_number, "x")
+    revoked = fleet_api.operator.post("/v1/identities/cam-1/revoke", json={"reason": "lost"})
+    assert revoked.status_code == 200
+    assert main(renew) == 2
+    err = capsys.readouterr().err
+    assert "renewal failed" in err
+    assert "revoked" in err
+    assert x509.load_pem_x509_certificate((directory / CERT_FILE).read_bytes()) == second
+
+
+def test_renewing_a_device_that_never_enrolled_is_one_clear_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    renew = ["agent", "renew", "--fleet", "http://127.0.0.1:9", "--identity-dir", str(tmp_path)]
+    assert main(renew) == 2
+    assert "not enrolled" in capsys.readouterr().err
