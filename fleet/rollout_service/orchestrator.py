@@ -9,7 +9,10 @@ first** (compare-and-set on the rollout's version, with the lease re-checked in 
 same transaction) and only then carries out the actions: ``Assign`` →
 `Director.assign_many` of the rollout's target; ``RollBack`` → a signed rollback to
 the device's previous version, batched the same way per version.
-Every outcome goes into the rollout's history.
+Every outcome goes into the rollout's history, and every rollout-level decision (wave
+started, gate passed or failed, held for model approval, paused, rolling back, rolled
+back, completed, failed) also into the audit log, actor ``system``, one entry each, in
+the transaction that saves it (`decision_audit`); device steps are not audited.
 
 Invariants (from the pure core's save-then-act contract):
 - an action is carried out only after the state that produced it is stored, so a crash
@@ -55,6 +58,8 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
+from edgefleet.fleet.audit.entry import SYSTEM_ACTOR, AuditObject, AuditRecord
+from edgefleet.fleet.audit.log import append as append_audit
 from edgefleet.fleet.errors import FleetError
 from edgefleet.fleet.rollout_service.lease import Lease
 from edgefleet.fleet.rollout_service.observe import EventCache, observe, wave_metrics
@@ -67,8 +72,10 @@ from edgefleet.fleet.rollout_service.store import (
     committed,
     decision_lines,
     load_active_checked,
+    model_state,
     pause_unreadable,
     save,
+    snapshot,
 )
 from edgefleet.fleet.rollouts.model import (
     Action,
@@ -303,13 +310,21 @@ class Orchestrator:
                 cache=self._events,
             )
             metrics = wave_metrics(conn, stored.state)
-        decision = decide(stored.state, observations, metrics, now)
+            model = stored.state.spec.model
+            lifecycle = model_state(conn, model.name, model.version)
+        decision = decide(stored.state, observations, metrics, now, model_state=lifecycle)
         if decision.state != stored.state or decision.actions:
             with self._engine.begin() as conn:
                 if not self.lease.holds(conn):
                     raise LeaseLostError(self.holder)
                 try:
-                    saved = save(conn, stored, decision.state, decision_lines(decision, now))
+                    saved = save(
+                        conn,
+                        stored,
+                        decision.state,
+                        decision_lines(decision, now),
+                        decision_audit(stored.state, decision),
+                    )
                 except StaleRolloutError as e:
                     logger.debug("%s; deciding again next tick", e)
                     return None
@@ -342,7 +357,9 @@ class Orchestrator:
             with self._engine.begin() as conn:
                 if not self.lease.holds(conn):
                     raise LeaseLostError(self.holder)
-                saved = save(conn, stored, decision.state, lines)
+                saved = save(
+                    conn, stored, decision.state, lines, decision_audit(stored.state, decision)
+                )
             committed(self._engine, saved)
         except StaleRolloutError as e:
             logger.info(
@@ -377,6 +394,17 @@ class Orchestrator:
                     raise LeaseLostError(self.holder)
                 if not pause_unreadable(conn, broken, reason, lines):
                     return  # written in between: the next tick reads it again
+                append_audit(
+                    conn,
+                    AuditRecord(
+                        actor=SYSTEM_ACTOR,
+                        action="rollout.paused",
+                        object=AuditObject(kind="rollout", id=broken.id),
+                        before={"status": broken.status},
+                        after={"status": RolloutStatus.PAUSED.value, "status_reason": reason},
+                    ),
+                    now=now,
+                )
         except (LeaseLostError, *DATABASE_DOWN):
             raise
         except Exception:  # the next tick tries again; the others go on
@@ -547,6 +575,26 @@ class Orchestrator:
                 )
             )
         return lines
+
+
+def decision_audit(before: RolloutState, decision: Decision) -> list[AuditRecord]:
+    """The audit entries of an orchestrator decision, actor ``system``: one per
+    rollout-level step of it (wave started, gate passed or failed, held, paused,
+    rolling back, rolled back, completed, failed), none per device step."""
+    records = []
+    for entry in decision.timeline:
+        if entry.device_id is not None:
+            continue
+        records.append(
+            AuditRecord(
+                actor=SYSTEM_ACTOR,
+                action=f"rollout.{entry.event}"[:64],
+                object=AuditObject(kind="rollout", id=before.rollout_id),
+                before={"status": before.status.value, "current_wave": before.current_wave},
+                after={**snapshot(decision.state), "wave": entry.wave, "message": entry.message},
+            )
+        )
+    return records
 
 
 class _DecidingError(Exception):

@@ -31,7 +31,7 @@ import copy
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -41,8 +41,13 @@ from sqlalchemy import Connection, Engine, Text, cast, insert, literal, select, 
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Session, col
 
+from edgefleet.fleet.audit.entry import AuditRecord
+from edgefleet.fleet.audit.log import append as append_audit
 from edgefleet.fleet.errors import NotFoundError
+from edgefleet.fleet.governance.lifecycle import ModelState
+from edgefleet.fleet.model_lifecycle import state_of
 from edgefleet.fleet.rollout_service.lease import lock_row
+from edgefleet.fleet.rollouts.approval import ApprovalRules, decide_approval
 from edgefleet.fleet.rollouts.model import (
     MAX_DURATION_S,
     TERMINAL_STATUSES,
@@ -57,6 +62,7 @@ from edgefleet.fleet.rollouts.model import (
     TimelineEntry,
     UnreadableRolloutError,
 )
+from edgefleet.fleet.rollouts.patch import RolloutChange, change_rollout
 from edgefleet.fleet.rollouts.policy import apply_command, held_devices, new_rollout
 from edgefleet.fleet.store.rollout_tables import Rollout, RolloutEvent
 from edgefleet.fleet.store.tables import Device
@@ -72,6 +78,11 @@ _TERMINAL_VALUES = frozenset(s.value for s in TERMINAL_STATUSES)
 MAX_PARSE_ERROR_CHARS = 300
 # What a state that does not parse is read as (any of them is why; see `_load_many`).
 _UNPARSEABLE = (ValidationError, ValueError, TypeError)
+
+
+# Checks a route makes on the model (its name) and devices (ids and tags) a write touches,
+# inside the write's transaction, so a refusal (it raises) leaves nothing written.
+DeviceCheck = Callable[[str, Sequence[Candidate]], None]
 
 
 class StaleRolloutError(RolloutConflictError):
@@ -538,8 +549,10 @@ def save(
     stored: StoredRollout,
     state: RolloutState,
     lines: Iterable[HistoryLine],
+    audit: Iterable[AuditRecord] = (),
 ) -> StoredRollout:
-    """Write ``state`` over ``stored`` if nobody wrote since it was read, with ``lines``.
+    """Write ``state`` over ``stored`` if nobody wrote since it was read, with ``lines``
+    and then (last, see `edgefleet.fleet.audit.log`) the ``audit`` entries.
 
     Raises `StaleRolloutError` (nothing written) when the version moved on.
     """
@@ -558,6 +571,8 @@ def save(
             f"rollout {stored.id!r} changed since version {stored.version} was read"
         )
     _append(conn, stored.id, lines)
+    for record in audit:
+        append_audit(conn, record, now=state.updated_at)
     # Not cached here: the caller's transaction may still roll back, and another
     # replica would then write this version with another state (see `committed`).
     return StoredRollout(stored.id, stored.version + 1, state, stored.created_by)
@@ -592,27 +607,34 @@ def create(
     *,
     created_by: str,
     now: datetime,
+    creator: str | None = None,
+    approval: ApprovalRules | None = None,
+    check: DeviceCheck | None = None,
+    audit: AuditRecord | None = None,
 ) -> StoredRollout:
     """Plan and store a new rollout over the devices the registry knows.
 
+    ``creator`` is the creating person's id (kept in the state for the four-eyes rule);
+    ``approval`` the fleet's approval rules (the rollout waits for approval when they
+    apply); ``check`` is called with the selected devices before anything is written,
+    and ``audit`` appended last in the same transaction (its before/after filled in).
+
     Raises `edgefleet.fleet.rollouts.model.SelectionError` (nothing matches, unknown device ids)
     and `edgefleet.fleet.rollouts.model.RolloutOverlapError` naming the devices another active
-    rollout holds. Nothing is stored when it raises.
+    rollout holds, and whatever ``check`` raises. Nothing is stored when it raises.
     """
     with engine.begin() as conn:
         lock_row(conn, CREATE_LOCK, now)
-        candidates = [
-            Candidate(device_id=r.device_id, tags=tuple(r.tags or ()), hardware=r.hardware or "")
-            for r in conn.execute(
-                select(col(Device.device_id), col(Device.tags), col(Device.hardware)).order_by(
-                    col(Device.device_id)
-                )
-            )
-        ]
+        candidates = _candidates(conn)
         readable, unreadable = load_active_checked(conn)
         active = {s.id: held_devices(s.state) for s in readable}
         active.update({u.id: u.targets for u in unreadable})
-        state = new_rollout(rollout_id, spec, candidates, active, now)
+        state = new_rollout(
+            rollout_id, spec, candidates, active, now, creator=creator, approval=approval
+        )
+        if check is not None:
+            by_id = {c.device_id: c for c in candidates}
+            check(spec.model.name, [by_id[d] for d in state.targets])
         conn.execute(
             insert(_ROLLOUT).values(
                 id=rollout_id,
@@ -628,19 +650,27 @@ def create(
             )
         )
         sizes = wave_sizes(state)
-        _append(
-            conn,
-            rollout_id,
-            [
+        lines = [
+            HistoryLine(
+                kind="created",
+                ts=now,
+                message=f"created by {created_by}: {len(state.targets)} device(s) in "
+                f"{len(sizes)} wave(s) {sizes}",
+                detail={"by": created_by, "wave_sizes": sizes},
+            )
+        ]
+        if state.approval is not None:
+            lines.append(
                 HistoryLine(
-                    kind="created",
+                    kind="approval_requested",
                     ts=now,
-                    message=f"created by {created_by}: {len(state.targets)} device(s) in "
-                    f"{len(sizes)} wave(s) {sizes}",
-                    detail={"by": created_by, "wave_sizes": sizes},
+                    message=state.status_reason or "",
+                    detail={"reasons": list(state.approval.reasons)},
                 )
-            ],
-        )
+            )
+        _append(conn, rollout_id, lines)
+        if audit is not None:
+            append_audit(conn, with_change(audit, None, state), now=now)
     logger.info(
         "rollout %s of %s %s created by %s: %s device(s)",
         rollout_id,
@@ -650,6 +680,60 @@ def create(
         len(state.targets),
     )
     return StoredRollout(rollout_id, 1, state, created_by)
+
+
+def _candidates(conn: Connection, device_ids: Iterable[str] | None = None) -> list[Candidate]:
+    """The registry's devices (those of ``device_ids``), as a selector sees them."""
+    query = select(col(Device.device_id), col(Device.tags), col(Device.hardware)).order_by(
+        col(Device.device_id)
+    )
+    if device_ids is not None:
+        query = query.where(col(Device.device_id).in_(list(device_ids)))
+    return [
+        Candidate(device_id=r.device_id, tags=tuple(r.tags or ()), hardware=r.hardware or "")
+        for r in conn.execute(query)
+    ]
+
+
+def targets_of(conn: Connection, device_ids: Iterable[str]) -> list[Candidate]:
+    """The devices ``device_ids`` with their tags; one no longer registered has none."""
+    wanted = list(device_ids)
+    found = {c.device_id: c for c in _candidates(conn, wanted)}
+    return [found.get(d, Candidate(device_id=d)) for d in wanted]
+
+
+def model_state(conn: Connection, name: str, version: str) -> ModelState:
+    """The lifecycle state of model ``name`` ``version`` (`state_of`), on ``conn``."""
+    with Session(bind=conn) as session:
+        return state_of(session, name, version)
+
+
+def snapshot(state: RolloutState) -> dict[str, Any]:
+    """What an audit entry shows of a rollout before or after a change."""
+    out: dict[str, Any] = {
+        "status": state.status.value,
+        "status_reason": state.status_reason,
+        "current_wave": state.current_wave,
+        "model": state.spec.model.name,
+        "version": state.spec.model.version,
+        "targets": len(state.targets),
+        "wave_sizes": wave_sizes(state),
+    }
+    if state.approval is not None:
+        out["approval"] = state.approval.model_dump(mode="json")
+    return out
+
+
+def with_change(
+    record: AuditRecord, before: RolloutState | None, after: RolloutState | None
+) -> AuditRecord:
+    """``record`` with the rollout's state before and after (over what it already says)."""
+    return record.model_copy(
+        update={
+            "before": {**(snapshot(before) if before else {}), **(record.before or {})} or None,
+            "after": {**(snapshot(after) if after else {}), **(record.after or {})} or None,
+        }
+    )
 
 
 def wave_sizes(state: RolloutState) -> list[int]:
@@ -665,18 +749,30 @@ def command(
     *,
     by: str,
     now: datetime,
+    check: DeviceCheck | None = None,
+    audit: AuditRecord | None = None,
 ) -> StoredRollout:
-    """Apply an operator's command and store the result with its history.
+    """Apply an operator's command and store the result with its history, ``check``
+    called with the rollout's targets first and ``audit`` appended last.
 
     Raises `NotFoundError`, `edgefleet.fleet.rollouts.model.RolloutCommandError` (the status
-    forbids it; HTTP 409), `UnreadableRolloutError` (its state does not parse: only
-    `abort` applies), `StaleRolloutError` if the orchestrator kept writing in between
-    for every one of `COMMAND_ATTEMPTS` attempts.
+    or the version's lifecycle state forbids it; HTTP 409), `UnreadableRolloutError` (its
+    state does not parse: only `abort` applies), `StaleRolloutError` if the orchestrator
+    kept writing in between for every one of `COMMAND_ATTEMPTS` attempts, and whatever
+    ``check`` raises.
     """
     for _ in range(COMMAND_ATTEMPTS):
         with engine.begin() as conn:
             stored = load(conn, rollout_id)
-            decision = apply_command(stored.state, operator_command, now)
+            if check is not None:
+                check(stored.state.spec.model.name, targets_of(conn, stored.state.targets))
+            model = stored.state.spec.model
+            decision = apply_command(
+                stored.state,
+                operator_command,
+                now,
+                model_state=model_state(conn, model.name, model.version),
+            )
             lines = [
                 HistoryLine(
                     kind="command",
@@ -686,8 +782,9 @@ def command(
                 ),
                 *decision_lines(decision, now),
             ]
+            records = [with_change(audit, stored.state, decision.state)] if audit else []
             try:
-                saved = save(conn, stored, decision.state, lines)
+                saved = save(conn, stored, decision.state, lines, records)
             except StaleRolloutError:
                 continue
         committed(engine, saved)
@@ -698,11 +795,129 @@ def command(
     )
 
 
+def change(
+    engine: Engine,
+    rollout_id: str,
+    changes: RolloutChange,
+    *,
+    by: str,
+    rules: ApprovalRules,
+    now: datetime,
+    check: DeviceCheck | None = None,
+    audit: AuditRecord | None = None,
+) -> StoredRollout:
+    """Change a rollout's spec (`edgefleet.fleet.rollouts.patch`), under the create lock
+    (the overlap check and the write are one step, as in `create`); ``check`` is called
+    with its new targets, ``audit`` appended last.
+
+    Raises what `change_rollout` raises, `NotFoundError`, `UnreadableRolloutError`,
+    `StaleRolloutError` (the orchestrator kept writing) and whatever ``check`` raises.
+    """
+    for _ in range(COMMAND_ATTEMPTS):
+        with engine.begin() as conn:
+            lock_row(conn, CREATE_LOCK, now)
+            stored = load(conn, rollout_id)
+            candidates = _candidates(conn)
+            readable, unreadable = load_active_checked(conn)
+            active = {s.id: held_devices(s.state) for s in readable}
+            active.update({u.id: u.targets for u in unreadable})
+            state, timeline = change_rollout(
+                stored.state, changes, candidates, active, rules=rules, now=now
+            )
+            if not timeline:
+                return stored
+            if check is not None:
+                by_id = {c.device_id: c for c in candidates}
+                check(state.spec.model.name, [by_id[d] for d in state.targets])
+            lines = [
+                HistoryLine(
+                    kind="command",
+                    ts=now,
+                    message=f"change by {by}",
+                    detail={"command": "change", "by": by},
+                ),
+                *(HistoryLine.of(t) for t in timeline),
+            ]
+            conn.execute(
+                update(_ROLLOUT)
+                .where(_ROLLOUT.c.id == rollout_id)
+                .values(spec=state.spec.model_dump(mode="json"))
+            )
+            records = [with_change(audit, stored.state, state)] if audit else []
+            try:
+                saved = save(conn, stored, state, lines, records)
+            except StaleRolloutError:
+                continue
+        committed(engine, saved)
+        logger.info("rollout %s: changed by %s", rollout_id, by)
+        return saved
+    raise StaleRolloutError(f"rollout {rollout_id!r} kept changing; change not applied, retry")
+
+
+def review(
+    engine: Engine,
+    rollout_id: str,
+    *,
+    approve: bool,
+    reviewer: str,
+    reviewer_name: str,
+    remark: str | None,
+    single_person_approval: bool,
+    now: datetime,
+    check: DeviceCheck | None = None,
+    audit: AuditRecord | None = None,
+) -> StoredRollout:
+    """Approve or deny a rollout waiting for approval (`decide_approval`); ``check`` is
+    called with its targets, ``audit`` appended last.
+
+    Raises what `decide_approval` raises (`RolloutCommandError`, `FourEyesError`,
+    `InvalidRequestError`), `NotFoundError`, `UnreadableRolloutError`, `StaleRolloutError` and
+    whatever ``check`` raises.
+    """
+    for _ in range(COMMAND_ATTEMPTS):
+        with engine.begin() as conn:
+            stored = load(conn, rollout_id)
+            if check is not None:
+                check(stored.state.spec.model.name, targets_of(conn, stored.state.targets))
+            state, line = decide_approval(
+                stored.state,
+                approve=approve,
+                reviewer=reviewer,
+                reviewer_name=reviewer_name,
+                remark=remark,
+                single_person_approval=single_person_approval,
+                now=now,
+            )
+            history_line = replace(
+                HistoryLine.of(line),
+                detail={"by": reviewer_name, "person": reviewer, "remark": remark},
+            )
+            records = [with_change(audit, stored.state, state)] if audit else []
+            try:
+                saved = save(conn, stored, state, [history_line], records)
+            except StaleRolloutError:
+                continue
+        committed(engine, saved)
+        logger.info(
+            "rollout %s: %s by %s", rollout_id, "approved" if approve else "denied", reviewer_name
+        )
+        return saved
+    raise StaleRolloutError(f"rollout {rollout_id!r} kept changing; review not applied, retry")
+
+
 def abort(
-    engine: Engine, rollout_id: str, *, by: str, now: datetime
+    engine: Engine,
+    rollout_id: str,
+    *,
+    by: str,
+    now: datetime,
+    check: DeviceCheck | None = None,
+    audit: AuditRecord | None = None,
 ) -> StoredRollout | UnreadableRollout:
     """The operator's abort: `command` for a rollout whose state parses, and for one
     that does not `abort_unreadable`, the one way left to free the devices it holds.
+    ``check`` is called with its targets (those its JSON names, for an unreadable one)
+    and ``audit`` appended last, in the abort's transaction.
 
     Raises what `command` raises (a rollout that is not there, or a finished one) and
     `StaleRolloutError` when an unreadable one kept changing for `COMMAND_ATTEMPTS`
@@ -713,13 +928,23 @@ def abort(
             found = load_any(conn, rollout_id)
             if isinstance(found, StoredRollout):
                 break
+            if check is not None:
+                check(found.model_name, targets_of(conn, sorted(found.targets)))
             aborted = abort_unreadable(conn, found, by=by, now=now)
+            if aborted is not None and audit is not None:
+                change_of = {
+                    "before": {"status": found.status},
+                    "after": {"status": aborted.status},
+                }
+                append_audit(conn, audit.model_copy(update=change_of), now=now)
         if aborted is not None:
             logger.info("rollout %s: abort by %s (its stored state does not parse)", rollout_id, by)
             return aborted
     else:
         raise StaleRolloutError(f"rollout {rollout_id!r} kept changing; abort not applied, retry")
-    return command(engine, rollout_id, OperatorCommand.ABORT, by=by, now=now)
+    return command(
+        engine, rollout_id, OperatorCommand.ABORT, by=by, now=now, check=check, audit=audit
+    )
 
 
 def decision_lines(decision: Decision, now: datetime) -> list[HistoryLine]:

@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 
 from edgefleet.fleet.rollout_service.store import StoredRollout, UnreadableRollout, wave_sizes
 from edgefleet.fleet.rollouts.model import (
+    ApprovalRecord,
     DeviceRecord,
     DeviceRolloutState,
     Gate,
@@ -97,6 +98,10 @@ class RolloutSummary(BaseModel):
     targets: int
     wave_sizes: list[int]
     counts: dict[str, int]
+    approval: ApprovalRecord | None = Field(
+        default=None, description="why it waits for approval, and who approved or denied it"
+    )
+    held: str | None = Field(default=None, description="why it does not go past a passed gate")
 
 
 class RolloutDetail(RolloutSummary):
@@ -153,6 +158,8 @@ def summary(stored: StoredRollout | UnreadableRollout) -> RolloutSummary:
         targets=len(state.targets),
         wave_sizes=wave_sizes(state),
         counts=counts(state.devices.values()),
+        approval=state.approval,
+        held=state.held,
     )
 
 

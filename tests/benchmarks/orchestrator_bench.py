@@ -207,6 +207,7 @@ def measure(args: argparse.Namespace) -> Timings:
     from edgefleet.fleet.service import FleetService
     from edgefleet.fleet.settings import FleetSettings
     from tests.support.mosquitto import MosquittoBroker
+    from tests.support.rollouts import publish_and_approve
 
     base = Path(tempfile.mkdtemp(prefix="edgefleet-orchestrator-bench-"))
     broker = MosquittoBroker(base / "mosquitto")
@@ -240,7 +241,7 @@ def measure(args: argparse.Namespace) -> Timings:
                 headers={"Content-Type": "application/octet-stream"},
             )
             assert r.status_code in (200, 201), r.text
-            assert api.post(f"/v1/models/wine/{version}/publish").status_code == 200
+            publish_and_approve(api, service.engine, "wine", version)
             sha256 = r.json()["sha256"]
         devices = Devices(args.devices, BatchWriter(service.engine), sha256)
         devices.births()

@@ -35,6 +35,7 @@ import httpx
 import psutil
 
 from edgefleet.fleet.keys import create_lab_setup
+from edgefleet.fleet.store.engine import make_engine
 from edgefleet.shared.manifest import ProbationBudget
 from edgefleet.shared.modeltools.builder import build_package
 from edgefleet.simulators.fleet import DeviceProfile, FleetPlan, UpdatePlan, raise_open_file_limit
@@ -42,6 +43,7 @@ from edgefleet.simulators.models import train_wine_classifier
 from edgefleet.simulators.shards import ShardedFleet
 from tests.e2e.updates.support import padded_model
 from tests.support.mosquitto import MosquittoBroker, free_port, wait_for_port
+from tests.support.rollouts import publish_and_approve
 
 TOKEN = "bench-admin-token-0123456789abcdef"
 DEVICE_TOKEN = "bench-device-token-0123456789abcdef"
@@ -231,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             headers={"Authorization": f"Bearer {TOKEN}"},
             timeout=60,
         )
+        approvals = make_engine(f"sqlite:///{base / 'fleet.db'}")
         for version, package in (("1.0.0", factory), ("1.1.0", upgrade)):
             r = api.post(
                 "/v1/models",
@@ -238,7 +241,9 @@ def main(argv: list[str] | None = None) -> int:
                 headers={"Content-Type": "application/octet-stream"},
             )
             assert r.status_code in (200, 201), r.text
-            assert api.post(f"/v1/models/wine/{version}/publish").status_code == 200
+            # Publishing does not approve: a second person (a user made in the
+            # fleet's database) approves, or the rollout stops after its first wave.
+            publish_and_approve(api, approvals, "wine", version)
         print(f"model 1.1.0 package: {upgrade.stat().st_size} bytes (signed TUF target)")
         plan = FleetPlan(
             count=args.devices,

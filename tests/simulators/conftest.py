@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import Engine
 
 from edgefleet.fleet.keys import LabSetup
 from edgefleet.fleet.service import FleetService
@@ -24,6 +25,7 @@ from tests.fleet.publisher import wait_until
 from tests.support import rollouts
 from tests.support.fleet_fixtures import DEVICE_TOKEN, upload
 from tests.support.mosquitto import MosquittoBroker
+from tests.support.rollouts import publish_and_approve
 
 FAST = {"rollout_tick_interval_s": 0.2, "rollout_lease_s": 2.0}
 
@@ -41,11 +43,11 @@ def sim_packages(fast_wine_packages: dict[str, Path]) -> dict[str, Path]:
     return fast_wine_packages
 
 
-def publish(api: httpx.Client, packages: dict[str, Path]) -> None:
+def publish(api: httpx.Client, packages: dict[str, Path], engine: Engine) -> None:
+    """Upload, publish and approve (as a second person) every package's version."""
     for version, package in packages.items():
         assert upload(api, package).status_code in (200, 201)
-        published = api.post(f"/v1/models/wine/{version}/publish")
-        assert published.status_code == 200, published.text
+        publish_and_approve(api, engine, "wine", version)
 
 
 @pytest.fixture

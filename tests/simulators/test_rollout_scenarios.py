@@ -46,7 +46,7 @@ def test_healthy_four_wave_rollout_over_200_real_agents_reaches_every_device(
     fleet = make_fleet(**FAST)
     tag = f"t-{unique_id}"
     with admin_client(fleet) as api:
-        publish(api, sim_packages)
+        publish(api, sim_packages, fleet.engine)
         sim = start_sim(fleet, api, [DeviceProfile(hardware="rpi4", tags=(tag,), count=200)])
         created = api.post("/v1/rollouts", json=_request(tag))
         assert created.status_code == 201, created.text
@@ -78,7 +78,7 @@ def test_model_broken_on_one_hardware_is_stopped_early_and_rolled_back(
     tag = f"t-{unique_id}"
     broken = Fault(FaultKind.GOLDEN_FAIL, versions=("1.1.0",))
     with admin_client(fleet) as api:
-        publish(api, sim_packages)
+        publish(api, sim_packages, fleet.engine)
         sim = start_sim(
             fleet,
             api,
@@ -128,7 +128,7 @@ def test_devices_offline_during_their_wave_converge_when_they_return(
     fleet = make_fleet(**FAST)
     tag = f"t-{unique_id}"
     with admin_client(fleet) as api:
-        publish(api, sim_packages)
+        publish(api, sim_packages, fleet.engine)
         sim = start_sim(fleet, api, [DeviceProfile(hardware="rpi4", tags=(tag,), count=20)])
         away = [f"s{unique_id}-{i:04d}" for i in range(0, 20, 4)]
         sim.take_offline(away)
@@ -166,7 +166,7 @@ def test_fleet_restart_mid_rollout_finishes_without_skipped_or_repeated_waves(
     first = make_fleet(**FAST)
     tag = f"t-{unique_id}"
     with admin_client(first) as api:
-        publish(api, sim_packages)
+        publish(api, sim_packages, first.engine)
         sim = start_sim(first, api, [DeviceProfile(hardware="rpi4", tags=(tag,), count=40)])
         created = api.post("/v1/rollouts", json=_request(tag, gate={"soak_s": 2, "timeout_s": 60}))
         assert created.status_code == 201, created.text

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 import httpx
+from sqlalchemy import Engine
 
 from tests.fleet.publisher import wait_until
+from tests.support.people import user_token
 
 
 def wait_status(
@@ -44,3 +47,23 @@ def history(api: httpx.Client, rollout_id: str, **params: Any) -> list[dict[str,
         if page["next_after_id"] is None:
             return lines
         after = page["next_after_id"]
+
+
+def approve_version(api: httpx.Client, engine: Engine, name: str, version: str) -> None:
+    """Approve model ``name`` ``version`` as a second person: a new approver user,
+    distinct from whoever uploaded it through ``api`` (four eyes). A rollout goes past
+    its first wave only with an approved version, and publishing does not approve."""
+    token = user_token(engine, f"approver-{secrets.token_hex(4)}", "approver")
+    with httpx.Client(
+        base_url=api.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=20
+    ) as approver:
+        approved = approver.post(f"/v1/models/{name}/{version}/approve")
+    assert approved.status_code == 200, approved.text
+
+
+def publish_and_approve(api: httpx.Client, engine: Engine, name: str, version: str) -> None:
+    """Publish (lab mode) model ``name`` ``version`` through ``api`` and approve it as a
+    second person (`approve_version`)."""
+    published = api.post(f"/v1/models/{name}/{version}/publish")
+    assert published.status_code == 200, published.text
+    approve_version(api, engine, name, version)

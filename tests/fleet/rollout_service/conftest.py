@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from sqlalchemy import Engine
 
 from edgefleet.fleet.service import FleetService
 from edgefleet.shared.modeltools.builder import build_package
@@ -18,6 +19,7 @@ from tests.fleet.rollout_service.devices import ProtocolFleet
 from tests.fleet.rollout_service.wine_windows import WineWindows
 from tests.support.fleet_fixtures import upload
 from tests.support.mosquitto import MosquittoBroker
+from tests.support.rollouts import publish_and_approve
 
 # Fast orchestration for tests: a tick every 0.1 s, a lease that lapses after 1.5 s.
 FAST = {"rollout_tick_interval_s": 0.1, "rollout_lease_s": 1.5}
@@ -25,12 +27,12 @@ FAST = {"rollout_tick_interval_s": 0.1, "rollout_lease_s": 1.5}
 StartDevices = Callable[..., ProtocolFleet]
 
 
-def publish_models(api: httpx.Client, built: dict[str, Path]) -> None:
-    """Upload wine 1.0.0 and 1.1.0 and publish both (lab mode)."""
+def publish_models(api: httpx.Client, built: dict[str, Path], engine: Engine) -> None:
+    """Upload wine 1.0.0 and 1.1.0, publish both (lab mode) and approve both as a second
+    person (``engine`` is the fleet's database, where the approver is made)."""
     for version, package in built.items():
         assert upload(api, package).status_code in (200, 201)
-        published = api.post(f"/v1/models/wine/{version}/publish")
-        assert published.status_code == 200, published.text
+        publish_and_approve(api, engine, "wine", version)
 
 
 @pytest.fixture

@@ -305,7 +305,7 @@ def test_drifted_wave_fails_its_gate_and_rolls_back(
     fleet = make_fleet(**FAST)
     tag = f"t-{unique_id}"
     with admin_client(fleet) as api:
-        publish_models(api, drift_packages)
+        publish_models(api, drift_packages, fleet.engine)
         devices = start_devices(
             fleet, api, 4, drift=wine_windows.source(version="1.1.0", shift=1.0)
         )
@@ -343,7 +343,7 @@ def test_undrifted_waves_pass_their_drift_gates(
     fleet = make_fleet(**FAST)
     tag = f"t-{unique_id}"
     with admin_client(fleet) as api:
-        publish_models(api, drift_packages)
+        publish_models(api, drift_packages, fleet.engine)
         devices = start_devices(fleet, api, 4, drift=wine_windows.source(version="1.1.0"))
         created = api.post("/v1/rollouts", json=_request(tag))
         assert created.status_code == 201, created.text
@@ -366,7 +366,7 @@ def test_drift_gate_without_a_reference_profile_fails_after_the_metrics_timeout(
     fleet = make_fleet(**FAST)
     tag = f"t-{unique_id}"
     with admin_client(fleet) as api:
-        publish_models(api, wine_packages)  # packages without reference profiles
+        publish_models(api, wine_packages, fleet.engine)  # packages without reference profiles
         start_devices(fleet, api, 4)
         created = api.post("/v1/rollouts", json=_request(tag, metrics_timeout_s=1))
         assert created.status_code == 201, created.text

@@ -96,7 +96,7 @@ def test_restarted_fleet_continues_without_skipped_wave_or_repeated_assignment(
 ) -> None:
     first = make_fleet(**FAST)
     with admin_client(first) as api:
-        publish_models(api, wine_packages)
+        publish_models(api, wine_packages, first.engine)
         devices = start_devices(first, api, 20)
         rollout_id = _create(api, f"t-{unique_id}", SOAKED_WAVES)
         wait_until(
@@ -126,7 +126,7 @@ def test_crash_between_save_and_publish_neither_skips_nor_repeats(
     assert fleet.orchestrator is None
     assert fleet.updates is not None
     with admin_client(fleet) as api:
-        publish_models(api, wine_packages)
+        publish_models(api, wine_packages, fleet.engine)
         devices = start_devices(fleet, api, 6)
         rollout_id = _create(api, f"t-{unique_id}", [{"count": 3}, {"fraction": 1.0}])
         doomed = Orchestrator(
@@ -181,7 +181,7 @@ def test_second_replica_takes_over_when_the_lease_holder_dies(
 ) -> None:
     replicas = [make_fleet(**FAST), make_fleet(**FAST)]
     with admin_client(replicas[0]) as api:
-        publish_models(api, wine_packages)
+        publish_models(api, wine_packages, replicas[0].engine)
         devices = start_devices(replicas[0], api, 20)
         rollout_id = _create(api, f"t-{unique_id}", SOAKED_WAVES)
         wait_until(

@@ -54,7 +54,7 @@ def test_a_rollout_paused_by_an_error_alerts_and_the_other_completes(
         assert subscribed.wait(5)
         fleet = make_fleet(**FAST)
         with admin_client(fleet) as api:
-            publish_models(api, wine_packages)
+            publish_models(api, wine_packages, fleet.engine)
             ids = sorted(start_devices(fleet, api, 4).devices)
             # A long soak: the bad one must still be active when its state is broken.
             created = api.post("/v1/rollouts", json=_request(ids[:2], soak_s=600))

@@ -12,7 +12,7 @@ from tests.fleet.publisher import wait_until
 from tests.fleet.rollout_service.conftest import FAST, StartDevices
 from tests.support.fleet_fixtures import MakeFleet, admin_client, upload
 from tests.support.people import user_token
-from tests.support.rollouts import history, wait_status
+from tests.support.rollouts import history, publish_and_approve, wait_status
 
 LONG_SOAK = {"soak_s": 600, "timeout_s": 30}
 
@@ -81,7 +81,7 @@ def test_overlapping_rollout_is_refused_naming_devices_and_holder(
     with admin_client(fleet) as api:
         for version, package in wine_packages.items():
             assert upload(api, package).status_code == 201
-            assert api.post(f"/v1/models/wine/{version}/publish").status_code == 200
+            publish_and_approve(api, fleet.engine, "wine", version)
         devices = start_devices(fleet, api, 6)
         ids = sorted(devices.devices)
         first = _create(
@@ -120,7 +120,7 @@ def test_viewer_reads_but_cannot_create_or_command(
     with admin_client(fleet) as api, _viewer(fleet) as viewer:
         for version, package in wine_packages.items():
             assert upload(api, package).status_code == 201
-            assert api.post(f"/v1/models/wine/{version}/publish").status_code == 200
+            publish_and_approve(api, fleet.engine, "wine", version)
         start_devices(fleet, api, 2)
         body = {"selector": {"tags": [f"t-{unique_id}"]}, "gate": LONG_SOAK}
         denied = viewer.post("/v1/rollouts", json={"model": "wine", "version": "1.1.0"} | body)
@@ -144,7 +144,7 @@ def test_pause_resume_abort_rollback_through_the_api(
     with admin_client(fleet) as api:
         for version, package in wine_packages.items():
             assert upload(api, package).status_code == 201
-            assert api.post(f"/v1/models/wine/{version}/publish").status_code == 200
+            publish_and_approve(api, fleet.engine, "wine", version)
         devices = start_devices(fleet, api, 6)
         created = _create(
             api,

@@ -47,7 +47,7 @@ def test_three_wave_rollout_completes_wave_by_wave(
     fleet = make_fleet(**FAST)
     tag = f"t-{unique_id}"
     with admin_client(fleet) as api:
-        publish_models(api, wine_packages)
+        publish_models(api, wine_packages, fleet.engine)
         devices = start_devices(fleet, api, 20)
         created = api.post("/v1/rollouts", json=_request(tag))
         assert created.status_code == 201, created.text
@@ -95,7 +95,7 @@ def test_failed_gate_pauses_and_assigns_no_further_wave(
     fleet = make_fleet(**FAST)
     tag = f"t-{unique_id}"
     with admin_client(fleet) as api:
-        publish_models(api, wine_packages)
+        publish_models(api, wine_packages, fleet.engine)
         devices = start_devices(fleet, api, 20)
         for device_id in devices.devices:
             devices.fail(device_id, "1.1.0")
@@ -124,7 +124,7 @@ def test_failed_gate_rolls_back_every_touched_device(
     tag = f"t-{unique_id}"
     seed = f"seed-{unique_id}"
     with admin_client(fleet) as api:
-        publish_models(api, wine_packages)
+        publish_models(api, wine_packages, fleet.engine)
         devices = start_devices(fleet, api, 20)
         order = _wave_order(devices, tag, seed)
         culprit = order[5]  # in wave 1

@@ -42,7 +42,7 @@ def test_an_unreadable_rollout_is_listed_refused_and_aborted_over_http(
         fleet.engine, good_ids + bad_ids, T0
     )  # registered devices; none needs to answer
     with admin_client(fleet) as api:
-        publish_models(api, wine_packages)
+        publish_models(api, wine_packages, fleet.engine)
         created = api.post("/v1/rollouts", json=_request(bad_ids))
         assert created.status_code == 201, created.text
         bad = created.json()["id"]
