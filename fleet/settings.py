@@ -181,13 +181,6 @@ class FleetSettings(BaseSettings):
         description="lifetime of a device certificate the device CA issues at enrollment or"
         " renewal (edgefleet.fleet.identity)",
     )
-    device_cert_lifetime_days: int = Field(
-        default=90,
-        ge=1,
-        le=397,
-        description="lifetime of a device certificate the device CA issues at enrollment or"
-        " renewal (edgefleet.fleet.identity)",
-    )
     max_upload_bytes: int = Field(default=1 << 30, ge=1, description="largest model package")
     max_request_body_bytes: int = Field(
         default=1 << 20,
