@@ -48,6 +48,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="store_true",
         help="one-person lab: an uploader may approve their own version (off: four eyes)",
     )
+    serve.add_argument(
+        "--require-device-identity",
+        action="store_true",
+        help="ingest only from enrolled devices whose identity is active (off: any device id)",
+    )
     serve.set_defaults(handler=_serve)
 
     lab = commands.add_parser(
@@ -97,6 +102,8 @@ def _serve(args: argparse.Namespace) -> int:
         overrides["lab_mode"] = True
     if args.single_person_approval:
         overrides["single_person_approval"] = True
+    if args.require_device_identity:
+        overrides["require_device_identity"] = True
     try:
         settings = FleetSettings(**overrides)
     except ValidationError as e:

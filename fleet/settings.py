@@ -89,6 +89,20 @@ class FleetSettings(BaseSettings):
         description="a larger MQTT payload is dead-lettered unparsed; the hand-off keeps only"
         " its first dead_letter_payload_prefix_bytes, so the queue's memory stays bounded",
     )
+    require_device_identity: bool = Field(
+        default=False,
+        description="the ingester takes device messages only from device ids whose identity"
+        " (enrollment, `edgefleet agent enroll`) is active; an unknown, pending or revoked"
+        " id is dead-lettered and registers nothing. Off (the default) keeps an open lab"
+        " fleet working; a fleet behind the mTLS broker (`fleet broker-config`) turns it on",
+    )
+    device_identity_cache_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=300.0,
+        description="how long the ingester trusts its copy of the active device ids: a"
+        " revoked device's messages are refused at most this long after the revocation",
+    )
     dead_letter_payload_prefix_bytes: int = Field(
         default=4096, ge=0, le=1 << 20, description="how much of a rejected payload is kept"
     )

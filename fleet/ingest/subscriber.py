@@ -29,10 +29,12 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from edgefleet.fleet.ingest.dead_letters import DeadLetterLimits
 from edgefleet.fleet.ingest.decode import Accepted, Ignored, Oversized, Rejected, decode
 from edgefleet.fleet.ingest.handoff import BatchHandoff, ClosedError
+from edgefleet.fleet.ingest.identities import ActiveDevices, Identities
 from edgefleet.fleet.ingest.metrics import IngestMetrics
 from edgefleet.fleet.ingest.writer import BatchWriter, TransientStoreError
 from edgefleet.fleet.mqtt_client import make_client
@@ -58,6 +60,11 @@ class Ingester:
     ) -> None:
         self._settings = settings
         self._writer = BatchWriter(engine, dead_letter_limits(settings))
+        self._identities = (
+            ActiveDevices(engine, settings.device_identity_cache_s)
+            if settings.require_device_identity
+            else None
+        )
         self._next_sweep = 0.0  # monotonic time of the next dead-letter retention sweep
         self._metrics = metrics
         self._handoff: BatchHandoff[Raw] = BatchHandoff(
@@ -209,6 +216,7 @@ class Ingester:
         self._metrics.received.inc(len(raws))
         batch: list[Accepted | Rejected] = []
         max_ahead_s = self._settings.ingest_seq_max_ahead_s
+        identities = self._identity_snapshot()
         for topic, payload, retained, received_at in raws:
             decoded = decode(
                 topic, payload, received_at, retained=retained, seq_max_ahead_s=max_ahead_s
@@ -216,10 +224,32 @@ class Ingester:
             if isinstance(decoded, Ignored):
                 self._metrics.ignored.inc()
                 continue
+            if identities is not None and isinstance(decoded, Accepted):
+                refusal = identities.refusal(decoded.message.device_id)
+                if refusal is not None:
+                    # The raw payload as received: decode took it, so it is bytes.
+                    raw = payload if isinstance(payload, bytes) else payload.prefix
+                    error = f"{decoded.channel.value}: {refusal} (require_device_identity)"
+                    decoded = Rejected(topic, raw, received_at, error)
             if isinstance(decoded, Rejected):
                 logger.warning("dead-lettering a message on %s: %s", decoded.topic, decoded.error)
             batch.append(decoded)
         return batch
+
+    def _identity_snapshot(self) -> Identities | None:
+        """The active device ids, or None if the fleet does not require identities; retried
+        like a batch while the database is away (the batch waits, nothing is let through)."""
+        if self._identities is None:
+            return None
+        backoff_s = 0.05
+        while True:
+            try:
+                return self._identities.snapshot()
+            except SQLAlchemyError as e:
+                self._metrics.db_retries.inc()
+                logger.warning("cannot read device identities, retrying in %.2fs: %s", backoff_s, e)
+                time.sleep(backoff_s * random.uniform(0.5, 1.0))
+                backoff_s = min(backoff_s * 2, self._settings.ingest_retry_max_s)
 
     def _write_with_retry(self, batch: list[Accepted | Rejected]) -> None:
         backoff_s = 0.05
