@@ -14,12 +14,17 @@ durations (``interval_s``, ``uptime_s``) are 0..1e10 s, latencies 0..1e7 ms,
 ``cpu_percent`` 0..102_400 (1024 busy cores); ``hardware`` is at most 100 characters,
 ``tags`` at most 64 of at most 100 characters each, ``runtimes`` at most 16; free-text
 ``reason`` fields keep their first 1000 characters; an event's ``detail`` has at most 64
-keys and 16 KiB of JSON. The constants below are the single source of these numbers.
+keys and 16 KiB of JSON; drift sketches are bounded in `edgefleet.shared.drift.bounds`.
+Fleet→subscriber alerts: ``id`` and ``kind`` at most 200 characters, ``message`` keeps
+its first 2000, ``device_id`` follows the device id pattern, ``evidence`` at most 256
+keys and 256 KiB of JSON; a desired state has at most 16 signatures. The constants below
+are the single source of these numbers (the AsyncAPI document carries them).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -53,6 +58,10 @@ MAX_NAME_CHARS = 200  # platform strings, agent versions, rollout ids
 MAX_REASON_CHARS = 1000
 MAX_DETAIL_KEYS = 64
 MAX_DETAIL_JSON_BYTES = 16 * 1024
+MAX_ALERT_MESSAGE_CHARS = 2000
+MAX_EVIDENCE_KEYS = 256
+MAX_EVIDENCE_JSON_BYTES = 256 * 1024
+MAX_SIGNATURES = 16
 
 Count = Annotated[int, Field(ge=0, le=MAX_INT64)]
 DurationS = Annotated[float, Field(ge=0, le=MAX_DURATION_S)]
@@ -69,19 +78,39 @@ def _cut_reason(value: object) -> object:
 Reason = Annotated[str, BeforeValidator(_cut_reason), Field(max_length=MAX_REASON_CHARS)]
 
 
-def _bounded_detail(value: dict[str, Any]) -> dict[str, Any]:
-    # Any-typed values escape allow_inf_nan, so the dump refuses NaN and Infinity here.
-    try:
-        size = len(json.dumps(value, separators=(",", ":"), allow_nan=False).encode())
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"not finite JSON: {e}") from e
-    if size > MAX_DETAIL_JSON_BYTES:
-        raise ValueError(f"at most {MAX_DETAIL_JSON_BYTES} bytes of JSON, found {size}")
-    return value
+def _json_bytes_at_most(limit: int) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    def check(value: dict[str, Any]) -> dict[str, Any]:
+        # Any-typed values escape allow_inf_nan, so the dump refuses NaN and Infinity here.
+        try:
+            size = len(json.dumps(value, separators=(",", ":"), allow_nan=False).encode())
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"not finite JSON: {e}") from e
+        if size > limit:
+            raise ValueError(f"at most {limit} bytes of JSON, found {size}")
+        return value
+
+    return check
 
 
 Detail = Annotated[
-    dict[str, Any], Field(max_length=MAX_DETAIL_KEYS), AfterValidator(_bounded_detail)
+    dict[str, Any],
+    Field(max_length=MAX_DETAIL_KEYS),
+    AfterValidator(_json_bytes_at_most(MAX_DETAIL_JSON_BYTES)),
+]
+Evidence = Annotated[
+    dict[str, Any],
+    Field(max_length=MAX_EVIDENCE_KEYS),
+    AfterValidator(_json_bytes_at_most(MAX_EVIDENCE_JSON_BYTES)),
+]
+
+
+def _cut_alert_message(value: object) -> object:
+    # The fleet writes alert messages from names and errors of any length: cut, not refuse.
+    return value[:MAX_ALERT_MESSAGE_CHARS] if isinstance(value, str) else value
+
+
+AlertText = Annotated[
+    str, BeforeValidator(_cut_alert_message), Field(max_length=MAX_ALERT_MESSAGE_CHARS)
 ]
 
 
@@ -255,7 +284,7 @@ class DesiredMessage(WireModel):
     """
 
     signed: DesiredBody
-    signatures: list[DirectorSignature] = Field(min_length=1)
+    signatures: list[DirectorSignature] = Field(min_length=1, max_length=MAX_SIGNATURES)
 
     @property
     def device_id(self) -> str:
@@ -270,13 +299,13 @@ class AlertMessage(WireModel):
     """Fleet→subscribers: something an operator or a pipeline should act on."""
 
     schema_: Literal["edgefleet/v1/alert"] = Field(default="edgefleet/v1/alert", alias="schema")
-    id: str
-    kind: str
+    id: Name
+    kind: Name
     severity: Literal["info", "warning", "critical"] = "warning"
-    message: str
+    message: AlertText
     ts: datetime = Field(default_factory=utcnow)
-    device_id: str | None = None
-    evidence: dict[str, Any] = Field(default_factory=dict)
+    device_id: str | None = Field(default=None, pattern=DEVICE_ID_PATTERN)
+    evidence: Evidence = Field(default_factory=dict)
 
 
 AnyDeviceMessage = Annotated[

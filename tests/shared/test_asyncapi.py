@@ -49,3 +49,14 @@ def test_the_schema_field_is_named_schema_on_the_wire() -> None:
 def test_cli_prints_the_document(capsys) -> None:
     assert main(["protocol", "asyncapi"]) == 0
     assert json.loads(capsys.readouterr().out)["asyncapi"] == "2.6.0"
+
+
+def test_the_document_carries_the_wire_size_limits() -> None:
+    schemas = asyncapi_document()["components"]["schemas"]
+    state = schemas["StateMessage"]["properties"]
+    assert state["hardware"]["maxLength"] == 100
+    assert state["tags"]["maxItems"] == 64
+    assert state["tags"]["items"]["maxLength"] == 100
+    alert = schemas["AlertMessage"]["properties"]
+    assert alert["message"]["maxLength"] == 2000
+    assert alert["evidence"]["maxProperties"] == 256
