@@ -93,7 +93,8 @@ class FleetSettings(BaseSettings):
         default=False,
         description="the ingester takes device messages only from device ids whose identity"
         " (enrollment, `edgefleet agent enroll`) is active; an unknown, pending or revoked"
-        " id is dead-lettered and registers nothing. Off (the default) keeps an open lab"
+        " id is dead-lettered and registers nothing, and so is an event naming a desired"
+        " seq the director never sent its device. Off (the default) keeps an open lab"
         " fleet working; a fleet behind the mTLS broker (`fleet broker-config`) turns it on",
     )
     device_identity_cache_s: float = Field(

@@ -59,7 +59,11 @@ class Ingester:
         client_id: str | None = None,
     ) -> None:
         self._settings = settings
-        self._writer = BatchWriter(engine, dead_letter_limits(settings))
+        self._writer = BatchWriter(
+            engine,
+            dead_letter_limits(settings),
+            check_desired_seqs=settings.require_device_identity,
+        )
         self._identities = (
             ActiveDevices(engine, settings.device_identity_cache_s)
             if settings.require_device_identity

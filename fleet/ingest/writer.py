@@ -17,6 +17,11 @@ Invariants:
   may not change one row twice in a statement);
 - dead letters are kept within `DeadLetterLimits` (see `edgefleet.fleet.ingest.dead_letters`),
   trimmed in the transaction that adds them;
+- with ``check_desired_seqs`` (the fleet's ``require_device_identity``), an event naming a
+  ``desired_seq`` the director never issued to its device (above the device's stored
+  desired seq, which the director allocates one by one in the transaction that stores
+  the envelope, or any seq for a device with no desired state) is dead-lettered: a forged
+  event cannot make a deployment the fleet never sent, or turn one into "committed";
 - `write` raises `TransientStoreError` (the database is away or busy: retry the whole
   batch), and otherwise never raises for a bad row: a row the database refuses is
   dead-lettered on its own and the rest of the batch is stored.
@@ -49,7 +54,14 @@ from edgefleet.fleet.ingest.rows import (
     state_values,
     telemetry_row,
 )
-from edgefleet.fleet.store.tables import DeadLetter, Device, DriftWindowRow, EventRow, TelemetryRow
+from edgefleet.fleet.store.tables import (
+    DeadLetter,
+    DesiredStateRow,
+    Device,
+    DriftWindowRow,
+    EventRow,
+    TelemetryRow,
+)
 from edgefleet.fleet.store.types import as_utc
 from edgefleet.shared.messages import (
     DriftMessage,
@@ -67,6 +79,7 @@ _TELEMETRY: Table = TelemetryRow.__table__  # type: ignore[attr-defined]
 _EVENTS: Table = EventRow.__table__  # type: ignore[attr-defined]
 _DRIFT: Table = DriftWindowRow.__table__  # type: ignore[attr-defined]
 _DEAD: Table = DeadLetter.__table__  # type: ignore[attr-defined]
+_DESIRED: Table = DesiredStateRow.__table__  # type: ignore[attr-defined]
 
 Item = Accepted | Rejected
 
@@ -110,8 +123,15 @@ class WriteResult:
 class BatchWriter:
     """Writes batches of `Accepted` and `Rejected` items to one database."""
 
-    def __init__(self, engine: Engine, limits: DeadLetterLimits | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        limits: DeadLetterLimits | None = None,
+        *,
+        check_desired_seqs: bool = False,
+    ) -> None:
         self._engine = engine
+        self._check_desired_seqs = check_desired_seqs
         self._limits = limits or DeadLetterLimits()
         dialect = engine.dialect
         self._insert: Callable[[Table], Any] = (
@@ -198,6 +218,8 @@ class BatchWriter:
         result = WriteResult()
         accepted = [item for item in batch if isinstance(item, Accepted)]
         dead = [item for item in batch if isinstance(item, Rejected)]
+        if accepted and self._check_desired_seqs:
+            accepted = self._refuse_unsent_desired(conn, accepted, dead)
         if accepted:
             self._touch_devices(conn, accepted)
             for channel, (items, rows) in _rows_by_channel(accepted).items():
@@ -218,6 +240,44 @@ class BatchWriter:
             result.dead_lettered = len(dead)
             result.dead_letters_dropped = trim(conn, self._limits)
         return result
+
+    def _refuse_unsent_desired(
+        self, conn: Connection, accepted: list[Accepted], dead: list[Rejected]
+    ) -> list[Accepted]:
+        """``accepted`` without the events naming a desired seq their device was never
+        sent, which go to ``dead``; one query, and only for a batch that names one."""
+        devices = sorted(
+            {
+                a.message.device_id
+                for a in accepted
+                if isinstance(a.message, EventMessage) and a.message.desired_seq is not None
+            }
+        )
+        if not devices:
+            return accepted
+        issued: dict[str, int] = {}
+        for start in range(0, len(devices), 500):  # under every dialect's parameter limit
+            query = select(_DESIRED.c.device_id, _DESIRED.c.seq).where(
+                _DESIRED.c.device_id.in_(devices[start : start + 500])
+            )
+            issued.update({d: int(seq) for d, seq in conn.execute(query)})
+        kept: list[Accepted] = []
+        for a in accepted:
+            m = a.message
+            if isinstance(m, EventMessage) and m.desired_seq is not None:
+                last = issued.get(m.device_id, 0)
+                if m.desired_seq > last:
+                    sent = f"up to {last}" if last else "none"
+                    dead.append(
+                        _as_rejected(
+                            a,
+                            f"events: desired seq {m.desired_seq} was never sent to device"
+                            f" {m.device_id} (desired seqs sent: {sent})",
+                        )
+                    )
+                    continue
+            kept.append(a)
+        return kept
 
     def _conflicts(
         self, conn: Connection, channel: Channel, items: list[Accepted], rows: list[Row]

@@ -11,8 +11,9 @@ from sqlmodel import Session
 from edgefleet.fleet.service import FleetService
 from edgefleet.fleet.store import DeadLetter, Device, TelemetryRow
 from edgefleet.fleet.store.identity_tables import DeviceIdentityRow
-from edgefleet.fleet.store.tables import DriftWindowRow, EventRow
-from edgefleet.shared.messages import DriftMessage, utcnow
+from edgefleet.fleet.store.tables import DesiredStateRow, DriftWindowRow, EventRow
+from edgefleet.shared.limits import MAX_INT64
+from edgefleet.shared.messages import DriftMessage, EventKind, EventMessage, utcnow
 from edgefleet.shared.topics import Channel
 from tests.fleet.factories import event, state, telemetry
 from tests.fleet.publisher import device_message, publish, wait_until
@@ -116,3 +117,43 @@ def test_off_by_default_any_device_id_is_ingested(
     wait_until(lambda: count(service, DriftWindowRow, device_id) == 1, what="drift")
     assert count(service, TelemetryRow, device_id) == 1
     assert count(service, DeadLetter) == 0
+
+
+def desired(service: FleetService, device_id: str, seq: int) -> None:
+    with Session(service.engine) as s:
+        s.add(DesiredStateRow(device_id=device_id, seq=seq, updated_at=utcnow()))
+        s.commit()
+
+
+def deployment_event(device_id: str, seq: int, kind: EventKind, desired_seq: int) -> EventMessage:
+    return EventMessage(device_id=device_id, seq=seq, kind=kind, desired_seq=desired_seq)
+
+
+def test_events_for_a_desired_seq_never_sent_are_dead_lettered_and_commit_nothing(
+    make_service: MakeFleet, mosquitto: MosquittoBroker, unique_id: str
+) -> None:
+    service = make_service(require_device_identity=True, device_identity_cache_s=TTL_S)
+    device_id, never = f"dev-{unique_id}", f"never-{unique_id}"
+    identities(service, **{device_id: "active", never: "active"})
+    desired(service, device_id, 3)  # the director sent seqs 1..3 to device_id, none to never
+    time.sleep(TTL_S * 2)
+    messages = [
+        deployment_event(device_id, 10, EventKind.REJECTED, 3),  # the real device's outcome
+        deployment_event(device_id, 11, EventKind.COMMITTED, 4),  # forged: seq 4 never sent
+        deployment_event(device_id, 12, EventKind.COMMITTED, MAX_INT64),
+        deployment_event(never, 1, EventKind.COMMITTED, 1),  # no desired state at all
+    ]
+    publish(mosquitto.port, [device_message(Channel.EVENTS, m) for m in messages])
+    wait_until(lambda: count(service, DeadLetter) == 3, what="3 dead letters")
+    wait_until(lambda: count(service, EventRow, device_id) == 1, what="the real event")
+    errors = dead_errors(service)
+    for refused in (
+        f"desired seq 4 was never sent to device {device_id} (desired seqs sent: up to 3)",
+        f"desired seq {MAX_INT64} was never sent to device {device_id}",
+        f"desired seq 1 was never sent to device {never} (desired seqs sent: none)",
+    ):
+        assert sum(refused in e for e in errors) == 1, refused
+    with Session(service.engine) as s:
+        kinds = list(s.scalars(select(EventRow.kind)))  # type: ignore[call-overload]
+    assert kinds == ["rejected"]
+    assert count(service, EventRow, never) == 0
