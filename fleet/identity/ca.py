@@ -17,9 +17,11 @@ Errors: `CsrRejectedError` (the CSR or certificate a client sent is bad), `CaUna
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -59,6 +61,9 @@ BACKDATE = timedelta(minutes=5)
 MAX_CN_CHARS = 64
 MIN_CERT_LIFETIME = timedelta(hours=1)
 MAX_CERT_LIFETIME = timedelta(days=397)
+_DNS_NAME_RE = re.compile(
+    r"^(?=.{1,253}$)([A-Za-z0-9*]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
 
 
 class CsrRejectedError(ValueError):
@@ -228,34 +233,95 @@ class DeviceCA:
 
         Raises `ValueError` for a lifetime outside [1 h, 397 days].
         """
+        return self._issue(
+            csr.device_id,
+            csr.public_key,
+            lifetime=lifetime,
+            now=now,
+            serial=serial,
+            usage=ExtendedKeyUsageOID.CLIENT_AUTH,
+        )
+
+    def sign_service(
+        self,
+        public_key: ec.EllipticCurvePublicKey,
+        common_name: str,
+        *,
+        lifetime: timedelta,
+        now: datetime,
+        server_names: Sequence[str] = (),
+    ) -> IssuedCertificate:
+        """A certificate for one of the fleet's own services, not a device: with
+        ``server_names`` a TLS server certificate (the broker) for those DNS names and IP
+        addresses, without them a client certificate with CN ``common_name`` (the fleet's
+        own MQTT identity, which must not be a valid device id).
+
+        Raises `ValueError` for a lifetime outside [1 h, 397 days], a ``common_name``
+        that is a device id (it would let a device's certificate pass for the service)
+        or longer than 64 characters, or a server name that is neither a DNS name nor an
+        IP address.
+        """
+        if len(common_name) > MAX_CN_CHARS:
+            raise ValueError(f"CN {common_name!r} is longer than {MAX_CN_CHARS} characters")
+        try:
+            validate_device_id(common_name)
+        except TopicError:
+            pass
+        else:
+            raise ValueError(f"CN {common_name!r} is a valid device id; a service's must not be")
+        return self._issue(
+            common_name,
+            public_key,
+            lifetime=lifetime,
+            now=now,
+            serial=None,
+            usage=ExtendedKeyUsageOID.SERVER_AUTH
+            if server_names
+            else ExtendedKeyUsageOID.CLIENT_AUTH,
+            server_names=[_general_name(n) for n in server_names],
+        )
+
+    def _issue(
+        self,
+        common_name: str,
+        public_key: ec.EllipticCurvePublicKey,
+        *,
+        lifetime: timedelta,
+        now: datetime,
+        serial: int | None,
+        usage: x509.ObjectIdentifier,
+        server_names: Sequence[x509.GeneralName] = (),
+    ) -> IssuedCertificate:
         if not MIN_CERT_LIFETIME <= lifetime <= MAX_CERT_LIFETIME:
             raise ValueError(f"certificate lifetime {lifetime} is outside [1 h, 397 days]")
         ca_ski = self.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
-        certificate = (
+        builder = (
             x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, csr.device_id)]))
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
             .issuer_name(self.certificate.subject)
-            .public_key(csr.public_key)
+            .public_key(public_key)
             .serial_number(serial if serial is not None else x509.random_serial_number())
             .not_valid_before(now - BACKDATE)
             .not_valid_after(not_after(now, lifetime))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(_key_usage(digital_signature=True), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-            .add_extension(
-                x509.SubjectKeyIdentifier.from_public_key(csr.public_key), critical=False
-            )
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski.value),
                 critical=False,
             )
-            .sign(self._key, hashes.SHA256())
         )
+        if server_names:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName(list(server_names)), critical=False
+            )
+        certificate = builder.sign(self._key, hashes.SHA256())
         return IssuedCertificate(
             certificate=certificate,
             serial=serial_hex(certificate.serial_number),
             not_after=certificate.not_valid_after_utc,
-            key_fingerprint=csr.key_fingerprint,
+            key_fingerprint=key_fingerprint(public_key),
         )
 
     def check_issued(self, certificate_pem: str, *, now: datetime) -> x509.Certificate:
@@ -305,6 +371,17 @@ class DeviceCA:
         pem = self.crl(revoked, now=now)
         atomic_write_bytes(self.crl_path, pem, mode=0o644)
         return pem
+
+
+def _general_name(name: str) -> x509.GeneralName:
+    """An IP address SAN for an address, else a DNS name SAN; `ValueError` for neither."""
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        pass
+    if not _DNS_NAME_RE.match(name):
+        raise ValueError(f"server name {name!r} is neither an IP address nor a DNS name")
+    return x509.DNSName(name)
 
 
 def _key_usage(*, digital_signature: bool = False, cert_sign: bool = False) -> x509.KeyUsage:
