@@ -20,6 +20,11 @@ deleted: retrying resumes nothing bad); `TargetNotFound` means the server answer
 means the network failed, the total deadline passed or the download was aborted (the
 partial file is kept for the next try).
 
+Redirects: one to the same origin (scheme, host and port) is followed, at most
+`MAX_REDIRECTS` times, with the request's credentials made afresh for the new URL; one
+to another origin is refused (`TransportError`) before anything is sent there, so the
+device's credentials never reach another host.
+
 A download ends by ``deadline_s`` at the latest, however slowly the server trickles bytes
 (the per-read ``timeout_s`` alone would let a byte every few seconds hold it for ever),
 and a `DownloadAbort` lets another thread stop it at once. Both shut the connection's
@@ -35,14 +40,16 @@ import logging
 import os
 import re
 import socket
+import ssl
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Final
+from urllib.parse import urljoin, urlsplit
 
 from edgefleet.shared.durable import fsync_dir
 from edgefleet.shared.hashing import hash_stream
@@ -60,6 +67,79 @@ DEFAULT_DEADLINE_S: Final = 1800.0
 # Statuses that say the artifact is not there: a retry would ask again for nothing.
 _NOT_FOUND: Final = frozenset({404, 410})
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+MAX_REDIRECTS: Final = 2
+REDIRECT_STATUSES: Final = frozenset({301, 302, 303, 307, 308})
+
+# (method, url) -> the credential headers of that one request (a device's signature
+# covers the method and the URL's path, so each request, redirects too, gets its own).
+RequestAuth = Callable[[str, str], Mapping[str, str]]
+
+
+def origin(url: str) -> tuple[str, str, int | None]:
+    """A URL's origin: scheme, host (lower case) and port (the scheme's default if none).
+
+    Raises ValueError for a port that is not a number.
+    """
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    port = parts.port or {"http": 80, "https": 443}.get(scheme)
+    return scheme, (parts.hostname or "").lower(), port
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """Hands a redirect back as an HTTPError: `open_following` decides where it may go."""
+
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+def open_following(
+    url: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    auth: RequestAuth | None = None,
+    timeout_s: float,
+    context: ssl.SSLContext | None = None,
+) -> http.client.HTTPResponse:
+    """GET ``url``, following redirects to its own origin only.
+
+    ``headers`` go with every request; ``auth(method, url)`` adds the credentials of
+    each one. Raises `TransportError` for a redirect to another origin (nothing is sent
+    there), more than `MAX_REDIRECTS` redirects, or one without a Location;
+    urllib.error.HTTPError for any other HTTP error status, URLError and OSError.
+    """
+    opener = urllib.request.build_opener(
+        urllib.request.HTTPSHandler(context=context), _NoRedirects()
+    )
+    home = origin(url)
+    current = url
+    for _ in range(MAX_REDIRECTS + 1):
+        request = urllib.request.Request(current, headers=dict(headers or {}))  # noqa: S310
+        for name, value in (auth("GET", current) if auth else {}).items():
+            request.add_header(name, value)
+        try:
+            response: http.client.HTTPResponse = opener.open(request, timeout=timeout_s)
+            return response
+        except urllib.error.HTTPError as e:
+            if e.code not in REDIRECT_STATUSES:
+                raise
+            location = e.headers.get("Location")
+            e.close()
+        if not location:
+            raise TransportError(f"{current} answered a redirect without a Location")
+        target = urljoin(current, location)
+        try:
+            same = origin(target) == home
+        except ValueError:
+            same = False
+        if not same:
+            logger.warning("%s redirects to %s, another origin: refused", current, target)
+            raise TransportError(
+                f"{current} redirects to {target}, another origin than {url}'s: refused,"
+                " and no credentials were sent there"
+            )
+        current = target
+    raise TransportError(f"{url} redirected more than {MAX_REDIRECTS} times")
 
 
 @dataclass(frozen=True)
@@ -128,6 +208,8 @@ def download(
     expected_sha256: str,
     expected_length: int,
     headers: Mapping[str, str] | None = None,
+    auth: RequestAuth | None = None,
+    context: ssl.SSLContext | None = None,
     timeout_s: float = 30.0,
     deadline_s: float = DEFAULT_DEADLINE_S,
     abort: DownloadAbort | None = None,
@@ -135,14 +217,16 @@ def download(
 ) -> DownloadResult:
     """Download ``url`` to ``dest``, resuming a previous partial download if there is one.
 
+    ``headers`` go with every request and ``auth`` adds each one's credentials (see
+    `open_following`); ``context`` verifies an https server (default: the system's CAs).
     ``timeout_s`` bounds each connect and read, ``deadline_s`` the whole call; ``abort``
     lets another thread stop it.
 
     Raises `LengthMismatch` (the server sent more than ``expected_length`` bytes, or a
     wrong Content-Length / Content-Range), `DigestMismatch` (complete but the hash
     differs), `TargetNotFound` (HTTP 404 or 410), `TransportError` (connection failure,
-    timeout, other HTTP error, the stream ended early, the deadline passed or ``abort``
-    was called; call again to resume).
+    timeout, other HTTP error, a redirect to another origin, the stream ended early, the
+    deadline passed or ``abort`` was called; call again to resume).
     """
     abort = abort or DownloadAbort()
     if abort.reason is not None:
@@ -159,6 +243,8 @@ def download(
             expected_sha256=expected_sha256,
             expected_length=expected_length,
             headers=headers,
+            auth=auth,
+            context=context,
             timeout_s=min(timeout_s, deadline_s),
             abort=abort,
             chunk_bytes=chunk_bytes,
@@ -174,6 +260,8 @@ def _download(
     expected_sha256: str,
     expected_length: int,
     headers: Mapping[str, str] | None,
+    auth: RequestAuth | None,
+    context: ssl.SSLContext | None,
     timeout_s: float,
     abort: DownloadAbort,
     chunk_bytes: int,
@@ -189,15 +277,17 @@ def _download(
     if expected_length == 0:
         part.touch()
     if offset < expected_length:
-        request = urllib.request.Request(url, headers=dict(headers or {}))  # noqa: S310 - http(s) from config
+        sent = dict(headers or {})
         if offset:
-            request.add_header("Range", f"bytes={offset}-")
+            sent["Range"] = f"bytes={offset}-"
             if etag:
-                request.add_header("If-Range", etag)
+                sent["If-Range"] = etag
         started = time.monotonic()
         try:
             with (
-                urllib.request.urlopen(request, timeout=timeout_s) as response,  # noqa: S310
+                open_following(
+                    url, headers=sent, auth=auth, timeout_s=timeout_s, context=context
+                ) as response,
                 abort._watching(response),
             ):
                 start = _start_offset(response, offset, expected_length, url)

@@ -16,11 +16,13 @@ Errors: `TufError` / `Expired` / `LengthMismatch` (the repository sent bad metad
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin
 
 import urllib3
 from tuf.api import exceptions as tuf_errors
@@ -28,6 +30,7 @@ from tuf.ngclient.config import UpdaterConfig
 from tuf.ngclient.fetcher import FetcherInterface
 from tuf.ngclient.updater import Updater
 
+from edgefleet.agent.download import MAX_REDIRECTS, REDIRECT_STATUSES, RequestAuth, origin
 from edgefleet.shared.durable import fsync_dir, fsync_file
 from edgefleet.shared.signing.errors import (
     DigestMismatch,
@@ -52,27 +55,61 @@ ROOT_HISTORY_DIR = "root_history"
 
 
 class HeaderFetcher(FetcherInterface):
-    """A urllib3 fetcher that sends fixed headers (the device's auth token) with each request."""
+    """A urllib3 fetcher that sends the device's credentials with each request.
+
+    ``headers`` go with every request (a shared device token); ``auth(method, url)`` adds
+    each request's own (a device's signature, `edgefleet.agent.credentials`). A redirect
+    is followed only to the origin it came from (at most `MAX_REDIRECTS`, each with its
+    own credentials); one to another origin is refused before anything is sent there.
+    ``ssl_context`` verifies an https repository (default: the system's CAs).
+    """
 
     def __init__(
         self,
         headers: Mapping[str, str] | None = None,
         *,
+        auth: RequestAuth | None = None,
+        ssl_context: ssl.SSLContext | None = None,
         timeout_s: float = 30.0,
         chunk_bytes: int = 64 * 1024,
     ) -> None:
+        self._headers = {"User-Agent": "edgefleet-agent", **(headers or {})}
+        self._auth = auth
+        # redirect=False: urllib3 hands a 3xx back instead of following it (it would send
+        # our headers, all but Authorization, to wherever it points).
         self._pool = urllib3.PoolManager(
-            headers={"User-Agent": "edgefleet-agent", **(headers or {})},
-            retries=urllib3.Retry(total=2, backoff_factor=0.2, redirect=2),
+            retries=urllib3.Retry(total=2, backoff_factor=0.2, redirect=False),
+            ssl_context=ssl_context,
         )
         self._timeout = urllib3.Timeout(connect=timeout_s, read=timeout_s)
         self._chunk_bytes = chunk_bytes
 
     def _fetch(self, url: str) -> Iterator[bytes]:
-        try:
-            response = self._pool.request("GET", url, preload_content=False, timeout=self._timeout)
-        except urllib3.exceptions.HTTPError as e:
-            raise tuf_errors.DownloadError(f"cannot fetch {url}: {e}") from e
+        home = origin(url)
+        current = url
+        for _ in range(MAX_REDIRECTS + 1):
+            response = self._get(current)
+            if response.status not in REDIRECT_STATUSES:
+                break
+            location = response.headers.get("Location")
+            response.drain_conn()
+            response.release_conn()
+            if not location:
+                raise tuf_errors.DownloadError(f"{current} answered a redirect without a Location")
+            target = urljoin(current, location)
+            try:
+                same = origin(target) == home
+            except ValueError:
+                same = False
+            if not same:
+                logger.warning("%s redirects to %s, another origin: refused", current, target)
+                raise tuf_errors.DownloadError(
+                    f"{current} redirects to {target}, another origin than {url}'s: refused,"
+                    " and no credentials were sent there"
+                )
+            current = target
+        else:
+            raise tuf_errors.DownloadError(f"{url} redirected more than {MAX_REDIRECTS} times")
         if response.status >= 400:
             # Read the error body off the wire first: a kept-alive connection returned to
             # the pool with it unread makes the next response unparseable.
@@ -82,6 +119,22 @@ class HeaderFetcher(FetcherInterface):
                 f"{url} answered HTTP {response.status}", response.status
             )
         return self._chunks(url, response)
+
+    def _get(self, url: str) -> urllib3.BaseHTTPResponse:
+        headers = dict(self._headers)
+        if self._auth is not None:
+            headers.update(self._auth("GET", url))
+        try:
+            return self._pool.request(
+                "GET",
+                url,
+                headers=headers,
+                preload_content=False,
+                redirect=False,
+                timeout=self._timeout,
+            )
+        except urllib3.exceptions.HTTPError as e:
+            raise tuf_errors.DownloadError(f"cannot fetch {url}: {e}") from e
 
     def _chunks(self, url: str, response: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
         try:
