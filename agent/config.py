@@ -193,6 +193,48 @@ class DriftConfig(_Section):
     )
 
 
+class IdentityConfig(_Section):
+    """The device's own certificate (`edgefleet agent enroll`) and how the agent uses it.
+
+    With ``use`` ``auto`` (the default) the agent uses the identity whenever ``dir`` holds
+    a certificate; ``on`` makes a missing one an error at start; ``off`` ignores it. In
+    use, the identity is the agent's credential everywhere: over ``mqtts://`` its
+    certificate and key are the broker client certificate and the pinned device CA
+    verifies the broker (``broker.cert_file``/``key_file``/``ca_file`` override each), and
+    every repository request is signed with its key (``update.device_token`` is then not
+    sent). A timer renews the certificate when less than ``renew_remaining_share`` of its
+    lifetime is left, over ``fleet_url``, and reconnects the broker link with the new one.
+    """
+
+    use: Literal["auto", "on", "off"] = "auto"
+    dir: Path | None = Field(default=None, description="default: <data_dir>/identity")
+    fleet_url: str | None = Field(
+        default=None,
+        description="the fleet API the certificate is renewed at, http(s)://host:port;"
+        " default: update.repository_url without its /v1/repository",
+    )
+    renew_remaining_share: float = Field(
+        default=1 / 3,
+        gt=0,
+        lt=1,
+        description="renew once less than this share of the certificate's lifetime is left",
+    )
+    renew_retry_min_s: float = Field(default=30.0, gt=0, description="first retry after a failure")
+    renew_retry_max_s: float = Field(
+        default=3600.0, gt=0, description="cap of the doubling wait between retries"
+    )
+    renew_timeout_s: float = Field(default=30.0, gt=0, le=600, description="per renewal request")
+
+    @field_validator("fleet_url")
+    @classmethod
+    def _check_fleet_url(cls, url: str | None) -> str | None:
+        if url is not None and (
+            urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname
+        ):
+            raise ValueError(f"expected an http:// or https:// URL, found {url!r}")
+        return url
+
+
 class AgentConfig(_Section):
     """Everything one agent needs. Frozen: pass it in, never mutate it."""
 
@@ -210,7 +252,29 @@ class AgentConfig(_Section):
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     update: UpdateConfig = Field(default_factory=UpdateConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
+    identity: IdentityConfig = Field(default_factory=IdentityConfig)
+    fleet_ca_file: Path | None = Field(
+        default=None,
+        description="CA certificates (PEM) that also verify the fleet's HTTPS server"
+        " (repository, renewal), beside the system's and the pinned device CA",
+    )
     telemetry_interval_s: float = Field(default=10.0, gt=0)
+
+    @property
+    def identity_dir(self) -> Path:
+        """Where the device's key and certificates live."""
+        return self.identity.dir if self.identity.dir is not None else self.data_dir / "identity"
+
+    @property
+    def fleet_url(self) -> str | None:
+        """The fleet API's base URL: ``identity.fleet_url``, else the repository's."""
+        if self.identity.fleet_url is not None:
+            return self.identity.fleet_url.rstrip("/")
+        url = self.update.repository_url
+        suffix = "/v1/repository"
+        if url is not None and url.rstrip("/").endswith(suffix):
+            return url.rstrip("/")[: -len(suffix)]
+        return None
 
     @field_validator("device_id")
     @classmethod
@@ -302,8 +366,11 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
         return value
 
     data = dict(data)
-    if "data_dir" in data:
-        data["data_dir"] = fix(data["data_dir"])
+    for key in ("data_dir", "fleet_ca_file"):
+        if key in data:
+            data[key] = fix(data[key])
+    if isinstance(data.get("identity"), dict) and "dir" in data["identity"]:
+        data["identity"] = {**data["identity"], "dir": fix(data["identity"]["dir"])}
     if isinstance(data.get("model"), dict) and "path" in data["model"]:
         data["model"] = {**data["model"], "path": fix(data["model"]["path"])}
     if isinstance(data.get("broker"), dict):

@@ -4,8 +4,8 @@
 its fingerprint), sends the fleet a CSR with CN = the device id and the one-time
 enrollment token, and keeps what comes back only once it checks out. `renew` gets a new
 certificate for the same key over the current one (the fleet checks that certificate
-and the CSR's signature by its key); a timer calling it before expiry is the daemon's,
-later.
+and the CSR's signature by its key); the daemon calls it from a timer before expiry
+(`edgefleet.agent.renewal`).
 
 Files in the identity directory (mode 0700):
 
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -135,8 +136,11 @@ def enroll(
     device_id: str,
     identity_dir: Path,
     timeout_s: float = DEFAULT_TIMEOUT_S,
+    context: ssl.SSLContext | None = None,
 ) -> Enrolled:
     """Enroll this device with the fleet at ``fleet_url`` using the one-time ``token``.
+
+    ``context`` verifies an https fleet (default: the system's CAs).
 
     Raises `IdentityError` for: a device that is enrolled already (a certificate in
     ``identity_dir``), a bad fleet URL, a network failure, a refused token (used,
@@ -152,7 +156,7 @@ def enroll(
             f"this device is enrolled already ({cert_path} exists); to enroll it anew,"
             f" move {identity_dir} away first"
         )
-    ca_pem = _get(f"{base}/v1/identity/ca.pem", timeout_s)
+    ca_pem = _get(f"{base}/v1/identity/ca.pem", timeout_s, context)
     try:
         ca = x509.load_pem_x509_certificate(ca_pem)
     except ValueError:
@@ -166,7 +170,7 @@ def enroll(
             )
     key = load_or_create_key(identity_dir)
     body = EnrollRequest(token=token, csr_pem=build_csr(key, device_id)).model_dump_json()
-    answer = _post(f"{base}/v1/enroll", body.encode(), timeout_s)
+    answer = _post(f"{base}/v1/enroll", body.encode(), timeout_s, context)
     try:
         issued = IssuedIdentity.model_validate_json(answer)
     except ValidationError as e:
@@ -189,8 +193,16 @@ def enroll(
     )
 
 
-def renew(fleet_url: str, *, identity_dir: Path, timeout_s: float = DEFAULT_TIMEOUT_S) -> Enrolled:
+def renew(
+    fleet_url: str,
+    *,
+    identity_dir: Path,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    context: ssl.SSLContext | None = None,
+) -> Enrolled:
     """Get a new certificate for the same key over the current one, from the pinned CA.
+
+    ``context`` verifies an https fleet (default: the system's CAs).
 
     The proof of identity is the current certificate plus a CSR signed by its key (the
     key never leaves the device). Raises `IdentityError` for a device not enrolled, a
@@ -215,7 +227,7 @@ def renew(fleet_url: str, *, identity_dir: Path, timeout_s: float = DEFAULT_TIME
         certificate_pem=current.public_bytes(Encoding.PEM).decode(),
         csr_pem=build_csr(key, device_id),
     ).model_dump_json()
-    answer = _post(f"{base}/v1/identity/renew", body.encode(), timeout_s)
+    answer = _post(f"{base}/v1/identity/renew", body.encode(), timeout_s, context)
     try:
         issued = IssuedIdentity.model_validate_json(answer)
     except ValidationError as e:
@@ -265,21 +277,23 @@ def _base_url(fleet_url: str) -> str:
     return fleet_url.rstrip("/")
 
 
-def _get(url: str, timeout_s: float) -> bytes:
-    return _exchange(urllib.request.Request(url), timeout_s)  # noqa: S310  (http(s) checked)
+def _get(url: str, timeout_s: float, context: ssl.SSLContext | None) -> bytes:
+    return _exchange(urllib.request.Request(url), timeout_s, context)  # noqa: S310  (checked)
 
 
-def _post(url: str, body: bytes, timeout_s: float) -> bytes:
+def _post(url: str, body: bytes, timeout_s: float, context: ssl.SSLContext | None) -> bytes:
     request = urllib.request.Request(  # noqa: S310  (http(s) checked)
         url, data=body, method="POST", headers={"Content-Type": "application/json"}
     )
-    return _exchange(request, timeout_s)
+    return _exchange(request, timeout_s, context)
 
 
-def _exchange(request: urllib.request.Request, timeout_s: float) -> bytes:
+def _exchange(
+    request: urllib.request.Request, timeout_s: float, context: ssl.SSLContext | None
+) -> bytes:
     """The answer's body (at most `MAX_ANSWER_BYTES`); raises `IdentityError`."""
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=timeout_s, context=context) as response:  # noqa: S310
             data: bytes = response.read(MAX_ANSWER_BYTES + 1)
     except urllib.error.HTTPError as e:
         raise IdentityError(

@@ -25,6 +25,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     serve.add_argument("--port", type=int, help="API port (default 8080; 0 picks one)")
     serve.add_argument("--data-dir", type=Path, help="where the SQLite file lives")
     serve.add_argument(
+        "--tls-cert", type=Path, help="PEM server certificate: serve HTTPS (with --tls-key)"
+    )
+    serve.add_argument("--tls-key", type=Path, help="the server certificate's PEM key")
+    serve.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        help="ask clients for a certificate of this CA (e.g. the device CA's ca.pem)",
+    )
+    serve.add_argument(
         "--no-shared-subscription",
         action="store_true",
         help="plain subscription, for brokers without $share (one replica only)",
@@ -90,6 +99,9 @@ def _serve(args: argparse.Namespace) -> int:
         ("api_host", args.host),
         ("api_port", args.port),
         ("data_dir", args.data_dir),
+        ("api_tls_cert_file", args.tls_cert),
+        ("api_tls_key_file", args.tls_key),
+        ("api_tls_client_ca_file", args.tls_client_ca),
         ("keys_dir", args.keys_dir),
         ("repository_dir", args.repository_dir),
         ("models_dir", args.models_dir),

@@ -14,10 +14,12 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import ssl
 import sys
 import threading
 import time
 import uuid
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -66,7 +68,25 @@ def uvicorn_config(app: FastAPI, settings: FleetSettings) -> uvicorn.Config:
       sees as "connection reset" or "closed without response";
     - no access log: the level is warning, but uvicorn builds each line's arguments
       anyway.
+
+    With ``api_tls_cert_file`` and ``api_tls_key_file`` it serves HTTPS only (TLS 1.2 or
+    newer: uvicorn's default context), and with ``api_tls_client_ca_file`` it asks clients
+    for a certificate of those CAs (``api_tls_client_cert``: optional or required). uvicorn
+    does not pass the peer certificate to the app, so devices authenticate to the
+    repository by signing their requests (`edgefleet.shared.device_auth`) either way.
     """
+    tls: dict[str, Any] = {}
+    if settings.api_tls_cert_file is not None:
+        password = settings.api_tls_key_password
+        tls = {
+            "ssl_certfile": str(settings.api_tls_cert_file),
+            "ssl_keyfile": str(settings.api_tls_key_file),
+            "ssl_keyfile_password": password.get_secret_value() if password else None,
+        }
+        if settings.api_tls_client_ca_file is not None:
+            required = settings.api_tls_client_cert == "required"
+            tls["ssl_ca_certs"] = str(settings.api_tls_client_ca_file)
+            tls["ssl_cert_reqs"] = ssl.CERT_REQUIRED if required else ssl.CERT_OPTIONAL
     return uvicorn.Config(
         app,
         host=settings.api_host,
@@ -78,7 +98,38 @@ def uvicorn_config(app: FastAPI, settings: FleetSettings) -> uvicorn.Config:
         loop="asyncio" if sys.platform == "win32" else "uvloop",
         backlog=4096,
         timeout_keep_alive=75,
+        **tls,
     )
+
+
+def check_tls_files(settings: FleetSettings) -> None:
+    """Load the API's TLS files once, so a bad one fails the start with its name.
+
+    Raises `RuntimeError` naming the file and the cause (uvicorn would only log it from
+    its thread). Does nothing without ``api_tls_cert_file``.
+    """
+    if settings.api_tls_cert_file is None or settings.api_tls_key_file is None:
+        return
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    password = settings.api_tls_key_password
+    try:
+        context.load_cert_chain(
+            settings.api_tls_cert_file,
+            settings.api_tls_key_file,
+            password.get_secret_value() if password else None,
+        )
+    except (OSError, ssl.SSLError) as e:
+        raise RuntimeError(
+            f"cannot load the API's TLS certificate {settings.api_tls_cert_file} with key"
+            f" {settings.api_tls_key_file}: {e}"
+        ) from e
+    if settings.api_tls_client_ca_file is not None:
+        try:
+            context.load_verify_locations(settings.api_tls_client_ca_file)
+        except (OSError, ssl.SSLError) as e:
+            raise RuntimeError(
+                f"cannot load the client CA file {settings.api_tls_client_ca_file}: {e}"
+            ) from e
 
 
 class FleetService:
@@ -139,7 +190,8 @@ class FleetService:
 
     @property
     def base_url(self) -> str:
-        return f"http://{self.settings.api_host}:{self.port}"
+        scheme = "https" if self.settings.api_tls else "http"
+        return f"{scheme}://{self.settings.api_host}:{self.port}"
 
     @property
     def director(self) -> Director:
@@ -158,10 +210,12 @@ class FleetService:
     def start(self, timeout_s: float = 15.0) -> None:
         """Create tables, bootstrap the admin token, load keys, start ingest and the API.
 
-        Raises `RuntimeError` if the API does not come up within ``timeout_s``,
+        Raises `RuntimeError` if the API does not come up within ``timeout_s`` or its TLS
+        files cannot be loaded,
         `edgefleet.shared.signing.errors.KeyFileError` if the keys cannot be loaded (wrong
         passphrase, missing file) or there is no repository and no key to create one.
         """
+        check_tls_files(self.settings)  # first: a bad file leaves nothing half-started
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         if self.settings.keys_dir is not None:
             # Before anything else, so a wrong passphrase leaves no half-started replica

@@ -70,6 +70,25 @@ class FleetSettings(BaseSettings):
     admin_token: SecretStr | None = None
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8080, ge=0, le=65535, description="0 picks a free port")
+    # HTTPS (edgefleet.fleet.service.uvicorn_config): with a certificate and key the API,
+    # the console and the repository are served over TLS only.
+    api_tls_cert_file: Path | None = Field(
+        default=None, description="PEM server certificate (chain); set with its key for HTTPS"
+    )
+    api_tls_key_file: Path | None = Field(default=None, description="its PEM private key")
+    api_tls_key_password: SecretStr | None = Field(
+        default=None, description="the key file's passphrase, if it is encrypted"
+    )
+    api_tls_client_ca_file: Path | None = Field(
+        default=None,
+        description="ask TLS clients for a certificate of these CAs (the device CA's ca.pem):"
+        " one that does not verify is refused in the handshake",
+    )
+    api_tls_client_cert: Literal["optional", "required"] = Field(
+        default="optional",
+        description="with api_tls_client_ca_file: whether a client without a certificate is"
+        " let in (required: only for a replica that devices alone use)",
+    )
 
     ingest_batch_size: int = Field(default=500, ge=1, le=50_000)
     ingest_flush_interval_s: float = Field(default=0.2, gt=0)
@@ -101,8 +120,9 @@ class FleetSettings(BaseSettings):
         default=2.0,
         gt=0,
         le=300.0,
-        description="how long the ingester trusts its copy of the active device ids: a"
-        " revoked device's messages are refused at most this long after the revocation",
+        description="how long the ingester and the repository trust their copy of the device"
+        " identities: a revoked device's messages and repository requests are refused at"
+        " most this long after the revocation",
     )
     dead_letter_payload_prefix_bytes: int = Field(
         default=4096, ge=0, le=1 << 20, description="how much of a rejected payload is kept"
@@ -170,8 +190,16 @@ class FleetSettings(BaseSettings):
     )
     repository_device_token: SecretStr | None = Field(
         default=None,
-        description="bearer token devices send to fetch TUF metadata and artifacts"
-        " (API tokens work too)",
+        description="a bearer token shared by every device to fetch TUF metadata and"
+        " artifacts (API tokens work too). Weaker than what an enrolled device does without"
+        " it: sign each request with its own key (edgefleet.shared.device_auth)",
+    )
+    device_signature_max_skew_s: float = Field(
+        default=300.0,
+        ge=5,
+        le=3600,
+        description="a signed device request is accepted if signed at most this long before"
+        " or after the fleet's clock (device clocks drift; a replay is bounded by it)",
     )
     repository_public: bool = Field(
         default=False,
@@ -261,6 +289,23 @@ class FleetSettings(BaseSettings):
             data_dir = Path(data.get("data_dir") or "./var/fleet")
             data["database_url"] = f"sqlite:///{data_dir / 'fleet.db'}"
         return data
+
+    @model_validator(mode="after")
+    def _tls_is_complete(self) -> FleetSettings:
+        if (self.api_tls_cert_file is None) != (self.api_tls_key_file is None):
+            raise ValueError("api_tls_cert_file and api_tls_key_file go together")
+        if self.api_tls_cert_file is None and (
+            self.api_tls_client_ca_file is not None or self.api_tls_key_password is not None
+        ):
+            raise ValueError(
+                "api_tls_client_ca_file and api_tls_key_password need api_tls_cert_file"
+            )
+        return self
+
+    @property
+    def api_tls(self) -> bool:
+        """Whether the API is served over HTTPS."""
+        return self.api_tls_cert_file is not None
 
     @model_validator(mode="after")
     def _persistent_session_needs_client_id(self) -> FleetSettings:
