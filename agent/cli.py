@@ -42,6 +42,14 @@ def _register_identity(commands: argparse._SubParsersAction[argparse.ArgumentPar
     renew.add_argument("--fleet", required=True, help="the fleet API's URL, http(s)://host:port")
     text = "print the device key's fingerprint (made if missing), to pre-authorise it"
     fingerprint = commands.add_parser("key-fingerprint", help=text, description=text)
+    for command in (enroll, renew):
+        command.add_argument(
+            "--fleet-ca",
+            type=Path,
+            default=None,
+            help="CA certificates (PEM) of an https fleet's server, beside the system's and"
+            " the pinned device CA (default: fleet_ca_file of the agent's config)",
+        )
     for command, handler in ((enroll, _enroll), (renew, _renew), (fingerprint, _key_fingerprint)):
         command.add_argument(
             "--device-id", default=None, help="default: device_id of the agent's config"
@@ -99,13 +107,32 @@ def _identity_target(args: argparse.Namespace, *, need_id: bool) -> tuple[str, P
     return device_id or "", identity_dir
 
 
+def _fleet_context(args: argparse.Namespace, identity_dir: Path) -> Any:
+    """The TLS context for an https fleet (None for http); raises `IdentityError`."""
+    from edgefleet.agent.credentials import fleet_tls_context
+    from edgefleet.agent.identity import CA_FILE
+
+    if not str(args.fleet).startswith("https:"):
+        return None
+    ca_file: Path | None = args.fleet_ca
+    if ca_file is None and args.config is not None:
+        ca_file = _load(args).fleet_ca_file
+    return fleet_tls_context(identity_dir / CA_FILE, ca_file)
+
+
 def _enroll(args: argparse.Namespace) -> int:
     from edgefleet.agent.identity import IdentityError, enroll
     from edgefleet.shared.cli import CLIError
 
     device_id, identity_dir = _identity_target(args, need_id=True)
     try:
-        enrolled = enroll(args.fleet, args.token, device_id=device_id, identity_dir=identity_dir)
+        enrolled = enroll(
+            args.fleet,
+            args.token,
+            device_id=device_id,
+            identity_dir=identity_dir,
+            context=_fleet_context(args, identity_dir),
+        )
     except IdentityError as e:
         raise CLIError(f"enrollment failed: {e}") from e
     print(
@@ -136,7 +163,9 @@ def _renew(args: argparse.Namespace) -> int:
 
     _, identity_dir = _identity_target(args, need_id=False)
     try:
-        renewed = renew(args.fleet, identity_dir=identity_dir)
+        renewed = renew(
+            args.fleet, identity_dir=identity_dir, context=_fleet_context(args, identity_dir)
+        )
     except IdentityError as e:
         raise CLIError(f"renewal failed: {e}") from e
     print(

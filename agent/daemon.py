@@ -23,6 +23,7 @@ import psutil
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from edgefleet.agent.config import AgentConfig
+from edgefleet.agent.credentials import DeviceCredentials, broker_with_identity, load_credentials
 from edgefleet.agent.drift_monitor import DriftMonitor
 from edgefleet.agent.drift_publisher import DriftPublisher
 from edgefleet.agent.inference_api import InferenceApi
@@ -30,6 +31,7 @@ from edgefleet.agent.link import DesiredHandler, Link
 from edgefleet.agent.metrics import InferenceMetrics
 from edgefleet.agent.model_host import ActiveModel, ModelHost
 from edgefleet.agent.outbox import Outbox
+from edgefleet.agent.renewal import Renewer
 from edgefleet.agent.store import ModelStore, StoreError
 from edgefleet.agent.systemd import SystemdNotifier
 from edgefleet.agent.telemetry import TelemetryCollector
@@ -138,6 +140,8 @@ class Agent:
         self._api: InferenceApi | None = None
         self._telemetry_thread: threading.Thread | None = None
         self._drift_thread: threading.Thread | None = None
+        self._credentials: DeviceCredentials | None = None
+        self._renewer: Renewer | None = None
 
     @property
     def device_id(self) -> str:
@@ -165,6 +169,21 @@ class Agent:
         return self._link is not None and self._link.connected
 
     @property
+    def link(self) -> Link | None:
+        """The broker link (after `start`)."""
+        return self._link
+
+    @property
+    def credentials(self) -> DeviceCredentials | None:
+        """The device identity in use (after `start`), or None."""
+        return self._credentials
+
+    @property
+    def renewer(self) -> Renewer | None:
+        """The certificate renewal timer, when the identity is in use with a fleet URL."""
+        return self._renewer
+
+    @property
     def status(self) -> AgentStatus:
         active = self.model_host.active
         return AgentStatus(
@@ -186,14 +205,29 @@ class Agent:
         a package is first installed and activated in the same model store
         (`edgefleet.agent.store`, under ``data_dir/store``), a bare model file as it is.
 
-        Returns at once; the link connects in the background. Raises `OutboxError` if
-        the outbox cannot be opened, OSError if the API port cannot be bound, and
+        With the device identity in use (`edgefleet.agent.credentials.load_credentials`)
+        the link speaks mTLS with the device certificate over ``mqtts://``, repository
+        requests are signed with the device key, and a timer renews the certificate
+        (`edgefleet.agent.renewal`) and reconnects the link with the new one.
+
+        Returns at once; the link connects in the background. Raises `IdentityError`
+        for an identity required but missing or unreadable, `OutboxError` if the outbox
+        cannot be opened, OSError if the API port cannot be bound, and
         `KeyFileError`/`TufError` if the provisioning bundle cannot be read. A model that
         fails to load is reported (log and a ``failed`` event), not raised, so the
         device can still receive an update.
         """
         config = self.config
         self._started_at = time.monotonic()
+        credentials = self._credentials = load_credentials(config)
+        broker = config.broker
+        if credentials is not None:
+            broker = broker_with_identity(broker, credentials)
+            log.info(
+                "agent %s uses its identity (certificate until %s)",
+                self.device_id,
+                credentials.not_after,
+            )
         self._outbox = Outbox(
             config.data_dir / OUTBOX_FILE,
             max_messages=config.outbox.max_messages,
@@ -216,7 +250,7 @@ class Agent:
                 name=f"edgefleet-api-{self.device_id}",
             )
         self._link = Link(
-            config=config.broker,
+            config=broker,
             device_id=self.device_id,
             outbox=self._outbox,
             state=self._state_message,
@@ -246,9 +280,38 @@ class Agent:
         if self._updates:
             self._updates.start()
         self._link.start()
+        self._start_renewer(credentials)
         self._telemetry_thread.start()
         self._drift_thread.start()
         log.info("agent %s started", self.device_id)
+
+    def _start_renewer(self, credentials: DeviceCredentials | None) -> None:
+        if credentials is None:
+            return
+        fleet_url = self.config.fleet_url
+        if fleet_url is None:
+            log.warning(
+                "agent %s: no identity.fleet_url (nor update.repository_url): its certificate"
+                " is not renewed before it expires on %s",
+                self.device_id,
+                credentials.not_after,
+            )
+            return
+        link = self._link
+        assert link is not None
+
+        def reconnect(_renewed: object) -> None:
+            link.reconnect()
+
+        self._renewer = Renewer(
+            credentials=credentials,
+            fleet_url=fleet_url,
+            config=self.config.identity,
+            ssl_context=credentials.tls_context(self.config.fleet_ca_file),
+            on_renewed=reconnect,
+            name=f"edgefleet-renew-{self.device_id}",
+        )
+        self._renewer.start()
 
     def stop(self, timeout_s: float = 5.0) -> bool:
         """Stop serving, publish ``online: false``, flush the outbox (bounded), close.
@@ -257,6 +320,8 @@ class Agent:
         Returns True if the offline state and the whole outbox reached the broker.
         """
         self._stop.set()
+        if self._renewer:
+            self._renewer.stop(timeout_s)
         if self._api:
             self._api.stop()
         if self._updates:
@@ -361,6 +426,7 @@ class Agent:
             publisher=self,
             runtime_loader=self._runtime_loader,
             work_gate=self._update_gate,
+            credentials=self._credentials,
         )
         self._updates = updates
         self.metrics.observer = updates.record_inference

@@ -104,6 +104,7 @@ class Link:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._state_stale = threading.Event()
+        self._reconnect = threading.Event()
         self._flushed = False
         # Per connection; touched only by the link thread (paho calls back on it).
         self._connected = False
@@ -151,6 +152,19 @@ class Link:
         self._state_stale.set()
         self.wake()
 
+    def reconnect(self) -> None:
+        """Close the connection cleanly and open a new one at once (safe from any thread).
+
+        For a renewed client certificate: the new connection reads ``cert_file`` and
+        ``key_file`` again. The clean DISCONNECT makes the broker drop the will, so the
+        retained state does not flap to offline; outbox rows not yet acknowledged stay
+        in the outbox and are sent again on the new connection (the fleet drops the
+        duplicates by seq), so nothing is lost. While disconnected it does nothing: the
+        next connection reads the files anyway.
+        """
+        self._reconnect.set()
+        self._interrupt()
+
     def stop(self, timeout_s: float = 5.0) -> bool:
         """Publish the retained offline state, flush the outbox, disconnect.
 
@@ -169,10 +183,13 @@ class Link:
         try:
             attempt = 0
             while not self._stop.is_set():
+                self._reconnect.clear()  # this session reads the certificate files anew
                 if self._session():
                     attempt = 0
                 if self._stop.is_set():
                     break
+                if self._reconnect.is_set():
+                    continue  # asked for: no backoff
                 delay = backoff_s(
                     attempt,
                     min_s=self._config.reconnect_min_s,
@@ -253,6 +270,10 @@ class Link:
                 break
             if self._connected:
                 accepted = True
+                if self._reconnect.is_set() and not self._stop.is_set():
+                    log.info("%s: reconnecting to %s as asked", self._device_id, self._config.url)
+                    self._disconnect(client)
+                    break
                 if self._dirty.is_set():
                     self._dirty.clear()
                     self._pump(client)

@@ -19,11 +19,12 @@ Invariants:
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from edgefleet.agent.download import DEFAULT_DEADLINE_S, DownloadAbort, download
+from edgefleet.agent.download import DEFAULT_DEADLINE_S, DownloadAbort, RequestAuth, download
 from edgefleet.agent.model_host import ActiveModel, ModelHost
 from edgefleet.agent.trust import TargetInfo, TrustedRepository
 from edgefleet.agent.update.ports import EventPublisher, GoldenOutcome, RuntimeLoader
@@ -57,12 +58,18 @@ class TufDownloader:
         *,
         max_download_bytes: int,
         headers: Mapping[str, str] | None = None,
+        auth: RequestAuth | None = None,
+        ssl_context: ssl.SSLContext | None = None,
         timeout_s: float = 30.0,
         deadline_s: float = DEFAULT_DEADLINE_S,
     ) -> None:
+        """``headers`` go with every artifact request, ``auth`` adds each one's
+        credentials, ``ssl_context`` verifies an https repository."""
         self._repository = repository
         self._max_bytes = max_download_bytes
         self._headers = dict(headers or {})
+        self._auth = auth
+        self._ssl_context = ssl_context
         self._timeout_s = timeout_s
         self._deadline_s = deadline_s
         self._lock = threading.Lock()
@@ -102,6 +109,8 @@ class TufDownloader:
                 expected_sha256=target.sha256,
                 expected_length=target.length,
                 headers=self._headers,
+                auth=self._auth,
+                context=self._ssl_context,
                 timeout_s=self._timeout_s,
                 deadline_s=self._deadline_s,
                 abort=abort,

@@ -30,14 +30,17 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
+import ssl
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 from edgefleet.agent.config import AgentConfig
+from edgefleet.agent.credentials import DeviceCredentials, fleet_tls_context
+from edgefleet.agent.download import RequestAuth
 from edgefleet.agent.model_host import ModelHost
 from edgefleet.agent.store import ModelStore, StoreError
-from edgefleet.agent.trust import TrustedRepository
+from edgefleet.agent.trust import HeaderFetcher, TrustedRepository
 from edgefleet.agent.update.adapters import (
     ArtifactVerifier,
     GoldenRunner,
@@ -85,16 +88,20 @@ class UpdateService:
         clock: Callable[[], datetime] = utcnow,
         runtime_loader: RuntimeLoader = load_runtime,
         work_gate: WorkGate | None = None,
+        credentials: DeviceCredentials | None = None,
     ) -> None:
         """Recover the store, install the factory model on a fresh device, load the state.
 
         ``runtime_loader`` loads every model the update path activates or golden-checks
         (`edgefleet.shared.runtime.load_runtime`; simulators wrap it to inject faults).
-        ``work_gate``: see `UpdateRunner` (simulators only).
+        ``work_gate``: see `UpdateRunner` (simulators only). With ``credentials`` (the
+        device's identity in use) every repository request is signed with the device key
+        and ``update.device_token`` is not sent; without, the token is, if configured.
 
         Raises `KeyFileError` if the director keys cannot be read, `TufError` if the
         pinned root cannot, `OSError` if the data directory is not writable, ValueError
-        if the config does not enable updates completely.
+        if the config does not enable updates completely, `IdentityError` if a CA file
+        for the repository's TLS cannot be read.
         """
         settings = config.update
         if settings.trust_dir is None or settings.repository_url is None:
@@ -102,16 +109,12 @@ class UpdateService:
         self._device_id = config.device_id
         data = config.data_dir
         self._director_keys = load_director_keys(settings.trust_dir / DIRECTOR_KEYS_FILE)
-        headers = (
-            {"Authorization": f"Bearer {settings.device_token.get_secret_value()}"}
-            if settings.device_token
-            else {}
-        )
+        headers, auth, context = _repository_credentials(config, credentials)
         repository = TrustedRepository(
             data / TUF_DIR,
             settings.trust_dir / TRUSTED_ROOT_FILE,
             settings.repository_url,
-            headers=headers,
+            HeaderFetcher(headers, auth=auth, ssl_context=context),
         )
         self.store = ModelStore(data / STORE_DIR)
         self.store.recover()
@@ -125,6 +128,8 @@ class UpdateService:
             repository,
             max_download_bytes=settings.max_download_bytes,
             headers=headers,
+            auth=auth,
+            ssl_context=context,
             timeout_s=settings.download_timeout_s,
             deadline_s=settings.download_deadline_s,
         )
@@ -199,6 +204,20 @@ class UpdateService:
                 envelope_sha256=envelope_sha256,
             )
         )
+
+
+def _repository_credentials(
+    config: AgentConfig, credentials: DeviceCredentials | None
+) -> tuple[dict[str, str], RequestAuth | None, ssl.SSLContext | None]:
+    """Fixed headers, per-request credentials and the TLS context for the repository."""
+    token = config.update.device_token
+    if credentials is not None:
+        if token is not None:
+            log.info("the device signs its repository requests; update.device_token is not sent")
+        return {}, credentials.authorization, credentials.tls_context(config.fleet_ca_file)
+    headers = {"Authorization": f"Bearer {token.get_secret_value()}"} if token else {}
+    context = fleet_tls_context(None, config.fleet_ca_file) if config.fleet_ca_file else None
+    return headers, None, context
 
 
 def update_target(body: DesiredBody) -> UpdateTarget:

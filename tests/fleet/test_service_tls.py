@@ -23,6 +23,7 @@ from edgefleet.agent.trust import HeaderFetcher
 from edgefleet.fleet.keys import LabSetup
 from edgefleet.fleet.service import FleetService
 from edgefleet.fleet.settings import FleetSettings
+from edgefleet.shared.cli import main
 from edgefleet.shared.device_auth import authorization
 from tests.support.fleet_fixtures import ADMIN_TOKEN, MakeFleet, upload
 from tests.support.identity import p256_key
@@ -208,3 +209,21 @@ def test_bad_tls_files_fail_the_start_with_their_name(tmp_path: Path) -> None:
 def test_incomplete_tls_settings_are_refused(fields: dict[str, str]) -> None:
     with pytest.raises(ValidationError, match="api_tls"):
         FleetSettings(**fields)  # type: ignore[arg-type]
+
+
+def test_the_cli_enrolls_and_renews_over_https_with_the_fleet_ca(
+    fleet: FleetService,
+    admin: httpx.Client,
+    tls: ServerFiles,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    token = admin.post("/v1/enrollment-tokens", json={}).json()["token"]
+    directory = ["--device-id", "cam-3", "--identity-dir", str(tmp_path / "identity")]
+    enroll_args = ["agent", "enroll", "--fleet", fleet.base_url, "--token", token, *directory]
+    assert main(enroll_args) == 2  # the system's CAs do not know the fleet's
+    assert "CERTIFICATE_VERIFY_FAILED" in capsys.readouterr().err
+    assert main([*enroll_args, "--fleet-ca", str(tls.ca)]) == 0
+    # Renewal needs no --fleet-ca: the device CA pinned at enrollment signed the server's.
+    assert main(["agent", "renew", "--fleet", fleet.base_url, *directory[2:]]) == 0
+    assert "renewed cam-3" in capsys.readouterr().out
