@@ -86,6 +86,36 @@ def origin(url: str) -> tuple[str, str, int | None]:
     return scheme, (parts.hostname or "").lower(), port
 
 
+class RedirectRefusedError(ValueError):
+    """A redirect the agent does not follow; the message names both URLs."""
+
+
+def redirect_target(
+    first_url: str, home: tuple[str, str, int | None], current: str, location: str | None
+) -> str:
+    """Where a redirect from ``current`` (reached from ``first_url``, whose `origin` is
+    ``home``) may be followed.
+
+    Both of the agent's HTTP clients (this downloader and the TUF fetcher) ask this, so
+    the same rule holds for metadata and artifacts: only within ``first_url``'s origin.
+    Raises `RedirectRefusedError`, naming the URLs, for no Location or another origin.
+    """
+    if not location:
+        raise RedirectRefusedError(f"{current} answered a redirect without a Location")
+    target = urljoin(current, location)
+    try:
+        same = origin(target) == home
+    except ValueError:
+        same = False
+    if not same:
+        logger.warning("%s redirects to %s, another origin: refused", current, target)
+        raise RedirectRefusedError(
+            f"{current} redirects to {target}, another origin than {first_url}'s: refused,"
+            " and no credentials were sent there"
+        )
+    return target
+
+
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
     """Hands a redirect back as an HTTPError: `open_following` decides where it may go."""
 
@@ -125,20 +155,10 @@ def open_following(
                 raise
             location = e.headers.get("Location")
             e.close()
-        if not location:
-            raise TransportError(f"{current} answered a redirect without a Location")
-        target = urljoin(current, location)
         try:
-            same = origin(target) == home
-        except ValueError:
-            same = False
-        if not same:
-            logger.warning("%s redirects to %s, another origin: refused", current, target)
-            raise TransportError(
-                f"{current} redirects to {target}, another origin than {url}'s: refused,"
-                " and no credentials were sent there"
-            )
-        current = target
+            current = redirect_target(url, home, current, location)
+        except RedirectRefusedError as e:
+            raise TransportError(str(e)) from None
     raise TransportError(f"{url} redirected more than {MAX_REDIRECTS} times")
 
 

@@ -22,7 +22,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin
 
 import urllib3
 from tuf.api import exceptions as tuf_errors
@@ -30,7 +29,14 @@ from tuf.ngclient.config import UpdaterConfig
 from tuf.ngclient.fetcher import FetcherInterface
 from tuf.ngclient.updater import Updater
 
-from edgefleet.agent.download import MAX_REDIRECTS, REDIRECT_STATUSES, RequestAuth, origin
+from edgefleet.agent.download import (
+    MAX_REDIRECTS,
+    REDIRECT_STATUSES,
+    RedirectRefusedError,
+    RequestAuth,
+    origin,
+    redirect_target,
+)
 from edgefleet.shared.durable import fsync_dir, fsync_file
 from edgefleet.shared.signing.errors import (
     DigestMismatch,
@@ -94,20 +100,10 @@ class HeaderFetcher(FetcherInterface):
             location = response.headers.get("Location")
             response.drain_conn()
             response.release_conn()
-            if not location:
-                raise tuf_errors.DownloadError(f"{current} answered a redirect without a Location")
-            target = urljoin(current, location)
             try:
-                same = origin(target) == home
-            except ValueError:
-                same = False
-            if not same:
-                logger.warning("%s redirects to %s, another origin: refused", current, target)
-                raise tuf_errors.DownloadError(
-                    f"{current} redirects to {target}, another origin than {url}'s: refused,"
-                    " and no credentials were sent there"
-                )
-            current = target
+                current = redirect_target(url, home, current, location)
+            except RedirectRefusedError as e:
+                raise tuf_errors.DownloadError(str(e)) from None
         else:
             raise tuf_errors.DownloadError(f"{url} redirected more than {MAX_REDIRECTS} times")
         if response.status >= 400:
