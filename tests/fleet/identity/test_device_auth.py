@@ -7,7 +7,6 @@ device, a signature for another request, a stale or future timestamp.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -21,7 +20,6 @@ from sqlmodel import Session
 from edgefleet.fleet.identity.ca import DeviceCA, parse_csr
 from edgefleet.fleet.identity.device_auth import DeviceAuthenticator, DeviceAuthRefused
 from edgefleet.fleet.identity.service import IdentityService, device_recorder
-from edgefleet.fleet.store.engine import create_all, make_engine
 from edgefleet.shared.device_auth import authorization
 from edgefleet.shared.identity import EnrollRequest
 from tests.support.identity import csr_pem, p256_key
@@ -40,35 +38,16 @@ class Clocks:
 
 
 @pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url)
-    create_all(engine)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def identities(engine: Engine, tmp_path: Path) -> IdentityService:
-    return IdentityService(
-        engine,
-        tmp_path / "ca",
-        passphrase=b"pass",
-        allow_unencrypted=False,
-        cert_lifetime=timedelta(days=90),
-    )
-
-
-@pytest.fixture
 def clocks() -> Clocks:
     return Clocks()
 
 
 @pytest.fixture
 def authenticator(
-    engine: Engine, identities: IdentityService, clocks: Clocks
+    engine: Engine, identity_service: IdentityService, clocks: Clocks
 ) -> DeviceAuthenticator:
     return DeviceAuthenticator(
-        ca=identities.ca,
+        ca=identity_service.ca,
         engine=engine,
         identity_ttl_s=TTL_S,
         max_skew_s=300,
@@ -77,13 +56,15 @@ def authenticator(
     )
 
 
-def enroll(engine: Engine, identities: IdentityService, device_id: str):
+def enroll(engine: Engine, identity_service: IdentityService, device_id: str):
     """Enroll ``device_id`` for real; its key and certificate DER."""
     operator = device_recorder("ops", request_id=None, source=None)
     key = p256_key()
     with Session(engine) as session:
-        token = identities.create_token(session, operator, created_by="ops", ttl=timedelta(hours=1))
-        issued = identities.enroll(
+        token = identity_service.create_token(
+            session, operator, created_by="ops", ttl=timedelta(hours=1)
+        )
+        issued = identity_service.enroll(
             session,
             EnrollRequest(token=token.token, csr_pem=csr_pem(key, device_id)),
             request_id=None,
@@ -98,18 +79,24 @@ def signed(key: ec.EllipticCurvePrivateKey, der: bytes, clocks: Clocks, url: str
 
 
 def test_an_enrolled_device_is_let_in_by_its_own_signature(
-    engine: Engine, identities: IdentityService, authenticator: DeviceAuthenticator, clocks: Clocks
+    engine: Engine,
+    identity_service: IdentityService,
+    authenticator: DeviceAuthenticator,
+    clocks: Clocks,
 ) -> None:
-    key, der = enroll(engine, identities, "cam-1")
+    key, der = enroll(engine, identity_service, "cam-1")
     assert authenticator.needs_io()
     assert authenticator.authenticate(signed(key, der, clocks), "GET", TARGET) == "cam-1"
     assert not authenticator.needs_io()  # CA and identities loaded: the next one is in memory
 
 
 def test_the_chain_is_verified_once_per_certificate_however_many_requests(
-    engine: Engine, identities: IdentityService, authenticator: DeviceAuthenticator, clocks: Clocks
+    engine: Engine,
+    identity_service: IdentityService,
+    authenticator: DeviceAuthenticator,
+    clocks: Clocks,
 ) -> None:
-    devices = [enroll(engine, identities, f"cam-{i}") for i in range(3)]
+    devices = [enroll(engine, identity_service, f"cam-{i}") for i in range(3)]
     for _ in range(50):
         for i, (key, der) in enumerate(devices):
             assert authenticator.authenticate(signed(key, der, clocks), "GET", TARGET) == f"cam-{i}"
@@ -117,9 +104,12 @@ def test_the_chain_is_verified_once_per_certificate_however_many_requests(
 
 
 def test_a_signature_for_another_target_or_method_is_refused(
-    engine: Engine, identities: IdentityService, authenticator: DeviceAuthenticator, clocks: Clocks
+    engine: Engine,
+    identity_service: IdentityService,
+    authenticator: DeviceAuthenticator,
+    clocks: Clocks,
 ) -> None:
-    key, der = enroll(engine, identities, "cam-1")
+    key, der = enroll(engine, identity_service, "cam-1")
     value = signed(key, der, clocks)
     with pytest.raises(DeviceAuthRefused, match="does not verify"):
         authenticator.authenticate(value, "GET", "/v1/repository/metadata/1.root.json")
@@ -128,10 +118,13 @@ def test_a_signature_for_another_target_or_method_is_refused(
 
 
 def test_another_devices_key_cannot_sign_for_its_certificate(
-    engine: Engine, identities: IdentityService, authenticator: DeviceAuthenticator, clocks: Clocks
+    engine: Engine,
+    identity_service: IdentityService,
+    authenticator: DeviceAuthenticator,
+    clocks: Clocks,
 ) -> None:
-    _, victim_der = enroll(engine, identities, "cam-1")
-    attacker_key, _ = enroll(engine, identities, "cam-2")
+    _, victim_der = enroll(engine, identity_service, "cam-1")
+    attacker_key, _ = enroll(engine, identity_service, "cam-2")
     with pytest.raises(DeviceAuthRefused, match="does not verify"):
         authenticator.authenticate(signed(attacker_key, victim_der, clocks), "GET", TARGET)
 
@@ -139,12 +132,12 @@ def test_another_devices_key_cannot_sign_for_its_certificate(
 @pytest.mark.parametrize("skew_s", [-301, 301, -86_400 * 365])
 def test_a_stale_or_future_timestamp_is_refused(
     engine: Engine,
-    identities: IdentityService,
+    identity_service: IdentityService,
     authenticator: DeviceAuthenticator,
     clocks: Clocks,
     skew_s: int,
 ) -> None:
-    key, der = enroll(engine, identities, "cam-1")
+    key, der = enroll(engine, identity_service, "cam-1")
     value = authorization(key, der, "GET", URL, clocks.wall + skew_s)
     with pytest.raises(DeviceAuthRefused, match="fleet's clock"):
         authenticator.authenticate(value, "GET", TARGET)
@@ -171,11 +164,11 @@ def test_a_certificate_of_another_ca_is_refused(
 
 
 def test_a_certificate_of_the_ca_without_an_identity_is_refused(
-    identities: IdentityService, authenticator: DeviceAuthenticator, clocks: Clocks
+    identity_service: IdentityService, authenticator: DeviceAuthenticator, clocks: Clocks
 ) -> None:
     # Signed by the CA but never enrolled (no identity row): e.g. a stolen CA signature.
     key = p256_key()
-    issued = identities.ca().sign(
+    issued = identity_service.ca().sign(
         parse_csr(csr_pem(key, "ghost")), lifetime=timedelta(days=1), now=datetime.now(UTC)
     )
     der = issued.certificate.public_bytes(Encoding.DER)
@@ -184,10 +177,10 @@ def test_a_certificate_of_the_ca_without_an_identity_is_refused(
 
 
 def test_a_service_certificate_of_the_ca_is_no_device(
-    identities: IdentityService, authenticator: DeviceAuthenticator, clocks: Clocks
+    identity_service: IdentityService, authenticator: DeviceAuthenticator, clocks: Clocks
 ) -> None:
     key = p256_key()
-    issued = identities.ca().sign_service(
+    issued = identity_service.ca().sign_service(
         key.public_key(), "edgefleet:fleet", lifetime=timedelta(days=1), now=datetime.now(UTC)
     )
     der = issued.certificate.public_bytes(Encoding.DER)
@@ -196,13 +189,16 @@ def test_a_service_certificate_of_the_ca_is_no_device(
 
 
 def test_a_revoked_device_is_refused_once_the_identities_are_reread(
-    engine: Engine, identities: IdentityService, authenticator: DeviceAuthenticator, clocks: Clocks
+    engine: Engine,
+    identity_service: IdentityService,
+    authenticator: DeviceAuthenticator,
+    clocks: Clocks,
 ) -> None:
-    key, der = enroll(engine, identities, "cam-1")
+    key, der = enroll(engine, identity_service, "cam-1")
     assert authenticator.authenticate(signed(key, der, clocks), "GET", TARGET) == "cam-1"
     operator = device_recorder("ops", request_id=None, source=None)
     with Session(engine) as session:
-        identities.revoke(session, "cam-1", operator, by="ops", reason="stolen")
+        identity_service.revoke(session, "cam-1", operator, by="ops", reason="stolen")
     clocks.mono += TTL_S  # the copy of the identities is now stale
     assert authenticator.needs_io()
     with pytest.raises(DeviceAuthRefused, match="is revoked"):
@@ -210,9 +206,12 @@ def test_a_revoked_device_is_refused_once_the_identities_are_reread(
 
 
 def test_an_expired_certificate_is_refused(
-    engine: Engine, identities: IdentityService, authenticator: DeviceAuthenticator, clocks: Clocks
+    engine: Engine,
+    identity_service: IdentityService,
+    authenticator: DeviceAuthenticator,
+    clocks: Clocks,
 ) -> None:
-    key, der = enroll(engine, identities, "cam-1")
+    key, der = enroll(engine, identity_service, "cam-1")
     clocks.wall += 91 * 86_400
     with pytest.raises(DeviceAuthRefused, match="not now"):
         authenticator.authenticate(signed(key, der, clocks), "GET", TARGET)

@@ -23,7 +23,6 @@ from sqlmodel import Session, col, select
 from edgefleet.fleet.api.app import create_app
 from edgefleet.fleet.identity.service import IdentityService
 from edgefleet.fleet.settings import FleetSettings
-from edgefleet.fleet.store.engine import create_all, make_engine
 from edgefleet.fleet.store.governance_tables import AuditRow
 from edgefleet.shared.identity import key_fingerprint
 from tests.support.identity import csr_pem, p256_key
@@ -36,14 +35,6 @@ class Clock:
 
     def __call__(self) -> datetime:
         return self.now
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url)
-    create_all(engine)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture

@@ -3,48 +3,27 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
-import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
 from edgefleet.fleet.errors import FleetError
 from edgefleet.fleet.identity.service import IdentityService, device_recorder
-from edgefleet.fleet.store.engine import create_all, make_engine
 from edgefleet.fleet.store.identity_tables import DeviceIdentityRow
 from edgefleet.shared.identity import EnrollRequest
 from tests.support.identity import csr_pem, p256_key
 
 
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url)
-    create_all(engine)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def service(engine: Engine, tmp_path: Path) -> IdentityService:
-    return IdentityService(
-        engine,
-        tmp_path / "ca",
-        passphrase=b"pass",
-        allow_unencrypted=False,
-        cert_lifetime=timedelta(days=90),
-    )
-
-
 def test_two_devices_racing_with_one_token_enroll_one(
-    engine: Engine, service: IdentityService
+    engine: Engine, identity_service: IdentityService
 ) -> None:
     operator = device_recorder("ops", request_id=None, source=None)
     with Session(engine) as session:
-        token = service.create_token(session, operator, created_by="ops", ttl=timedelta(hours=1))
-    service.ca()  # opened before the race, so both threads only sign and write
+        token = identity_service.create_token(
+            session, operator, created_by="ops", ttl=timedelta(hours=1)
+        )
+    identity_service.ca()  # opened before the race, so both threads only sign and write
     outcomes: list[str] = []
     barrier = threading.Barrier(4)
 
@@ -53,7 +32,7 @@ def test_two_devices_racing_with_one_token_enroll_one(
         barrier.wait()
         try:
             with Session(engine) as session:
-                service.enroll(session, request, request_id=None, source=None)
+                identity_service.enroll(session, request, request_id=None, source=None)
             outcomes.append("enrolled")
         except FleetError as e:
             outcomes.append(e.code)
