@@ -8,9 +8,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Engine
 
 from edgefleet.agent.config import AgentConfig
 from edgefleet.agent.daemon import Agent
+from edgefleet.fleet.store.engine import create_all, make_engine
 from edgefleet.simulators.models import TrainedModel, train_wine_classifier
 from tests.support import pg
 from tests.support.mosquitto import MosquittoBroker
@@ -84,6 +86,15 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         pytest.skip(reason)
     with pg.fresh_database() as url:
         yield url
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    """A fresh fleet store on `database_url` (SQLite and PostgreSQL), disposed after."""
+    engine = make_engine(database_url)
+    create_all(engine)
+    yield engine
+    engine.dispose()
 
 
 @pytest.fixture

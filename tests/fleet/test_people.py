@@ -3,7 +3,6 @@ audited in its own transaction, secrets never stored, and the last admin is kept
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -22,17 +21,8 @@ from edgefleet.fleet.errors import (
 from edgefleet.fleet.governance.grants import Grant
 from edgefleet.fleet.people import UserKind
 from edgefleet.fleet.registry import ConflictError
-from edgefleet.fleet.store.engine import create_all, make_engine
 from edgefleet.fleet.store.governance_tables import AuditRow, TokenRow, UserRow
 from tests.support.people import add_token, add_user
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url)
-    create_all(engine)
-    yield engine
-    engine.dispose()
 
 
 def _caller(engine: Engine, user_id: str) -> Caller:

@@ -19,18 +19,9 @@ from sqlmodel import Session, col, select
 
 from edgefleet.fleet.api.app import create_app
 from edgefleet.fleet.settings import FleetSettings
-from edgefleet.fleet.store.engine import create_all, make_engine
 from edgefleet.fleet.store.governance_tables import AuditRow, TokenRow
 from edgefleet.shared.messages import utcnow
 from tests.support.people import add_token, add_user
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url)
-    create_all(engine)
-    yield engine
-    engine.dispose()
 
 
 def _client(engine: Engine, tmp_path: Path, **values: Any) -> TestClient:

@@ -49,15 +49,6 @@ def sql(engine: Engine, statement: str, **params: object) -> None:
 
 
 @pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    """A fresh store on SQLite and on PostgreSQL."""
-    engine = make_engine(database_url)
-    create_all(engine)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
 def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
     """A fresh SQLite store, for tests the engine does not matter to."""
     engine = make_engine(f"sqlite:///{tmp_path / 'fleet.db'}")

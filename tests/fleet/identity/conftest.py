@@ -1,8 +1,7 @@
-"""Fixtures of the identity tests: a fresh store on both engines and an identity service on it."""
+"""The identity service of the identity tests, on the fresh store of `tests/conftest.py`."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -10,16 +9,6 @@ import pytest
 from sqlalchemy import Engine
 
 from edgefleet.fleet.identity.service import IdentityService
-from edgefleet.fleet.store.engine import create_all, make_engine
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    """A fresh fleet store on SQLite and on PostgreSQL."""
-    engine = make_engine(database_url)
-    create_all(engine)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture

@@ -4,10 +4,8 @@ the oldest dropped first and counted, a retention, and an old table left alone."
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
-import pytest
 from sqlalchemy import Engine, insert, inspect, select, text
 from sqlmodel import Session
 
@@ -37,14 +35,6 @@ def garbage(i: int, size: int = 100, at: datetime = NOW) -> Rejected:
     decoded = decode(TOPIC, payload[:size], at)
     assert isinstance(decoded, Rejected)
     return decoded
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url)
-    create_all(engine)
-    yield engine
-    engine.dispose()
 
 
 def letters(engine: Engine) -> list[DeadLetter]:

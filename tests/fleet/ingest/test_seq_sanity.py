@@ -3,7 +3,6 @@ different message on a stored (device, seq) is a conflict, not a duplicate."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from edgefleet.fleet.ingest.decode import (
 from edgefleet.fleet.ingest.writer import BatchWriter
 from edgefleet.fleet.service import FleetService
 from edgefleet.fleet.settings import FleetSettings
-from edgefleet.fleet.store import DeadLetter, TelemetryRow, create_all, make_engine
+from edgefleet.fleet.store import DeadLetter, TelemetryRow
 from edgefleet.shared.limits import MAX_INT64
 from edgefleet.shared.messages import encode, utcnow
 from edgefleet.shared.topics import Channel, device_topic
@@ -106,14 +105,6 @@ def test_a_real_outbox_reopened_after_a_wipe_or_a_long_outage_is_within_the_boun
     assert first < after_outage
     for seq in (first, after_outage, wiped):
         assert isinstance(at(Channel.STATE, state("d1", seq)), Accepted)
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url)
-    create_all(engine)
-    yield engine
-    engine.dispose()
 
 
 def dead_letters(engine: Engine) -> list[str]:

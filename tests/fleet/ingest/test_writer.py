@@ -5,7 +5,6 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -30,14 +29,6 @@ from edgefleet.shared.topics import Channel, device_topic
 from tests.fleet.factories import T0, event, state, telemetry
 
 NOW = datetime(2026, 3, 1, 12, 30, tzinfo=UTC)
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url)
-    create_all(engine)
-    yield engine
-    engine.dispose()
 
 
 def item(

@@ -6,10 +6,9 @@ The director and the watcher are replaced at the interfaces the reconciler defin
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Mapping
 from datetime import UTC, datetime, timedelta
 
-import pytest
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
 from sqlmodel import Session
@@ -17,7 +16,6 @@ from sqlmodel import Session
 from edgefleet.fleet.errors import FleetError, PublishError
 from edgefleet.fleet.reconcile.policy import EMPTY, Reason, ReconcileRules
 from edgefleet.fleet.reconcile.service import ReconcileMetrics, Reconciler
-from edgefleet.fleet.store.engine import create_all, make_engine
 from edgefleet.fleet.store.tables import DesiredStateRow, Device, EventRow
 from edgefleet.shared.signing.director import (
     DesiredBody,
@@ -83,14 +81,6 @@ def envelope(device_id: str, seq: int = 5) -> SignedDesiredState:
     return SignedDesiredState(
         signed=body(device_id, seq), signatures=[DirectorSignature(keyid="k", sig="ab")]
     )
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url)
-    create_all(engine)
-    yield engine
-    engine.dispose()
 
 
 def store(

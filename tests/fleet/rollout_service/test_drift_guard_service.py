@@ -4,7 +4,6 @@ that publish real sketches of the wine model's inputs and outputs."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,6 @@ from edgefleet.fleet.rollouts.model import (
     WaveMetrics,
 )
 from edgefleet.fleet.rollouts.policy import decide
-from edgefleet.fleet.store.engine import create_all, make_engine
 from edgefleet.fleet.store.tables import Device, DriftWindowRow
 from edgefleet.shared.drift import (
     DriftThresholds,
@@ -93,14 +91,6 @@ class Wine:
 @pytest.fixture(scope="module")
 def wine(wine_model: TrainedModel) -> Wine:
     return Wine(wine_model)
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url)
-    create_all(engine)
-    yield engine
-    engine.dispose()
 
 
 def _device(device_id: str) -> Device:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -26,7 +25,6 @@ from edgefleet.fleet.rollouts.model import (
     Wave,
 )
 from edgefleet.fleet.rollouts.policy import decide
-from edgefleet.fleet.store.engine import create_all, make_engine
 from edgefleet.fleet.store.tables import Device, EventRow, TelemetryRow
 from edgefleet.shared.messages import EventKind, EventMessage, ModelRef
 
@@ -39,14 +37,6 @@ class Clock:
 
     def __call__(self) -> datetime:
         return self.now
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url)
-    create_all(engine)
-    yield engine
-    engine.dispose()
 
 
 def test_lease_has_one_holder_until_it_lapses_or_is_released(engine: Engine) -> None:

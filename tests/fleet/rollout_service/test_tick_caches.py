@@ -5,7 +5,6 @@ lease is renewed only as often as it must be; on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -35,14 +34,6 @@ from tests.fleet.rollout_service.rows import register_devices
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 DEVICES = [f"d{i}" for i in range(6)]
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url)
-    create_all(engine)
-    yield engine
-    engine.dispose()
 
 
 def _spec() -> RolloutSpec:

@@ -17,7 +17,6 @@ from edgefleet.fleet.api.app import create_app
 from edgefleet.fleet.api.auth import bootstrap_admin_token
 from edgefleet.fleet.drift.alerts import AlertDecision, AlertKind
 from edgefleet.fleet.settings import FleetSettings
-from edgefleet.fleet.store.engine import create_all, make_engine
 
 ADMIN = "webhook-test-admin-token"
 LOOPBACK = ["127.0.0.0/8"]
@@ -37,14 +36,6 @@ def decision(slice_key: str = "fleet", kind: AlertKind = AlertKind.DATA_DRIFT) -
 
 
 WebhookApi = Callable[..., TestClient]
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url)
-    create_all(engine)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture
