@@ -41,11 +41,11 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from sqlalchemy import Engine, Table, select
+from sqlalchemy import Engine
 
 from edgefleet.fleet.identity.ca import CsrRejectedError, DeviceCA
 from edgefleet.fleet.identity.enrollment import IdentityState
-from edgefleet.fleet.store.identity_tables import DeviceIdentityRow
+from edgefleet.fleet.identity.snapshot import IdentityCache
 from edgefleet.shared.device_auth import (
     DeviceAuthFormatError,
     parse_authorization,
@@ -56,7 +56,6 @@ from edgefleet.shared.topics import TopicError, validate_device_id
 
 logger = logging.getLogger(__name__)
 
-_IDENTITIES: Table = DeviceIdentityRow.__table__  # type: ignore[attr-defined]
 # Certificates kept verified: a fleet's devices each have one (two around a renewal).
 DEFAULT_MAX_CERTIFICATES = 50_000
 
@@ -77,14 +76,6 @@ class VerifiedCertificate:
     key_fingerprint: str
 
 
-@dataclass(frozen=True, slots=True)
-class _Identities:
-    """Every identity's state and key fingerprint, as read at ``read_at`` (monotonic)."""
-
-    by_device: dict[str, tuple[str, str | None]]
-    read_at: float
-
-
 class DeviceAuthenticator:
     """Checks signed device requests against the device CA and the identities; thread-safe."""
 
@@ -102,33 +93,24 @@ class DeviceAuthenticator:
         """``ca`` opens the device CA (may block, may raise what it raises: the caller's
         domain error for an unavailable CA); it is called once."""
         self._open_ca = ca
-        self._engine = engine
-        self._identity_ttl_s = identity_ttl_s
         self._max_skew_s = max_skew_s
         self._max_certificates = max_certificates
         self._clock = clock
-        self._monotonic = monotonic
         self._ca: DeviceCA | None = None
-        self._identities: _Identities | None = None
+        self._identities = IdentityCache(engine, identity_ttl_s, monotonic=monotonic)
         self._certificates: OrderedDict[bytes, VerifiedCertificate] = OrderedDict()
-        self._lock = threading.Lock()  # the CA and the identities: loaded once at a time
+        self._lock = threading.Lock()  # the CA: loaded once
         self._cache_lock = threading.Lock()  # the certificate cache: one dict operation
         self.certificate_checks = 0  # chain verifications done (the cache's misses)
 
     def needs_io(self) -> bool:
         """Whether the next `authenticate` may read the disk or the database (then call it
         from a worker thread, not an event loop)."""
-        identities = self._identities
-        return (
-            self._ca is None
-            or identities is None
-            or self._monotonic() - identities.read_at >= self._identity_ttl_s
-        )
+        return self._ca is None or not self._identities.fresh()
 
     def invalidate(self) -> None:
         """Make the next call reread the identities (after a revocation in this process)."""
-        with self._lock:
-            self._identities = None
+        self._identities.invalidate()
 
     def authenticate(self, authorization: str, method: str, target: str) -> str:
         """The device id of a signed request for ``method`` ``target``.
@@ -223,7 +205,7 @@ class DeviceAuthenticator:
         return ca
 
     def _check_identity(self, certificate: VerifiedCertificate) -> None:
-        state, fingerprint = self._current_identities().by_device.get(
+        state, fingerprint = self._identities.snapshot().by_device.get(
             certificate.device_id, (None, None)
         )
         if state is None:
@@ -234,23 +216,6 @@ class DeviceAuthenticator:
             raise DeviceAuthRefused(
                 f"the certificate of {certificate.device_id} is for another key than its identity's"
             )
-
-    def _current_identities(self) -> _Identities:
-        identities = self._identities
-        if identities is not None and self._monotonic() - identities.read_at < self._identity_ttl_s:
-            return identities
-        with self._lock:
-            identities = self._identities
-            now = self._monotonic()
-            if identities is None or now - identities.read_at >= self._identity_ttl_s:
-                query = select(
-                    _IDENTITIES.c.device_id, _IDENTITIES.c.state, _IDENTITIES.c.key_fingerprint
-                )
-                with self._engine.connect() as conn:
-                    rows = conn.execute(query).all()
-                identities = _Identities({d: (s, f) for d, s, f in rows}, now)
-                self._identities = identities
-            return identities
 
 
 def _device_id(certificate: x509.Certificate) -> str:

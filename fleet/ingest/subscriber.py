@@ -31,10 +31,10 @@ from paho.mqtt.reasoncodes import ReasonCode
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from edgefleet.fleet.identity.snapshot import Identities, IdentityCache
 from edgefleet.fleet.ingest.dead_letters import DeadLetterLimits
 from edgefleet.fleet.ingest.decode import Accepted, Ignored, Oversized, Rejected, decode
 from edgefleet.fleet.ingest.handoff import BatchHandoff, ClosedError
-from edgefleet.fleet.ingest.identities import ActiveDevices, Identities
 from edgefleet.fleet.ingest.metrics import IngestMetrics
 from edgefleet.fleet.ingest.writer import BatchWriter, TransientStoreError
 from edgefleet.fleet.mqtt_client import make_client
@@ -65,7 +65,7 @@ class Ingester:
             check_desired_seqs=settings.require_device_identity,
         )
         self._identities = (
-            ActiveDevices(engine, settings.device_identity_cache_s)
+            IdentityCache(engine, settings.device_identity_cache_s)
             if settings.require_device_identity
             else None
         )
