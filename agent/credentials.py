@@ -34,9 +34,11 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
+from pydantic import SecretStr
 
 from edgefleet.agent.config import AgentConfig, BrokerConfig
 from edgefleet.agent.identity import (
+    BROKER_PASSWORD_FILE,
     CA_FILE,
     CERT_FILE,
     KEY_FILE,
@@ -197,7 +199,9 @@ def load_credentials(config: AgentConfig) -> DeviceCredentials | None:
 
 
 def broker_with_identity(broker: BrokerConfig, credentials: DeviceCredentials) -> BrokerConfig:
-    """``broker`` with the identity's certificate, key and pinned CA where it names none.
+    """``broker`` with the identity's certificate, key and pinned CA where it names none,
+    and, when enrollment gave the device a broker password (a broker that checks
+    passwords, not certificates), its id and that password as the MQTT login.
 
     Over plain ``mqtt://`` nothing changes (and a warning says the link is not mTLS).
     """
@@ -207,10 +211,13 @@ def broker_with_identity(broker: BrokerConfig, credentials: DeviceCredentials) -
             broker.url,
         )
         return broker
-    return broker.model_copy(
-        update={
-            "ca_file": broker.ca_file or credentials.ca_path,
-            "cert_file": broker.cert_file or credentials.cert_path,
-            "key_file": broker.key_file or credentials.key_path,
-        }
-    )
+    update: dict[str, object] = {
+        "ca_file": broker.ca_file or credentials.ca_path,
+        "cert_file": broker.cert_file or credentials.cert_path,
+        "key_file": broker.key_file or credentials.key_path,
+    }
+    password_file = credentials.identity_dir / BROKER_PASSWORD_FILE
+    if broker.username is None and password_file.exists():
+        update["username"] = credentials.device_id
+        update["password"] = SecretStr(password_file.read_text().strip())
+    return broker.model_copy(update=update)

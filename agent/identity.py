@@ -63,6 +63,7 @@ logger = logging.getLogger(__name__)
 KEY_FILE = "device.key.pem"
 CERT_FILE = "device.cert.pem"
 CA_FILE = "ca.pem"
+BROKER_PASSWORD_FILE = "broker-password"  # noqa: S105  (a file name; password-mode brokers)
 MAX_ANSWER_BYTES = 64 * 1024
 MAX_CN_CHARS = 64  # RFC 5280's bound of a certificate CN
 DEFAULT_TIMEOUT_S = 30.0
@@ -178,6 +179,10 @@ def enroll(
     certificate = _checked(issued, ca, key, device_id)
     if not ca_path.exists():
         atomic_write_bytes(ca_path, ca.public_bytes(Encoding.PEM), mode=0o644)
+    if issued.broker_password is not None:  # before the certificate, which marks "enrolled"
+        atomic_write_bytes(
+            identity_dir / BROKER_PASSWORD_FILE, issued.broker_password.encode(), mode=0o600
+        )
     atomic_write_bytes(cert_path, certificate.public_bytes(Encoding.PEM), mode=0o644)
     logger.info(
         "enrolled as %s: certificate %s until %s", device_id, issued.serial, issued.not_after

@@ -83,6 +83,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     register_audit(commands)
 
+    from edgefleet.fleet.identity.broker_cli import register as register_broker_config
+
+    register_broker_config(commands)
+
 
 def _serve(args: argparse.Namespace) -> int:
     from pydantic import ValidationError

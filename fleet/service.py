@@ -34,6 +34,8 @@ from edgefleet.fleet.audit.checkpointer import AuditCheckpointer
 from edgefleet.fleet.director import Director
 from edgefleet.fleet.drift.monitor import DriftMonitorService
 from edgefleet.fleet.drift.notify import MqttAlertPublisher, Notifier, stored_webhook_body
+from edgefleet.fleet.identity.broker_keeper import BrokerFilesKeeper
+from edgefleet.fleet.identity.service import IdentityService, identity_service_for
 from edgefleet.fleet.ingest.metrics import IngestMetrics
 from edgefleet.fleet.ingest.subscriber import Ingester
 from edgefleet.fleet.keys import FleetKeys, load_fleet_keys, open_repository, passphrase_from_env
@@ -132,6 +134,24 @@ def check_tls_files(settings: FleetSettings) -> None:
             ) from e
 
 
+# What `FleetService.stop` stops, in order: the drift monitor before the webhooks (nothing
+# new is queued; unfinished deliveries stay pending in the database for the next start),
+# the orchestrator and the reconciler before the publishers they publish through (a tick
+# in progress still publishes what it stored), the ingester last (it flushes its queue).
+_STOP_ORDER = (
+    "broker_keeper",
+    "drift_monitor",
+    "_webhooks",
+    "orchestrator",
+    "_alert_publisher",
+    "reconciler",
+    "_retained_watcher",
+    "_refresher",
+    "_publisher",
+    "_ingester",
+)
+
+
 class FleetService:
     """Runs one fleet replica in-process; the demo, the CLI and the tests use it."""
 
@@ -157,6 +177,8 @@ class FleetService:
         self._alert_publisher: MqttAlertPublisher | None = None
         self._webhooks: WebhookDispatcher | None = None
         self.audit_checkpointer: AuditCheckpointer | None = None
+        self.broker_keeper: BrokerFilesKeeper | None = None
+        self._app: FastAPI | None = None
         self.registry = CollectorRegistry()
         self.metrics = IngestMetrics(self.registry)
         self.bootstrap_admin_token: str | None = None
@@ -242,6 +264,7 @@ class FleetService:
         self._start_orchestrator(self._engine)
         self._start_reconciler(self._engine)
         self._start_drift_monitor(self._engine)
+        identity = self._start_identity(self._engine)
         app = create_app(
             self.settings,
             engine=self._engine,
@@ -249,6 +272,8 @@ class FleetService:
             ingester=self._ingester,
             updates=self.updates,
         )
+        app.state.identity = identity  # the one whose changes reach the caches at once
+        self._app = app
         self._server = uvicorn.Server(uvicorn_config(app, self.settings))
         self._thread = threading.Thread(target=self._server.run, name="fleet-api", daemon=True)
         self._thread.start()
@@ -272,37 +297,11 @@ class FleetService:
             self._thread.join(timeout=10)
             self._thread = None
         self._server = None
-        if self.drift_monitor is not None:
-            self.drift_monitor.stop()
-            self.drift_monitor = None
-        if self._webhooks is not None:
-            # After the monitor (nothing new is queued); unfinished deliveries stay
-            # pending in the database and are sent by the next start.
-            self._webhooks.stop()
-            self._webhooks = None
-        if self.orchestrator is not None:
-            # Before the publishers: a tick in progress still publishes what it stored.
-            self.orchestrator.stop()
-            self.orchestrator = None
-        if self._alert_publisher is not None:
-            self._alert_publisher.stop()
-            self._alert_publisher = None
-        if self.reconciler is not None:
-            # Before the publisher, like the orchestrator: it publishes through it.
-            self.reconciler.stop()
-            self.reconciler = None
-        if self._retained_watcher is not None:
-            self._retained_watcher.stop()
-            self._retained_watcher = None
-        if self._refresher is not None:
-            self._refresher.stop()
-            self._refresher = None
-        if self._publisher is not None:
-            self._publisher.stop()
-            self._publisher = None
-        if self._ingester is not None:
-            self._ingester.stop()
-            self._ingester = None
+        for name in _STOP_ORDER:
+            component = getattr(self, name)
+            if component is not None:
+                component.stop()
+                setattr(self, name, None)
         # Last before the engine: its final checkpoint covers everything above wrote.
         self._stop_audit_checkpointer()
         if self._engine is not None:
@@ -340,6 +339,37 @@ class FleetService:
         if self.audit_checkpointer is not None:
             self.audit_checkpointer.stop()
             self.audit_checkpointer = None
+
+    def _start_identity(self, engine: Engine) -> IdentityService:
+        """The identity service of this replica and, with ``broker_config_dir``, the thread
+        that keeps the broker's CRL and password file current (`BrokerFilesKeeper`)."""
+        s = self.settings
+        identity = identity_service_for(s, engine, on_change=self._identity_changed)
+        if s.broker_config_dir is not None:
+            self.broker_keeper = BrokerFilesKeeper(
+                engine,
+                identity,
+                s.broker_config_dir,
+                passwords=s.broker_device_auth == "password",
+                reload_command=s.broker_reload_command,
+                interval_s=s.broker_sync_interval_s,
+            )
+            self.broker_keeper.start()
+        return identity
+
+    def _identity_changed(self) -> None:
+        """An enrollment or revocation committed on this replica: the broker's files and
+        this replica's copies of the identity table catch up now, not after their TTL
+        (other replicas' copies within ``device_identity_cache_s``)."""
+        if self.broker_keeper is not None:
+            self.broker_keeper.wake()
+        if self._ingester is not None:
+            self._ingester.identities_changed()
+        authenticator = (
+            getattr(self._app.state, "device_authenticator", None) if self._app else None
+        )
+        if authenticator is not None:
+            authenticator.invalidate()
 
     def _start_drift_monitor(self, engine: Engine) -> None:
         """Evaluate stored drift windows periodically; alerts go to MQTT and webhooks."""

@@ -224,6 +224,31 @@ class FleetSettings(BaseSettings):
         description="lifetime of a device certificate the device CA issues at enrollment or"
         " renewal (edgefleet.fleet.identity)",
     )
+    broker_device_auth: Literal["certificate", "password"] = Field(
+        default="certificate",
+        description="how the broker (`fleet broker-config`) checks devices: their certificates,"
+        " or (weaker, for brokers without client certificates) a per-device password made at"
+        " enrollment",
+    )
+    broker_config_dir: Path | None = Field(
+        default=None,
+        description="the directory `fleet broker-config` wrote: the fleet keeps its CRL and"
+        " device password file current there (after each enrollment and revocation, and"
+        " every broker_sync_interval_s) and then runs broker_reload_command",
+    )
+    broker_reload_command: str | None = Field(
+        default=None,
+        max_length=1000,
+        description="run (no shell) after the broker files change, so the broker re-reads"
+        " them, e.g. `systemctl reload mosquitto` or `pkill -HUP -x mosquitto`",
+    )
+    broker_sync_interval_s: float = Field(
+        default=300.0,
+        ge=1.0,
+        le=86_400.0,
+        description="how often the broker files are checked against the database (changes on"
+        " other replicas; the CRL is re-signed daily so it never expires at the broker)",
+    )
     max_upload_bytes: int = Field(default=1 << 30, ge=1, description="largest model package")
     max_request_body_bytes: int = Field(
         default=1 << 20,

@@ -61,3 +61,10 @@ class IssuedIdentity(_Wire):
     serial: str = Field(pattern=SERIAL_PATTERN, description="hex")
     not_after: datetime
     key_fingerprint: str = Field(pattern=FINGERPRINT_PATTERN)
+    broker_password: str | None = Field(
+        default=None,
+        min_length=16,
+        max_length=MAX_TOKEN_CHARS,
+        description="enrollment on a fleet whose broker checks passwords, not certificates:"
+        " the device's broker password, sent this once",
+    )

@@ -33,8 +33,7 @@ from edgefleet.fleet.api.deps import Caller, SessionDep, context_of, public_rout
 from edgefleet.fleet.errors import NotFoundError
 from edgefleet.fleet.governance.permissions import Permission
 from edgefleet.fleet.identity.enrollment import IdentityState
-from edgefleet.fleet.identity.service import IdentityService, ca_directory
-from edgefleet.fleet.keys import passphrase_from_env
+from edgefleet.fleet.identity.service import IdentityService, identity_service_for
 from edgefleet.fleet.store.identity_tables import DeviceIdentityRow
 from edgefleet.shared.identity import (
     FINGERPRINT_PATTERN,
@@ -66,14 +65,7 @@ def identity_service(request: Request) -> IdentityService:
         service: IdentityService | None = getattr(state, "identity", None)
         if service is None:
             context = context_of(request)
-            settings = context.settings
-            service = IdentityService(
-                context.engine,
-                ca_directory(settings.keys_dir, settings.data_dir),
-                passphrase=passphrase_from_env(),
-                allow_unencrypted=settings.lab_mode,
-                cert_lifetime=timedelta(days=settings.device_cert_lifetime_days),
-            )
+            service = identity_service_for(context.settings, context.engine)
             state.identity = service
     return service
 

@@ -7,7 +7,9 @@ rows and appends one audit entry, last, in the same transaction. The operator's
 ``device``) of its enrollment and renewals.
 
 A token is used by a conditional UPDATE (``used_at IS NULL``), so of two requests racing
-with one token exactly one enrolls. The CRL file is rewritten after each revocation
+with one token exactly one enrolls. In password mode (``broker_passwords``) enrollment
+also makes the device's broker password, returned once and stored as its Mosquitto hash;
+revocation deletes it. The CRL file is rewritten after each revocation
 commits and when the CA is first opened; ``GET /v1/identity/crl`` builds it afresh.
 
 Errors, mapped to HTTP by the app: `IdentityRefusedError` (401: unknown, used or
@@ -43,6 +45,7 @@ from edgefleet.fleet.errors import (
     PermissionDeniedError,
 )
 from edgefleet.fleet.identity import enrollment as rules
+from edgefleet.fleet.identity.broker_passwords import mosquitto_hash, new_broker_password
 from edgefleet.fleet.identity.ca import (
     CaUnavailableError,
     CsrInfo,
@@ -56,7 +59,12 @@ from edgefleet.fleet.identity.ca import (
 )
 from edgefleet.fleet.identity.enrollment import EnrollmentRefused, Identity, IdentityState
 from edgefleet.fleet.registry import ConflictError, UpdatesDisabledError
-from edgefleet.fleet.store.identity_tables import DeviceIdentityRow, EnrollmentTokenRow
+from edgefleet.fleet.settings import FleetSettings
+from edgefleet.fleet.store.identity_tables import (
+    BrokerPasswordRow,
+    DeviceIdentityRow,
+    EnrollmentTokenRow,
+)
 from edgefleet.shared.identity import EnrollRequest, IssuedIdentity, RenewRequest, key_fingerprint
 from edgefleet.shared.messages import utcnow
 
@@ -129,6 +137,24 @@ def device_recorder(device_id: str, *, request_id: str | None, source: str | Non
     return record
 
 
+def identity_service_for(
+    settings: FleetSettings, engine: Engine, *, on_change: Callable[[], None] | None = None
+) -> IdentityService:
+    """The `IdentityService` the settings describe (CA dir, passphrase from the
+    environment, certificate lifetime, broker passwords in password mode)."""
+    from edgefleet.fleet.keys import passphrase_from_env
+
+    return IdentityService(
+        engine,
+        ca_directory(settings.keys_dir, settings.data_dir),
+        passphrase=passphrase_from_env(),
+        allow_unencrypted=settings.lab_mode,
+        cert_lifetime=timedelta(days=settings.device_cert_lifetime_days),
+        broker_passwords=settings.broker_device_auth == "password",
+        on_change=on_change,
+    )
+
+
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -157,9 +183,16 @@ class IdentityService:
         passphrase: bytes | None,
         allow_unencrypted: bool,
         cert_lifetime: timedelta,
+        broker_passwords: bool = False,
+        on_change: Callable[[], None] | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
+        """``broker_passwords``: enrollment also makes the device a broker password (the
+        fleet's ``broker_device_auth`` ``password``); ``on_change`` is called after an
+        enrollment or revocation commits (the broker files keeper wakes on it)."""
         self.engine = engine
+        self.broker_passwords = broker_passwords
+        self._on_change = on_change
         self.ca_dir = ca_dir
         self._passphrase = passphrase
         self._allow_unencrypted = allow_unencrypted
@@ -182,7 +215,7 @@ class IdentityService:
                 except (CaUnavailableError, OSError) as e:
                     raise IdentityUnavailableError(f"the device CA is unavailable: {e}") from e
                 with Session(self.engine) as session:
-                    ca.write_crl(_revoked_serials(session), now=self.clock())
+                    ca.write_crl(revoked_serials(session), now=self.clock())
                 self._ca = ca
             return self._ca
 
@@ -297,6 +330,7 @@ class IdentityService:
             raise IdentityRefusedError("the enrollment token was used already")
         issued = ca.sign(csr, lifetime=self.cert_lifetime, now=now, serial=serial)
         session.add(_store(identity_row, active, now))
+        password = self._new_broker_password(session, csr.device_id, now)
         record = device_recorder(csr.device_id, request_id=request_id, source=source)
         append(
             session,
@@ -305,12 +339,14 @@ class IdentityService:
                 "device",
                 csr.device_id,
                 before=_public(current),
-                after=_state(active) | {"token_prefix": token_row.prefix},
+                after=_state(active)
+                | {"token_prefix": token_row.prefix, "broker_password": password is not None},
             ),
         )
         self._commit(session, csr.device_id)
         logger.info("device %s enrolled (certificate %s)", csr.device_id, issued.serial)
-        return _issued(ca, csr.device_id, issued)
+        self._changed()
+        return _issued(ca, csr.device_id, issued, broker_password=password)
 
     def renew(
         self, session: Session, request: RenewRequest, *, request_id: str | None, source: str | None
@@ -387,6 +423,9 @@ class IdentityService:
         except EnrollmentRefused as e:
             raise _converted(e) from None
         session.add(_store(row, revoked, now))
+        password_row = session.get(BrokerPasswordRow, device_id)
+        if password_row is not None:
+            session.delete(password_row)
         append(
             session,
             record(
@@ -401,14 +440,36 @@ class IdentityService:
         session.refresh(row)
         logger.info("device %s revoked by %s: %s", device_id, by, reason)
         try:
-            self.ca().write_crl(_revoked_serials(session), now=now)
+            self.ca().write_crl(revoked_serials(session), now=now)
         except (IdentityUnavailableError, OSError) as e:  # the CRL route still serves it
             logger.warning("revoked %s but could not rewrite the CRL file: %s", device_id, e)
+        self._changed()
         return row
 
     def crl_pem(self, session: Session) -> bytes:
         """The CRL as it stands now; raises `IdentityUnavailableError`."""
-        return self.ca().crl(_revoked_serials(session), now=self.clock())
+        return self.ca().crl(revoked_serials(session), now=self.clock())
+
+    def _new_broker_password(self, session: Session, device_id: str, now: datetime) -> str | None:
+        """In password mode, a fresh broker password for the device (its hash stored; a
+        re-enrollment replaces the old one), else None."""
+        if not self.broker_passwords:
+            return None
+        password = new_broker_password()
+        row = session.get(BrokerPasswordRow, device_id) or BrokerPasswordRow(
+            device_id=device_id, password_hash="", created_at=now
+        )
+        row.password_hash = mosquitto_hash(password)
+        row.created_at = now
+        session.add(row)
+        return password
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            try:
+                self._on_change()
+            except Exception:  # the change is committed; the keeper's timer catches up
+                logger.exception("the identity change hook failed")
 
     def _commit(self, session: Session, device_id: str) -> None:
         try:
@@ -434,7 +495,8 @@ def _converted(error: EnrollmentRefused) -> Exception:
     return IdentityConflictError(message)
 
 
-def _revoked_serials(session: Session) -> list[tuple[str, datetime]]:
+def revoked_serials(session: Session) -> list[tuple[str, datetime]]:
+    """(hex serial, revocation time) of every revoked certificate: what the CRL lists."""
     rows = session.exec(
         select(DeviceIdentityRow)
         .where(col(DeviceIdentityRow.state) == IdentityState.REVOKED.value)
@@ -494,8 +556,11 @@ def _state(identity: Identity) -> dict[str, Any]:
     }
 
 
-def _issued(ca: DeviceCA, device_id: str, issued: IssuedCertificate) -> IssuedIdentity:
+def _issued(
+    ca: DeviceCA, device_id: str, issued: IssuedCertificate, *, broker_password: str | None = None
+) -> IssuedIdentity:
     return IssuedIdentity(
+        broker_password=broker_password,
         device_id=device_id,
         certificate_pem=issued.pem,
         ca_pem=ca.certificate_pem,

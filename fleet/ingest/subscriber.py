@@ -240,6 +240,11 @@ class Ingester:
             batch.append(decoded)
         return batch
 
+    def identities_changed(self) -> None:
+        """An identity changed in this process: read the table afresh for the next batch."""
+        if self._identities is not None:
+            self._identities.invalidate()
+
     def _identity_snapshot(self) -> Identities | None:
         """The active device ids, or None if the fleet does not require identities; retried
         like a batch while the database is away (the batch waits, nothing is let through)."""

@@ -52,3 +52,14 @@ class DeviceIdentityRow(SQLModel, table=True):
     revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     revoked_by: str | None = Field(default=None, max_length=200)
     revoke_reason: str | None = Field(default=None, max_length=500)
+
+
+class BrokerPasswordRow(SQLModel, table=True):
+    """A device's broker password (the fleet's ``broker_device_auth`` ``password`` mode):
+    only its Mosquitto ``$7$`` hash, made at enrollment and deleted at revocation."""
+
+    __tablename__ = "broker_passwords"
+
+    device_id: str = Field(primary_key=True, max_length=128)
+    password_hash: str = Field(max_length=200)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

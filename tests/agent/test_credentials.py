@@ -20,7 +20,13 @@ from edgefleet.agent.credentials import (
     fleet_tls_context,
     load_credentials,
 )
-from edgefleet.agent.identity import CA_FILE, CERT_FILE, IdentityError, load_or_create_key
+from edgefleet.agent.identity import (
+    BROKER_PASSWORD_FILE,
+    CA_FILE,
+    CERT_FILE,
+    IdentityError,
+    load_or_create_key,
+)
 from edgefleet.fleet.identity.ca import DeviceCA, parse_csr
 from edgefleet.shared.device_auth import parse_authorization, signed_message
 from tests.support.identity import csr_pem
@@ -87,6 +93,23 @@ def test_over_mqtts_the_broker_link_takes_the_identity_where_the_config_names_no
     assert broker.ca_file == Path("/etc/broker-ca.pem")  # named: kept
     plain = config(tmp_path, broker={"url": "mqtt://broker:1883"}).broker
     assert broker_with_identity(plain, credentials) == plain
+
+
+def test_a_broker_password_from_enrollment_becomes_the_mqtt_login_with_the_device_id(
+    ca: DeviceCA, tmp_path: Path
+) -> None:
+    cfg = config(tmp_path, broker={"url": "mqtts://broker:8883"})
+    provision(ca, cfg.identity_dir, "cam-1")
+    credentials = load_credentials(cfg)
+    assert credentials is not None
+    assert broker_with_identity(cfg.broker, credentials).username is None  # mtls: no login
+    (cfg.identity_dir / BROKER_PASSWORD_FILE).write_text("efbp_secret-0123456789\n")
+    broker = broker_with_identity(cfg.broker, credentials)
+    assert broker.username == "cam-1"
+    assert broker.password is not None
+    assert broker.password.get_secret_value() == "efbp_secret-0123456789"
+    named = config(tmp_path, broker={"url": "mqtts://broker:8883", "username": "ops"}).broker
+    assert broker_with_identity(named, credentials).username == "ops"  # named: kept
 
 
 def test_signatures_carry_the_renewed_certificate_once_the_file_is_replaced(

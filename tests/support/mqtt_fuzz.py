@@ -83,6 +83,11 @@ def _base(channel: Channel, device_id: str, seq: int) -> dict[str, Any]:
     return raw
 
 
+def valid_payload(channel: Channel, device_id: str, seq: int) -> bytes:
+    """A valid device message of ``channel`` for ``device_id``, as the wire carries it."""
+    return _dump(_base(channel, device_id, seq))
+
+
 def _dump(value: object) -> bytes:
     # allow_nan: a hostile peer writes NaN and Infinity, which JSON itself does not have.
     return json.dumps(value, allow_nan=True).encode()
