@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from edgefleet.simulators.enrollment import IdentityPlan
 
 
 def register_demo(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -36,6 +40,12 @@ def register_demo(subparsers: argparse._SubParsersAction[argparse.ArgumentParser
     parser.add_argument(
         "--drift-shift", type=float, default=1.5, metavar="STD", help="how far (default 1.5 std)"
     )
+    parser.add_argument(
+        "--identities",
+        action="store_true",
+        help="a closed broker: Mosquitto (installed) on the fleet's broker-config, every"
+        " device enrolled and connecting with its own certificate",
+    )
     parser.set_defaults(handler=_run_demo)
 
 
@@ -57,6 +67,7 @@ def _run_demo(args: argparse.Namespace) -> int:
             inferences_per_s=args.rate,
             drift_after_s=args.drift_after if args.drift_after >= 0 else None,
             drift_shift=args.drift_shift,
+            identities=args.identities,
         )
     )
 
@@ -81,6 +92,9 @@ devices:
   slow_ms=, period_s=, down_s=   fault parameters
 example: --profile hardware=rpi3,count=100,fault=golden_fail --profile hardware=rpi4
 """
+
+
+ADMIN_TOKEN_ENV = "EDGEFLEET_SIM_ADMIN_TOKEN"  # noqa: S105 - a variable name, not a secret
 
 
 def register_sim(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -109,6 +123,16 @@ def register_sim(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     parser.add_argument("--trust-dir", type=Path, help="the provisioning bundle")
     parser.add_argument("--device-token", help="bearer token for the repository")
     parser.add_argument(
+        "--enroll-at",
+        metavar="FLEET_URL",
+        help="identities on: each device enrolls at this fleet API (a token with device:enroll"
+        f" in ${ADMIN_TOKEN_ENV}) and connects to --broker, the mqtts:// device listener,"
+        " with its own certificate",
+    )
+    parser.add_argument(
+        "--fleet-ca-file", type=Path, help="verifies an https --enroll-at before devices pin it"
+    )
+    parser.add_argument(
         "--per-process", type=int, default=125, help="agents per worker process (default 125)"
     )
     parser.add_argument(
@@ -121,6 +145,29 @@ def register_sim(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     )
     parser.add_argument("--duration", type=float, metavar="SECONDS")
     parser.set_defaults(handler=_run_sim)
+
+
+def _identity_plan(args: argparse.Namespace) -> IdentityPlan | None:
+    """The devices' identities (``--enroll-at``), or None; raises CLIError for a missing
+    token or a --broker that is not a TLS device listener."""
+    import os
+
+    from edgefleet.shared.cli import CLIError
+    from edgefleet.simulators.enrollment import IdentityPlan
+
+    if args.enroll_at is None:
+        return None
+    admin_token = os.environ.get(ADMIN_TOKEN_ENV)
+    if not admin_token:
+        raise CLIError(f"--enroll-at needs a token with device:enroll in ${ADMIN_TOKEN_ENV}")
+    if not args.broker.startswith("mqtts://"):
+        raise CLIError("with --enroll-at, --broker is the device listener: an mqtts:// URL")
+    return IdentityPlan(
+        fleet_url=args.enroll_at,
+        admin_token=admin_token,
+        device_broker_url=args.broker,
+        fleet_ca_file=args.fleet_ca_file.resolve() if args.fleet_ca_file else None,
+    )
 
 
 def _run_sim(args: argparse.Namespace) -> int:
@@ -145,6 +192,7 @@ def _run_sim(args: argparse.Namespace) -> int:
         profiles = tuple(parse_profile(text, default) for text in args.profile) or (default,)
     except ProfileError as e:
         raise CLIError(str(e)) from e
+    identities = _identity_plan(args)
     model = train_wine_classifier(args.data_dir.resolve() / "models" / "wine.onnx")
     updates = None
     if args.repository_url is not None:
@@ -166,6 +214,7 @@ def _run_sim(args: argparse.Namespace) -> int:
             factory_package=args.factory_package.resolve() if args.factory_package else None,
             updates=updates,
             update_slots=args.update_slots,
+            identities=identities,
         )
         sim = ShardedFleet(plan, per_process=args.per_process)
     except ValueError as e:

@@ -4,6 +4,11 @@ Everything runs in this process: an amqtt broker (or ``--broker URL``), the flee
 service on SQLite in ``--data-dir``, and N simulated devices running the real agent
 with a real ONNX model trained on the spot from scikit-learn's wine data. The summary
 is read back through the fleet's own REST API, so the demo shows what an operator sees.
+
+With ``--identities`` the broker is a Mosquitto child process on the configuration
+`edgefleet fleet broker-config` writes (an mTLS device listener with per-device ACLs,
+the fleet on a listener of its own), and every simulated device enrolls with a
+one-time token before it starts, then connects with its own certificate.
 """
 
 from __future__ import annotations
@@ -27,8 +32,10 @@ from edgefleet.simulators.broker import EmbeddedBroker
 
 if TYPE_CHECKING:
     from edgefleet.fleet.settings import FleetSettings
+    from edgefleet.simulators.enrollment import IdentityPlan
     from edgefleet.simulators.fleet import FleetPlan, SimulatedFleet
     from edgefleet.simulators.models import TrainedModel
+    from edgefleet.simulators.mosquitto import ClosedMosquitto
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +59,7 @@ class DemoOptions:
     inferences_per_s: float = 2.0
     drift_after_s: float | None = 40.0
     drift_shift: float = 1.5
+    identities: bool = False
 
 
 def _free_port() -> int:
@@ -99,9 +107,19 @@ def fetch_summary(base_url: str, token: str) -> dict[str, Any]:
 
 
 def run_demo(options: DemoOptions, stop: threading.Event | None = None) -> int:
-    """Run the demo until ``stop`` is set, ``duration_s`` passes, or Ctrl-C; returns 0."""
+    """Run the demo until ``stop`` is set, ``duration_s`` passes, or Ctrl-C; returns 0.
+
+    Raises CLIError for ``identities`` with a ``broker_url``, a closed broker that cannot
+    be set up, or a fleet that refuses the demo model.
+    """
+    if options.identities and options.broker_url is not None:
+        raise CLIError(
+            "--identities runs its own Mosquitto with the fleet's certificates; leave out --broker"
+        )
     from edgefleet.fleet.service import FleetService
+    from edgefleet.simulators.enrollment import IdentityPlan
     from edgefleet.simulators.fleet import SimulatedFleet
+    from edgefleet.simulators.mosquitto import ClosedMosquitto
 
     stop = stop or threading.Event()
     data_dir = options.data_dir.resolve()
@@ -112,35 +130,27 @@ def run_demo(options: DemoOptions, stop: threading.Event | None = None) -> int:
         # Twenty agents' connect lines would bury the summary; --log-level DEBUG shows them.
         logging.getLogger("edgefleet").setLevel(logging.WARNING)
 
-    broker: EmbeddedBroker | None = None
-    broker_url = options.broker_url
-    if broker_url is None:
-        broker = EmbeddedBroker(port=options.broker_port or _free_port())
-        broker.start()
-        broker_url = broker.url
-        print(f"embedded MQTT broker (amqtt) on {broker_url}")
-
     model, package = _demo_model(data_dir)
     token = demo_admin_token(data_dir)
-    fleet_service = FleetService(_fleet_settings(options, data_dir, broker_url, token))
-    fleet_service.start()
-    sim = SimulatedFleet(_fleet_plan(options, data_dir, broker_url, model, package))
+    broker, settings = _start_broker(options, data_dir, token)
+    fleet_service = FleetService(settings)
+    sim: SimulatedFleet | None = None
     try:
+        fleet_service.start()
         base = fleet_service.base_url
+        identities = None
+        if isinstance(broker, ClosedMosquitto):
+            identities = IdentityPlan(
+                fleet_url=base, admin_token=token, device_broker_url=broker.device_url
+            )
+        sim = SimulatedFleet(
+            _fleet_plan(
+                options, data_dir, settings.broker_url, model, package, identities=identities
+            )
+        )
         _upload_model(base, token, package)
         sim.start()
-        print()
-        print(f"  fleet console:  {base}/docs   (REST API, OpenAPI)")
-        print(f"  admin token:    {token}")
-        print(f"  try:            curl -H 'Authorization: Bearer {token}' {base}/v1/devices")
-        print(f"  devices:        {options.devices} simulated agents, state in {data_dir}/devices")
-        if options.drift_after_s is not None and options.devices > 1:
-            print(
-                f"  drift:          site-b's {options.devices // 2} devices drift by "
-                f"{options.drift_shift} std "
-                f"after {options.drift_after_s:.0f}s; watch for the fleet's alerts"
-            )
-        print("  Ctrl-C stops everything.\n")
+        _print_banner(options, base, token, data_dir, identities=identities is not None)
         with _ctrl_c_sets(stop):
             _watch(options, base, token, sim, stop)
         if stop.is_set():
@@ -148,7 +158,8 @@ def run_demo(options: DemoOptions, stop: threading.Event | None = None) -> int:
     except KeyboardInterrupt:
         print("\nstopping ...")
     finally:
-        sim.stop()
+        if sim is not None:
+            sim.stop()
         fleet_service.stop()
         if broker is not None:
             broker.stop()
@@ -173,11 +184,106 @@ def _fleet_settings(
         drift_interval_s=DEMO_DRIFT_WINDOW_S,
         drift_lookback_s=6 * DEMO_DRIFT_WINDOW_S,
         drift_cooldown_s=120,
+        # With --identities the device CA lives in the demo's data dir, key in clear.
+        lab_mode=options.identities,
     )
 
 
+def _start_broker(
+    options: DemoOptions, data_dir: Path, token: str
+) -> tuple[EmbeddedBroker | ClosedMosquitto | None, FleetSettings]:
+    """The broker the demo starts (none with ``--broker``) and the fleet's settings for it.
+
+    Raises CLIError for a closed broker that cannot be set up (see `_closed_broker`).
+    """
+    if options.identities:
+        closed, settings = _closed_broker(options, data_dir, token)
+        print(
+            f"Mosquitto {closed.device_url}: a device certificate of the fleet CA required,"
+            " each device confined to its own topics"
+        )
+        return closed, settings
+    if options.broker_url is not None:
+        return None, _fleet_settings(options, data_dir, options.broker_url, token)
+    embedded = EmbeddedBroker(port=options.broker_port or _free_port())
+    embedded.start()
+    print(f"embedded MQTT broker (amqtt) on {embedded.url}")
+    return embedded, _fleet_settings(options, data_dir, embedded.url, token)
+
+
+def _print_banner(
+    options: DemoOptions, base: str, token: str, data_dir: Path, *, identities: bool
+) -> None:
+    print()
+    print(f"  fleet console:  {base}/docs   (REST API, OpenAPI)")
+    print(f"  admin token:    {token}")
+    print(f"  try:            curl -H 'Authorization: Bearer {token}' {base}/v1/devices")
+    print(f"  devices:        {options.devices} simulated agents, state in {data_dir}/devices")
+    if identities:
+        print(
+            f"  identities:     each device enrolled (GET {base}/v1/identities);"
+            f" broker config in {data_dir}/broker"
+        )
+    if options.drift_after_s is not None and options.devices > 1:
+        print(
+            f"  drift:          site-b's {options.devices // 2} devices drift by "
+            f"{options.drift_shift} std "
+            f"after {options.drift_after_s:.0f}s; watch for the fleet's alerts"
+        )
+    print("  Ctrl-C stops everything.\n")
+
+
+def _closed_broker(
+    options: DemoOptions, data_dir: Path, token: str
+) -> tuple[ClosedMosquitto, FleetSettings]:
+    """Write the broker config for the demo's fleet, start Mosquitto on it, and return it
+    with the fleet settings that go with it (the fleet's own listener and certificate).
+
+    Raises CLIError when the config cannot be written or Mosquitto does not start.
+    """
+    from edgefleet.fleet.identity.broker_cli import broker_setup_for_fleet
+    from edgefleet.fleet.identity.broker_config import Listener
+    from edgefleet.fleet.identity.service import IdentityUnavailableError
+    from edgefleet.fleet.settings import FleetSettings
+    from edgefleet.simulators.mosquitto import ClosedMosquitto
+
+    host = "127.0.0.1"
+    fleet_listener = Listener(_free_port(), host)
+    settings = _fleet_settings(options, data_dir, f"mqtts://{host}:{fleet_listener.port}", token)
+    try:
+        setup = broker_setup_for_fleet(
+            settings,
+            data_dir / "broker",
+            device=Listener(_free_port(), host),
+            fleet=fleet_listener,
+            server_names=(host, "localhost"),
+        )
+    except (IdentityUnavailableError, ValueError, OSError) as e:
+        raise CLIError(f"cannot write the demo's broker config: {e}") from e
+    broker = ClosedMosquitto(data_dir / "broker-run", setup, host=host)
+    try:
+        broker.start()
+    except RuntimeError as e:
+        raise CLIError(str(e)) from e
+    fields: dict[str, Any] = settings.model_dump()
+    fields.update(setup.fleet_fields(host))
+    fields.update(
+        broker_protocol="5", shared_subscription=True, broker_reload_command=broker.reload_command
+    )
+    fields["admin_token"] = (
+        settings.admin_token.get_secret_value() if settings.admin_token else None
+    )
+    return broker, FleetSettings(**fields)
+
+
 def _fleet_plan(
-    options: DemoOptions, data_dir: Path, broker_url: str, model: TrainedModel, package: Path
+    options: DemoOptions,
+    data_dir: Path,
+    broker_url: str,
+    model: TrainedModel,
+    package: Path,
+    *,
+    identities: IdentityPlan | None = None,
 ) -> FleetPlan:
     from edgefleet.simulators.fleet import DeviceProfile, FleetPlan
 
@@ -191,6 +297,7 @@ def _fleet_plan(
         model_name=DEMO_MODEL,
         model_version=DEMO_VERSION,
         factory_package=package,
+        identities=identities,
         telemetry_interval_s=options.telemetry_interval_s,
         drift_window_s=DEMO_DRIFT_WINDOW_S,
         profiles=(

@@ -3,7 +3,10 @@ state directory and identity, fed synthetic sensor readings, with faults injecte
 
 The agents are `edgefleet.agent.daemon.Agent` itself, not a copy: what the simulator exercises is
 what a device runs, including signed updates when `FleetPlan.updates` is set (the
-repository URL, the provisioning bundle and the device token). Readings are scored
+repository URL, the provisioning bundle and the device token) and device identities
+when `FleetPlan.identities` is set (each device enrolls through the fleet's REST API
+before its agent starts, then uses only its certificate: mTLS to the broker's device
+listener, signed repository requests, renewal). Readings are scored
 through `Agent.infer`, the same path the local inference API uses. One feeder thread
 drives every device, and one chaos thread switches ``offline`` devices off and on, so a
 thousand simulated devices do not need a thousand extra threads.
@@ -31,6 +34,7 @@ from urllib.parse import urlsplit
 
 from edgefleet.agent.config import AgentConfig
 from edgefleet.agent.daemon import Agent
+from edgefleet.simulators.enrollment import IdentityPlan, enroll_device
 from edgefleet.simulators.faults import Fault, FaultKind, loader_for
 from edgefleet.simulators.models import INPUT_NAME, SensorFeed, TrainedModel
 from edgefleet.simulators.proxy import FlakyProxy
@@ -104,6 +108,9 @@ class FleetPlan:
     # CPU; a hundred agents in one process share one GIL, and when all of them install
     # at once they spend more CPU handing it over than installing.
     update_slots: int = 0
+    # Identities on: devices enroll and then use their certificates (broker_url stays
+    # what the fleet service uses; devices connect to identities.device_broker_url).
+    identities: IdentityPlan | None = None
 
 
 def raise_open_file_limit() -> int:
@@ -192,8 +199,15 @@ class SimulatedFleet:
     def device_id(self, index: int) -> str:
         return f"{self.plan.id_prefix}-{index:04d}"
 
+    @property
+    def device_broker_url(self) -> str:
+        """Where the devices connect: the device listener when identities are on."""
+        identities = self.plan.identities
+        return identities.device_broker_url if identities is not None else self.plan.broker_url
+
     def device_config(self, index: int, broker_url: str | None = None) -> AgentConfig:
-        """The config of device ``index``: its id, profile, state dir, model and updates."""
+        """The config of device ``index``: its id, profile, state dir, model, updates and
+        identity."""
         plan = self.plan
         profile = self._profiles[index]
         device_id = self.device_id(index)
@@ -204,7 +218,7 @@ class SimulatedFleet:
             "data_dir": plan.data_dir / device_id,
             "telemetry_interval_s": plan.telemetry_interval_s,
             "broker": {
-                "url": broker_url or plan.broker_url,
+                "url": broker_url or self.device_broker_url,
                 "protocol": plan.mqtt_protocol,
                 "reconnect_min_s": plan.reconnect_min_s,
                 "reconnect_max_s": plan.reconnect_max_s,
@@ -229,15 +243,24 @@ class SimulatedFleet:
                 "enabled": True,
                 "repository_url": u.repository_url,
                 "trust_dir": u.trust_dir,
-                "device_token": u.device_token,
+                # An enrolled device signs its requests; no shared token.
+                "device_token": u.device_token if plan.identities is None else None,
                 "tick_s": u.tick_s,
                 "policy": {"retry_base_s": u.retry_base_s, "retry_max_s": u.retry_max_s},
             }
+        if plan.identities is not None:
+            document["identity"] = {"use": "on", "fleet_url": plan.identities.fleet_url}
+            document["fleet_ca_file"] = plan.identities.fleet_ca_file
         return AgentConfig.model_validate(document)
 
     def start(self) -> None:
         """Start every agent (their MQTT connections come up in the background), the
-        feeder, and the chaos thread when a profile has an ``offline`` fault."""
+        feeder, and the chaos thread when a profile has an ``offline`` fault. With
+        identities on, each device not enrolled yet enrolls first.
+
+        Raises `edgefleet.simulators.enrollment.EnrollmentError` when a device cannot
+        enroll.
+        """
         limit = raise_open_file_limit()
         if limit < 8 * len(self._profiles):
             log.warning("open-file limit %d is low for %d agents", limit, len(self._profiles))
@@ -249,8 +272,12 @@ class SimulatedFleet:
             if flaky is not None:
                 if flaky.period_s not in proxy_for:
                     proxy_for[flaky.period_s] = self._start_proxy(flaky.period_s)
-                broker_url = proxy_for[flaky.period_s].url
+                # The proxy relays bytes, TLS or not: the scheme stays the listener's.
+                scheme = urlsplit(self.device_broker_url).scheme
+                broker_url = f"{scheme}://127.0.0.1:{proxy_for[flaky.period_s].port}"
             config = self.device_config(index, broker_url)
+            if self.plan.identities is not None:
+                enroll_device(self.plan.identities, config.device_id, config.identity_dir)
             device = SimulatedDevice(
                 config=config,
                 feed=SensorFeed(self.plan.model.x_train, seed=self.plan.seed + index),
@@ -316,7 +343,7 @@ class SimulatedFleet:
         log.info("simulated fleet stopped")
 
     def _start_proxy(self, mean_lifetime_s: float) -> FlakyProxy:
-        parts = urlsplit(self.plan.broker_url)
+        parts = urlsplit(self.device_broker_url)
         proxy = FlakyProxy(
             parts.hostname or "127.0.0.1",
             parts.port or 1883,

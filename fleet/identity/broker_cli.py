@@ -11,7 +11,12 @@ import argparse
 import shlex
 import socket
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from edgefleet.fleet.identity.broker_config import Listener
+    from edgefleet.fleet.identity.broker_files import BrokerSetup
+    from edgefleet.fleet.settings import FleetSettings
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -53,18 +58,60 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.set_defaults(handler=_broker_config)
 
 
-def _broker_config(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
+def broker_setup_for_fleet(
+    settings: FleetSettings,
+    out: Path,
+    *,
+    device: Listener,
+    fleet: Listener,
+    server_names: tuple[str, ...],
+) -> BrokerSetup:
+    """Write the broker directory ``out`` for the fleet ``settings`` describe: its device
+    CA, its CRL and (``broker_device_auth`` "password") its devices' password hashes.
+
+    Raises `IdentityUnavailableError` (the CA cannot be opened), ValueError (bad
+    listeners or names) and OSError (``out`` cannot be written).
+    """
     from sqlmodel import Session, select
 
-    from edgefleet.fleet.identity.broker_config import BrokerMode, Listener
+    from edgefleet.fleet.identity.broker_config import BrokerMode
     from edgefleet.fleet.identity.broker_files import write_broker_setup
-    from edgefleet.fleet.identity.service import IdentityUnavailableError, identity_service_for
-    from edgefleet.fleet.settings import FleetSettings
+    from edgefleet.fleet.identity.service import identity_service_for
     from edgefleet.fleet.store.engine import create_all, make_engine
     from edgefleet.fleet.store.identity_tables import BrokerPasswordRow
-    from edgefleet.shared.cli import CLIError
     from edgefleet.shared.messages import utcnow
+
+    mode = BrokerMode.MTLS if settings.broker_device_auth == "certificate" else BrokerMode.PASSWORD
+    engine = make_engine(settings.database_url)
+    try:
+        create_all(engine)
+        identity = identity_service_for(settings, engine)
+        with Session(engine) as session:
+            crl_pem = identity.crl_pem(session)
+            rows = session.exec(select(BrokerPasswordRow)).all()
+            passwords = [(row.device_id, row.password_hash) for row in rows]
+        return write_broker_setup(
+            out,
+            identity.ca(),
+            mode=mode,
+            device=device,
+            fleet=fleet,
+            server_names=server_names,
+            crl_pem=crl_pem,
+            device_passwords=passwords,
+            now=utcnow(),
+        )
+    finally:
+        engine.dispose()
+
+
+def _broker_config(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from edgefleet.fleet.identity.broker_config import BrokerMode, Listener
+    from edgefleet.fleet.identity.service import IdentityUnavailableError
+    from edgefleet.fleet.settings import FleetSettings
+    from edgefleet.shared.cli import CLIError
 
     overrides: dict[str, Any] = {
         key: value
@@ -84,29 +131,16 @@ def _broker_config(args: argparse.Namespace) -> int:
     except ValidationError as e:
         raise CLIError(f"invalid fleet settings: {e}") from e
     server_names = tuple(args.server_name or (socket.gethostname(), "localhost", "127.0.0.1"))
-    engine = make_engine(settings.database_url)
     try:
-        create_all(engine)
-        identity = identity_service_for(settings, engine)
-        with Session(engine) as session:
-            crl_pem = identity.crl_pem(session)
-            rows = session.exec(select(BrokerPasswordRow)).all()
-            passwords = [(row.device_id, row.password_hash) for row in rows]
-        setup = write_broker_setup(
+        setup = broker_setup_for_fleet(
+            settings,
             args.out,
-            identity.ca(),
-            mode=mode,
             device=Listener(args.device_port, args.device_bind),
             fleet=Listener(args.fleet_port, args.fleet_bind),
             server_names=server_names,
-            crl_pem=crl_pem,
-            device_passwords=passwords,
-            now=utcnow(),
         )
     except (IdentityUnavailableError, ValueError, OSError) as e:
         raise CLIError(f"cannot write the broker config: {e}") from e
-    finally:
-        engine.dispose()
     print(f"wrote {setup.layout.conf} ({mode.value} mode); start the broker with")
     print(f"  mosquitto -c {setup.layout.conf}")
     print("and reload it (SIGHUP) when the fleet rewrites the CRL or password file.")

@@ -128,21 +128,25 @@ class BrokerSetup:
 
     def fleet_settings(self, host: str) -> dict[str, str]:
         """The fleet's settings (``EDGEFLEET_FLEET_*`` names) for this broker at ``host``."""
+        return {f"EDGEFLEET_FLEET_{name.upper()}": v for name, v in self.fleet_fields(host).items()}
+
+    def fleet_fields(self, host: str) -> dict[str, str]:
+        """`fleet_settings` as `FleetSettings` field names, for a fleet built in code."""
         layout = self.layout
-        settings = {
-            "EDGEFLEET_FLEET_BROKER_URL": f"mqtts://{host}:{self.fleet.port}",
-            "EDGEFLEET_FLEET_BROKER_CA_FILE": str(layout.ca.absolute()),
-            "EDGEFLEET_FLEET_REQUIRE_DEVICE_IDENTITY": "true",
-            "EDGEFLEET_FLEET_BROKER_CONFIG_DIR": str(layout.directory.absolute()),
+        fields = {
+            "broker_url": f"mqtts://{host}:{self.fleet.port}",
+            "broker_ca_file": str(layout.ca.absolute()),
+            "require_device_identity": "true",
+            "broker_config_dir": str(layout.directory.absolute()),
         }
         if self.mode is BrokerMode.MTLS:
-            settings["EDGEFLEET_FLEET_BROKER_CERT_FILE"] = str(layout.fleet_cert.absolute())
-            settings["EDGEFLEET_FLEET_BROKER_KEY_FILE"] = str(layout.fleet_key.absolute())
+            fields["broker_cert_file"] = str(layout.fleet_cert.absolute())
+            fields["broker_key_file"] = str(layout.fleet_key.absolute())
         else:
-            settings["EDGEFLEET_FLEET_BROKER_DEVICE_AUTH"] = "password"
-            settings["EDGEFLEET_FLEET_BROKER_USERNAME"] = FLEET_PASSWORD_USER
-            settings["EDGEFLEET_FLEET_BROKER_PASSWORD"] = layout.fleet_password.read_text().strip()
-        return settings
+            fields["broker_device_auth"] = "password"
+            fields["broker_username"] = FLEET_PASSWORD_USER
+            fields["broker_password"] = layout.fleet_password.read_text().strip()
+        return fields
 
 
 def write_broker_setup(

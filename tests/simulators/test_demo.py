@@ -102,3 +102,31 @@ def test_a_conflicting_model_ends_in_one_line_not_a_traceback(tmp_path: Path) ->
     assert process.returncode == 2, out
     assert "Traceback" not in out, out
     assert "edgefleet: error: the fleet refused the demo model (409:" in out, out
+
+
+def test_demo_with_identities_enrolls_every_device_behind_a_closed_broker_and_restarts(
+    tmp_path: Path,
+) -> None:
+    # The second run on the same data dir: the devices keep their identities, the broker
+    # gets new ports and the same CA, and everything comes back online.
+    for run in (1, 2):
+        process = _demo(tmp_path, "--identities", "--duration", "6", "--drift-after", "-1")
+        out, _ = process.communicate(timeout=180)
+        assert process.returncode == 0, f"run {run}:\n{out}"
+        assert "a device certificate of the fleet CA required" in out, out
+        assert re.search(r"devices online 3/3 \| agents connected 3/3", out), out
+        assert "dead-lettered 0" in out, out
+        assert out.rstrip().endswith("demo stopped cleanly")
+    identity_dirs = sorted((tmp_path / "demo" / "devices").glob("*/identity"))
+    assert len(identity_dirs) == 3
+    assert all((d / "device.cert.pem").exists() for d in identity_dirs)
+    config = (tmp_path / "demo" / "broker" / "mosquitto.conf").read_text()
+    assert "require_certificate true" in config
+    assert "use_identity_as_username true" in config
+
+
+def test_demo_refuses_identities_with_an_outside_broker(tmp_path: Path) -> None:
+    process = _demo(tmp_path, "--identities", "--broker", "mqtt://127.0.0.1:1883")
+    out, _ = process.communicate(timeout=120)
+    assert process.returncode != 0
+    assert "--identities runs its own Mosquitto" in out, out

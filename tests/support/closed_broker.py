@@ -1,19 +1,16 @@
 """A real Mosquitto running the configuration `edgefleet fleet broker-config` writes.
 
 `write_closed_setup` writes the directory with `write_broker_setup` (both listeners on
-127.0.0.1, free ports); `ClosedBroker` runs mosquitto on that mosquitto.conf, unchanged
-but for a test prelude (log file, no persistence, ``user root`` when the tests run as
-root so the broker can read the test's files), and `reload` sends it SIGHUP and waits
-until it has re-read its files. `fleet_overrides` turns the printed fleet settings into
-`FleetSettings` fields, so the tests run the fleet the way the command tells operators.
+127.0.0.1, free ports); `ClosedBroker` runs mosquitto on that mosquitto.conf
+(`edgefleet.simulators.mosquitto.ClosedMosquitto`, which the demo uses too), and
+`reload` sends it SIGHUP and waits until it has re-read its files. `fleet_overrides`
+turns the printed fleet settings into `FleetSettings` fields, so the tests run the fleet
+the way the command tells operators.
 """
 
 from __future__ import annotations
 
-import os
-import signal
 import ssl
-import subprocess
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +21,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from edgefleet.fleet.identity.broker_config import BrokerMode, Listener
 from edgefleet.fleet.identity.broker_files import BrokerSetup, write_broker_setup
 from edgefleet.fleet.identity.ca import DeviceCA
-from tests.support.mosquitto import MOSQUITTO, free_port, wait_for_port
+from edgefleet.simulators.mosquitto import ClosedMosquitto
+from tests.support.mosquitto import free_port
 
 HOST = "127.0.0.1"
 
@@ -47,88 +45,11 @@ def write_closed_setup(directory: Path, ca: DeviceCA, mode: BrokerMode) -> Broke
 
 def fleet_overrides(setup: BrokerSetup) -> dict[str, object]:
     """The printed ``EDGEFLEET_FLEET_*`` settings as `FleetSettings` field values."""
-    return {
-        key.removeprefix("EDGEFLEET_FLEET_").lower(): value
-        for key, value in setup.fleet_settings(HOST).items()
-    }
+    return dict(setup.fleet_fields(HOST))
 
 
-class ClosedBroker:
-    """mosquitto on a `BrokerSetup`'s config; `stop` and `start` keep its ports."""
-
-    def __init__(self, workdir: Path, setup: BrokerSetup) -> None:
-        self.setup = setup
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.config_path = workdir / "mosquitto-test.conf"
-        self.log_path = workdir / "mosquitto.log"
-        self._process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def device_url(self) -> str:
-        return f"mqtts://{HOST}:{self.setup.device.port}"
-
-    @property
-    def reload_command(self) -> str:
-        """What the fleet runs after rewriting the CRL or password file."""
-        assert self._process is not None
-        return f"kill -HUP {self._process.pid}"
-
-    def start(self) -> None:
-        prelude = [
-            "persistence false",
-            f"log_dest file {self.log_path}",
-            "log_type error",
-            "log_type warning",
-            "log_type notice",
-            "log_type information",
-        ]
-        if os.geteuid() == 0:
-            prelude.append("user root")
-        self.config_path.write_text("\n".join(prelude) + "\n" + self.setup.layout.conf.read_text())
-        self._process = subprocess.Popen(
-            [MOSQUITTO, "-c", str(self.config_path)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            wait_for_port(self.setup.device.port)
-            wait_for_port(self.setup.fleet.port)
-        except TimeoutError:
-            self.stop()
-            raise RuntimeError(f"mosquitto did not start:\n{self.log()}") from None
-
-    def reloads(self) -> int:
-        """How many times the broker has re-read its configuration."""
-        return self.log().count("Reloading config")
-
-    def reload(self, timeout_s: float = 10.0) -> None:
-        """SIGHUP, then wait until the log shows the reload."""
-        assert self._process is not None
-        before = self.reloads()
-        os.kill(self._process.pid, signal.SIGHUP)
-        self.wait_reloaded(before, timeout_s)
-
-    def wait_reloaded(self, before: int, timeout_s: float = 10.0) -> None:
-        """Wait until the broker has reloaded more often than ``before``."""
-        deadline = time.monotonic() + timeout_s
-        while self.reloads() <= before:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"mosquitto did not reload:\n{self.log()}")
-            time.sleep(0.05)
-
-    def log(self) -> str:
-        return self.log_path.read_text() if self.log_path.exists() else ""
-
-    def stop(self) -> None:
-        if self._process is None:
-            return
-        self._process.terminate()
-        try:
-            self._process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
-        self._process = None
+class ClosedBroker(ClosedMosquitto):
+    """The product's `ClosedMosquitto`, on the test's 127.0.0.1 listeners."""
 
 
 class MqttTestClient:

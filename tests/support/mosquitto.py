@@ -6,13 +6,13 @@ TLS listeners, auth) to test those paths.
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
-import time
 from pathlib import Path
 
-MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+from edgefleet.simulators.mosquitto import MOSQUITTO, wait_for_port
+
+__all__ = ["MOSQUITTO", "MosquittoBroker", "free_port", "wait_for_port"]
 
 
 def free_port() -> int:
@@ -20,18 +20,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def wait_for_port(port: int, timeout_s: float = 10.0, host: str = "127.0.0.1") -> None:
-    """Block until something accepts TCP connections on ``port``; raise on timeout."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((host, port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.02)
-    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout_s}s")
 
 
 class MosquittoBroker:

@@ -49,21 +49,29 @@ def history(api: httpx.Client, rollout_id: str, **params: Any) -> list[dict[str,
         after = page["next_after_id"]
 
 
-def approve_version(api: httpx.Client, engine: Engine, name: str, version: str) -> None:
+def approve_version(
+    api: httpx.Client, engine: Engine, name: str, version: str, *, verify: str | bool = True
+) -> None:
     """Approve model ``name`` ``version`` as a second person: a new approver user,
     distinct from whoever uploaded it through ``api`` (four eyes). A rollout goes past
-    its first wave only with an approved version, and publishing does not approve."""
+    its first wave only with an approved version, and publishing does not approve.
+    ``verify`` is httpx's: the CA file of an https fleet."""
     token = user_token(engine, f"approver-{secrets.token_hex(4)}", "approver")
     with httpx.Client(
-        base_url=api.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=20
+        base_url=api.base_url,
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=20,
+        verify=verify,
     ) as approver:
         approved = approver.post(f"/v1/models/{name}/{version}/approve")
     assert approved.status_code == 200, approved.text
 
 
-def publish_and_approve(api: httpx.Client, engine: Engine, name: str, version: str) -> None:
+def publish_and_approve(
+    api: httpx.Client, engine: Engine, name: str, version: str, *, verify: str | bool = True
+) -> None:
     """Publish (lab mode) model ``name`` ``version`` through ``api`` and approve it as a
     second person (`approve_version`)."""
     published = api.post(f"/v1/models/{name}/{version}/publish")
     assert published.status_code == 200, published.text
-    approve_version(api, engine, name, version)
+    approve_version(api, engine, name, version, verify=verify)
