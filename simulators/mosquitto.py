@@ -36,6 +36,16 @@ def wait_for_port(port: int, timeout_s: float = 10.0, host: str = "127.0.0.1") -
             time.sleep(0.05)
 
 
+def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout_s``; reaps it."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 class ClosedMosquitto:
     """mosquitto on a `BrokerSetup`'s config; `stop` and `start` keep its ports."""
 
@@ -119,12 +129,6 @@ class ClosedMosquitto:
         return self.log_path.read_text() if self.log_path.exists() else ""
 
     def stop(self) -> None:
-        if self._process is None:
-            return
-        self._process.terminate()
-        try:
-            self._process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
+        if self._process is not None:
+            stop_process(self._process)
         self._process = None

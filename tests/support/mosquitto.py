@@ -10,7 +10,7 @@ import socket
 import subprocess
 from pathlib import Path
 
-from edgefleet.simulators.mosquitto import MOSQUITTO, wait_for_port
+from edgefleet.simulators.mosquitto import MOSQUITTO, stop_process, wait_for_port
 
 __all__ = ["MOSQUITTO", "MosquittoBroker", "free_port", "wait_for_port"]
 
@@ -71,14 +71,8 @@ class MosquittoBroker:
             raise RuntimeError(f"mosquitto did not start on port {self.port}:\n{log}") from None
 
     def stop(self) -> None:
-        if self._process is None:
-            return
-        self._process.terminate()
-        try:
-            self._process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
+        if self._process is not None:
+            stop_process(self._process)
         self._process = None
 
     @property
