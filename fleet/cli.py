@@ -62,6 +62,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="store_true",
         help="ingest only from enrolled devices whose identity is active (off: any device id)",
     )
+    serve.add_argument(
+        "--migrate",
+        action="store_true",
+        help="bring the database schema to head first (off: refuse a database that is behind)",
+    )
     serve.set_defaults(handler=_serve)
 
     lab = commands.add_parser(
@@ -74,6 +79,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--dir", type=Path, required=True, help="keys, plus repository/ and bundle/ in it"
     )
     lab.set_defaults(handler=_lab_keys)
+
+    from edgefleet.fleet.store.migrate_cli import register as register_migrate
+
+    register_migrate(commands)
 
     from edgefleet.fleet.people_cli import register as register_people
 
@@ -120,6 +129,8 @@ def _serve(args: argparse.Namespace) -> int:
         overrides["single_person_approval"] = True
     if args.require_device_identity:
         overrides["require_device_identity"] = True
+    if args.migrate:
+        overrides["migrate_at_start"] = True
     try:
         settings = FleetSettings(**overrides)
     except ValidationError as e:

@@ -46,7 +46,8 @@ from edgefleet.fleet.registry import ModelRegistry
 from edgefleet.fleet.repo_access import MetadataRefresher, RepositoryAccess
 from edgefleet.fleet.rollout_service.orchestrator import Orchestrator
 from edgefleet.fleet.settings import FleetSettings
-from edgefleet.fleet.store.engine import create_all, make_engine
+from edgefleet.fleet.store.engine import make_engine
+from edgefleet.fleet.store.migrate import require_current, upgrade
 from edgefleet.fleet.webhooks.dispatcher import RetryPolicy, WebhookDispatcher
 from edgefleet.fleet.webhooks.transport import destination_policy
 from edgefleet.shared.signing.tufapi import CryptoSigner, SSlibKey
@@ -230,9 +231,12 @@ class FleetService:
         return self.fleet_keys.director_public
 
     def start(self, timeout_s: float = 15.0) -> None:
-        """Create tables, bootstrap the admin token, load keys, start ingest and the API.
+        """Check (or, with ``migrate_at_start``, migrate) the schema, bootstrap the admin
+        token, load keys, start ingest and the API.
 
-        Raises `RuntimeError` if the API does not come up within ``timeout_s`` or its TLS
+        Raises `edgefleet.fleet.store.migrate.SchemaNotCurrent` (a `RuntimeError`) when
+        the database is not at head, naming the command that fixes it;
+        `RuntimeError` if the API does not come up within ``timeout_s`` or its TLS
         files cannot be loaded,
         `edgefleet.shared.signing.errors.KeyFileError` if the keys cannot be loaded (wrong
         passphrase, missing file) or there is no repository and no key to create one.
@@ -248,8 +252,14 @@ class FleetService:
                 lab_mode=self.settings.lab_mode,
             )
         audit_signer = self._audit_signer()  # before the tables too, for the same reason
+        if self.settings.migrate_at_start:
+            upgrade(self.settings.database_url, progress=_log_migration)
         self._engine = make_engine(self.settings.database_url)
-        create_all(self._engine)
+        try:
+            require_current(self._engine)
+        except BaseException:
+            self._engine.dispose()
+            raise
         self.bootstrap_admin_token = bootstrap_admin_token(self._engine, self.settings)
         if audit_signer is not None:
             self._start_audit_checkpointer(self._engine, audit_signer)
@@ -461,3 +471,7 @@ class FleetService:
             repository=access,
             director=director,
         )
+
+
+def _log_migration(line: str) -> None:
+    logger.info("schema migration: %s", line)

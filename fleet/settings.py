@@ -43,6 +43,11 @@ class FleetSettings(BaseSettings):
     database_url: str = Field(
         default="", description="SQLAlchemy URL; default sqlite:///<data_dir>/fleet.db"
     )
+    migrate_at_start: bool = Field(
+        default=False,
+        description="bring the database to head at start (off: refuse one that is behind"
+        " and name `edgefleet fleet migrate upgrade`, which production runs as its own step)",
+    )
 
     broker_url: str = "mqtt://127.0.0.1:1883"
     broker_ca_file: Path | None = None

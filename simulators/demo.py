@@ -175,6 +175,8 @@ def _fleet_settings(
     return FleetSettings(
         data_dir=data_dir / "fleet",
         broker_url=broker_url,
+        # The demo is its own operator: it brings its database to head at start.
+        migrate_at_start=True,
         # amqtt speaks MQTT 3.1.1 without shared subscriptions.
         shared_subscription=options.broker_url is not None,
         broker_protocol="3.1.1",

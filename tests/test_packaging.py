@@ -245,6 +245,9 @@ def test_the_wheel_has_the_package_data(dists: Dists) -> None:
     assert {p.suffix for p in data} == {".tflite", ".onnx", ".json"}
     typed = source_files("py.typed")
     assert {p.parts[0] for p in typed} == set(SOURCE_FOLDERS)
+    # Alembic renders new revisions from it; an installed fleet migrates without it, but
+    # `edgefleet fleet migrate revision` needs it.
+    data.add(Path("fleet/store/migrations/script.py.mako"))
     for source in sorted(data | typed):
         digest = hashlib.sha256((REPO / source).read_bytes()).hexdigest()
         assert files.get(in_wheel(source)) == digest, f"{in_wheel(source)} missing or stale"

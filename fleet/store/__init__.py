@@ -2,7 +2,8 @@
 
 `tables` holds the device registry, telemetry, events, tokens, models and desired
 states; `rollout_tables` the rollouts, their history and the leases; `drift_tables` the
-reference profiles, thresholds, alerts and webhooks. `create_all` creates all of them.
+reference profiles, thresholds, alerts and webhooks. `migrate` brings a database to
+the schema's head revision; `create_all` makes an empty one at head in one step.
 """
 
 from edgefleet.fleet.store.engine import create_all, make_engine, normalise_url

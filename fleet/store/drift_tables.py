@@ -119,9 +119,9 @@ class WebhookPublic(WebhookBase):
 class WebhookSecret(SQLModel, table=True):
     """The signing secret of one webhook (`edgefleet.fleet.webhooks.signing`).
 
-    A table of its own rather than a column of ``drift_webhook``: there are no
-    migrations yet and ``create_all`` only creates missing tables, so a new column would
-    break every existing database while a new table simply appears. A webhook without a
+    A table of its own rather than a column of ``drift_webhook``: it came before the
+    fleet had migrations, when a new column would have broken every existing database
+    while a new table simply appeared. A webhook without a
     row here (made before signing existed) is delivered unsigned until its secret is
     rotated (``POST /v1/webhooks/{id}/secret``). Never returned by a list or get.
     """

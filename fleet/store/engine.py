@@ -10,9 +10,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlmodel import SQLModel
 
 import edgefleet.fleet.store.tables  # noqa: F401  (registers the tables on SQLModel.metadata)
 
@@ -62,26 +61,52 @@ def make_engine(
 
 
 def create_all(engine: Engine) -> None:
-    """Create the tables that do not exist yet (migrations are future work: Alembic)."""
-    # Each table module registers on SQLModel.metadata when imported; import every one
-    # here so the schema is complete whatever the caller happened to import before.
-    import edgefleet.fleet.store.drift_tables
-    import edgefleet.fleet.store.governance_tables
-    import edgefleet.fleet.store.identity_tables
-    import edgefleet.fleet.store.rollout_tables
-    import edgefleet.fleet.store.tables  # noqa: F401
+    """Make an empty database's schema straight from the models, stamped at head: what
+    ``edgefleet fleet migrate upgrade`` makes, in one step (the migration tests prove the
+    two agree). For tests and scratch databases; a database that exists already is
+    left alone when it is at head.
 
-    SQLModel.metadata.create_all(engine)
-    _seed_audit_head(engine)
+    Raises `edgefleet.fleet.store.migrate.SchemaNotCurrent` for a database that holds
+    tables but is not at head: that one goes through ``migrate upgrade``.
+    """
+    from sqlalchemy import inspect
+
+    from edgefleet.fleet.store.migrate import (
+        SchemaNotCurrent,
+        require_current,
+        stamp_head,
+        target_metadata,
+    )
+
+    with engine.connect() as connection:
+        empty = not inspect(connection).get_table_names()
+    if not empty:
+        require_current(engine)
+        return
+    try:
+        with engine.begin() as connection:
+            target_metadata().create_all(connection)
+            stamp_head(connection)
+            seed_rows(connection)
+    except Exception:
+        # Two processes creating one fresh database at once: the loser's CREATE fails,
+        # and what the winner made is fine if it is at head.
+        try:
+            require_current(engine)
+        except SchemaNotCurrent:
+            pass
+        else:
+            return
+        raise
 
 
 # The chain's first prev_hash; an empty log's head.
 AUDIT_GENESIS_HASH = "0" * 64
 
 
-def _seed_audit_head(engine: Engine) -> None:
-    """The audit chain's one head row, so every append can lock it (two replicas
-    starting at once both try; the loser's insert does nothing)."""
+def seed_rows(connection: Connection) -> None:
+    """The rows every database needs: the audit chain's one head row, so every append
+    can lock it (two migrators both try; the loser's insert does nothing)."""
     from sqlalchemy import insert
     from sqlalchemy.dialects.postgresql import insert as pg_insert
     from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -91,14 +116,13 @@ def _seed_audit_head(engine: Engine) -> None:
     table = AuditHead.__table__  # type: ignore[attr-defined]
     values = {"id": 1, "seq": 0, "hash": AUDIT_GENESIS_HASH}
     statement: Any
-    if engine.dialect.name == "postgresql":
+    if connection.dialect.name == "postgresql":
         statement = pg_insert(table).values(values).on_conflict_do_nothing()
-    elif engine.dialect.name == "sqlite":
+    elif connection.dialect.name == "sqlite":
         statement = sqlite_insert(table).values(values).on_conflict_do_nothing()
     else:  # pragma: no cover  (normalise_url admits only the two)
         statement = insert(table).values(values)
-    with engine.begin() as connection:
-        connection.execute(statement)
+    connection.execute(statement)
 
 
 def _configure_sqlite(dbapi_connection: sqlite3.Connection, busy_timeout_ms: int) -> None:

@@ -66,8 +66,8 @@ class TokenRow(SQLModel, table=True):
 class ModelLifecycleRow(SQLModel, table=True):
     """A model version's lifecycle (uploaded → approved | rejected → retired) and lineage.
 
-    Kept beside ``model_version`` (not in it) because there are no migrations yet and
-    `create_all` adds no columns to an existing table.
+    Kept beside ``model_version`` (not in it): it came before the fleet had migrations,
+    when `create_all` could add no columns to an existing table.
     """
 
     __tablename__ = "model_lifecycle"

@@ -135,9 +135,8 @@ class DeadLetter(SQLModel, table=True):
 
     Bounded by `edgefleet.fleet.ingest.dead_letters` (rows, bytes, age; oldest dropped
     first). The table is ``dead_letters``, not the older ``dead_letter`` that kept whole
-    payloads: `create_all` adds no columns to an existing table (there are no migrations
-    yet), so the new shape has a new name, and a database from before keeps its old
-    table untouched and unused (drop it by hand; the migrations will).
+    payloads: the new shape came before the fleet had migrations, as a new table, and
+    migration 0003 drops the old one.
     """
 
     __tablename__ = "dead_letters"

@@ -144,6 +144,7 @@ def ingester_run(
     # is away, so the run times the ingester draining them, not the publisher.
     settings = FleetSettings(
         data_dir=workdir,
+        migrate_at_start=True,
         broker_url=f"mqtt://127.0.0.1:{port}",
         shared_subscription=False,
         broker_client_id=client_id,

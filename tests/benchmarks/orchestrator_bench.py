@@ -216,6 +216,7 @@ def measure(args: argparse.Namespace) -> Timings:
     packages = _packages(base)
     settings = FleetSettings(
         database_url=f"sqlite:///{base / 'fleet.db'}",
+        migrate_at_start=True,
         broker_url=broker.url,
         data_dir=base / "fleet",
         api_port=0,

@@ -213,6 +213,7 @@ def _serve(variant: str, base: Path, port: int, broker_url: str, keys_dir: Path)
         _old_server()
     settings = FleetSettings(
         database_url=f"sqlite:///{base / 'fleet.db'}",
+        migrate_at_start=True,
         broker_url=broker_url,
         api_port=port,
         data_dir=base / "fleet",

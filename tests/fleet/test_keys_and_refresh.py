@@ -24,6 +24,7 @@ def _settings(tmp_path: Path, keys_dir: Path, **overrides: object) -> FleetSetti
         "api_port": 0,
         "keys_dir": keys_dir,
         "lab_mode": True,
+        "migrate_at_start": True,
     } | overrides
     return FleetSettings(**values)  # type: ignore[arg-type]
 

@@ -98,6 +98,7 @@ def start_fleet(database_url: str, tmp_path: Path) -> Iterator[StartFleet]:
             "data_dir": tmp_path / "fleet",
             "api_port": 0,
             "ingest_flush_interval_s": 0.05,
+            "migrate_at_start": True,
         } | overrides
         service = FleetService(FleetSettings(**values))  # type: ignore[arg-type]
         started.append(service)

@@ -62,6 +62,7 @@ def fleet_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     service = FleetService(
         FleetSettings(
             database_url=f"sqlite:///{root / 'fleet.db'}",
+            migrate_at_start=True,
             broker_url=broker.url,
             data_dir=root / "fleet",
             api_port=0,

@@ -20,7 +20,8 @@ from edgefleet.fleet.ingest.decode import Oversized, Rejected, decode
 from edgefleet.fleet.ingest.subscriber import dead_letter_limits
 from edgefleet.fleet.ingest.writer import BatchWriter
 from edgefleet.fleet.settings import FleetSettings
-from edgefleet.fleet.store import DeadLetter, create_all, make_engine
+from edgefleet.fleet.store import DeadLetter, make_engine
+from edgefleet.fleet.store.migrate import BASELINE_REVISION, upgrade
 from edgefleet.shared.topics import Channel, device_topic
 from tests.fleet.publisher import publish, wait_until
 from tests.support.fleet_fixtures import MakeFleet
@@ -106,13 +107,17 @@ def test_the_settings_defaults_are_the_limits_defaults() -> None:
     assert dead_letter_limits(FleetSettings()) == DeadLetterLimits()
 
 
-def test_a_database_with_the_old_dead_letter_table_takes_the_new_shape(
+def test_a_database_with_the_old_dead_letter_table_migrates_to_the_new_shape(
     database_url: str,
 ) -> None:
+    # A database of the releases before migrations: the tables, no alembic_version, and
+    # the dead-letter table as it was before payloads were bounded.
+    upgrade(database_url, BASELINE_REVISION)
     engine = make_engine(database_url)
     try:
-        with engine.begin() as conn:  # the table as it was before payloads were bounded
+        with engine.begin() as conn:
             pg = engine.dialect.name == "postgresql"
+            conn.execute(text("DROP TABLE alembic_version"))
             conn.execute(
                 text(
                     f"CREATE TABLE dead_letter (id {'SERIAL' if pg else 'INTEGER'} PRIMARY KEY,"
@@ -123,13 +128,12 @@ def test_a_database_with_the_old_dead_letter_table_takes_the_new_shape(
             conn.execute(
                 text("INSERT INTO dead_letter (topic, payload, error) VALUES ('t', 'p', 'e')")
             )
-        create_all(engine)
+
+        upgrade(database_url)
+
         assert BatchWriter(engine).write([garbage(1)]).dead_lettered == 1
         assert len(letters(engine)) == 1
-        with engine.connect() as conn:
-            assert conn.execute(text("SELECT count(*) FROM dead_letter")).scalar() == 1
-        columns = {c["name"] for c in inspect(engine).get_columns("dead_letter")}
-        assert "payload" in columns
+        assert "dead_letter" not in inspect(engine).get_table_names()
     finally:
         engine.dispose()
 
