@@ -29,6 +29,7 @@ from pydantic import (
     model_validator,
 )
 
+from edgefleet.agent.delivery import DeliveryPolicy
 from edgefleet.agent.update.machine import UpdatePolicy
 from edgefleet.shared.messages import MAX_HARDWARE_CHARS, MAX_TAG_CHARS, MAX_TAGS
 from edgefleet.shared.runtime import RuntimeOptions
@@ -119,6 +120,43 @@ class OutboxConfig(_Section):
         default="normal",
         description="SQLite synchronous mode; see agent.outbox for what each one risks",
     )
+    delivery: Literal["auto", "fleet", "broker"] = Field(
+        default="auto",
+        description="what deletes a sent message: the fleet's stored acknowledgement (fleet),"
+        " the broker's PUBACK (broker), or PUBACKs until the fleet first acknowledges (auto);"
+        " see agent.delivery",
+    )
+    fleet_ack_grace_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="send again at once what the fleet skipped while storing messages sent"
+        " this much later",
+    )
+    fleet_ack_timeout_s: float = Field(
+        default=30.0, gt=0, le=86_400, description="send again what the fleet left unacknowledged"
+    )
+    fleet_ack_timeout_max_s: float = Field(
+        default=300.0, gt=0, le=86_400, description="cap of that timeout as it doubles"
+    )
+
+    @model_validator(mode="after")
+    def _timeouts_in_order(self) -> OutboxConfig:
+        if self.fleet_ack_timeout_max_s < self.fleet_ack_timeout_s:
+            raise ValueError(
+                f"fleet_ack_timeout_max_s ({self.fleet_ack_timeout_max_s:g}) is below"
+                f" fleet_ack_timeout_s ({self.fleet_ack_timeout_s:g})"
+            )
+        return self
+
+    def delivery_policy(self) -> DeliveryPolicy:
+        """These settings for the link."""
+        return DeliveryPolicy(
+            mode=self.delivery,
+            grace_s=self.fleet_ack_grace_s,
+            timeout_s=self.fleet_ack_timeout_s,
+            timeout_max_s=self.fleet_ack_timeout_max_s,
+        )
 
 
 class UpdateConfig(_Section):

@@ -255,6 +255,7 @@ class Agent:
             outbox=self._outbox,
             state=self._state_message,
             on_desired=on_desired,
+            delivery=config.outbox.delivery_policy(),
         )
         collector = TelemetryCollector(
             device_id=self.device_id,

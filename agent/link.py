@@ -9,12 +9,15 @@ Ordering and duplicates. Each connection gets a *new* paho client with a clean
 session, so paho never retries a message on its own after a reconnect: the outbox is
 the only retry mechanism. On every connect the link publishes the retained birth, then
 replays the outbox from its oldest row in id (= seq) order, keeping at most
-``max_inflight`` messages unacknowledged. A row is deleted only on its PUBACK. So a
-subscriber sees every message at least once and in seq order, except that messages
-sent but not acknowledged before a connection dropped are sent again after the
-reconnect; the fleet drops those duplicates by ``(device_id, seq)``. Had we kept one
-paho client, its own in-flight resend on reconnect would interleave with the replay and
-break the order.
+``max_inflight`` messages unacknowledged by the broker. A row is deleted when the fleet
+says it stored it (the device's ``stored`` topic), or on its PUBACK while the fleet has
+never said so (`edgefleet.agent.delivery`: negotiation, and when to send again what the
+broker took but the fleet never stored). So a subscriber sees every message at least
+once and in seq order, except that messages sent but not acknowledged before a
+connection dropped, or rewound because the fleet did not store them, are sent again;
+the fleet drops those duplicates by ``(device_id, seq)``. Had we kept one paho client,
+its own in-flight resend on reconnect would interleave with the replay and break the
+order.
 
 State topic seqs. The will is configured before the connection exists, so the link
 allocates the birth's seq and then the will's: on the state topic, seqs order
@@ -41,8 +44,10 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edgefleet.agent.config import BrokerConfig
+from edgefleet.agent.delivery import Awaiting, DeliveryPolicy, keeps_after_puback
 from edgefleet.agent.outbox import Outbox
-from edgefleet.shared.messages import StateMessage, encode
+from edgefleet.shared.messages import MessageError, StateMessage, decode_stored, encode
+from edgefleet.shared.seqranges import merge
 from edgefleet.shared.topics import Channel, device_topic
 
 log = logging.getLogger(__name__)
@@ -84,8 +89,10 @@ class Link:
         state: StateBuilder,
         on_desired: DesiredHandler | None = None,
         rng: random.Random | None = None,
+        delivery: DeliveryPolicy | None = None,
     ) -> None:
         self._config = config
+        self._delivery = delivery or DeliveryPolicy()
         self._device_id = device_id
         self._outbox = outbox
         self._state = state
@@ -93,6 +100,7 @@ class Link:
         self._rng = rng or random.Random()
         self._state_topic = device_topic(device_id, Channel.STATE)
         self._desired_topic = device_topic(device_id, Channel.DESIRED)
+        self._stored_topic = device_topic(device_id, Channel.STORED)
         self._thread = threading.Thread(
             target=self._run, name=f"edgefleet-link-{device_id}", daemon=True
         )
@@ -109,7 +117,8 @@ class Link:
         # Per connection; touched only by the link thread (paho calls back on it).
         self._connected = False
         self._refused = False
-        self._inflight: dict[int, int] = {}
+        self._inflight: dict[int, tuple[int, int]] = {}  # mid -> (outbox id, seq)
+        self._awaiting = Awaiting(self._delivery)
         self._acks: deque[tuple[int, ReasonCode]] = deque()
         self._last_sent_id = 0
         self._birth_seq = 0
@@ -243,6 +252,7 @@ class Link:
         self._connected = False
         self._refused = False
         self._inflight.clear()
+        self._awaiting = Awaiting(self._delivery)
         self._acks.clear()
         self._last_sent_id = 0
         self._birth_seq = birth_seq
@@ -270,16 +280,8 @@ class Link:
                 break
             if self._connected:
                 accepted = True
-                if self._reconnect.is_set() and not self._stop.is_set():
-                    log.info("%s: reconnecting to %s as asked", self._device_id, self._config.url)
-                    self._disconnect(client)
+                if self._connected_turn(client):
                     break
-                if self._dirty.is_set():
-                    self._dirty.clear()
-                    self._pump(client)
-                    if self._state_stale.is_set() and not self._stop.is_set():
-                        self._state_stale.clear()
-                        self._publish_state(client, online=True, reason=None)
             elif time.monotonic() > connect_deadline:
                 log.warning("%s: no CONNACK from %s in time", self._device_id, self._config.url)
                 self._disconnect(client)
@@ -291,11 +293,29 @@ class Link:
         self._connected = False
         return accepted
 
+    def _connected_turn(self, client: mqtt.Client) -> bool:
+        """Send what is due on a live connection; True once it was closed as asked."""
+        if self._awaiting.timed_out(time.monotonic()):
+            self._rewind("the fleet has not acknowledged them in time")
+        if self._reconnect.is_set() and not self._stop.is_set():
+            log.info("%s: reconnecting to %s as asked", self._device_id, self._config.url)
+            self._disconnect(client)
+            return True
+        if self._dirty.is_set():
+            self._dirty.clear()
+            self._pump(client)
+            if self._state_stale.is_set() and not self._stop.is_set():
+                self._state_stale.clear()
+                self._publish_state(client, online=True, reason=None)
+        return False
+
     def _wait_s(self, connect_deadline: float) -> float:
         """How long the next loop turn may sleep: until the nearest deadline."""
         wait = self._idle_wait_s
         if not self._connected:
             wait = min(wait, connect_deadline - time.monotonic())
+        elif (resend_at := self._awaiting.deadline()) is not None:
+            wait = min(wait, resend_at - time.monotonic())
         if self._stop.is_set():
             wait = min(wait, self._stop_deadline - time.monotonic())
         return max(0.0, wait)
@@ -365,7 +385,10 @@ class Link:
         log.info("%s: connected to %s", self._device_id, self._config.url)
         self._state_stale.clear()  # this birth carries every change so far
         self._publish_state(client, online=True, reason=None, seq=self._birth_seq)
-        client.subscribe(self._desired_topic, qos=1)
+        topics = [(self._desired_topic, 1)]
+        if self._delivery.mode != "broker":
+            topics.append((self._stored_topic, 1))
+        client.subscribe(topics)
         self._dirty.set()
 
     def _on_disconnect(
@@ -389,6 +412,9 @@ class Link:
         self._acks.append((mid, reason_code))
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        if message.topic == self._stored_topic:
+            self._on_stored(bytes(message.payload))
+            return
         if message.topic != self._desired_topic or self.on_desired is None:
             return
         try:
@@ -397,14 +423,44 @@ class Link:
             # A failing consumer must not take the link down with it.
             log.exception("%s: the desired-state handler failed", self._device_id)
 
+    def _on_stored(self, payload: bytes) -> None:
+        """The fleet stored some of our seqs: forget them; maybe resend older ones."""
+        if self._delivery.mode == "broker":
+            return
+        try:
+            message = decode_stored(self._device_id, payload)
+        except MessageError as e:
+            log.warning("%s: ignoring a malformed stored acknowledgement: %s", self._device_id, e)
+            return
+        ranges = merge(message.seqs)
+        self._outbox.mark_fleet_acks()
+        deleted = self._outbox.ack_seqs(ranges)
+        log.debug("%s: the fleet stored %d outbox messages", self._device_id, deleted)
+        if self._awaiting.stored(ranges, time.monotonic()):
+            self._rewind("the fleet stored newer messages and not these")
+
+    def _rewind(self, why: str) -> None:
+        """Replay the outbox from its oldest row again (on this connection)."""
+        log.info("%s: sending %d messages again: %s", self._device_id, self._outbox.depth, why)
+        self._last_sent_id = 0
+        self._dirty.set()
+
     def _handle_acks(self) -> None:
+        keep = keeps_after_puback(self._delivery.mode, self._outbox.fleet_acks)
         while self._acks:
             mid, reason_code = self._acks.popleft()
             if mid == self._shutdown_mid:
                 self._shutdown_acked = True
-            message_id = self._inflight.pop(mid, None)
-            if message_id is None:
+            sent = self._inflight.pop(mid, None)
+            if sent is None:
                 continue
+            message_id, seq = sent
+            if keep and not reason_code.is_failure:
+                # The broker has it; the fleet's stored acknowledgement deletes it.
+                if self._outbox.depth > len(self._inflight):
+                    self._dirty.set()
+                continue
+            self._awaiting.forget(seq)
             if reason_code.is_failure:
                 # Retrying cannot help (not authorised, quota); keeping it would block
                 # everything behind it, so it is dropped like a broker that discards it.
@@ -423,12 +479,22 @@ class Link:
         room = self._config.max_inflight - len(self._inflight)
         if room <= 0:
             return
-        for message in self._outbox.peek(self._last_sent_id, room):
+        # After a rewind the replay passes rows still waiting for their PUBACK: skip them.
+        flying = {message_id for message_id, _ in self._inflight.values()}
+        now = time.monotonic()
+        for message in self._outbox.peek(self._last_sent_id, room + len(flying)):
+            if room <= 0:
+                return
+            if message.id in flying:
+                self._last_sent_id = message.id
+                continue
             info = client.publish(message.topic, message.payload, qos=1)
             if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 return  # the connection is gone; the replay starts over on the next one
-            self._inflight[info.mid] = message.id
+            self._inflight[info.mid] = (message.id, message.seq)
+            self._awaiting.sent(message.seq, now)
             self._last_sent_id = message.id
+            room -= 1
 
     def _publish_state(
         self, client: mqtt.Client, *, online: bool, reason: str | None, seq: int | None = None

@@ -1,9 +1,16 @@
 """The durable outbox: every QoS-1 device message is stored here before it is sent.
 
 Invariants:
-- a message is inserted (committed) before the link may send it, and deleted only when
-  the broker has acknowledged it (PUBACK), so a broker outage or an agent restart loses
-  nothing: the link replays the backlog from the oldest row on every connect;
+- a message is inserted (committed) before the link may send it, and deleted only once
+  it is delivered: when the fleet says it stored it (`ack_seqs`, end-to-end delivery,
+  see `edgefleet.agent.delivery`), or, with a fleet that never said so, when the broker
+  acknowledged it (PUBACK, `ack`). So a broker outage or an agent restart loses
+  nothing, and with end-to-end delivery neither does a broker restarted without
+  persistence nor a fleet with no replica subscribed: the link replays the backlog
+  from the oldest row on every connect;
+- once the fleet has acknowledged anything (`mark_fleet_acks`), the outbox remembers it
+  (``fleet_acks`` in ``meta``), so an agent restarted while its fleet is away keeps
+  waiting for the fleet's word instead of falling back to PUBACKs;
 - rows are read back in insertion order, which is also ``seq`` order: the sequence
   number is allocated and the row inserted in one transaction under one lock;
 - ``seq`` only grows, across restarts too. A fresh outbox starts at
@@ -12,9 +19,10 @@ Invariants:
   floor's million per second, so a re-provisioned device with a wiped data dir, or a
   counter whose last commits were lost in a power cut, still continues above every seq
   it ever sent (the fleet drops duplicates on ``(device_id, seq)``);
-- the outbox is bounded by ``max_messages``. When full, it drops the oldest telemetry
-  first (the next report supersedes it), then the oldest drift window, then the oldest
-  message of any kind. Every drop is counted in a persisted ``dropped_total``;
+- the outbox is bounded by ``max_messages``, messages waiting for the fleet's word
+  included. When full, it drops the oldest telemetry first (the next report supersedes
+  it), then the oldest drift window, then the oldest message of any kind. Every drop
+  is counted in a persisted ``dropped_total``;
 - a full disk never raises: the message is counted as dropped and in
   ``write_failures_total``, a warning is logged once per streak, the agent serves on.
 
@@ -33,7 +41,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -53,6 +61,7 @@ CREATE TABLE IF NOT EXISTS messages (
     created_s REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS messages_by_kind ON messages (kind, id);
+CREATE INDEX IF NOT EXISTS messages_by_seq ON messages (seq);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
@@ -110,6 +119,7 @@ class Outbox:
         except (sqlite3.Error, OSError) as e:
             raise OutboxError(f"{path}: cannot open the outbox: {e}") from e
         self._dropped_total = int(stored.get("dropped_total", 0))
+        self._fleet_acks = bool(stored.get("fleet_acks", 0))
         self._next_seq = max(int(stored.get("next_seq", 0)), clock_floor_seq(clock()))
         log.debug("outbox %s: %d queued, next seq %d", path, self._depth, self._next_seq)
 
@@ -122,6 +132,28 @@ class Outbox:
     def dropped_total(self) -> int:
         """Messages lost to the bound or to a full disk, since the outbox was created."""
         return self._dropped_total
+
+    @property
+    def fleet_acks(self) -> bool:
+        """True once the fleet has acknowledged a stored message (persisted)."""
+        return self._fleet_acks
+
+    def mark_fleet_acks(self) -> None:
+        """Remember that the fleet acknowledges what it stores; a failed write is retried
+        at the next call (the link calls it for every acknowledgement until it holds)."""
+        with self._lock:
+            if self._fleet_acks:
+                return
+            try:
+                self._db.execute(
+                    "INSERT INTO meta (key, value) VALUES ('fleet_acks', 1)"
+                    " ON CONFLICT (key) DO UPDATE SET value = 1"
+                )
+            except sqlite3.Error as e:
+                self._write_failed("the fleet_acks flag", e)
+                return
+            self._fleet_acks = True
+            log.info("outbox %s: the fleet acknowledges stored messages", self.path)
 
     def enqueue(self, topic: str, kind: str, build: Callable[[int], bytes]) -> int | None:
         """Store the message ``build(seq)`` for ``topic``; return its seq.
@@ -193,6 +225,27 @@ class Outbox:
                 self._write_failed(f"the ack of message {message_id}", e)
                 return
             self._depth -= deleted.rowcount
+
+    def ack_seqs(self, ranges: Iterable[tuple[int, int]]) -> int:
+        """Forget the messages whose seq lies in one of the inclusive ``ranges`` (what the
+        fleet stored); how many. A failed delete only means a resend."""
+        spans = list(ranges)
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                deleted = 0
+                for lo, hi in spans:
+                    cursor = self._db.execute(
+                        "DELETE FROM messages WHERE seq BETWEEN ? AND ?", (lo, hi)
+                    )
+                    deleted += cursor.rowcount
+                self._db.execute("COMMIT")
+            except sqlite3.Error as e:
+                self._rollback()
+                self._write_failed(f"the ack of {len(spans)} seq ranges", e)
+                return 0
+            self._depth -= deleted
+            return deleted
 
     def close(self) -> None:
         """Close the database; further calls fail."""

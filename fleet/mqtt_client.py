@@ -2,16 +2,29 @@
 
 Protocol version, credentials, TLS and reconnect backoff are set here for every fleet
 connection (the ingester and each publisher), so they cannot drift apart.
+
+Reconnects: every wait before a reconnect attempt is drawn anew, uniformly in
+`RECONNECT_MIN_S`..`RECONNECT_MAX_S`. Short, because agents replay their outbox as soon
+as the broker is back, and until the ingester has subscribed again those messages only
+reach the broker (end-to-end delivery makes the agents send them again, but the sooner
+the fleet is back the less they resend); random, so that replicas which lost the broker
+together do not return in step. paho's own backoff has no jitter, so `on_pre_connect`
+(called before every attempt) sets the next wait.
 """
 
 from __future__ import annotations
 
+import random
 import ssl
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgefleet.fleet.settings import FleetSettings
+
+RECONNECT_MIN_S = 0.5
+RECONNECT_MAX_S = 2.0
 
 
 def make_client(
@@ -39,5 +52,13 @@ def make_client(
             keyfile=str(s.broker_key_file) if s.broker_key_file else None,
             tls_version=ssl.PROTOCOL_TLS_CLIENT,
         )
-    client.reconnect_delay_set(min_delay=1, max_delay=30)
+    rng = random.Random()
+
+    def draw_next_wait(client: mqtt.Client, _userdata: Any = None) -> None:
+        # min == max: paho waits exactly this long before the next attempt (floats work).
+        wait_s = rng.uniform(RECONNECT_MIN_S, RECONNECT_MAX_S)
+        client.reconnect_delay_set(min_delay=wait_s, max_delay=wait_s)  # type: ignore[arg-type]
+
+    draw_next_wait(client)
+    client.on_pre_connect = draw_next_wait
     return client

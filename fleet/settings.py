@@ -99,6 +99,13 @@ class FleetSettings(BaseSettings):
     ingest_flush_interval_s: float = Field(default=0.2, gt=0)
     ingest_queue_size: int = Field(default=20_000, ge=1)
     ingest_retry_max_s: float = Field(default=30.0, gt=0, description="cap of DB retry backoff")
+    ingest_stored_interval_s: float = Field(
+        default=0.5,
+        gt=0,
+        le=60,
+        description="how often the ingester tells devices which of their seqs it stored (one"
+        " retained publish per device per interval at most; end-to-end delivery)",
+    )
     ingest_seq_max_ahead_s: float = Field(
         default=24 * 3600.0,
         ge=1.0,

@@ -21,6 +21,12 @@ _CHANNEL_DOC: dict[Channel, tuple[str, int, bool, str]] = {
     Channel.DRIFT: ("publish", 1, False, "one drift window of mergeable sketches"),
     Channel.EVENTS: ("publish", 1, False, "deployment progress"),
     Channel.DESIRED: ("subscribe", 1, True, "the signed desired state for this device"),
+    Channel.STORED: (
+        "subscribe",
+        1,
+        True,
+        "seq ranges of this device's messages the fleet has stored (end-to-end delivery)",
+    ),
 }
 
 

@@ -17,8 +17,9 @@ durations (``interval_s``, ``uptime_s``) are 0..1e10 s, latencies 0..1e7 ms,
 keys and 16 KiB of JSON; drift sketches are bounded in `edgefleet.shared.drift.bounds`.
 Fleet→subscriber alerts: ``id`` and ``kind`` at most 200 characters, ``message`` keeps
 its first 2000, ``device_id`` follows the device id pattern, ``evidence`` at most 256
-keys and 256 KiB of JSON; a desired state has at most 16 signatures. The constants below
-are the single source of these numbers (the AsyncAPI document carries them).
+keys and 256 KiB of JSON; a desired state has at most 16 signatures; a stored
+acknowledgement at most `MAX_STORED_RANGES` seq ranges. The constants below are the single
+source of these numbers (the AsyncAPI document carries them).
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ MAX_ALERT_MESSAGE_CHARS = 2000
 MAX_EVIDENCE_KEYS = 256
 MAX_EVIDENCE_JSON_BYTES = 256 * 1024
 MAX_SIGNATURES = 16
+MAX_STORED_RANGES = 256
 
 Count = Annotated[int, Field(ge=0, le=MAX_INT64)]
 DurationS = Annotated[float, Field(ge=0, le=MAX_DURATION_S)]
@@ -295,6 +297,53 @@ class DesiredMessage(WireModel):
         return self.signed.seq
 
 
+Seq = Annotated[int, Field(ge=0, le=MAX_INT64)]
+
+
+class StoredMessage(WireModel):
+    """Fleet→device (retained): seqs of this device's messages that the fleet has stored.
+
+    Published on ``edgefleet/v1/devices/{d}/stored`` after the database transaction that
+    holds them committed. ``seqs`` are inclusive ``[lo, hi]`` ranges (`edgefleet.shared.seqranges`)
+    of seqs that are in the database: stored now, found already stored (a duplicate), or
+    dead-lettered (a message the fleet refuses is never worth sending again). A range says
+    nothing about seqs inside it that the device never sent. Each publish covers what one
+    replica stored since its previous publish for the device, so the retained copy is only
+    the latest of them; an agent takes the union of everything it receives.
+    """
+
+    schema_: Literal["edgefleet/v1/stored"] = Field(default="edgefleet/v1/stored", alias="schema")
+    device_id: str = Field(pattern=DEVICE_ID_PATTERN)
+    seqs: list[tuple[Seq, Seq]] = Field(
+        min_length=1, max_length=MAX_STORED_RANGES, description="inclusive [lo, hi] ranges"
+    )
+    ts: datetime = Field(default_factory=utcnow, description="when the fleet published it")
+
+    @field_validator("seqs")
+    @classmethod
+    def _ranges_are_ordered(cls, seqs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        for lo, hi in seqs:
+            if lo > hi:
+                raise ValueError(f"range [{lo}, {hi}] ends before it starts")
+        return seqs
+
+
+def decode_stored(device_id: str, payload: bytes) -> StoredMessage:
+    """Validate a stored acknowledgement received on ``device_id``'s stored topic.
+
+    Raises `MessageError` if it is not one, or names another device.
+    """
+    try:
+        message = StoredMessage.model_validate_json(payload)
+    except ValidationError as e:
+        raise MessageError(_describe(e)) from e
+    if message.device_id != device_id:
+        raise MessageError(
+            f"device_id {message.device_id!r} in a message on device {device_id!r}'s topic"
+        )
+    return message
+
+
 class AlertMessage(WireModel):
     """Fleet→subscribers: something an operator or a pipeline should act on."""
 
@@ -322,6 +371,7 @@ CHANNEL_MODELS: dict[Channel, type[WireModel]] = {
     Channel.EVENTS: EventMessage,
     Channel.DRIFT: DriftMessage,
     Channel.DESIRED: DesiredMessage,
+    Channel.STORED: StoredMessage,
 }
 
 

@@ -27,6 +27,7 @@ class Channel(StrEnum):
     DRIFT = "drift"
     EVENTS = "events"
     DESIRED = "desired"
+    STORED = "stored"  # fleet→device: seqs the fleet has durably stored (see messages)
 
 
 DEVICE_TO_FLEET: frozenset[Channel] = frozenset(

@@ -11,15 +11,15 @@ Two listeners, each with its own settings (``per_listener_settings true``):
   username and password come from ``password_file`` and the username is again the
   client id. Its ACL is `device_acl`: ``pattern`` lines (``%u`` = the username) that let
   a device publish only its own state, telemetry, drift and events and read only its
-  own desired state. Nothing else, for anyone.
+  own desired state and its own stored acknowledgements. Nothing else, for anyone.
 - the **fleet listener** (the fleet service's own clients): the fleet opens several MQTT
   connections with client ids of their own (ingester, publishers, reconciler), which
   ``use_username_as_clientid`` would make kick each other off, hence a listener of its
   own, meant for an address devices cannot reach. Its ACL is `fleet_acl`: only the fleet
-  identity `FLEET_IDENTITY`, reading every device topic and writing desired states and
-  alerts. In ``password`` mode its password file holds only the fleet user, so a device
-  cannot even log in there; with ``mtls`` a device certificate can connect but is given
-  nothing.
+  identity `FLEET_IDENTITY`, reading every device topic and writing desired states,
+  stored acknowledgements and alerts. In ``password`` mode its password file holds only
+  the fleet user, so a device cannot even log in there; with ``mtls`` a device
+  certificate can connect but is given nothing.
 
 `FLEET_IDENTITY` contains a ``:``, which a device id cannot (see
 `edgefleet.shared.topics.validate_device_id`), so no enrolled device can be the fleet.
@@ -84,12 +84,13 @@ def device_acl() -> str:
     for channel in sorted(DEVICE_TO_FLEET):
         lines.append(f"pattern write {PREFIX}/devices/%u/{channel.value}")
     lines.append(f"pattern read {PREFIX}/devices/%u/{Channel.DESIRED.value}")
+    lines.append(f"pattern read {PREFIX}/devices/%u/{Channel.STORED.value}")
     return "\n".join(lines) + "\n"
 
 
 def fleet_acl(fleet_user: str = FLEET_IDENTITY) -> str:
     """The fleet listener's ACL: the fleet user reads every device topic and writes
-    desired states and alerts; nobody else gets anything.
+    desired states, stored acknowledgements and alerts; nobody else gets anything.
 
     Raises `ValueError` for a user name with whitespace or nothing in it (the ACL file
     is line-based).
@@ -100,6 +101,7 @@ def fleet_acl(fleet_user: str = FLEET_IDENTITY) -> str:
         f"user {fleet_user}\n"
         f"topic read {PREFIX}/devices/#\n"
         f"topic write {PREFIX}/devices/+/{Channel.DESIRED.value}\n"
+        f"topic write {PREFIX}/devices/+/{Channel.STORED.value}\n"
         f"topic readwrite {ALERTS_TOPIC}\n"
     )
 

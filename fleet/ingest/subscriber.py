@@ -12,6 +12,12 @@ writer thread also applies the dead letters' retention every
 ``dead_letter_sweep_interval_s``. A batch the database
 cannot take is retried with capped exponential backoff and is not dropped; only at
 `stop` does the writer give up, after ``stop_timeout_s``, and it logs what it lost.
+
+End-to-end delivery: after each committed batch the writer thread records the seqs it
+stored (`edgefleet.fleet.ingest.stored`), and every ``ingest_stored_interval_s`` publishes
+one retained QoS-1 `StoredMessage` per device on its ``stored`` topic with this
+ingester's client (paho queues them while the broker is away). A batch that is not
+committed is never acknowledged, so its devices send it again.
 """
 
 from __future__ import annotations
@@ -36,10 +42,12 @@ from edgefleet.fleet.ingest.dead_letters import DeadLetterLimits
 from edgefleet.fleet.ingest.decode import Accepted, Ignored, Oversized, Rejected, decode
 from edgefleet.fleet.ingest.handoff import BatchHandoff, ClosedError
 from edgefleet.fleet.ingest.metrics import IngestMetrics
+from edgefleet.fleet.ingest.stored import StoredAcks
 from edgefleet.fleet.ingest.writer import BatchWriter, TransientStoreError
 from edgefleet.fleet.mqtt_client import make_client
 from edgefleet.fleet.settings import FleetSettings
-from edgefleet.shared.topics import device_filter, shared_filter
+from edgefleet.shared.messages import encode, utcnow
+from edgefleet.shared.topics import Channel, device_filter, device_topic, shared_filter
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +78,8 @@ class Ingester:
             else None
         )
         self._next_sweep = 0.0  # monotonic time of the next dead-letter retention sweep
+        self._stored = StoredAcks()
+        self._next_stored = 0.0  # monotonic time the next stored acknowledgements may go
         self._metrics = metrics
         self._handoff: BatchHandoff[Raw] = BatchHandoff(
             maxsize=settings.ingest_queue_size,
@@ -195,12 +205,26 @@ class Ingester:
             logger.warning("ingester stopped: message on %s not stored", topic)
 
     def _run_writer(self) -> None:
-        while (raws := self._handoff.take(idle_timeout_s=1.0)) is not None:
+        idle_s = min(1.0, self._settings.ingest_stored_interval_s)
+        while (raws := self._handoff.take(idle_timeout_s=idle_s)) is not None:
             if raws:
                 batch = self._decode(raws)
                 if batch:
                     self._write_with_retry(batch)
+            self._publish_stored()
             self._sweep_dead_letters()
+        # What the last batches stored at `stop` is not acknowledged (the client is gone):
+        # those devices send it again and the next replica finds duplicates.
+
+    def _publish_stored(self) -> None:
+        """Tell devices what was committed since the last publish, once an interval."""
+        at = time.monotonic()
+        if not self._stored or at < self._next_stored:
+            return
+        self._next_stored = at + self._settings.ingest_stored_interval_s
+        for message in self._stored.take():
+            topic = device_topic(message.device_id, Channel.STORED)
+            self._client.publish(topic, encode(message), qos=1, retain=True)
 
     def _sweep_dead_letters(self) -> None:
         now = time.monotonic()
@@ -277,6 +301,8 @@ class Ingester:
                 continue
             self._metrics.batch_seconds.observe(time.perf_counter() - started)
             self._metrics.record(result)
+            self._metrics.record_lag(batch, utcnow())
+            self._stored.add(result.stored)
             return
 
 

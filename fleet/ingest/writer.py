@@ -24,7 +24,10 @@ Invariants:
   event cannot make a deployment the fleet never sent, or turn one into "committed";
 - `write` raises `TransientStoreError` (the database is away or busy: retry the whole
   batch), and otherwise never raises for a bad row: a row the database refuses is
-  dead-lettered on its own and the rest of the batch is stored.
+  dead-lettered on its own and the rest of the batch is stored;
+- `WriteResult.stored` lists the (device_id, seq) of every item of the batch that is a
+  row or a dead letter once `write` returns (all of them whose seq can be read, see
+  `edgefleet.fleet.ingest.stored.stored_key`): what the fleet acknowledges to devices.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ from edgefleet.fleet.ingest.rows import (
     state_values,
     telemetry_row,
 )
+from edgefleet.fleet.ingest.stored import Key, stored_key
 from edgefleet.fleet.store.tables import (
     DeadLetter,
     DesiredStateRow,
@@ -111,6 +115,7 @@ class WriteResult:
     conflicts: Counter[Channel] = field(default_factory=Counter)  # also in dead_lettered
     dead_lettered: int = 0
     dead_letters_dropped: int = 0  # older dead letters trimmed to stay within the caps
+    stored: list[Key] = field(default_factory=list)  # committed: a row or a dead letter
 
     def add(self, other: WriteResult) -> None:
         self.persisted.update(other.persisted)
@@ -118,6 +123,7 @@ class WriteResult:
         self.conflicts.update(other.conflicts)
         self.dead_lettered += other.dead_lettered
         self.dead_letters_dropped += other.dead_letters_dropped
+        self.stored.extend(other.stored)
 
 
 class BatchWriter:
@@ -239,6 +245,8 @@ class BatchWriter:
             conn.execute(self._insert(_DEAD), [dead_letter_row(d, prefix_bytes) for d in dead])
             result.dead_lettered = len(dead)
             result.dead_letters_dropped = trim(conn, self._limits)
+        # Every item is now a row (new, a duplicate, a conflict's original) or a dead letter.
+        result.stored = [key for item in batch if (key := stored_key(item)) is not None]
         return result
 
     def _refuse_unsent_desired(

@@ -160,3 +160,23 @@ def test_allocated_seqs_interleave_with_stored_ones(tmp_path: Path) -> None:
     assert a < b < c
     outbox.close()
     assert open_outbox(tmp_path).allocate_seq() == c + 1
+
+
+def test_messages_the_fleet_stored_are_deleted_by_seq_range(tmp_path: Path) -> None:
+    outbox = open_outbox(tmp_path)
+    seqs = [outbox.enqueue("t", "telemetry", payload) or 0 for _ in range(6)]
+    deleted = outbox.ack_seqs([(seqs[0], seqs[1]), (seqs[4], seqs[4]), (10**18, 10**18)])
+    assert deleted == 3
+    assert outbox.depth == 3
+    assert [m.seq for m in outbox.peek()] == [seqs[2], seqs[3], seqs[5]]
+    assert outbox.ack_seqs([(seqs[0], seqs[1])]) == 0  # again: nothing left to delete
+
+
+def test_the_fleet_acknowledging_is_remembered_across_a_restart(tmp_path: Path) -> None:
+    outbox = open_outbox(tmp_path)
+    assert not outbox.fleet_acks
+    outbox.mark_fleet_acks()
+    outbox.mark_fleet_acks()
+    assert outbox.fleet_acks
+    outbox.close()
+    assert open_outbox(tmp_path).fleet_acks

@@ -256,3 +256,33 @@ def test_values_at_the_documented_bounds_still_parse() -> None:
     }
     message = decode_device_message(Channel.TELEMETRY, "d1", json.dumps(edge).encode())
     assert message.seq == 2**63 - 1
+
+
+def test_a_stored_acknowledgement_round_trips_and_names_its_device() -> None:
+    from edgefleet.shared.messages import StoredMessage, decode_stored
+
+    message = StoredMessage(device_id="d1", seqs=[(1, 3), (7, 7)], ts=NOW)
+    raw = encode(message)
+    assert json.loads(raw)["schema"] == "edgefleet/v1/stored"
+    assert decode_stored("d1", raw) == message
+    with pytest.raises(MessageError, match="device_id 'd1' in a message on device 'd2'"):
+        decode_stored("d2", raw)
+
+
+@pytest.mark.parametrize(
+    ("seqs", "error"),
+    [
+        ([], "at least 1"),
+        ([[5, 4]], "ends before it starts"),
+        ([[-1, 2]], "greater than or equal to 0"),
+        ([[0, 2**63]], "less than or equal to"),
+        ([[1, 2, 3]], "at most 2 items"),
+        ([[i, i] for i in range(257)], "at most 256 items"),
+    ],
+)
+def test_a_stored_acknowledgement_out_of_bounds_is_refused(seqs: object, error: str) -> None:
+    from edgefleet.shared.messages import decode_stored
+
+    raw = json.dumps({"schema": "edgefleet/v1/stored", "device_id": "d1", "seqs": seqs})
+    with pytest.raises(MessageError, match=error):
+        decode_stored("d1", raw.encode())

@@ -74,6 +74,7 @@ def test_the_printed_fleet_credential_is_the_one_the_written_broker_takes(tmp_pa
         )
         assert fleet.connect(), broker.log()
         assert fleet.publish("edgefleet/v1/devices/cam-1/desired", b"{}") in {0, 16}
+        assert fleet.publish("edgefleet/v1/devices/cam-1/stored", b"{}") in {0, 16}
         assert fleet.publish("edgefleet/v1/devices/cam-1/state", b"{}") == 135
         fleet.close()
         # The fleet's client certificate is no device's: on the device listener it gets nothing.
@@ -86,6 +87,7 @@ def test_the_printed_fleet_credential_is_the_one_the_written_broker_takes(tmp_pa
         )
         assert intruder.connect()
         assert intruder.publish("edgefleet/v1/devices/cam-1/desired", b"{}") == 135
+        assert intruder.publish("edgefleet/v1/devices/cam-1/stored", b"{}") == 135
         intruder.close()
     finally:
         broker.stop()

@@ -32,7 +32,7 @@ FILES = BrokerFiles(
 )
 
 
-def test_a_device_may_write_only_its_own_topics_and_read_only_its_desired() -> None:
+def test_a_device_may_write_only_its_own_topics_and_read_only_its_desired_and_stored() -> None:
     rules = [line for line in device_acl().splitlines() if not line.startswith("#")]
     assert sorted(rules) == sorted(
         [
@@ -41,14 +41,16 @@ def test_a_device_may_write_only_its_own_topics_and_read_only_its_desired() -> N
             "pattern write edgefleet/v1/devices/%u/drift",
             "pattern write edgefleet/v1/devices/%u/events",
             "pattern read edgefleet/v1/devices/%u/desired",
+            "pattern read edgefleet/v1/devices/%u/stored",
         ]
     )
 
 
-def test_only_the_fleet_identity_gets_desired_and_alerts() -> None:
+def test_only_the_fleet_identity_gets_desired_stored_and_alerts() -> None:
     acl = fleet_acl()
     assert f"user {FLEET_IDENTITY}\n" in acl
     assert "topic write edgefleet/v1/devices/+/desired" in acl
+    assert "topic write edgefleet/v1/devices/+/stored" in acl
     assert "topic readwrite edgefleet/v1/fleet/alerts" in acl
     assert "pattern" not in acl
 

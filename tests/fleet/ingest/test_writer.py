@@ -236,3 +236,36 @@ def test_event_details_are_stored_as_json(engine: Engine) -> None:
         row = s.get(EventRow, ("d1", 3))
         assert row is not None
         assert (row.kind, row.detail, row.ts) == ("failed", {"expected": "ab", "found": "cd"}, T0)
+
+
+def test_every_committed_item_with_a_readable_seq_is_reported_stored(engine: Engine) -> None:
+    writer = BatchWriter(engine)
+    assert writer.write([item(Channel.TELEMETRY, telemetry("d1", 1))]).stored == [("d1", 1)]
+    conflicting = telemetry("d1", 1).model_copy(update={"cpu_percent": 99.0})
+    invalid = decode(device_topic("d1", Channel.TELEMETRY), b'{"seq": 5, "schema": 1}', NOW)
+    garbage = decode(device_topic("d1", Channel.EVENTS), b"\x00\xff", NOW)
+    result = writer.write(
+        [
+            item(Channel.TELEMETRY, telemetry("d1", 1)),  # a duplicate: the row is there
+            Accepted(Channel.TELEMETRY, conflicting, NOW),  # a conflict: dead-lettered
+            item(Channel.TELEMETRY, telemetry("d2", 3)),  # new
+            item(Channel.STATE, state("d2", 4)),
+            invalid,  # type: ignore[list-item]  # dead-lettered with its seq
+            garbage,  # type: ignore[list-item]  # no seq to acknowledge
+        ]
+    )
+    assert result.dead_lettered == 3
+    assert sorted(result.stored) == [("d1", 1), ("d1", 1), ("d1", 5), ("d2", 3), ("d2", 4)]
+
+
+def test_a_batch_stored_one_by_one_reports_every_item(engine: Engine) -> None:
+    beyond_bigint = telemetry("d1", 1).model_copy(update={"seq": 2**63})
+    result = BatchWriter(engine).write(
+        [
+            item(Channel.TELEMETRY, telemetry("d1", 1)),
+            Accepted(Channel.TELEMETRY, beyond_bigint, NOW),
+            item(Channel.TELEMETRY, telemetry("d1", 2)),
+        ]
+    )
+    # The refused row is a dead letter now, but its seq does not fit the wire: not acked.
+    assert sorted(result.stored) == [("d1", 1), ("d1", 2)]
