@@ -107,7 +107,7 @@ def test_a_missing_secret_reference_is_named(tmp_path: Path) -> None:
 def test_a_container_path_without_a_mount_is_refused(tmp_path: Path) -> None:
     mounts = _mounts(tmp_path)
     del mounts["/etc/edgefleet/broker"]
-    with pytest.raises(ComposeError, match=r"under the volume /etc/edgefleet/broker"):
+    with pytest.raises(ComposeError, match=r"uses the volume /etc/edgefleet/broker"):
         _replica(tmp_path, mounts=mounts)
 
 

@@ -10,9 +10,13 @@ against the real CLI and settings.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import signal
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +24,7 @@ import pytest
 
 from edgefleet.fleet.settings import FleetSettings
 from edgefleet.shared.cli import build_parser
+from edgefleet.simulators.mosquitto import MOSQUITTO, wait_for_port
 from tests.packaging.manifests import (
     CONTAINER_DIR,
     CONTAINERFILE,
@@ -35,7 +40,9 @@ from tests.support.compose import (
     fleet_replica_run,
     interpolate,
     load_compose,
+    service_run,
 )
+from tests.support.mosquitto import free_port
 
 FLEET_CONTAINERS = (FLEET_SERVICE, MIGRATION_SERVICE, "broker-config")
 SECRET_NAMES = re.compile(r"PASSPHRASE|PASSWORD|TOKEN|DATABASE_URL")
@@ -214,3 +221,41 @@ def test_the_build_context_keeps_everything_the_image_copies() -> None:
     assert "**" in ignore  # everything else stays out of the context
     sources = {src for line in _instructions("COPY") for src in line.split()[:-1]}
     assert sources == kept
+
+
+def test_the_broker_container_reloads_its_files_and_stops_at_once_on_sigterm(
+    tmp_path: Path,
+) -> None:
+    """The compose file's own Mosquitto command, run here on a real Mosquitto (its config
+    is broker-config's in compose; a plain loopback one here): it sends the broker a
+    SIGHUP at every interval, and on SIGTERM the broker and the loop end at once."""
+    port, log = free_port(), tmp_path / "mosquitto.log"
+    broker_dir = tmp_path / "broker"
+    broker_dir.mkdir()
+    (broker_dir / "mosquitto.conf").write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\nlog_dest stderr\nlog_type all\n"
+    )
+    run = service_run(
+        "mosquitto",
+        mounts={"/etc/edgefleet/broker": broker_dir},
+        variables={"EDGEFLEET_BROKER_RELOAD_S": "0.2"},
+    )
+    env = run.process_env() | {"PATH": f"{Path(MOSQUITTO).parent}:{os.environ['PATH']}"}
+    with log.open("wb") as stderr:
+        process = subprocess.Popen(run.argv, env=env, stderr=stderr, start_new_session=True)
+    try:
+        wait_for_port(port)
+        deadline = time.monotonic() + 10
+        while log.read_text().count("Reloading config") < 2:
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=5) == 0
+        assert time.monotonic() - started < 2
+        assert "terminating" in log.read_text()  # the broker itself got the SIGTERM
+    finally:
+        # The loop's last sleep, and anything left if an assertion failed.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()

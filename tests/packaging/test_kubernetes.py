@@ -186,3 +186,13 @@ def test_the_mounted_paths_are_the_configured_ones(resources: dict[str, dict[str
     assert config["EDGEFLEET_FLEET_REPOSITORY_DIR"].startswith(config["EDGEFLEET_FLEET_DATA_DIR"])
     for name in ("CA_FILE", "CERT_FILE", "KEY_FILE"):
         assert config[f"EDGEFLEET_FLEET_BROKER_{name}"].rsplit("/", 1)[0] in mounts
+
+
+def test_the_cluster_runs_the_replicas_with_the_compose_settings(
+    resources: dict[str, dict[str, Any]],
+) -> None:
+    config = resources["ConfigMap"]["data"]
+    compose_env = load_compose()["services"][FLEET_SERVICE]["environment"]
+    shared = (set(config) & set(compose_env)) - {"EDGEFLEET_FLEET_BROKER_URL"}  # its host
+    assert len(shared) >= 10
+    assert {k: config[k] for k in shared} == {k: compose_env[k] for k in shared}

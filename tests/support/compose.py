@@ -136,14 +136,10 @@ def _volume_targets(raw: Any, service: str) -> list[str]:
     return targets
 
 
-def _under(path: str, target: str) -> bool:
-    return path == target or path.startswith(target.rstrip("/") + "/")
-
-
 def service_run(
     service: str,
     *,
-    database_url: str,
+    database_url: str | None = None,
     broker_url: str | None = None,
     mounts: Mapping[str, Path] | None = None,
     variables: Mapping[str, str] | None = None,
@@ -154,7 +150,8 @@ def service_run(
     """The argv and environment of ``service`` with this machine's URLs and paths.
 
     Raises `ComposeError` for an unknown service, one without a ``command`` list, a
-    mount that is not one of the service's volume targets, a container path the service
+    database URL for a service without one, a mount that is not one of the service's
+    volume targets, a container path the service
     uses that ``mounts`` does not map, a broker URL for a service without one, and what
     `interpolate` raises.
     """
@@ -167,7 +164,9 @@ def service_run(
         raise ComposeError(f"service {service}: command must be an argv list of strings")
 
     env = _environment(spec.get("environment"), service)
-    overrides: dict[str, str] = {DATABASE_URL_ENV: database_url}
+    overrides: dict[str, str] = {}
+    if database_url is not None:
+        overrides[DATABASE_URL_ENV] = database_url
     if broker_url is not None:
         if BROKER_URL_ENV not in env:
             raise ComposeError(f"service {service} has no {BROKER_URL_ENV} to replace")
@@ -196,14 +195,19 @@ def service_run(
             )
 
     def rewrite(value: str, what: str) -> str:
+        # A container path anywhere in the value: a whole argument, or inside a script
+        # (`sh -c "mosquitto -c /etc/..."`); only where it starts a path of its own.
         for target in targets:
-            if _under(value, target):
-                if target not in mapping:
-                    raise ComposeError(
-                        f"service {service}: {what} {value!r} is under the volume {target}:"
-                        " pass mounts for it"
-                    )
-                return str(mapping[target]) + value[len(target.rstrip("/")) :]
+            pattern = re.compile(r"(?<![\w./-])" + re.escape(target.rstrip("/")) + r"(?=/|\b|$)")
+            if not pattern.search(value):
+                continue
+            if target not in mapping:
+                raise ComposeError(
+                    f"service {service}: {what} {value!r} uses the volume {target}:"
+                    " pass mounts for it"
+                )
+            host = str(mapping[target]).rstrip("/")
+            value = pattern.sub(lambda _, host=host: host, value)
         return value
 
     return ServiceRun(
