@@ -81,9 +81,9 @@ def test_hadolint_really_lints_a_containerfile_running_as_root(tmp_path: Path) -
 def test_the_image_runs_as_a_numeric_non_root_user() -> None:
     users = _instructions("USER")
     assert users, "the Containerfile sets no USER: the image would run as root"
-    # ARG UID=10001 then USER ${UID}:${UID}: numeric, so runAsNonRoot can check it.
-    assert users[-1] == "${UID}:${UID}"
-    assert f"UID={FLEET_UID}" in _instructions("ARG")
+    # ARG FLEET_UID=10001, USER ${FLEET_UID}:${FLEET_UID}: numeric, for runAsNonRoot.
+    assert users[-1] == "${FLEET_UID}:${FLEET_UID}"
+    assert f"FLEET_UID={FLEET_UID}" in _instructions("ARG")
 
 
 def test_the_image_checks_healthz_and_runs_the_compose_fleet_command(
