@@ -65,6 +65,8 @@ def test_a_replica_runs_the_compose_command_with_only_urls_paths_and_address_rep
     assert run.env["EDGEFLEET_FLEET_API_HOST"] == "127.0.0.1"
     assert run.env["EDGEFLEET_FLEET_API_PORT"] == "18080"
     assert run.env["EDGEFLEET_FLEET_DATA_DIR"] == str(tmp_path / "data")
+    # A mount's path is not taken for the start of a longer one (edgefleet-keys).
+    assert run.env["EDGEFLEET_FLEET_KEYS_DIR"] == str(tmp_path / "keys")
     assert run.env["EDGEFLEET_FLEET_BROKER_KEY_FILE"] == str(tmp_path / "broker" / "fleet.key")
     assert run.env["EDGEFLEET_KEY_PASSPHRASE"] == VARIABLES["EDGEFLEET_KEY_PASSPHRASE"]
     replaced = {

@@ -150,10 +150,9 @@ def service_run(
     """The argv and environment of ``service`` with this machine's URLs and paths.
 
     Raises `ComposeError` for an unknown service, one without a ``command`` list, a
-    database URL for a service without one, a mount that is not one of the service's
-    volume targets, a container path the service
-    uses that ``mounts`` does not map, a broker URL for a service without one, and what
-    `interpolate` raises.
+    database or broker URL for a service without one, a mount that is not one of the
+    service's volume targets, a container path the service uses that ``mounts`` does not
+    map, and what `interpolate` raises.
     """
     data = load_compose() if compose is None else compose
     spec = data["services"].get(service)
@@ -198,7 +197,8 @@ def service_run(
         # A container path anywhere in the value: a whole argument, or inside a script
         # (`sh -c "mosquitto -c /etc/..."`); only where it starts a path of its own.
         for target in targets:
-            pattern = re.compile(r"(?<![\w./-])" + re.escape(target.rstrip("/")) + r"(?=/|\b|$)")
+            path = re.escape(target.rstrip("/"))
+            pattern = re.compile(r"(?<![\w./-])" + path + r"(?![\w.-])")
             if not pattern.search(value):
                 continue
             if target not in mapping:
