@@ -82,8 +82,12 @@ def _devices(devices: SubParsers, leaf: _Leaves) -> None:
     found.add_argument("--tag", help="only devices with this tag")
     found.add_argument("--hardware", help="only devices of this hardware")
     online = found.add_mutually_exclusive_group()
-    online.add_argument("--online", dest="online", action="store_const", const=True)
-    online.add_argument("--offline", dest="online", action="store_const", const=False)
+    online.add_argument(
+        "--online", dest="online", action="store_const", const=True, help="only online ones"
+    )
+    online.add_argument(
+        "--offline", dest="online", action="store_const", const=False, help="only offline ones"
+    )
     _paging(found)
     show = leaf(devices, "show", "show one device", "devices_show")
     show.add_argument("device_id", metavar="DEVICE")
