@@ -178,8 +178,9 @@ class Link:
         """Publish the retained offline state, flush the outbox, disconnect.
 
         Waits at most ``timeout_s``. Returns True if the offline state and every stored
-        message were acknowledged before the disconnect; False if the broker was not
-        reachable or time ran out (what is left stays in the outbox for the next start).
+        message were acknowledged before the disconnect (by the fleet, once it
+        acknowledges what it stores); False if the broker was not reachable or time ran
+        out (what is left stays in the outbox for the next start).
         """
         self._stop_deadline = time.monotonic() + timeout_s
         self._stop.set()

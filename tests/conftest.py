@@ -21,6 +21,7 @@ from tests.support.mosquitto import MosquittoBroker
 # a folder's own conftest.py holds only what its tests alone need.
 pytest_plugins = [
     "tests.support.agent",
+    "tests.support.agent_process",
     "tests.support.drift_reference",
     "tests.support.fleet_fixtures",
     "tests.support.webhooks",

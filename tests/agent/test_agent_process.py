@@ -5,52 +5,16 @@ from __future__ import annotations
 import json
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.agent import REPO, Subscriber, toml_config
+from tests.support.agent import Subscriber, toml_config
+from tests.support.agent_process import AgentProcess
 from tests.support.mosquitto import MosquittoBroker
 
 pytestmark = pytest.mark.slow
-
-
-class AgentProcess:
-    def __init__(self, config: Path, log: Path) -> None:
-        self.log = log
-        self._out = log.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "edgefleet.agent", "run", "--config", str(config)],
-            cwd=REPO,
-            stdout=self._out,
-            stderr=subprocess.STDOUT,
-        )
-
-    def signal(self, signum: int) -> None:
-        self.process.send_signal(signum)
-
-    def wait(self, timeout_s: float = 10) -> int:
-        try:
-            return self.process.wait(timeout_s)
-        finally:
-            self._out.close()
-
-    def output(self) -> str:
-        return self.log.read_text()
-
-
-@pytest.fixture
-def processes() -> Iterator[list[AgentProcess]]:
-    started: list[AgentProcess] = []
-    yield started
-    for p in started:
-        if p.process.poll() is None:
-            p.process.kill()
-            p.wait()
 
 
 def states(watcher: Subscriber) -> list[dict[str, object]]:
