@@ -84,6 +84,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     register_migrate(commands)
 
+    from edgefleet.fleet.backup.cli import register as register_backup
+
+    register_backup(commands)
+
     from edgefleet.fleet.people_cli import register as register_people
 
     register_people(commands)
