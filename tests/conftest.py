@@ -12,7 +12,8 @@ from sqlalchemy import Engine
 
 from edgefleet.agent.config import AgentConfig
 from edgefleet.agent.daemon import Agent
-from edgefleet.fleet.store.engine import create_all, make_engine
+from edgefleet.fleet.store.engine import make_engine
+from edgefleet.fleet.store.migrate import create_all
 from edgefleet.simulators.models import TrainedModel, train_wine_classifier
 from tests.support import pg
 from tests.support.mosquitto import MosquittoBroker

@@ -40,7 +40,8 @@ from edgefleet.fleet.governance.oidc import oidc_verifier
 from edgefleet.fleet.registry import ConflictError, ModelRegistry, UpdatesDisabledError
 from edgefleet.fleet.rollouts.model import RolloutConflictError
 from edgefleet.fleet.settings import FleetSettings
-from edgefleet.fleet.store.engine import create_all, make_engine
+from edgefleet.fleet.store.engine import make_engine
+from edgefleet.fleet.store.migrate import create_all
 from edgefleet.shared import __version__
 
 HTTP_STATUS: dict[type[FleetError], int] = {

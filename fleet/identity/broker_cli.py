@@ -77,8 +77,9 @@ def broker_setup_for_fleet(
     from edgefleet.fleet.identity.broker_config import BrokerMode
     from edgefleet.fleet.identity.broker_files import write_broker_setup
     from edgefleet.fleet.identity.service import identity_service_for
-    from edgefleet.fleet.store.engine import create_all, make_engine
+    from edgefleet.fleet.store.engine import make_engine
     from edgefleet.fleet.store.identity_tables import BrokerPasswordRow
+    from edgefleet.fleet.store.migrate import create_all
     from edgefleet.shared.messages import utcnow
 
     mode = BrokerMode.MTLS if settings.broker_device_auth == "certificate" else BrokerMode.PASSWORD

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from datetime import datetime
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from edgefleet.fleet.ingest.decode import Accepted, Rejected
 from edgefleet.fleet.ingest.writer import WriteResult
+from edgefleet.shared.topics import Channel
+
+# Device-to-fleet channels (a lag per channel: telemetry at QoS 0 is not drift at QoS 1).
+DEVICE_CHANNELS = (Channel.STATE, Channel.TELEMETRY, Channel.DRIFT, Channel.EVENTS)
+# Seconds: milliseconds on a healthy fleet; minutes to hours for an outbox replayed after
+# an outage.
+LAG_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600, 21600)
 
 
 class IngestMetrics:
@@ -60,6 +71,16 @@ class IngestMetrics:
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=registry,
         )
+        self.lag_seconds = Histogram(
+            "edgefleet_ingest_lag_seconds",
+            "from a device message's own timestamp to the commit that stored it (live "
+            "messages; a retained one replayed on subscribe is not counted)",
+            ["channel"],
+            buckets=LAG_BUCKETS_S,
+            registry=registry,
+        )
+        for channel in DEVICE_CHANNELS:
+            self.lag_seconds.labels(channel.value)
         self.queue_depth = Gauge(
             "edgefleet_ingest_queue_depth", "messages waiting for the writer", registry=registry
         )
@@ -78,6 +99,14 @@ class IngestMetrics:
             self.seq_conflicts.labels(channel.value).inc(n)
         self.dead_lettered.inc(result.dead_lettered)
         self.dead_letters_dropped.labels("cap").inc(result.dead_letters_dropped)
+
+    def record_lag(self, batch: Iterable[Accepted | Rejected], committed_at: datetime) -> None:
+        """Observe each live message's lag: ``committed_at`` minus its ``ts`` (a device
+        clock ahead of the fleet's counts as 0)."""
+        for item in batch:
+            if isinstance(item, Accepted) and not item.retained:
+                lag_s = (committed_at - item.message.ts).total_seconds()
+                self.lag_seconds.labels(item.channel.value).observe(max(0.0, lag_s))
 
     def value(self, name: str, **labels: str) -> float:
         """A sample's current value, 0 if never set (name with its _total suffix)."""

@@ -6,7 +6,8 @@ reference profiles, thresholds, alerts and webhooks. `migrate` brings a database
 the schema's head revision; `create_all` makes an empty one at head in one step.
 """
 
-from edgefleet.fleet.store.engine import create_all, make_engine, normalise_url
+from edgefleet.fleet.store.engine import make_engine, normalise_url
+from edgefleet.fleet.store.migrate import create_all
 from edgefleet.fleet.store.tables import (
     ApiToken,
     DeadLetter,

@@ -60,46 +60,6 @@ def make_engine(
     return create_engine(url, pool_pre_ping=True, **kwargs)
 
 
-def create_all(engine: Engine) -> None:
-    """Make an empty database's schema straight from the models, stamped at head: what
-    ``edgefleet fleet migrate upgrade`` makes, in one step (the migration tests prove the
-    two agree). For tests and scratch databases; a database that exists already is
-    left alone when it is at head.
-
-    Raises `edgefleet.fleet.store.migrate.SchemaNotCurrent` for a database that holds
-    tables but is not at head: that one goes through ``migrate upgrade``.
-    """
-    from sqlalchemy import inspect
-
-    from edgefleet.fleet.store.migrate import (
-        SchemaNotCurrent,
-        require_current,
-        stamp_head,
-        target_metadata,
-    )
-
-    with engine.connect() as connection:
-        empty = not inspect(connection).get_table_names()
-    if not empty:
-        require_current(engine)
-        return
-    try:
-        with engine.begin() as connection:
-            target_metadata().create_all(connection)
-            stamp_head(connection)
-            seed_rows(connection)
-    except Exception:
-        # Two processes creating one fresh database at once: the loser's CREATE fails,
-        # and what the winner made is fine if it is at head.
-        try:
-            require_current(engine)
-        except SchemaNotCurrent:
-            pass
-        else:
-            return
-        raise
-
-
 # The chain's first prev_hash; an empty log's head.
 AUDIT_GENESIS_HASH = "0" * 64
 

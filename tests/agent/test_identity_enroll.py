@@ -26,7 +26,8 @@ from edgefleet.agent.identity import CA_FILE, CERT_FILE, KEY_FILE
 from edgefleet.fleet.api.app import create_app
 from edgefleet.fleet.service import uvicorn_config
 from edgefleet.fleet.settings import FleetSettings
-from edgefleet.fleet.store.engine import create_all, make_engine
+from edgefleet.fleet.store.engine import make_engine
+from edgefleet.fleet.store.migrate import create_all
 from edgefleet.shared.cli import main
 from tests.support.people import user_token
 

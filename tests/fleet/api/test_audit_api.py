@@ -20,7 +20,8 @@ from edgefleet.fleet.audit.checkpointer import AuditCheckpointer
 from edgefleet.fleet.audit.entry import AuditOutcome
 from edgefleet.fleet.audit.log import append
 from edgefleet.fleet.settings import FleetSettings
-from edgefleet.fleet.store.engine import create_all, make_engine
+from edgefleet.fleet.store.engine import make_engine
+from edgefleet.fleet.store.migrate import create_all
 from tests.fleet.audit.conftest import BOB, T0, record
 from tests.support.people import user_token
 

@@ -21,8 +21,9 @@ from edgefleet.fleet.api.principals import PrincipalResolver
 from edgefleet.fleet.errors import AuthenticationError
 from edgefleet.fleet.governance.permissions import Permission
 from edgefleet.fleet.settings import FleetSettings
-from edgefleet.fleet.store.engine import create_all, make_engine
+from edgefleet.fleet.store.engine import make_engine
 from edgefleet.fleet.store.governance_tables import AuditRow, TokenRow, UserRow
+from edgefleet.fleet.store.migrate import create_all
 from edgefleet.shared.messages import utcnow
 from tests.support.people import add_token, add_user
 

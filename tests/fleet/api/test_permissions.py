@@ -20,7 +20,8 @@ from sqlalchemy import Engine
 from edgefleet.fleet.api.app import create_app
 from edgefleet.fleet.governance.permissions import BUILTIN_ROLES, Permission
 from edgefleet.fleet.settings import FleetSettings
-from edgefleet.fleet.store.engine import create_all, make_engine
+from edgefleet.fleet.store.engine import make_engine
+from edgefleet.fleet.store.migrate import create_all
 from tests.support.people import add_token, add_user
 
 # Routes that need no permission at all, and why.

@@ -13,7 +13,8 @@ from sqlmodel import Session
 
 from edgefleet.fleet.audit.entry import AuditActor, AuditObject, AuditOutcome, AuditRecord
 from edgefleet.fleet.audit.log import append
-from edgefleet.fleet.store.engine import create_all, make_engine
+from edgefleet.fleet.store.engine import make_engine
+from edgefleet.fleet.store.migrate import create_all
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 ALICE = AuditActor(kind="user", id="u-alice", name="alice", token_prefix="eft_aaaaaaaa")

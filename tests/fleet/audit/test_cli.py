@@ -114,7 +114,8 @@ def test_the_defaults_come_from_the_settings(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from edgefleet.fleet.settings import FleetSettings
-    from edgefleet.fleet.store.engine import create_all, make_engine
+    from edgefleet.fleet.store.engine import make_engine
+    from edgefleet.fleet.store.migrate import create_all
 
     monkeypatch.setenv("EDGEFLEET_FLEET_DATA_DIR", str(tmp_path / "data"))
     settings = FleetSettings()

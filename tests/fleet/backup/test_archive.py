@@ -22,8 +22,7 @@ from edgefleet.fleet.backup.archive import (
 from edgefleet.fleet.backup.manifest import MANIFEST_NAME, Part
 from edgefleet.fleet.settings import FleetSettings
 from edgefleet.fleet.store import Device, make_engine
-from edgefleet.fleet.store.engine import create_all
-from edgefleet.fleet.store.migrate import head_revision, schema_status
+from edgefleet.fleet.store.migrate import create_all, head_revision, schema_status
 from edgefleet.shared.messages import utcnow
 from tests.support import pg
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from edgefleet.fleet.store import make_engine
-from edgefleet.fleet.store.engine import create_all
+from edgefleet.fleet.store.migrate import create_all
 from edgefleet.shared.cli import main
 
 

@@ -27,7 +27,8 @@ from edgefleet.fleet.drift.notify import Notifier
 from edgefleet.fleet.drift.rollup import WindowRecord
 from edgefleet.fleet.drift.store import put_reference
 from edgefleet.fleet.store import drift_tables
-from edgefleet.fleet.store.engine import create_all, make_engine
+from edgefleet.fleet.store.engine import make_engine
+from edgefleet.fleet.store.migrate import create_all
 from edgefleet.fleet.store.tables import Device, DriftWindowRow
 from edgefleet.shared.drift import (
     DriftThresholds,

@@ -41,8 +41,9 @@ from edgefleet.fleet.governance.oidc import (
 from edgefleet.fleet.governance.permissions import BUILTIN_ROLES, Permission
 from edgefleet.fleet.governance.principal import PrincipalKind
 from edgefleet.fleet.settings import FleetSettings
-from edgefleet.fleet.store.engine import create_all, make_engine
+from edgefleet.fleet.store.engine import make_engine
 from edgefleet.fleet.store.governance_tables import AuditRow
+from edgefleet.fleet.store.migrate import create_all
 
 AUDIENCE = "edgefleet-console"
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey

@@ -25,7 +25,8 @@ from edgefleet.fleet.rollouts.model import (
     OperatorCommand,
     RolloutStatus,
 )
-from edgefleet.fleet.store.engine import create_all, make_engine
+from edgefleet.fleet.store.engine import make_engine
+from edgefleet.fleet.store.migrate import create_all
 from edgefleet.fleet.store.rollout_tables import Rollout
 from edgefleet.shared.messages import AlertMessage
 from edgefleet.shared.signing.director import DesiredTarget

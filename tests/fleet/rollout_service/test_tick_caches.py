@@ -27,7 +27,8 @@ from edgefleet.fleet.rollouts.model import (
     Wave,
 )
 from edgefleet.fleet.rollouts.policy import decide
-from edgefleet.fleet.store.engine import create_all, make_engine
+from edgefleet.fleet.store.engine import make_engine
+from edgefleet.fleet.store.migrate import create_all
 from edgefleet.fleet.store.rollout_tables import Lease, Rollout
 from edgefleet.fleet.store.tables import DesiredStateRow, Device, EventRow
 from tests.fleet.rollout_service.rows import register_devices

@@ -21,7 +21,8 @@ from edgefleet.fleet.rollouts.model import (
     RolloutStatus,
     UnreadableRolloutError,
 )
-from edgefleet.fleet.store.engine import create_all, make_engine
+from edgefleet.fleet.store.engine import make_engine
+from edgefleet.fleet.store.migrate import create_all
 from edgefleet.fleet.store.rollout_tables import Rollout
 from tests.fleet.rollout_service.rows import create_one_wave_rollout, register_devices
 from tests.fleet.rollout_service.test_isolation import (

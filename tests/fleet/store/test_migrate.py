@@ -19,10 +19,10 @@ from sqlmodel import Session
 from edgefleet.fleet.service import FleetService
 from edgefleet.fleet.settings import FleetSettings
 from edgefleet.fleet.store import DeadLetter, Device, TelemetryRow, make_engine
-from edgefleet.fleet.store.engine import create_all
 from edgefleet.fleet.store.migrate import (
     BASELINE_REVISION,
     SchemaNotCurrent,
+    create_all,
     head_revision,
     history,
     require_current,
