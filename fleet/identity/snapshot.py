@@ -7,6 +7,12 @@ reread once older than ``ttl_s``; the REST API that enrolls and revokes may run 
 another process or replica, so the bound on how long a revocation takes to be seen is
 the TTL, not an in-process invalidation (`invalidate` serves callers in the same
 process). Imports no CA or cryptography: the ingester stays off that stack.
+
+The TTL bounds how stale a copy may be when it *lets a device in*. A copy that would
+*refuse* one may be staler than the device's enrollment at another replica (a device
+sends its first messages a moment after enrolling, and the broker may hand them to a
+replica whose copy is older), so callers that refuse for good ask for a copy read after
+the request arrived (``snapshot(read_after=...)``) before they refuse.
 """
 
 from __future__ import annotations
@@ -53,6 +59,10 @@ class IdentityCache:
         self._lock = threading.Lock()  # one reread at a time
         self._current: Identities | None = None
 
+    def now(self) -> float:
+        """The cache's clock (monotonic seconds), as ``read_after`` and ``read_at`` use it."""
+        return self._monotonic()
+
     def fresh(self) -> bool:
         """Whether `snapshot` would answer without reading the database."""
         current = self._current
@@ -63,16 +73,17 @@ class IdentityCache:
         with self._lock:
             self._current = None
 
-    def snapshot(self) -> Identities:
-        """The identities, reread if older than ``ttl_s``. Raises SQLAlchemyError if they
-        cannot be read (the callers retry or refuse)."""
+    def snapshot(self, *, read_after: float | None = None) -> Identities:
+        """The identities, reread if older than ``ttl_s`` or read before ``read_after``
+        (a `now` reading). Raises SQLAlchemyError if they cannot be read (the callers
+        retry or refuse)."""
         current = self._current
-        if current is not None and self._monotonic() - current.read_at < self._ttl_s:
+        if current is not None and self._usable(current, self._monotonic(), read_after):
             return current
         with self._lock:
             current = self._current
             now = self._monotonic()
-            if current is None or now - current.read_at >= self._ttl_s:
+            if current is None or not self._usable(current, now, read_after):
                 query = select(
                     _IDENTITIES.c.device_id, _IDENTITIES.c.state, _IDENTITIES.c.key_fingerprint
                 )
@@ -81,3 +92,8 @@ class IdentityCache:
                 current = Identities({d: (s, f) for d, s, f in rows}, now)
                 self._current = current
             return current
+
+    def _usable(self, copy: Identities, now: float, read_after: float | None) -> bool:
+        return now - copy.read_at < self._ttl_s and (
+            read_after is None or copy.read_at >= read_after
+        )

@@ -244,6 +244,8 @@ class Ingester:
         self._metrics.received.inc(len(raws))
         batch: list[Accepted | Rejected] = []
         max_ahead_s = self._settings.ingest_seq_max_ahead_s
+        # Every message of the batch arrived before this instant.
+        arrived_by = self._identities.now() if self._identities is not None else 0.0
         identities = self._identity_snapshot()
         for topic, payload, retained, received_at in raws:
             decoded = decode(
@@ -254,6 +256,17 @@ class Ingester:
                 continue
             if identities is not None and isinstance(decoded, Accepted):
                 refusal = identities.refusal(decoded.message.device_id)
+                # A copy older than the message may predate the device's enrollment at
+                # another replica, and a dead letter is acknowledged (the device drops
+                # the message): refuse only on identities read after it arrived. At most
+                # one reread a batch, and only for a refusal.
+                if (
+                    refusal is not None
+                    and identities.read_at < arrived_by
+                    and (reread := self._identity_snapshot(read_after=arrived_by))
+                ):
+                    identities = reread
+                    refusal = identities.refusal(decoded.message.device_id)
                 if refusal is not None:
                     # The raw payload as received: decode took it, so it is bytes.
                     raw = payload if isinstance(payload, bytes) else payload.prefix
@@ -269,15 +282,16 @@ class Ingester:
         if self._identities is not None:
             self._identities.invalidate()
 
-    def _identity_snapshot(self) -> Identities | None:
-        """The active device ids, or None if the fleet does not require identities; retried
-        like a batch while the database is away (the batch waits, nothing is let through)."""
+    def _identity_snapshot(self, *, read_after: float | None = None) -> Identities | None:
+        """The active device ids (read after ``read_after``, if given), or None if the fleet
+        does not require identities; retried like a batch while the database is away (the
+        batch waits, nothing is let through)."""
         if self._identities is None:
             return None
         backoff_s = 0.05
         while True:
             try:
-                return self._identities.snapshot()
+                return self._identities.snapshot(read_after=read_after)
             except SQLAlchemyError as e:
                 self._metrics.db_retries.inc()
                 logger.warning("cannot read device identities, retrying in %.2fs: %s", backoff_s, e)

@@ -109,6 +109,24 @@ def test_a_device_revoked_has_its_next_messages_refused_within_the_cache_time(
     assert count(service, TelemetryRow, device_id) == 1
 
 
+def test_a_device_enrolled_at_another_replica_is_ingested_before_this_ones_copy_expires(
+    make_service: MakeFleet, mosquitto: MosquittoBroker, unique_id: str
+) -> None:
+    # A copy that stays fresh for the whole test: only a reread can let the device in.
+    service = make_service(require_device_identity=True, device_identity_cache_s=300.0)
+    unknown, enrolled = f"unknown-{unique_id}", f"enrolled-{unique_id}"
+    publish(mosquitto.port, forgeries(unknown, 10))
+    wait_until(lambda: count(service, DeadLetter) == 4, what="the ingester to hold a copy")
+    # Enrolled through another replica: nothing tells this one's cache.
+    identities(service, **{enrolled: "active"})
+    publish(mosquitto.port, forgeries(enrolled, 10) + forgeries(unknown, 20))
+    wait_until(lambda: count(service, DeadLetter) == 8, what="the unknown device refused again")
+    wait_until(lambda: count(service, DriftWindowRow, enrolled) == 1, what="enrolled's drift")
+    for table in (Device, TelemetryRow, EventRow):
+        assert count(service, table, enrolled) == 1
+    assert not [e for e in dead_errors(service) if enrolled in e]
+
+
 def test_off_by_default_any_device_id_is_ingested(
     service: FleetService, mosquitto: MosquittoBroker, unique_id: str
 ) -> None:
