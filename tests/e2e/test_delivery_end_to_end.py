@@ -2,15 +2,13 @@
 default), an agent process reporting every second, and a real fleet.
 
 Every message the agent ever put in its outbox is journaled by a trigger in the outbox's
-own SQLite file (created before the agent's first start; the agent's transactions fire
-it), so "nothing lost" is checked against what the agent really produced, not against
-what some subscriber happened to see.
+own SQLite file (`tests.support.outbox_journal`), so "nothing lost" is checked against
+what the agent really produced, not against what some subscriber happened to see.
 """
 
 from __future__ import annotations
 
 import signal
-import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,8 +18,6 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from edgefleet.agent.daemon import OUTBOX_FILE
-from edgefleet.agent.outbox import Outbox
 from edgefleet.fleet.service import FleetService
 from edgefleet.fleet.settings import FleetSettings
 from edgefleet.fleet.store import make_engine
@@ -29,35 +25,12 @@ from tests.support import pg
 from tests.support.agent import toml_config
 from tests.support.agent_process import AgentProcess
 from tests.support.mosquitto import MosquittoBroker
+from tests.support.outbox_journal import fleet_acknowledges, journal_outbox, journaled
 
 pytestmark = pytest.mark.slow
 
 OUTAGE_S = 20.0
 TABLES = ("telemetry", "device_event", "drift_window")
-
-
-def journal_outbox(data_dir: Path) -> Path:
-    """Create the agent's outbox with a journal of every row ever inserted."""
-    path = data_dir / OUTBOX_FILE
-    Outbox(path).close()
-    with sqlite3.connect(path) as db:
-        db.executescript(
-            "CREATE TABLE journal (seq INTEGER PRIMARY KEY, kind TEXT NOT NULL);"
-            "CREATE TRIGGER journal_insert AFTER INSERT ON messages BEGIN"
-            " INSERT OR IGNORE INTO journal (seq, kind) VALUES (NEW.seq, NEW.kind); END;"
-        )
-    return path
-
-
-def journaled(outbox: Path) -> set[int]:
-    with sqlite3.connect(outbox) as db:
-        return {row[0] for row in db.execute("SELECT seq FROM journal")}
-
-
-def fleet_acknowledges(outbox: Path) -> bool:
-    with sqlite3.connect(outbox) as db:
-        row = db.execute("SELECT value FROM meta WHERE key = 'fleet_acks'").fetchone()
-    return bool(row and row[0])
 
 
 class Store:
