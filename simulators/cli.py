@@ -118,6 +118,12 @@ def register_sim(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     parser.add_argument("--rate", type=float, default=1.0, help="inferences/s per device")
     parser.add_argument("--profile", action="append", default=[], help="see below")
     parser.add_argument("--factory-package", type=Path, help="the .efpkg devices ship with")
+    parser.add_argument(
+        "--model-name",
+        default="wine-classifier",
+        help="the factory model's name (the registry's name for it, so rollouts of that"
+        " model find the devices running it)",
+    )
     parser.add_argument("--model-version", default="1.0.0", help="the factory model's version")
     parser.add_argument("--repository-url", help="the fleet's image repository (updates on)")
     parser.add_argument("--trust-dir", type=Path, help="the provisioning bundle")
@@ -207,6 +213,7 @@ def _run_sim(args: argparse.Namespace) -> int:
             broker_url=args.broker,
             data_dir=args.data_dir.resolve(),
             model=model,
+            model_name=args.model_name,
             model_version=args.model_version,
             telemetry_interval_s=args.telemetry_interval,
             profiles=profiles,
