@@ -20,6 +20,7 @@ while it starts: the fleet still ingests and still rolls out.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import time
@@ -207,13 +208,7 @@ def wait_completed(fleet: Fleet, rollout_id: str, timeout_s: float) -> dict[str,
 
     def done() -> bool:
         seen.update(rollout(fleet, rollout_id))
-        assert seen["status"] not in (
-            "paused",
-            "aborted",
-            "rolling_back",
-            "rolled_back",
-            "failed",
-        ), seen
+        assert seen["status"] not in STOPPED, seen
         return bool(seen["status"] == "completed")
 
     wait_for(done, timeout_s, f"rollout {rollout_id} to complete")
@@ -315,7 +310,9 @@ def fleet(tmp_path: Path, unique_id: str) -> Iterator[Fleet]:
     setup = write_closed_setup(tmp_path / "broker", ca, BrokerMode.MTLS)
     broker = ClosedBroker(tmp_path / "mosquitto", setup)
     broker.start()
-    with pg.fresh_database() as database_url:
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(broker.stop)
+        database_url = cleanup.enter_context(pg.fresh_database())
         engine = make_engine(database_url)
         migrate = migration_run(database_url=database_url)
         upgraded = subprocess.run(
@@ -337,16 +334,11 @@ def fleet(tmp_path: Path, unique_id: str) -> Iterator[Fleet]:
                     "/var/lib/edgefleet-keys": lab.keys_dir,
                     "/etc/edgefleet/broker": setup.layout.directory,
                 },
-                variables={
-                    "EDGEFLEET_KEY_PASSPHRASE": PASSPHRASE,
-                    "EDGEFLEET_ADMIN_TOKEN": ADMIN_TOKEN,
-                },
+                variables=VARIABLES,
                 api_port=free_port(),
             )
             replicas[name] = ReplicaProcess(name, run, tmp_path / f"replica-{name}.log")
-        balancer = Balancer(
-            [("127.0.0.1", int(r.base_url.rsplit(":", 1)[1])) for r in replicas.values()]
-        )
+        balancer = Balancer([("127.0.0.1", r.port) for r in replicas.values()])
         witness = MqttTestClient(
             setup.fleet.port,
             ca=setup.layout.ca,
@@ -380,7 +372,6 @@ def fleet(tmp_path: Path, unique_id: str) -> Iterator[Fleet]:
             engine.dispose()
             for replica in replicas.values():
                 print(f"--- replica {replica.name} log tail ---\n{replica.log_tail(1500)}")
-    broker.stop()
 
 
 def test_killing_the_lease_holder_mid_rollout_skips_no_wave_and_loses_no_message(
@@ -446,6 +437,7 @@ def test_killing_the_lease_holder_mid_rollout_skips_no_wave_and_loses_no_message
         # The killed replica comes back; the survivor dies while it starts.
         victim.start()
         time.sleep(0.5)
+        assert not victim.ready(), "the other must die while this one is still starting"
         survivor.kill()
         second_killed_at = time.monotonic()
         victim.wait_ready()
