@@ -8,12 +8,15 @@ import os
 from pathlib import Path
 from typing import Any
 
+from edgefleet.shared import __version__
+
 DEFAULT_CONFIG = Path("/etc/edgefleet/agent.toml")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``agent run`` and ``agent check-config`` to the ``edgefleet`` command."""
     parser = subparsers.add_parser("agent", help="the device agent")
+    parser.add_argument("--version", action="version", version=f"edgefleet agent {__version__}")
     commands = parser.add_subparsers(title="agent commands", metavar="COMMAND")
     parser.set_defaults(handler=lambda args: _usage(parser))
     for name, handler, text in (
@@ -30,6 +33,31 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         )
         command.set_defaults(handler=handler)
     _register_identity(commands)
+    _register_restart_check(commands)
+
+
+def _register_restart_check(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    text = (
+        "say whether a package upgrade may restart the agent now: 'restart: ...' while its"
+        " update state is at rest, 'defer: ...' in the middle of a model update"
+    )
+    check = commands.add_parser("restart-check", help=text, description=text)
+    check.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="the agent's data_dir (default: data_dir of the agent's config)",
+    )
+    check.add_argument("--config", type=Path, default=None, help="the agent's TOML config")
+    check.set_defaults(handler=_restart_check)
+
+
+def _restart_check(args: argparse.Namespace) -> int:
+    from edgefleet.agent.update.restart_gate import read_verdict
+
+    data_dir: Path = args.data_dir if args.data_dir is not None else _load(args).data_dir
+    print(read_verdict(data_dir).line())
+    return 0
 
 
 def _register_identity(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
