@@ -3,7 +3,7 @@
 # Extra arguments go to pytest (e.g. `tests/run.sh -k outbox -x`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-EXTRAS=dev NEED_MOSQUITTO=1 source packaging/dev/bootstrap.sh
+EXTRAS=dev NEED_MOSQUITTO=1 NEED_DEB=1 source packaging/dev/bootstrap.sh
 
 # One command per line: under `set -e` a failure inside an `a && b` list does not stop
 # the script, so a lint error would pass unnoticed.
