@@ -24,7 +24,10 @@ class IngestMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         self.received = Counter(
-            "edgefleet_ingest_received", "MQTT messages received", registry=registry
+            "edgefleet_ingest_received",
+            "MQTT messages received on device-to-fleet and unknown topics (fleet-to-device"
+            " topics count as ignored)",
+            registry=registry,
         )
         self.persisted = Counter(
             "edgefleet_ingest_persisted",

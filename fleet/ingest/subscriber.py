@@ -241,8 +241,8 @@ class Ingester:
             logger.info("deleted %d dead letters past their retention", expired)
 
     def _decode(self, raws: list[Raw]) -> list[Accepted | Rejected]:
-        self._metrics.received.inc(len(raws))
         batch: list[Accepted | Rejected] = []
+        ignored = 0
         max_ahead_s = self._settings.ingest_seq_max_ahead_s
         # Every message of the batch arrived before this instant.
         arrived_by = self._identities.now() if self._identities is not None else 0.0
@@ -252,7 +252,7 @@ class Ingester:
                 topic, payload, received_at, retained=retained, seq_max_ahead_s=max_ahead_s
             )
             if isinstance(decoded, Ignored):
-                self._metrics.ignored.inc()
+                ignored += 1
                 continue
             if identities is not None and isinstance(decoded, Accepted):
                 refusal = identities.refusal(decoded.message.device_id)
@@ -275,6 +275,10 @@ class Ingester:
             if isinstance(decoded, Rejected):
                 logger.warning("dead-lettering a message on %s: %s", decoded.topic, decoded.error)
             batch.append(decoded)
+        # Fleet-to-device topics (desired states, the `stored` acknowledgements every
+        # replica publishes) come back on the wildcard subscription: not device traffic.
+        self._metrics.received.inc(len(raws) - ignored)
+        self._metrics.ignored.inc(ignored)
         return batch
 
     def identities_changed(self) -> None:
