@@ -24,9 +24,10 @@ each per device.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import Connection, Engine, bindparam, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -45,6 +46,9 @@ from edgefleet.shared.signing.director import (
 )
 from edgefleet.shared.signing.tufapi import Signer
 from edgefleet.shared.topics import Channel, TopicError, device_topic, validate_device_id
+
+if TYPE_CHECKING:
+    from edgefleet.fleet.observability.metrics import DirectorMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +88,10 @@ class Director:
         *,
         default_expires_s: int,
         clock: Callable[[], datetime] = utcnow,
+        metrics: DirectorMetrics | None = None,
     ) -> None:
+        """``metrics`` counts the publishes and times each batch (none recorded if None)."""
+        self._metrics = metrics
         self._engine = engine
         self._signer = signer
         self._publisher = publisher
@@ -247,9 +254,13 @@ class Director:
         pending = dict(envelopes)
         for _ in range(MAX_CONVERGE_ROUNDS):
             ids = list(pending)
+            started = time.perf_counter()
             errors = self._publisher.publish_retained_many(
                 [(device_topic(d, Channel.DESIRED), pending[d].to_bytes()) for d in ids]
             )
+            if self._metrics is not None:
+                failed = sum(e is not None for e in errors)
+                self._metrics.record(time.perf_counter() - started, len(ids) - failed, failed)
             acknowledged = []
             for device_id, error in zip(ids, errors, strict=True):
                 if error is None:

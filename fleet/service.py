@@ -36,10 +36,10 @@ from edgefleet.fleet.drift.monitor import DriftMonitorService
 from edgefleet.fleet.drift.notify import MqttAlertPublisher, Notifier, stored_webhook_body
 from edgefleet.fleet.identity.broker_keeper import BrokerFilesKeeper
 from edgefleet.fleet.identity.service import IdentityService, identity_service_for
-from edgefleet.fleet.ingest.metrics import IngestMetrics
 from edgefleet.fleet.ingest.subscriber import Ingester
 from edgefleet.fleet.keys import FleetKeys, load_fleet_keys, open_repository, passphrase_from_env
 from edgefleet.fleet.mqtt_publisher import MqttPublisher
+from edgefleet.fleet.observability.metrics import FleetMetrics
 from edgefleet.fleet.reconcile.service import Reconciler, start_reconciler
 from edgefleet.fleet.reconcile.watcher import RetainedWatcher
 from edgefleet.fleet.registry import ModelRegistry
@@ -181,7 +181,8 @@ class FleetService:
         self.broker_keeper: BrokerFilesKeeper | None = None
         self._app: FastAPI | None = None
         self.registry = CollectorRegistry()
-        self.metrics = IngestMetrics(self.registry)
+        self.observability = FleetMetrics(self.registry)
+        self.metrics = self.observability.ingest
         self.bootstrap_admin_token: str | None = None
         self._engine: Engine | None = None
         self._ingester: Ingester | None = None
@@ -281,6 +282,7 @@ class FleetService:
             registry=self.registry,
             ingester=self._ingester,
             updates=self.updates,
+            metrics=self.observability,
         )
         app.state.identity = identity  # the one whose changes reach the caches at once
         self._app = app
@@ -391,6 +393,7 @@ class FleetService:
             lookback_s=s.drift_lookback_s,
             cooldown_s=s.drift_cooldown_s,
             registry=self.registry,  # its failure counter beside the ingest metrics
+            metrics=self.observability.drift,
         )
         self.drift_monitor.start()
 
@@ -410,6 +413,7 @@ class FleetService:
             lease_s=s.rollout_lease_s,
             offline_after_s=s.offline_after_s,
             alerts=self._alerts(),  # a rollout paused by an error is a critical alert
+            metrics=self.observability.rollouts,
         )
         self.orchestrator.start()
 
@@ -463,6 +467,7 @@ class FleetService:
             self.fleet_keys.director,
             self._publisher,
             default_expires_s=s.desired_expires_s,
+            metrics=self.observability.director,
         )
         self._refresher = MetadataRefresher(access, s.metadata_refresh_interval_s)
         self._refresher.start()

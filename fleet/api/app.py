@@ -37,6 +37,8 @@ from edgefleet.fleet.errors import (
 )
 from edgefleet.fleet.governance.lifecycle import LifecycleError
 from edgefleet.fleet.governance.oidc import oidc_verifier
+from edgefleet.fleet.observability.metrics import FleetMetrics
+from edgefleet.fleet.observability.repository_traffic import RepositoryTraffic
 from edgefleet.fleet.registry import ConflictError, ModelRegistry, UpdatesDisabledError
 from edgefleet.fleet.rollouts.model import RolloutConflictError
 from edgefleet.fleet.settings import FleetSettings
@@ -85,11 +87,15 @@ def create_app(
     registry: CollectorRegistry | None = None,
     ingester: IngestStatus | None = None,
     updates: UpdateServices | None = None,
+    metrics: FleetMetrics | None = None,
 ) -> FastAPI:
     """A fleet API app. Without ``engine`` it makes one from settings and creates tables.
 
     Without ``updates`` the registry accepts uploads but nothing can be published or
     assigned (`edgefleet.fleet.service.FleetService` passes the services built from the keys).
+
+    ``metrics`` are the service's (on ``registry``, which ``/metrics`` serves); without,
+    the app makes its own on ``registry`` (a new one if None).
 
     Raises `ValueError` for an unsupported ``settings.database_url``.
     """
@@ -97,11 +103,16 @@ def create_app(
         engine = make_engine(settings.database_url)
         create_all(engine)
     app = FastAPI(title="edgefleet", version=__version__)
+    if metrics is None:
+        metrics = FleetMetrics(registry or CollectorRegistry())
+    elif registry is not None and registry is not metrics.registry:
+        raise ValueError("metrics must be on the registry the app serves")
+    app.state.metrics = metrics
     principals = PrincipalResolver(engine, jwt_verifier=oidc_verifier(settings))
     app.state.context = AppContext(
         settings=settings,
         engine=engine,
-        registry=registry or CollectorRegistry(),
+        registry=metrics.registry,
         ingester=ingester,
         principals=principals,
     )
@@ -119,6 +130,8 @@ def create_app(
         max_body_bytes=settings.max_request_body_bytes,
         own_limits=OWN_BODY_LIMITS,
     )
+    # Outermost (added last): it counts the guard's refusals and 500s too.
+    app.add_middleware(RepositoryTraffic, metrics=metrics.repository)
     return app
 
 

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter
 from sqlalchemy import Engine, func
@@ -42,8 +44,11 @@ from edgefleet.fleet.drift.store import (
 )
 from edgefleet.fleet.errors import NotFoundError
 from edgefleet.fleet.store.drift_tables import DriftAlert
-from edgefleet.shared.drift import DriftError
+from edgefleet.shared.drift import DriftError, DriftReport
 from edgefleet.shared.messages import utcnow
+
+if TYPE_CHECKING:
+    from edgefleet.fleet.observability.metrics import DriftMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +70,10 @@ class DriftMonitorService:
         cooldown_s: float = 3600.0,
         slice_kinds: Sequence[str] = DEFAULT_SLICES,
         registry: CollectorRegistry | None = None,
+        metrics: DriftMetrics | None = None,
     ) -> None:
-        """``registry`` gets the monitor's failure counter (a private one if None).
+        """``registry`` gets the monitor's failure counter (a private one if None);
+        ``metrics`` the scores of every evaluated slice, the alerts and evaluation times.
 
         Raises `ValueError` for an unknown slice kind or a non-positive interval."""
         unknown = [k for k in slice_kinds if k not in SLICERS]
@@ -82,6 +89,7 @@ class DriftMonitorService:
         self.lookback_s = lookback_s
         self.cooldown_s = cooldown_s
         self.slice_kinds = tuple(slice_kinds)
+        self._metrics = metrics
         self.failures = Counter(
             "edgefleet_drift_evaluation_failures",
             "drift evaluations that failed and were skipped: a slice, a device left out "
@@ -89,28 +97,41 @@ class DriftMonitorService:
             ["scope"],
             registry=registry if registry is not None else CollectorRegistry(),
         )
+        for scope in ("slice", "device", "version"):
+            self.failures.labels(scope=scope)  # at zero from the first scrape
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def run_once(self, now: datetime | None = None) -> list[DriftAlert]:
         """Evaluate every version with windows in the lookback; return the alerts raised."""
+        started = time.perf_counter()
         now = now or utcnow()
         since = now - timedelta(seconds=self.lookback_s)
         with Session(self._engine) as session:
             versions = model_versions_with_windows(session, since)
         raised: list[DriftAlert] = []
+        reports: dict[tuple[str, str, str], DriftReport] = {}
         for model, version in versions:
             try:
-                raised.extend(self._run_version(model, version, since, now))
+                raised.extend(self._run_version(model, version, since, now, reports))
             except Exception:  # one version's failure must not stop the next one
                 self.failures.labels(scope="version").inc()
                 logger.exception("drift evaluation of %s %s failed; skipped", model, version)
+        if self._metrics is not None:
+            self._metrics.set_scores(reports)
+            self._metrics.record_alerts((a.kind, a.severity) for a in raised)
+            self._metrics.evaluation_seconds.observe(time.perf_counter() - started)
         return raised
 
     def _run_version(
-        self, model: str, version: str, since: datetime, now: datetime
+        self,
+        model: str,
+        version: str,
+        since: datetime,
+        now: datetime,
+        reports: dict[tuple[str, str, str], DriftReport],
     ) -> list[DriftAlert]:
-        decisions = self._evaluate_version(model, version, since, now)
+        decisions = self._evaluate_version(model, version, since, now, reports)
         if not decisions:
             return []
         kept = apply_cooldown(
@@ -119,8 +140,15 @@ class DriftMonitorService:
         return self._notifier.raise_alerts(kept, now) if kept else []
 
     def _evaluate_version(
-        self, model: str, version: str, since: datetime, now: datetime
+        self,
+        model: str,
+        version: str,
+        since: datetime,
+        now: datetime,
+        reports: dict[tuple[str, str, str], DriftReport],
     ) -> list[AlertDecision]:
+        """The alert decisions for one version; each judged slice's report goes into
+        ``reports`` under (model, version, slice)."""
         with Session(self._engine) as session:
             try:
                 profile = get_reference(session, model, version)
@@ -151,6 +179,7 @@ class DriftMonitorService:
                 if judged is None:
                     continue
                 report, merged, excluded = judged.report, judged.merged, judged.excluded
+                reports[(model, version, slice_key)] = report
                 context: dict[str, object] = {
                     "window_start": merged.start.isoformat(),
                     "window_end": merged.end.isoformat(),

@@ -52,7 +52,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError, SQLAlchemyError
@@ -88,6 +88,9 @@ from edgefleet.fleet.rollouts.model import (
 from edgefleet.fleet.rollouts.policy import decide, pause_for_error, unconfirmed_actions
 from edgefleet.shared.messages import AlertMessage, utcnow
 from edgefleet.shared.signing.director import DesiredTarget, SignedDesiredState
+
+if TYPE_CHECKING:
+    from edgefleet.fleet.observability.metrics import RolloutMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +159,9 @@ class Orchestrator:
         offline_after_s: float = 300.0,
         clock: Callable[[], datetime] = utcnow,
         alerts: AlertPublisher | None = None,
+        metrics: RolloutMetrics | None = None,
     ) -> None:
+        """``metrics`` gets the devices per state, gate decisions and wave durations."""
         if lease_s <= tick_interval_s:
             raise ValueError(
                 f"the lease ({lease_s} s) must outlast a tick interval ({tick_interval_s} s)"
@@ -166,6 +171,7 @@ class Orchestrator:
         self._registry = registry
         self._clock = clock
         self._alerts = alerts
+        self._metrics = metrics
         self.tick_interval_s = tick_interval_s
         self.offline_after_s = offline_after_s
         self.lease = Lease(engine, LEASE_NAME, holder, duration_s=lease_s, clock=clock)
@@ -224,6 +230,8 @@ class Orchestrator:
         """
         if not self._hold():
             self._recovered = False
+            if self._metrics is not None:
+                self._metrics.set_active(None)  # the holder reports the rollouts
             return 0
         rollouts: list[StoredRollout] = []
         try:
@@ -233,6 +241,8 @@ class Orchestrator:
             with self._engine.connect() as conn:
                 rollouts, unreadable = load_active_checked(conn)
             self._events.retain(r.id for r in rollouts)
+            if self._metrics is not None:
+                self._metrics.set_active([r.state for r in rollouts])
             for broken in unreadable:
                 self._pause_unreadable(broken)
             for stored in rollouts:
@@ -330,6 +340,8 @@ class Orchestrator:
                     return None
             # Committed: the next tick (and the API) need not read and parse it back.
             committed(self._engine, saved)
+            if self._metrics is not None:
+                self._metrics.record(stored.state, decision, now)
             if decision.state.status != stored.state.status:
                 logger.info(
                     "rollout %s: %s -> %s",
