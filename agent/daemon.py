@@ -26,6 +26,7 @@ from edgefleet.agent.config import AgentConfig
 from edgefleet.agent.credentials import DeviceCredentials, broker_with_identity, load_credentials
 from edgefleet.agent.drift_monitor import DriftMonitor
 from edgefleet.agent.drift_publisher import DriftPublisher
+from edgefleet.agent.exposition import AgentSample, families, render
 from edgefleet.agent.inference_api import InferenceApi
 from edgefleet.agent.link import DesiredHandler, Link
 from edgefleet.agent.metrics import InferenceMetrics
@@ -247,6 +248,7 @@ class Agent:
                 port=config.api.port,
                 max_body_bytes=config.api.max_body_bytes,
                 health=self._health,
+                metrics=self._metrics_text,
                 name=f"edgefleet-api-{self.device_id}",
             )
         self._link = Link(
@@ -538,6 +540,29 @@ class Agent:
             "connected": status.connected,
             "outbox_depth": status.outbox_depth,
         }
+
+    def _metrics_text(self) -> bytes:
+        """``GET /metrics``: this agent's counters, read now (see `edgefleet.agent.exposition`)."""
+        status = self.status
+        inferences, errors = self.metrics.totals()
+        last = self.metrics.last_interval
+        updates = self._updates
+        return render(
+            families(
+                AgentSample(
+                    inferences_total=inferences,
+                    errors_total=errors,
+                    latency=last.latency if last else None,
+                    outbox_depth=status.outbox_depth,
+                    outbox_dropped_total=status.outbox_dropped_total,
+                    drift_windows_total=self.drift.published,
+                    connected=status.connected,
+                    uptime_s=status.uptime_s,
+                    active_model=status.active_model,
+                    update_phase=updates.state.phase if updates is not None else None,
+                )
+            )
+        )
 
     def _telemetry_loop(self, collector: TelemetryCollector) -> None:
         while not self._stop.wait(self.config.telemetry_interval_s):

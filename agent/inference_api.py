@@ -9,7 +9,9 @@ for a single row names.
 ``POST /v1/feedback`` joins late labels to those predictions by request id; its body and
 answers are described in `edgefleet.agent.feedback`.
 
-``GET /v1/health`` returns 200 with whether a model is loaded. Errors are JSON
+``GET /v1/health`` returns 200 with whether a model is loaded. ``GET /metrics`` returns
+the agent's own metrics in Prometheus text format (`edgefleet.agent.exposition`; 404
+when the agent gave the API none). Errors are JSON
 ``{"error": {"code", "message"}}``: 400 bad JSON or inputs (or a malformed request line,
 header or Content-Length), 404 unknown path (or an unknown request id in feedback), 405
 an unknown method, 409 feedback for an unmonitored model, 411 no Content-Length, 413 a
@@ -35,6 +37,7 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
+from edgefleet.agent.exposition import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from edgefleet.agent.feedback import (
     MAX_REQUEST_ID_CHARS,
     FeedbackBatch,
@@ -48,6 +51,8 @@ from edgefleet.agent.model_host import InputError, ModelHost, NoModelLoadedError
 from edgefleet.shared.runtime import InferenceError
 
 log = logging.getLogger(__name__)
+
+JSON = "application/json"
 
 
 class ApiError(Exception):
@@ -161,7 +166,10 @@ def _clip(text: str) -> str:
 
 
 def _handler_class(
-    host: ModelHost, max_body_bytes: int, health: Callable[[], dict[str, Any]]
+    host: ModelHost,
+    max_body_bytes: int,
+    health: Callable[[], dict[str, Any]],
+    metrics: Callable[[], bytes] | None,
 ) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive: local apps call in tight loops
@@ -174,8 +182,11 @@ def _handler_class(
         timeout = REQUEST_TIMEOUT_S
 
         def do_GET(self) -> None:
-            if self.path.split("?")[0] == "/v1/health":
+            path = self.path.split("?")[0]
+            if path == "/v1/health":
                 self._reply(HTTPStatus.OK, health())
+            elif path == "/metrics" and metrics is not None:
+                self._send(HTTPStatus.OK, metrics(), METRICS_CONTENT_TYPE)
             else:
                 self._error(ApiError(HTTPStatus.NOT_FOUND, "not_found", f"no {_clip(self.path)}"))
 
@@ -243,9 +254,11 @@ def _handler_class(
             self._reply(error.status, {"error": {"code": error.code, "message": str(error)}})
 
         def _reply(self, status: HTTPStatus, document: dict[str, Any]) -> None:
-            payload = json.dumps(document, default=_jsonable).encode()
+            self._send(status, json.dumps(document, default=_jsonable).encode(), JSON)
+
+        def _send(self, status: HTTPStatus, payload: bytes, content_type: str) -> None:
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(payload)))
             if self.close_connection:
                 self.send_header("Connection", "close")
@@ -270,11 +283,15 @@ class InferenceApi:
         port: int,
         max_body_bytes: int,
         health: Callable[[], dict[str, Any]],
+        metrics: Callable[[], bytes] | None = None,
         name: str = "edgefleet-api",
     ) -> None:
-        """Bind the socket now (so the port is known); raises OSError if it cannot."""
+        """Bind the socket now (so the port is known); raises OSError if it cannot.
+
+        ``metrics`` renders ``GET /metrics`` (Prometheus text); without it that is a 404.
+        """
         self._server = ThreadingHTTPServer(
-            (bind_host, port), _handler_class(host, max_body_bytes, health)
+            (bind_host, port), _handler_class(host, max_body_bytes, health, metrics)
         )
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)

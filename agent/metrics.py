@@ -9,7 +9,11 @@ Invariants:
   how many were drawn; those marker tickets are not inferences and are subtracted;
 - percentiles are computed only when telemetry asks for an interval. If an interval has
   more inferences than the ring holds, its percentiles cover the most recent ones; a
-  latency still being stored as the interval closes may show up in the next one.
+  latency still being stored as the interval closes may show up in the next one;
+- `totals` (the agent's ``/metrics``) reads the running counts between intervals: it
+  draws marker tickets too, under the same lock, and writes `_NO_LATENCY` into their ring
+  slots, which `interval` leaves out. Nothing is remembered per scrape, so a device
+  scraped often and reporting rarely keeps a constant footprint.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ import numpy as np
 from edgefleet.shared.messages import LatencyPercentiles
 
 DEFAULT_RING_SIZE = 8192
+# In the ring slot of a `totals` marker ticket: not a latency (real ones are >= 0).
+_NO_LATENCY = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +84,7 @@ class InferenceMetrics:
         self._last_ok_ticket = -1
         self._last_ok = 0
         self._last_errors = 0
+        self._last_interval: IntervalStats | None = None
 
     def record_ns(self, latency_ns: int) -> None:
         """Count one successful inference that took ``latency_ns`` nanoseconds."""
@@ -108,12 +115,32 @@ class InferenceMetrics:
             errors = errors_total - self._last_errors
             first = self._last_ok_ticket + 1
             self._last_ok_ticket, self._last_ok, self._last_errors = ticket, ok_total, errors_total
+            # Between the two interval markers lie this interval's inferences and the
+            # `totals` markers (tagged `_NO_LATENCY`); a ring lap back at most.
+            span = min(ticket - first, self._size)
             ring = self._ring
-            kept = min(inferences, self._size, ticket - first)
-            latencies_ns = [ring[t % self._size] for t in range(ticket - kept, ticket)]
+            found = [ring[t % self._size] for t in range(ticket - span, ticket)]
+            latencies_ns = (
+                [v for v in found if v != _NO_LATENCY][-inferences:] if inferences else []
+            )
         latency = None
         if latencies_ns:
             ms = np.asarray(latencies_ns, dtype=np.float64) * 1e-6
             p50, p95, p99 = np.percentile(ms, [50, 95, 99])
             latency = LatencyPercentiles(p50_ms=float(p50), p95_ms=float(p95), p99_ms=float(p99))
-        return IntervalStats(inferences, errors, ok_total, errors_total, latency=latency)
+        stats = IntervalStats(inferences, errors, ok_total, errors_total, latency=latency)
+        self._last_interval = stats
+        return stats
+
+    @property
+    def last_interval(self) -> IntervalStats | None:
+        """What the most recent `interval` returned (None before the first one)."""
+        return self._last_interval
+
+    def totals(self) -> tuple[int, int]:
+        """(successful inferences, errors) since start, counted now; thread-safe."""
+        with self._interval_lock:
+            ticket, ok_total = self._ok.read()
+            self._ring[ticket % self._size] = _NO_LATENCY
+            _, errors_total = self._errors.read()
+        return ok_total, errors_total

@@ -71,3 +71,32 @@ def test_reconnect_backoff_grows_is_capped_and_jittered() -> None:
         assert max(samples) - min(samples) > ceiling / 4  # really jittered
     assert max(waits[-1]) <= 30
     assert backoff_s(10_000, min_s=0.5, max_s=30, rng=rng) <= 30
+
+
+def test_totals_between_intervals_count_now_and_leave_the_percentiles_alone() -> None:
+    metrics = InferenceMetrics(ring_size=16)
+    for _ in range(5):
+        metrics.record(0.004)
+    metrics.record_error()
+    assert metrics.totals() == (5, 1)  # a scrape: counted now, no interval closed
+    metrics.record(0.004)
+    assert metrics.totals() == (6, 1)
+    stats = metrics.interval()
+    assert (stats.inferences, stats.errors, stats.inferences_total) == (6, 1, 6)
+    assert stats.latency is not None
+    # The scrapes' marker slots are not latencies: every percentile is a recorded 4 ms.
+    assert stats.latency.p50_ms == pytest.approx(4.0)
+    assert stats.latency.p99_ms == pytest.approx(4.0)
+    assert metrics.last_interval is stats
+
+
+def test_many_scrapes_without_an_interval_keep_counts_and_memory_bounded() -> None:
+    metrics = InferenceMetrics(ring_size=8)
+    for i in range(1000):
+        metrics.record(0.002)
+        assert metrics.totals() == (i + 1, 0)
+    stats = metrics.interval()
+    assert stats.inferences == 1000
+    assert stats.latency is not None
+    assert stats.latency.p50_ms == pytest.approx(2.0)
+    assert len(metrics._ring) == 8
