@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from edgefleet.shared import __version__
+from edgefleet.shared.logs import add_format_argument, set_process_fields
 
 DEFAULT_CONFIG = Path("/etc/edgefleet/agent.toml")
 
@@ -32,6 +33,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             " EDGEFLEET_AGENT_* variables override it)",
         )
         command.set_defaults(handler=handler)
+        if name == "run":
+            add_format_argument(command, subcommand=True)
     _register_identity(commands)
     _register_restart_check(commands)
 
@@ -113,7 +116,9 @@ def _load(args: argparse.Namespace) -> Any:
 def _run(args: argparse.Namespace) -> int:
     from edgefleet.agent.daemon import run_forever
 
-    return run_forever(_load(args))
+    config = _load(args)
+    set_process_fields(device_id=config.device_id)  # every JSON line of the daemon
+    return run_forever(config)
 
 
 def _check_config(args: argparse.Namespace) -> int:

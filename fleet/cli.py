@@ -9,6 +9,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from edgefleet.shared.logs import add_format_argument as add_log_format_argument
+from edgefleet.shared.logs import console
+
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``fleet`` and its subcommands to the ``edgefleet`` parser."""
@@ -19,6 +22,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="run the REST API and the MQTT ingester",
         description="Settings not given here come from EDGEFLEET_FLEET_* environment variables.",
     )
+    add_log_format_argument(serve, subcommand=True)
     serve.add_argument("--database-url", help="sqlite:///path or postgresql://...")
     serve.add_argument("--broker", help="mqtt://host:port or mqtts://host:port")
     serve.add_argument("--host", help="address the API listens on (default 127.0.0.1)")
@@ -152,13 +156,12 @@ def _serve(args: argparse.Namespace) -> int:
         service.start()
     except (RuntimeError, ValueError, SigningError) as e:
         raise CLIError(str(e)) from e
-    print(
-        f"edgefleet fleet console: {service.base_url}  (broker {settings.broker_url})", flush=True
+    console(
+        f"edgefleet fleet console: {service.base_url}  (broker {settings.broker_url})",
+        url=service.base_url,
     )
     if service.bootstrap_admin_token:
-        print(
-            "admin token (shown once, store it now): " + service.bootstrap_admin_token, flush=True
-        )
+        console("admin token (shown once, store it now): " + service.bootstrap_admin_token)
     try:
         while not stop.wait(1.0):
             pass

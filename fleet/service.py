@@ -70,7 +70,10 @@ def uvicorn_config(app: FastAPI, settings: FleetSettings) -> uvicorn.Config:
       closing an idle connection races a request already on its way, which the client
       sees as "connection reset" or "closed without response";
     - no access log: the level is warning, but uvicorn builds each line's arguments
-      anyway.
+      anyway;
+    - no logging config of uvicorn's own: its loggers propagate to the root handler that
+      `edgefleet.shared.logs.configure` installed, so with ``--log-format json`` its
+      lines (a bad request, an ASGI error) are JSON too, on stdout with the rest.
 
     With ``api_tls_cert_file`` and ``api_tls_key_file`` it serves HTTPS only (TLS 1.2 or
     newer: uvicorn's default context), and with ``api_tls_client_ca_file`` it asks clients
@@ -95,6 +98,7 @@ def uvicorn_config(app: FastAPI, settings: FleetSettings) -> uvicorn.Config:
         host=settings.api_host,
         port=settings.api_port,
         log_level="warning",
+        log_config=None,
         access_log=False,
         lifespan="off",
         http="httptools",

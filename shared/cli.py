@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 
-from edgefleet.shared import __version__
+from edgefleet.shared import __version__, logs
 
 Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="log verbosity (default: INFO)",
     )
+    logs.add_format_argument(parser)
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
     found = sorted(
         entry_points(group="edgefleet.commands"),
@@ -53,22 +54,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``edgefleet`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stdout,
-    )
     handler = getattr(args, "handler", None)
-    if handler is None:
-        parser.print_help()
-        return 2
     try:
+        logs.configure(getattr(logging, args.log_level), logs.resolve_format(args.log_format))
+        if handler is None:
+            parser.print_help()
+            return 2
         return int(handler(args))
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `edgefleet ... | head` closed the pipe: not an error
         return 0
-    except CLIError as e:
+    except (CLIError, logs.LogFormatError) as e:
         print(f"edgefleet: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # a port in use, a missing or unwritable file, a full disk

@@ -13,8 +13,9 @@ A pure ASGI middleware, outside FastAPI's routing, so it acts on headers alone:
   app reads it and cut off with a 413 at the limit. Routes in ``own_limits`` (uploads,
   which stream to disk with their own larger cap) are not capped here;
 - every request gets an id (the client's ``X-Request-ID`` if it is 1-64 safe characters,
-  else a new one), echoed in the response's ``X-Request-ID`` and written to the audit
-  entries the request makes;
+  else a new one), echoed in the response's ``X-Request-ID``, written to the audit
+  entries the request makes and, as ``request_id``, to its JSON log lines
+  (`edgefleet.shared.logs`);
 - an exception nothing else handled is logged with its traceback and answered 500 with
   an `edgefleet.fleet.api.errors.ErrorBody` that names no internals.
 
@@ -39,6 +40,7 @@ from edgefleet.fleet.api.auth import bearer_token
 from edgefleet.fleet.api.errors import error_response
 from edgefleet.fleet.api.principals import PrincipalResolver
 from edgefleet.fleet.errors import AuthenticationError
+from edgefleet.shared.logs import DEVICE_ID, REQUEST_ID
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +76,11 @@ class RequestGuard:
         started = False
         request_id = _request_id(Headers(scope=scope).get("x-request-id"))
         scope.setdefault("state", {})["request_id"] = request_id
+        # For the log lines of this request (JSON logs carry it); worker threads that
+        # serve it get a copy of this context. The device id is set by the repository's
+        # device check (`edgefleet.fleet.api.update_deps`) once a signature proves it.
+        request_id_token = REQUEST_ID.set(request_id)
+        device_id_token = DEVICE_ID.set(None)
 
         async def tracked_send(message: Message) -> None:
             nonlocal started
@@ -98,6 +105,9 @@ class RequestGuard:
             await error_response(
                 500, "internal_error", "internal server error; the fleet's log has the details"
             )(scope, receive, send)
+        finally:
+            REQUEST_ID.reset(request_id_token)
+            DEVICE_ID.reset(device_id_token)
 
     async def _refusal(self, scope: Scope) -> JSONResponse | None:
         """The answer to a request refused on its headers alone, or None."""

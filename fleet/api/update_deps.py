@@ -37,6 +37,7 @@ from edgefleet.fleet.identity.device_auth import DeviceAuthenticator, DeviceAuth
 from edgefleet.fleet.registry import ModelRegistry, UpdatesDisabledError
 from edgefleet.fleet.repo_access import RepositoryAccess
 from edgefleet.shared.device_auth import is_device_authorization
+from edgefleet.shared.logs import DEVICE_ID
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +139,9 @@ async def repository_client(
         return caller_of(request, PUBLIC_PRINCIPAL)
     authorization = request.headers.get("authorization")
     if authorization is not None and is_device_authorization(authorization):
-        return caller_of(request, device_principal(await _signed_device(request, authorization)))
+        device_id = await _signed_device(request, authorization)
+        DEVICE_ID.set(device_id)  # this request's log lines name the device
+        return caller_of(request, device_principal(device_id))
     token = credentials.credentials if credentials else None
     device_token = settings.repository_device_token
     if (

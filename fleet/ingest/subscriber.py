@@ -47,7 +47,14 @@ from edgefleet.fleet.ingest.writer import BatchWriter, TransientStoreError
 from edgefleet.fleet.mqtt_client import make_client
 from edgefleet.fleet.settings import FleetSettings
 from edgefleet.shared.messages import encode, utcnow
-from edgefleet.shared.topics import Channel, device_filter, device_topic, shared_filter
+from edgefleet.shared.topics import (
+    Channel,
+    TopicError,
+    device_filter,
+    device_topic,
+    parse_topic,
+    shared_filter,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -273,7 +280,12 @@ class Ingester:
                     error = f"{decoded.channel.value}: {refusal} (require_device_identity)"
                     decoded = Rejected(topic, raw, received_at, error)
             if isinstance(decoded, Rejected):
-                logger.warning("dead-lettering a message on %s: %s", decoded.topic, decoded.error)
+                logger.warning(
+                    "dead-lettering a message on %s: %s",
+                    decoded.topic,
+                    decoded.error,
+                    extra={"device_id": _claimed_device(decoded.topic), "topic": decoded.topic},
+                )
             batch.append(decoded)
         # Fleet-to-device topics (desired states, the `stored` acknowledgements every
         # replica publishes) come back on the wildcard subscription: not device traffic.
@@ -332,3 +344,11 @@ def dead_letter_limits(settings: FleetSettings) -> DeadLetterLimits:
         max_bytes=settings.dead_letter_max_bytes,
         retention_s=settings.dead_letter_retention_s,
     )
+
+
+def _claimed_device(topic: str) -> str | None:
+    """The device id a topic names (for a log line's ``device_id``), None outside the scheme."""
+    try:
+        return parse_topic(topic).device_id
+    except TopicError:
+        return None

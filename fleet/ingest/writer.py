@@ -373,6 +373,7 @@ class BatchWriter:
                     device_id,
                     "online" if message.online else "offline",
                     message.seq,
+                    extra={"device_id": device_id, "seq": message.seq},  # JSON log fields
                 )
             else:
                 stale += 1
