@@ -99,7 +99,10 @@ def test_agent_process_shows_online_with_fresh_telemetry_then_offline_on_sigterm
         lambda: [t for t in console.telemetry(polite) if t["inferences_total"] >= len(rows)],
         what="telemetry counting the inferences",
     )
-    latest = fresh[-1]
+    # Oldest first: the first report counting all five closed the interval of (at least)
+    # the last of them, so it has their latencies; a later, idle one has none.
+    latest = fresh[0]
+    assert latest["inferences"] > 0
     assert latest["latency_p50_ms"] is not None
     assert latest["latency_p50_ms"] > 0
     assert latest["rss_bytes"] > 10_000_000
