@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class EmbeddedBroker:
         }
         try:
             self._broker = Broker(config, loop=self._loop)
+            self._broker._subscriptions = SnapshotIterationDict(self._broker._subscriptions)
             self._loop.run_until_complete(self._broker.start())
         except Exception as e:  # amqtt raises its own BrokerError and OSError
             self._error = e
@@ -74,13 +76,34 @@ class EmbeddedBroker:
         self._thread.join(timeout_s)
 
 
+class SnapshotIterationDict(dict[Any, Any]):
+    """A dict whose iteration walks a copy of its keys (or items) taken when it starts.
+
+    amqtt 0.12 iterates its subscription table with ``await`` inside the loop (replaying
+    retained messages to a connecting client, broadcasting, dropping a session's
+    subscriptions); a client that subscribes to a new filter meanwhile grows the table and
+    the iterating coroutine raises ``dictionary changed size during iteration``, dropping
+    that client's connection. Walking a snapshot is what those loops mean: a filter added
+    during the walk gets its retained messages from its own SUBSCRIBE.
+    """
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(list(super().keys()))
+
+    def items(self) -> Any:  # a list, not a live view: see the class docstring
+        return list(super().items())
+
+    def values(self) -> Any:
+        return list(super().values())
+
+
 def _log_loop_error(_loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
     """One line for an error amqtt leaves to the event loop, the traceback at DEBUG.
 
-    amqtt has races between client sessions (e.g. ``dictionary changed size during
-    iteration`` when clients subscribe while another connects) that drop that one
-    connection; the client reconnects. asyncio's default handler prints a traceback the
-    demo's user cannot act on.
+    Besides the subscription-table race that `SnapshotIterationDict` mends, amqtt can
+    leave other per-connection errors to the loop; they drop that one connection and the
+    client reconnects. asyncio's default handler prints a traceback the demo's user cannot
+    act on.
     """
     error = context.get("exception")
     what = f"{type(error).__name__}: {error}" if error is not None else context.get("message")
