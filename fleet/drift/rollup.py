@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from edgefleet.shared.drift import SketchMismatchError, WindowSketch, merge_all
 
@@ -50,6 +50,13 @@ class SliceFilter(BaseModel):
     hardware: str | None = None
     since: datetime | None = None
     until: datetime | None = None
+
+    @field_validator("since", "until")
+    @classmethod
+    def _naive_is_utc(cls, value: datetime | None) -> datetime | None:
+        # Windows are stored in UTC; a time without an offset (``2026-12-04T10:00``) means
+        # UTC too, as on ``/v1/alerts``, rather than a comparison that cannot be made.
+        return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
     @model_validator(mode="after")
     def _range_is_ordered(self) -> SliceFilter:

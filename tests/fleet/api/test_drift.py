@@ -150,6 +150,21 @@ def test_webhooks_can_be_added_listed_and_removed(drift_api: TestClient) -> None
     assert gone.status_code == 404
 
 
+def test_times_without_an_offset_are_utc_on_every_drift_read(
+    fleet: Fleet, wine: WineData, drift_api: TestClient
+) -> None:
+    """A 500 once windows existed: the naive bound was compared with aware window times."""
+    t0 = seed(fleet, wine)
+    q = {"model": MODEL, "version": VERSION, "device": "hot"}
+    naive = {"since": (t0 + HOUR).replace(tzinfo=None).isoformat()}
+    aware = {"since": (t0 + HOUR).isoformat()}
+    for path in ("/v1/drift/scores", "/v1/drift/metrics", "/v1/drift/timeseries"):
+        answer = drift_api.get(path, params=q | naive)
+        assert answer.status_code == 200, (path, answer.text)
+        assert answer.json() == drift_api.get(path, params=q | aware).json()
+    assert drift_api.get("/v1/drift/scores", params=q | naive).json()["count"] == 200
+
+
 def test_bad_requests_get_clear_4xx(fleet: Fleet, wine: WineData, drift_api: TestClient) -> None:
     seed(fleet, wine)
     q = {"model": MODEL, "version": VERSION}
