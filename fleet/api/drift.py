@@ -146,7 +146,7 @@ def drift_timeseries(
     session: SessionDep,
     where: SliceDep,
     _caller: AlertReader,
-    bucket_s: Annotated[int, Query(ge=60, le=31 * 86400)] = 3600,
+    bucket_s: Annotated[int, Query(ge=1, le=31 * 86400)] = 3600,
 ) -> TimeSeries:
     """The slice per time bucket (epoch-aligned, by window start), each judged alone."""
     profile, thresholds, records = _slice_inputs(session, where)

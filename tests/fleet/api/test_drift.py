@@ -93,6 +93,12 @@ def test_timeseries_buckets_windows_by_start(
         "/v1/drift/timeseries", params={"model": MODEL, "version": VERSION, "bucket_s": 86400}
     ).json()
     assert sum(p["count"] for p in daily["points"]) == 740
+    # Below a minute too (it used to refuse under 60 s): windows of a short drift window.
+    fine = drift_api.get(
+        "/v1/drift/timeseries", params={"model": MODEL, "version": VERSION, "bucket_s": 10}
+    ).json()
+    starts = [(datetime.fromisoformat(p["start"]), p["windows"]) for p in fine["points"]]
+    assert starts == [(t0, 2), (t0 + timedelta(minutes=5), 1), (t0 + HOUR, 2)]
 
 
 def test_threshold_overrides_change_the_verdict(
