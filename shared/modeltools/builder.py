@@ -23,7 +23,7 @@ import zipfile
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -48,6 +48,7 @@ from edgefleet.shared.manifest import (
 from edgefleet.shared.modeltools.quantize import QUANTIZED_FROM_KEY, QuantizeError, quantized_from
 from edgefleet.shared.modeltools.reference import (
     SchemaMismatchError,
+    load_labels,
     load_reference,
 )
 from edgefleet.shared.package.format import (
@@ -71,6 +72,7 @@ log = logging.getLogger(__name__)
 
 
 ProfileBuilder = Callable[[Tensors, Tensors, "list[str] | None"], "Mapping[str, Any] | BaseModel"]
+Task = Literal["classification", "regression"]
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
@@ -157,7 +159,9 @@ def _default_created_at(model_file: Path) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
 
 
-def _default_profile_builder() -> ProfileBuilder | None:
+def _default_profile_builder(
+    labels: NDArray[Any] | None = None, task: Task | None = None
+) -> ProfileBuilder | None:
     try:
         from edgefleet.shared.drift.builder import build_profile
     except ImportError as e:
@@ -165,7 +169,7 @@ def _default_profile_builder() -> ProfileBuilder | None:
         return None
 
     def builder(inputs: Tensors, outputs: Tensors, names: list[str] | None) -> BaseModel:
-        return build_profile(inputs, outputs, feature_names=names)
+        return build_profile(inputs, outputs, feature_names=names, labels=labels, task=task)
 
     return builder
 
@@ -188,6 +192,8 @@ def build_package(
     runtime: str | None = None,
     created_at: datetime | None = None,
     profile_builder: ProfileBuilder | None = None,
+    labels: Path | None = None,
+    task: Task | None = None,
 ) -> Path:
     """Write ``out_dir/<name>-<version>.efpkg`` and return its path.
 
@@ -196,15 +202,20 @@ def build_package(
     The reference profile is built from ``reference_data`` by ``profile_builder`` (by
     default `edgefleet.shared.drift.builder.build_profile` when that module exists). ``created_at``
     defaults to ``SOURCE_DATE_EPOCH`` or the model file's mtime, so rebuilding the same
-    inputs gives byte-identical packages. ``lineage`` goes into the manifest as given,
-    with ``quantized_from`` filled in from an ONNX model that `quantize_onnx
-    <edgefleet.shared.modeltools.quantize.quantize_onnx>` wrote.
+    inputs gives byte-identical packages. ``labels`` (one per ``reference_data`` row, see
+    `load_labels`) go into the profile with the baseline metrics on that data, which the
+    device needs to join late labels (``POST /v1/feedback``) and the fleet to see a
+    performance drop; ``task`` says how to read them (inferred when None). ``lineage``
+    goes into the manifest as given, with ``quantized_from`` filled in from an ONNX model
+    that `quantize_onnx <edgefleet.shared.modeltools.quantize.quantize_onnx>` wrote.
 
     Raises `ManifestError` (bad name, version, runtime, lineage that contradicts the
     model's quantization stamp, ...), `ModelLoadError`,
-    `DataError`/`SchemaMismatchError` (reference data) and `GoldenFailureError`.
+    `DataError`/`SchemaMismatchError` (reference data or labels) and `GoldenFailureError`.
     """
     runtime_name = _check_identity(model_file, name, version, min_agent_version, runtime)
+    if labels is not None and (reference_data is None or profile_builder is not None):
+        raise DataError(f"{labels}: labels need reference data and the default profile builder")
 
     try:
         model = load_runtime(model_file, runtime=runtime_name)
@@ -223,6 +234,11 @@ def build_package(
         else:
             golden_in = _synthetic_inputs(specs, golden_count)
         golden_out = _predict(model, golden_in, "its golden samples") if golden_count else {}
+        if labels is not None and reference is not None:
+            row_count = len(next(iter(reference.values())))
+            profile_builder = _default_profile_builder(load_labels(labels, row_count), task)
+        elif task is not None and profile_builder is None:
+            raise DataError(f"a task ({task}) needs labels to describe")
         profile = _reference_profile(
             model, reference, feature_names, profile_builder, source=str(reference_data)
         )

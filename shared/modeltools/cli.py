@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from edgefleet.shared.cli import CLIError
 from edgefleet.shared.hashing import sha256_file
-from edgefleet.shared.manifest import Lineage, Tolerance, Version, VersionError
+from edgefleet.shared.manifest import Lineage, ProbationBudget, Tolerance, Version, VersionError
 from edgefleet.shared.modeltools import inspect, mlflow_source
 from edgefleet.shared.modeltools.builder import build_package
 from edgefleet.shared.package.format import PackageError, manifest_problem
@@ -56,6 +56,44 @@ def add_package_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     p.add_argument("--training-data", type=Path, metavar="FILE", help="hashed for lineage")
     p.add_argument("--min-agent-version", metavar="V", help="oldest agent that may run it")
     p.add_argument("--out", type=Path, default=Path(), metavar="DIR", help="output directory")
+    lab = p.add_argument_group(
+        "labels",
+        "so the device joins late labels (POST /v1/feedback) and the fleet sees a performance drop",
+    )
+    lab.add_argument(
+        "--labels", type=Path, metavar="FILE", help="one label per --reference row (.npy or .csv)"
+    )
+    lab.add_argument(
+        "--task", choices=["classification", "regression"], help="how to read the labels"
+    )
+    pr = p.add_argument_group(
+        "probation", "what a new version must stay within on a device before it is kept"
+    )
+    defaults = ProbationBudget()
+    pr.add_argument(
+        "--probation-duration-s",
+        type=float,
+        metavar="S",
+        help=f"at least this long ({defaults.duration_s:g})",
+    )
+    pr.add_argument(
+        "--probation-min-inferences",
+        type=int,
+        metavar="N",
+        help=f"and at least this many inferences ({defaults.min_inferences})",
+    )
+    pr.add_argument(
+        "--probation-max-error-rate",
+        type=float,
+        metavar="R",
+        help=f"error rate at most (0 to 1, {defaults.max_error_rate:g})",
+    )
+    pr.add_argument(
+        "--probation-max-latency-p95-ms",
+        type=float,
+        metavar="MS",
+        help=f"p95 latency at most ({defaults.max_latency_p95_ms:g})",
+    )
     g = p.add_argument_group("lineage", "where the model came from (kept in the manifest)")
     g.add_argument("--code-revision", metavar="REV", help="e.g. the training code's git sha")
     g.add_argument("--run-uri", metavar="URI", help="the experiment run, e.g. runs:/<id>")
@@ -147,6 +185,31 @@ def _lineage(options: LineageOptions, base: Lineage | None = None) -> Lineage | 
         raise CLIError(f"lineage: {manifest_problem(e)}") from e
 
 
+PROBATION_OPTIONS = {
+    "duration_s": "--probation-duration-s",
+    "min_inferences": "--probation-min-inferences",
+    "max_error_rate": "--probation-max-error-rate",
+    "max_latency_p95_ms": "--probation-max-latency-p95-ms",
+}
+
+
+def _probation(args: argparse.Namespace) -> ProbationBudget | None:
+    """The budget the options give over the defaults (None: none given); raises `CLIError`."""
+    given = {
+        field: getattr(args, option.removeprefix("--").replace("-", "_"))
+        for field, option in PROBATION_OPTIONS.items()
+    }
+    given = {k: v for k, v in given.items() if v is not None}
+    if not given:
+        return None
+    try:
+        return ProbationBudget.model_validate(given)
+    except ValidationError as e:
+        error = e.errors()[0]
+        option = PROBATION_OPTIONS[str(error["loc"][0])]
+        raise CLIError(f"{option} {given[str(error['loc'][0])]}: {error['msg']}") from None
+
+
 def _check_source(args: argparse.Namespace) -> None:
     if args.from_mlflow is not None and args.model_file is not None:
         raise CLIError(f"give MODEL_FILE or --from-mlflow, not both ({args.model_file})")
@@ -160,10 +223,15 @@ def _package_command(args: argparse.Namespace) -> int:
     if args.tolerance < 0:
         raise CLIError(f"--tolerance {args.tolerance}: expected a value >= 0")
     _check_source(args)
+    if args.labels is not None and args.reference is None:
+        raise CLIError("--labels needs --reference: one label per reference row")
+    probation = _probation(args)
     metrics = _parse_metrics(args.metric)
     given = _lineage_options(args)
     if args.from_mlflow is None:
-        out = _build(args, args.model_file, lineage=_lineage(given), metrics=metrics)
+        out = _build(
+            args, args.model_file, lineage=_lineage(given), metrics=metrics, probation=probation
+        )
     else:
         with tempfile.TemporaryDirectory(prefix="edgefleet-mlflow-") as work:
             try:
@@ -178,6 +246,7 @@ def _package_command(args: argparse.Namespace) -> int:
                 fetched.model_file,
                 lineage=_lineage(given, base),
                 metrics=fetched.metrics | metrics,
+                probation=probation,
                 feature_names=fetched.feature_names,
                 created_at=fetched.created_at,
             )
@@ -194,6 +263,7 @@ def _build(
     *,
     lineage: Lineage | None,
     metrics: dict[str, float],
+    probation: ProbationBudget | None,
     feature_names: list[str] | None = None,
     created_at: datetime | None = None,
 ) -> Path:
@@ -212,6 +282,9 @@ def _build(
             lineage=lineage,
             feature_names=feature_names,
             created_at=created_at,
+            probation=probation,
+            labels=args.labels,
+            task=args.task,
         )
     except (PackageError, OSError) as e:
         raise CLIError(str(e)) from e

@@ -1,4 +1,5 @@
-"""Reference data (``.npy``, ``.npz`` or ``.csv``) read as a model's inputs, for the builder.
+"""Reference data (``.npy``, ``.npz`` or ``.csv``) read as a model's inputs, and the labels
+of its rows, for the builder.
 
 Off-device tooling. Data is cast to the input schema only when that loses nothing;
 anything else is refused naming both sides (`SchemaMismatchError`).
@@ -62,6 +63,51 @@ def load_reference(path: Path, specs: list[TensorSpec]) -> tuple[Tensors, list[s
     if len(rows) != 1 or 0 in rows:
         raise SchemaMismatchError(f"{path}: inputs need the same, non-zero row count; found {rows}")
     return inputs, names
+
+
+def load_labels(path: Path, rows: int) -> NDArray[Any]:
+    """Read one label per reference row from a 1-D ``.npy`` or a one-column ``.csv``
+    (an optional header line; text labels stay text, numeric ones become numbers).
+
+    Raises `DataError` if the file cannot be read, is not one column, or does not hold
+    exactly ``rows`` labels.
+    """
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            labels: NDArray[Any] = np.load(path, allow_pickle=False)
+        elif suffix == ".csv":
+            labels = _read_label_column(path)
+        else:
+            raise DataError(f"{path}: unsupported label file format; expected .npy or .csv")
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot read labels: {e}") from e
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1:
+        raise DataError(f"{path}: labels must be one column, found shape {list(labels.shape)}")
+    if len(labels) != rows:
+        raise DataError(
+            f"{path}: {len(labels)} labels for {rows} reference rows; give one label per row"
+        )
+    return labels
+
+
+def _read_label_column(path: Path) -> NDArray[Any]:
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    values = [line for line in lines if line]
+    if values and "," in values[0]:
+        raise ValueError(f"expected one column, the first line has {values[0].count(',') + 1}")
+    try:
+        [float(x) for x in values[:1]]
+    except ValueError:
+        values = values[1:]  # a header line
+    try:
+        numbers = np.array([float(x) for x in values])
+    except ValueError:
+        return np.array(values, dtype=np.str_)
+    is_integral = bool(np.all(np.isfinite(numbers))) and bool(np.all(numbers == np.round(numbers)))
+    return numbers.astype(np.int64) if is_integral else numbers
 
 
 def _read_csv(path: Path) -> tuple[NDArray[np.float64], list[str] | None]:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score
 
+from edgefleet.shared.cli import main
 from edgefleet.shared.drift import evaluate
 from tests.agent.drift.conftest import (
     Packages,
@@ -16,6 +17,7 @@ from tests.agent.drift.conftest import (
     profiled_config,
     wait_drift,
 )
+from tests.e2e.updates.support import Pkg
 
 
 def test_feedback_labels_join_by_request_id_and_accuracy_matches_scikit_learn(
@@ -134,6 +136,29 @@ def test_feedback_for_an_unknown_request_id_is_a_404_naming_it(
     assert status == 404
     assert error["error"]["code"] == "unknown_request_id"
     assert "nope-123" in error["error"]["message"]
+
+
+def test_a_package_labelled_from_the_command_line_takes_feedback(
+    tmp_path, mosquitto, start_agent, unique_id, wine_model
+) -> None:
+    """The README's ``edgefleet model package ... --labels``: feedback joins (it was a 409)."""
+    reference, labels = tmp_path / "reference.npy", tmp_path / "labels.npy"
+    np.save(reference, wine_model.x_train)
+    np.save(labels, wine_model.y_train)
+    argv = ["model", "package", str(wine_model.path), "--name", "wine", "--version", "1.0.0"]
+    argv += ["--reference", str(reference), "--labels", str(labels), "--out", str(tmp_path)]
+    assert main(argv) == 0
+    package = Pkg(tmp_path / "wine-1.0.0.efpkg", "1.0.0")
+    agent = start_agent(profiled_config(tmp_path, mosquitto, f"clilab-{unique_id}", package))
+    port = agent.api_port
+    assert port is not None
+    status, answer = post_json(
+        port, "/v1/predict", {"inputs": {"input": wine_model.x_test[:1].tolist()}}
+    )
+    assert status == 200
+    feedback = {"request_id": answer["request_id"], "label": int(wine_model.y_test[0])}
+    status, joined = post_json(port, "/v1/feedback", feedback)
+    assert (status, joined) == (200, {"request_id": answer["request_id"], "joined": True})
 
 
 def test_feedback_for_an_unmonitored_model_is_a_409(

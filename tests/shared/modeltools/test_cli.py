@@ -8,10 +8,12 @@ import sys
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edgefleet.shared.cli import CLIError, main
-from edgefleet.shared.manifest import Lineage, ModelManifest
+from edgefleet.shared.drift import ReferenceProfile
+from edgefleet.shared.manifest import Lineage, ModelManifest, ProbationBudget
 from edgefleet.shared.modeltools import cli
 from edgefleet.shared.package.read import read_package
 from edgefleet.simulators.models import TrainedModel
@@ -103,6 +105,18 @@ def test_package_then_inspect(
         (["--version", "1.0.0", "--param", "a=" + "x" * 501], "lineage: params.a"),
         (["--version", "1.0.0", "--code-revision", "r" * 201], "lineage: code_revision"),
         (["--version", "1.0.0", "--quantized-from", "/nonexistent/f.onnx"], "--quantized-from"),
+        (
+            ["--version", "1.0.0", "--labels", "/nonexistent/y.npy"],
+            "--labels needs --reference: one label per reference row",
+        ),
+        (
+            ["--version", "1.0.0", "--probation-max-error-rate", "2"],
+            "--probation-max-error-rate 2.0: Input should be less than or equal to 1",
+        ),
+        (
+            ["--version", "1.0.0", "--probation-min-inferences", "-5"],
+            "--probation-min-inferences -5: Input should be greater than or equal to 0",
+        ),
     ],
 )
 def test_package_errors_are_one_clear_line(
@@ -146,6 +160,70 @@ def test_lineage_options_fill_the_manifest_lineage(
         params={"C": "1.0", "solver": "lbfgs", "note": "a=b"},
         quantized_from=hashlib.sha256(float_model.read_bytes()).hexdigest(),
     )
+
+
+def test_labels_and_probation_options_fill_the_profile_and_the_budget(
+    wine_model: TrainedModel,
+    reference_npy: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Without ``--labels`` a CLI package could never be sent feedback (the device said 409
+    ``not_monitored``), and every CLI package held an update in a 300 s probation."""
+    labels = tmp_path / "labels.csv"
+    labels.write_text("class\n" + "\n".join(str(int(y)) for y in wine_model.y_train) + "\n")
+    code = _run(
+        [
+            "model", "package", str(wine_model.path), "--name", "wine", "--version", "2.0.0",
+            "--reference", str(reference_npy), "--golden", "4", "--out", str(tmp_path),
+            "--labels", str(labels), "--task", "classification",
+            "--probation-duration-s", "20", "--probation-min-inferences", "5",
+            "--probation-max-latency-p95-ms", "40",
+        ]
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    manifest, _ = read_package(tmp_path / "wine-2.0.0.efpkg")
+    assert manifest.probation == ProbationBudget(
+        duration_s=20, min_inferences=5, max_latency_p95_ms=40, max_error_rate=0.01
+    )
+    assert manifest.reference_profile is not None
+    profile = ReferenceProfile.model_validate(manifest.reference_profile)
+    assert profile.labels is not None
+    assert profile.labels.task == "classification"
+    assert profile.labels.classes == ["0", "1", "2"]
+    assert profile.labels.baseline["accuracy"] == pytest.approx(
+        float(np.mean(_predicted(wine_model, wine_model.x_train) == wine_model.y_train))
+    )
+
+
+def test_labels_that_do_not_fit_the_reference_are_one_clear_line(
+    wine_model: TrainedModel,
+    reference_npy: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    short = tmp_path / "short.npy"
+    np.save(short, wine_model.y_train[:10])
+    two_columns = tmp_path / "two.csv"
+    two_columns.write_text("1,2\n0,1\n")
+    argv = ["model", "package", str(wine_model.path), "--name", "wine", "--version", "1.0.0"]
+    argv += ["--reference", str(reference_npy), "--out", str(tmp_path / "out"), "--labels"]
+    rows = len(wine_model.x_train)
+    for path, complaint in [
+        (short, f"10 labels for {rows} reference rows"),
+        (two_columns, "cannot read labels: expected one column"),
+    ]:
+        assert _run([*argv, str(path)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1
+        assert complaint in err[0]
+
+
+def _predicted(model: TrainedModel, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model.path), providers=["CPUExecutionProvider"])
+    return np.asarray(session.run(None, {session.get_inputs()[0].name: x})[0])
 
 
 def test_without_lineage_options_there_is_no_lineage(
