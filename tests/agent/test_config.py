@@ -1,10 +1,20 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
-from edgefleet.agent.config import AgentConfig, ConfigError, env_overrides, load_config, redacted
+from edgefleet.agent.config import (
+    AgentConfig,
+    ConfigError,
+    DriftConfig,
+    env_overrides,
+    load_config,
+    redacted,
+)
+from edgefleet.agent.update.machine import UpdatePolicy
 from tests.support.agent import REPO
 
 EXAMPLE = REPO / "packaging" / "agent" / "agent.example.toml"
@@ -24,6 +34,35 @@ def test_shipped_example_config_loads() -> None:
     assert config.api.port == 8470
     assert config.api.host == "127.0.0.1"
     assert config.outbox.max_messages == 100_000
+
+
+def test_shipped_example_names_every_setting() -> None:
+    """The example is the operator's reference: it had no [drift] or [update] section."""
+    named: dict[str, set[str]] = {"": set()}  # section -> settings set or shown commented
+    section = ""
+    for line in EXAMPLE.read_text().splitlines():
+        if header := re.fullmatch(r"\[([a-z_.]+)\]", line.strip()):
+            section = header.group(1)
+            named.setdefault(section, set())
+        elif setting := re.match(r"#?\s*([a-z_]+)\s*=", line):
+            named[section].add(setting.group(1))
+
+    def missing(model: type[BaseModel], section: str) -> list[str]:
+        gone = []
+        for name, field in model.model_fields.items():
+            inner = field.annotation
+            if isinstance(inner, type) and issubclass(inner, BaseModel):
+                inner_section = f"{section}.{name}".lstrip(".")
+                gone += [] if inner_section in named else [f"[{inner_section}]"]
+                gone += missing(inner, inner_section)
+            elif name not in named.get(section, set()):
+                gone.append(f"{section}.{name}".lstrip("."))
+        return gone
+
+    assert missing(AgentConfig, "") == []
+    config = load_config(EXAMPLE, {})
+    assert config.drift == DriftConfig()
+    assert config.update.policy == UpdatePolicy()
 
 
 def test_defaults_fill_everything_but_the_device_id(tmp_path: Path) -> None:
