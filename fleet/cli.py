@@ -7,10 +7,13 @@ import signal
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgefleet.shared.logs import add_format_argument as add_log_format_argument
 from edgefleet.shared.logs import console
+
+if TYPE_CHECKING:
+    from edgefleet.fleet.settings import FleetSettings
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -71,6 +74,23 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="store_true",
         help="bring the database schema to head first (off: refuse a database that is behind)",
     )
+    drift = serve.add_argument_group("drift evaluation", "README: Drift and model-performance")
+    drift.add_argument(
+        "--drift-interval-s", type=float, metavar="S", help="evaluate every S seconds (60)"
+    )
+    drift.add_argument(
+        "--drift-lookback-s",
+        type=float,
+        metavar="S",
+        help="merge the windows of the last S seconds (3600); shorter sees a shift sooner "
+        "and forgets it sooner",
+    )
+    drift.add_argument(
+        "--drift-cooldown-s",
+        type=float,
+        metavar="S",
+        help="no repeat of the same alert for a slice within S seconds (3600)",
+    )
     serve.set_defaults(handler=_serve)
 
     lab = commands.add_parser(
@@ -105,13 +125,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     register_broker_config(commands)
 
 
-def _serve(args: argparse.Namespace) -> int:
+def serve_settings(args: argparse.Namespace) -> FleetSettings:
+    """The settings ``fleet serve``'s options give over the environment's.
+
+    Raises `CLIError` naming the setting when a value is out of bounds.
+    """
     from pydantic import ValidationError
 
-    from edgefleet.fleet.service import FleetService
     from edgefleet.fleet.settings import FleetSettings
     from edgefleet.shared.cli import CLIError
-    from edgefleet.shared.signing.errors import SigningError
 
     overrides: dict[str, Any] = {}
     for key, value in (
@@ -126,6 +148,9 @@ def _serve(args: argparse.Namespace) -> int:
         ("keys_dir", args.keys_dir),
         ("repository_dir", args.repository_dir),
         ("models_dir", args.models_dir),
+        ("drift_interval_s", args.drift_interval_s),
+        ("drift_lookback_s", args.drift_lookback_s),
+        ("drift_cooldown_s", args.drift_cooldown_s),
     ):
         if value is not None:
             overrides[key] = value
@@ -140,10 +165,17 @@ def _serve(args: argparse.Namespace) -> int:
     if args.migrate:
         overrides["migrate_at_start"] = True
     try:
-        settings = FleetSettings(**overrides)
+        return FleetSettings(**overrides)
     except ValidationError as e:
         raise CLIError(f"invalid fleet settings: {e}") from e
 
+
+def _serve(args: argparse.Namespace) -> int:
+    from edgefleet.fleet.service import FleetService
+    from edgefleet.shared.cli import CLIError
+    from edgefleet.shared.signing.errors import SigningError
+
+    settings = serve_settings(args)
     stop = threading.Event()
 
     def _on_signal(signum: int, _frame: FrameType | None) -> None:
