@@ -67,8 +67,13 @@ AlertAcker = Annotated[Caller, Depends(require(Permission.ALERT_ACK))]
 
 ModelName = Annotated[str, Query(pattern=NAME_PATTERN, description="model name")]
 Version = Annotated[str, Query(min_length=1, max_length=64, description="model version")]
-Since = Annotated[datetime | None, Query(description="ISO 8601 (UTC without an offset); windows ending after it")]
-Until = Annotated[datetime | None, Query(description="ISO 8601 (UTC without an offset); windows starting before it")]
+Since = Annotated[
+    datetime | None, Query(description="ISO 8601 (UTC without an offset); windows ending after it")
+]
+Until = Annotated[
+    datetime | None,
+    Query(description="ISO 8601 (UTC without an offset); windows starting before it"),
+]
 
 
 def slice_filter(  # noqa: PLR0917  (FastAPI passes query parameters by keyword)

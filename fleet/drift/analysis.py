@@ -54,6 +54,9 @@ class SliceScores(BaseModel):
     excluded_devices: list[str] = Field(
         default=[], description="devices whose windows cannot be judged, left out"
     )
+    not_judged: str | None = Field(
+        default=None, description="why there is no verdict (None when judged)"
+    )
 
 
 class SliceMetrics(BaseModel):
@@ -233,7 +236,24 @@ def slice_scores(
         drifted_outputs=report.drifted_outputs if report else [],
         features=report.features if report else [],
         excluded_devices=excluded,
+        not_judged=_why_not_judged(report, thresholds, windows=len(kept)),
     )
+
+
+def _why_not_judged(
+    report: DriftReport | None, thresholds: DriftThresholds, *, windows: int
+) -> str | None:
+    if report is not None and report.judged:
+        return None
+    if report is not None:
+        # A slow sensor: its windows keep arriving but the range never holds enough rows.
+        return (
+            f"{report.count} rows in the range, {thresholds.min_count} needed for a verdict "
+            "(min_count); widen since/until, or lower min_count for this model"
+        )
+    if windows == 0:
+        return "no windows in the range"
+    return "its windows cannot be judged against the reference profile (the fleet's log says why)"
 
 
 def slice_metrics(

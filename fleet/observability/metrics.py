@@ -138,6 +138,13 @@ class DriftMetrics:
             f"drift score series left out: more than {MAX_DRIFT_SCORE_SERIES} at once",
             registry=registry,
         )
+        self.unjudged = Gauge(
+            "edgefleet_drift_unjudged_slices",
+            "slices (devices included) with windows in the lookback but fewer rows than "
+            "the thresholds' min_count, so without a verdict at the last evaluation",
+            ["model", "version"],
+            registry=registry,
+        )
         self.alerts = Counter(
             "edgefleet_drift_alerts",
             "drift alerts raised (after the cool-down), by kind and severity",
@@ -154,12 +161,15 @@ class DriftMetrics:
             for severity in SEVERITIES:
                 self.alerts.labels(kind, severity)
         self._exported: set[tuple[str, str, str, str]] = set()
+        self._unjudged_exported: set[tuple[str, str]] = set()
 
     def set_scores(self, reports: Mapping[tuple[str, str, str], DriftReport]) -> None:
         """Replace the score series with these ``(model, version, slice)`` reports."""
         values: dict[tuple[str, str, str, str], float] = {}
         dropped = 0
+        unjudged: dict[tuple[str, str], int] = {}
         for (model, version, slice_key), report in sorted(reports.items()):
+            unjudged[(model, version)] = unjudged.get((model, version), 0) + (not report.judged)
             if slice_key.startswith("device:"):
                 continue  # a device id is not a label
             for score, value in _max_scores(report).items():
@@ -172,6 +182,11 @@ class DriftMetrics:
         for labels, value in values.items():
             self.score.labels(*labels).set(value)
         self._exported = set(values)
+        for stale_version in self._unjudged_exported - unjudged.keys():
+            self.unjudged.remove(*stale_version)
+        for version_labels, count in unjudged.items():
+            self.unjudged.labels(*version_labels).set(count)
+        self._unjudged_exported = set(unjudged)
         if dropped:
             self.series_dropped.inc(dropped)
 

@@ -53,6 +53,9 @@ def test_scores_of_a_slice_merge_its_windows_and_judge_them(
         params=q | {"device": "hot", "until": (t0 + HOUR).isoformat()},
     ).json()
     assert (early["count"], early["judged"], early["data_drift"]) == (120, False, False)
+    # A slow sensor's slice says why it has no verdict (it used to say nothing).
+    assert early["not_judged"].startswith("120 rows in the range, 200 needed for a verdict")
+    assert calm["not_judged"] is None
     whole = drift_api.get("/v1/drift/scores", params=q).json()
     assert whole["count"] == 740
     assert whole["devices"] == 2

@@ -160,6 +160,24 @@ def test_drift_scores_leave_out_device_slices_and_drop_stale_series(metrics: Fle
     assert value(metrics, "edgefleet_drift_score", score="psi", **fleet | {"version": "1.2.0"})
 
 
+def test_slices_without_a_verdict_are_counted_per_version(metrics: FleetMetrics) -> None:
+    """A slow sensor's slice never fills min_count: the scrape says how many wait so."""
+    slow = _report(alcohol=0.0).model_copy(update={"judged": False, "count": 40})
+    metrics.drift.set_scores(
+        {
+            ("wine", "1.1.0", "fleet"): _report(alcohol=0.1),
+            ("wine", "1.1.0", "device:slow-1"): slow,
+            ("wine", "1.1.0", "device:slow-2"): slow,
+            ("wine", "1.2.0", "fleet"): _report(alcohol=0.1),
+        }
+    )
+    assert value(metrics, "edgefleet_drift_unjudged_slices", model="wine", version="1.1.0") == 2
+    assert value(metrics, "edgefleet_drift_unjudged_slices", model="wine", version="1.2.0") == 0
+    metrics.drift.set_scores({("wine", "1.2.0", "fleet"): slow})
+    assert value(metrics, "edgefleet_drift_unjudged_slices", model="wine", version="1.1.0") is None
+    assert value(metrics, "edgefleet_drift_unjudged_slices", model="wine", version="1.2.0") == 1
+
+
 def test_drift_score_series_are_capped_and_the_rest_counted(
     metrics: FleetMetrics, monkeypatch: pytest.MonkeyPatch
 ) -> None:
