@@ -14,4 +14,7 @@ echo "== mypy"
 mypy -p edgefleet
 echo "== pytest"
 # The slowest tests are listed at the end: the suite should stay well under 20 minutes.
-pytest -q -p no:cacheprovider --durations=15 "$@"
+# Three workers (pytest-xdist): every test has its own broker, ports, database and
+# directories, and most of the time is spent waiting, not computing. PYTEST_WORKERS=0
+# runs everything in this process (e.g. to debug with -s or pdb).
+pytest -q -p no:cacheprovider --durations=15 -n "${PYTEST_WORKERS:-3}" "$@"

@@ -77,10 +77,11 @@ def test_trickling_server_is_stopped_at_the_total_deadline(trickling, tmp_path: 
     started = time.monotonic()
 
     # Each byte arrives well within the read timeout: only the total deadline can end this.
-    with pytest.raises(TransportError, match=r"total deadline of 1\.5 s"):
-        fetch(trickling.url, dest, timeout_s=10, deadline_s=1.5)
+    # 2.5 s, not less: on a loaded machine the first byte can take most of a second.
+    with pytest.raises(TransportError, match=r"total deadline of 2\.5 s"):
+        fetch(trickling.url, dest, timeout_s=10, deadline_s=2.5)
 
-    assert time.monotonic() - started < 4
+    assert time.monotonic() - started < 5
     # What arrived is kept, so the next attempt resumes instead of starting over.
     assert 0 < dest.with_name("model.efpkg.part").stat().st_size < SIZE
 
