@@ -18,7 +18,14 @@ _CHANNEL_DOC: dict[Channel, tuple[str, int, bool, str]] = {
     # channel: (direction, qos, retained, description)
     Channel.STATE: ("publish", 1, True, "birth; the last will sets online=false"),
     Channel.TELEMETRY: ("publish", 1, False, "periodic health"),
-    Channel.DRIFT: ("publish", 1, False, "one drift window of mergeable sketches"),
+    Channel.DRIFT: (
+        "publish",
+        1,
+        False,
+        "one drift window of mergeable sketches; 'sketch' is compact (v 2: runs of empty "
+        "bins as negative lengths, numeric features as [runs, mean, m2, min, max, missing, "
+        "infinite]) from current agents, version 1 from older ones, both read by the fleet",
+    ),
     Channel.EVENTS: ("publish", 1, False, "deployment progress"),
     Channel.DESIRED: ("subscribe", 1, True, "the signed desired state for this device"),
     Channel.STORED: (

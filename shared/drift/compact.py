@@ -321,9 +321,15 @@ class CompactClassification(WindowModel):
 
     model_config = ConfigDict(populate_by_name=True)
 
-    confusion: RunsMatrix = Field(alias="m", description="[true][predicted], 'other' last")
-    positives: RunsMatrix = Field(alias="p")
-    negatives: RunsMatrix = Field(alias="n")
+    confusion: RunsMatrix = Field(
+        alias="m", description="confusion matrix [true][predicted], 'other' last; square"
+    )
+    positives: RunsMatrix = Field(
+        alias="p", description="per class j, score-j bin counts of rows labelled j"
+    )
+    negatives: RunsMatrix = Field(
+        alias="n", description="per class j, score-j bin counts of rows not labelled j"
+    )
 
     @model_validator(mode="after")
     def _shapes(self) -> CompactClassification:
@@ -344,20 +350,36 @@ class CompactClassification(WindowModel):
 
 
 class CompactSketch(WindowModel):
-    """A `WindowSketch` in the compact wire form (see the module docstring)."""
+    """A drift window (`WindowSketch`) in the compact wire form, sketch version 2.
+
+    Short keys; ``l``, ``o``, ``c`` and ``r`` are left out when 0, empty or absent. Runs:
+    a negative ``-k`` stands for ``k`` empty bins. Bin edges and categories are never
+    sent: they are the reference profile's (``p``). At most 2**20 bins in all.
+    """
 
     model_config = ConfigDict(populate_by_name=True)
 
-    version: Literal[2] = Field(alias="v")
-    profile_id: str = Field(alias="p", max_length=128)
-    count: Count = Field(alias="n", description="rows observed")
-    inputs: dict[FeatureName, CompactFeature] = Field(alias="i", max_length=MAX_FEATURES)
-    outputs: dict[FeatureName, CompactFeature] = Field(
-        default_factory=dict, alias="o", max_length=MAX_FEATURES
+    version: Literal[2] = Field(alias="v", description="sketch version: 2, compact")
+    profile_id: str = Field(
+        alias="p", max_length=128, description="profile_id of the profile whose bins these are"
     )
-    labelled: Count = Field(default=0, alias="l")
-    classification: CompactClassification | None = Field(default=None, alias="c")
-    regression: RegressionCounts | None = Field(default=None, alias="r")
+    count: Count = Field(alias="n", description="rows observed")
+    inputs: dict[FeatureName, CompactFeature] = Field(
+        alias="i", max_length=MAX_FEATURES, description="input features by name"
+    )
+    outputs: dict[FeatureName, CompactFeature] = Field(
+        default_factory=dict,
+        alias="o",
+        max_length=MAX_FEATURES,
+        description="output features by name",
+    )
+    labelled: Count = Field(default=0, alias="l", description="predictions joined with a label")
+    classification: CompactClassification | None = Field(
+        default=None, alias="c", description="labelled predictions of a classifier"
+    )
+    regression: RegressionCounts | None = Field(
+        default=None, alias="r", description="labelled predictions of a regressor"
+    )
 
     @model_validator(mode="after")
     def _bounded_expansion(self) -> CompactSketch:

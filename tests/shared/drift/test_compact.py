@@ -1,0 +1,251 @@
+"""The compact wire form: exact round trips, identical merges, and refusals that say why."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edgefleet.shared.drift import WindowAccumulator, WindowSketch, evaluate, merge_all
+from edgefleet.shared.drift.compact import (
+    MAX_SKETCH_BINS,
+    decode_runs,
+    encode_runs,
+    from_compact,
+    quantize,
+    to_compact,
+)
+from edgefleet.shared.drift.window import NumericCounts
+from edgefleet.shared.messages import DriftMessage, MessageError, decode_device_message, encode
+from edgefleet.shared.topics import Channel
+from tests.support.drift_reference import classify, make_inputs, version1_payload
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def random_window(profile, seed: int, n: int) -> WindowSketch:
+    """A window with shifts, missing values, infinities and late labels, all from ``seed``."""
+    rng = np.random.default_rng(seed)
+    x = make_inputs(rng, n, shift=float(rng.normal(0, 2)))
+    if n:
+        x[rng.random(n) < 0.05, 0] = np.nan
+        x[rng.random(n) < 0.02, 1] = np.inf
+        x[rng.random(n) < 0.02, 1] = -np.inf
+    with np.errstate(invalid="ignore"):  # inf inputs: NaN scores, counted as missing
+        outputs = classify(x)
+    accumulator = WindowAccumulator(profile)
+    accumulator.add(x, outputs)
+    labelled = rng.random(n) < 0.3
+    accumulator.add_labels(
+        {k: v[labelled] for k, v in outputs.items()}, rng.integers(0, 3, int(labelled.sum()))
+    )
+    return accumulator.snapshot()
+
+
+def message(sketch: WindowSketch, seq: int = 1) -> DriftMessage:
+    return DriftMessage(
+        device_id="d1",
+        seq=seq,
+        ts=NOW,
+        window_start=NOW,
+        window_end=NOW,
+        count=sketch.count,
+        sketch=sketch,
+    )
+
+
+def received(payload: bytes) -> WindowSketch:
+    decoded = decode_device_message(Channel.DRIFT, "d1", payload)
+    assert isinstance(decoded, DriftMessage)
+    assert decoded.sketch is not None
+    return decoded.sketch
+
+
+@given(st.lists(st.integers(0, 3), max_size=40))
+def test_runs_round_trip_and_are_never_longer(counts: list[int]) -> None:
+    runs = encode_runs(counts)
+    assert decode_runs(runs) == counts
+    assert len(runs) <= len(counts)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(0, 400))
+def test_compact_round_trip_is_exact_rounded_or_not(profile, seed: int, n: int) -> None:
+    sketch = random_window(profile, seed, n)
+    for s in (sketch, quantize(sketch, profile)):
+        assert from_compact(to_compact(s)) == s
+        payload = encode(message(s))
+        assert json.loads(payload)["sketch"]["v"] == 2
+        assert received(payload) == s
+        # Re-encoding what was received gives the same bytes: one canonical form.
+        assert encode(message(received(payload))) == payload
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    seeds=st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=6),
+    n=st.integers(0, 300),
+)
+def test_the_fleet_merges_compact_reports_exactly_as_version_1_reports(
+    profile, seeds: list[int], n: int
+) -> None:
+    sent = [quantize(random_window(profile, seed, n + i), profile) for i, seed in enumerate(seeds)]
+    compact = merge_all(received(encode(message(s, i))) for i, s in enumerate(sent))
+    version1 = merge_all(received(version1_payload(message(s, i))) for i, s in enumerate(sent))
+    assert compact == version1
+    assert evaluate(profile, compact) == evaluate(profile, version1)
+
+
+@settings(max_examples=20, deadline=None)
+@given(seeds=st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=6))
+def test_rounding_leaves_every_count_based_score_identical(profile, seeds: list[int]) -> None:
+    """What `quantize` costs against full-precision version-1 reports of the same windows."""
+    windows = [random_window(profile, seed, 200 + i) for i, seed in enumerate(seeds)]
+    exact = merge_all(received(version1_payload(message(w))) for w in windows)
+    rounded = merge_all(received(encode(message(quantize(w, profile)))) for w in windows)
+    a, b = evaluate(profile, exact), evaluate(profile, rounded)
+    assert (a.drifted_inputs, a.drifted_outputs, a.metrics) == (
+        b.drifted_inputs,
+        b.drifted_outputs,
+        b.metrics,
+    )
+    for va, vb in zip(a.features, b.features, strict=True):
+        fa, fb = va.scores, vb.scores
+        for name in ("count", "psi", "js", "chi2", "chi2_pvalue", "ks", "ks_pvalue"):
+            assert getattr(fa, name) == getattr(fb, name), (fa.name, name)
+        if fa.wasserstein_norm is not None:
+            assert fb.wasserstein_norm == pytest.approx(fa.wasserstein_norm, abs=5e-4)
+    for role in ("inputs", "outputs"):
+        for name, x in getattr(exact, role).items():
+            y = getattr(rounded, role)[name]
+            assert x.counts == y.counts
+            if isinstance(x, NumericCounts) and isinstance(y, NumericCounts) and x.count:
+                reference = next(f for f in getattr(profile, role) if f.name == name)
+                # Each window's mean is within half a quantum (1/1000 std): so is the merge.
+                assert abs(x.mean - y.mean) <= 1e-3 * reference.std
+                assert y.m2 == pytest.approx(x.m2, rel=1e-3)
+
+
+def test_quantize_is_idempotent_and_shortens_the_floats(profile) -> None:
+    sketch = random_window(profile, 3, 500)
+    once = quantize(sketch, profile)
+    assert quantize(once, profile) == once
+    assert len(encode(message(once))) < len(encode(message(sketch)))
+    temperature = once.inputs["temperature"]
+    assert isinstance(temperature, NumericCounts)
+    assert len(repr(temperature.mean)) <= 8  # std 2: quantum 1e-3
+
+
+def test_a_version_1_report_from_an_older_agent_still_decodes(profile) -> None:
+    sketch = random_window(profile, 4, 100)
+    payload = version1_payload(message(sketch))
+    assert json.loads(payload)["sketch"]["version"] == 1
+    assert received(payload) == sketch
+
+
+VALID = {
+    "v": 2,
+    "p": "p",
+    "n": 3,
+    "i": {"x": [[1, -2, 2], 0.5, 0.25, 0.0, 1.0]},
+    "o": {"label": {"k": [2, 1]}},
+    "l": 2,
+    "c": {"m": [[1, 0], [0, 1]], "p": [[1, 0], [0, 1]], "n": [[0, 1], [1, 0]]},
+}
+
+
+def payload_with(path: tuple[str | int, ...], value: object) -> bytes:
+    sketch = json.loads(json.dumps(VALID))
+    node = sketch
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    raw = {
+        "schema": "edgefleet/v1/drift",
+        "device_id": "d1",
+        "seq": 1,
+        "window_start": NOW.isoformat(),
+        "window_end": NOW.isoformat(),
+        "count": 3,
+        "sketch": sketch,
+    }
+    return json.dumps(raw).encode()
+
+
+def test_the_valid_example_decodes() -> None:
+    sketch = received(payload_with(("n",), 3))
+    x = sketch.inputs["x"]
+    assert isinstance(x, NumericCounts)
+    assert (x.counts, x.count, x.mean) == ([1, 0, 0, 2], 3, 0.5)
+    assert sketch.classification is not None
+    assert sketch.classification.confusion == [[1, 0], [0, 1]]
+
+
+MANY = {f"f{i}": [[-10_000], 0, 0, None, None] for i in range(MAX_SKETCH_BINS // 10_000 + 1)}
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "reason"),
+    [
+        (("i", "x"), [[1, 2], 0.5, 0.25, 0.0], "numeric feature is \\[runs, mean, m2, min, max"),
+        (("i", "x"), [[1, 2], 0.5, 0.25, 0.0, 1.0, 0, 0, 9], "got 8 items"),
+        (("i", "x"), [[1, 2], 0.5, -1, 0.0, 1.0], "m2.*greater than or equal to 0"),
+        (("i", "x"), [[1, 2], 0.5, 1, 0.0, 1.0, -3], "missing.*greater than or equal to 0"),
+        (("i", "x"), [[1, 2], 0.5, 1, 0.0, 1.0, 0, 4], "4 infinite values but only 3 binned"),
+        (("i", "x"), [[1, 2], 0.5, 1, 2.0, 1.0], "min 2.0 is above max 1.0"),
+        (("i", "x"), [[1, 2], 0.5, 1, None, 1.0], "both null"),
+        (("i", "x"), [[1, 2], "NaN", 1, 0.0, 1.0], "finite"),
+        (("i", "x"), [[1, -10_001], 0.5, 1, 0.0, 1.0], "greater than or equal to -10000"),
+        (("i", "x"), [[-9_999, -2], 0.5, 1, 0.0, 1.0], "10001 bins, more than the 10000"),
+        (("i", "x"), [[2**63], 0.5, 1, 0.0, 1.0], "less than or equal to 9223372036854775807"),
+        (("o", "label"), {"k": [1] * 10_001}, "at most 10000 items"),
+        (("o", "label"), {"k": [1], "m": -1}, "greater than or equal to 0"),
+        (("i",), MANY, f"more than {MAX_SKETCH_BINS}"),
+        (("c", "m"), [[1, 0], [1]], "confusion has 2 rows but row 1 has 1 bins"),
+        (("c", "n"), [[0, 1]], "2 positive score histograms, 1 negative"),
+        (("c", "n"), [[0, 1], [1]], "class 1: 2 positive score bins, 1 negative"),
+        (("n",), -1, "greater than or equal to 0"),
+        (("v",), 3, "sketch"),
+    ],
+    ids=[
+        "numeric too short",
+        "numeric too long",
+        "negative m2",
+        "negative missing",
+        "more infinities than values",
+        "min above max",
+        "half-null range",
+        "nan mean",
+        "zero run past the bin bound",
+        "zero runs overflow the bin count",
+        "count past int64",
+        "too many categories",
+        "negative missing category",
+        "runs expanding past the sketch bound",
+        "confusion not square",
+        "score histograms unpaired",
+        "score histograms of unequal length",
+        "negative row count",
+        "unknown version",
+    ],
+)
+def test_a_malformed_compact_sketch_is_refused_saying_why(
+    path: tuple[str | int, ...], value: object, reason: str
+) -> None:
+    with pytest.raises(MessageError, match=reason) as refused:
+        decode_device_message(Channel.DRIFT, "d1", payload_with(path, value))
+    assert "sketch" in str(refused.value)
+
+
+def test_a_sketch_without_a_compact_form_is_sent_in_version_1_not_dropped() -> None:
+    # More finite values than binned ones: no accumulator makes it, but encode never fails.
+    odd = WindowSketch(
+        profile_id="p", count=1, inputs={"x": NumericCounts(counts=[1], count=2, mean=1.0)}
+    )
+    payload = encode(message(odd))
+    assert json.loads(payload)["sketch"]["version"] == 1
+    assert received(payload) == odd
