@@ -19,7 +19,7 @@ from edgefleet.shared.drift.compact import (
     quantize,
     to_compact,
 )
-from edgefleet.shared.drift.window import NumericCounts
+from edgefleet.shared.drift.window import NumericCounts, RegressionCounts
 from edgefleet.shared.messages import DriftMessage, MessageError, decode_device_message, encode
 from edgefleet.shared.topics import Channel
 from tests.support.drift_reference import classify, make_inputs, version1_payload
@@ -249,3 +249,20 @@ def test_a_sketch_without_a_compact_form_is_sent_in_version_1_not_dropped() -> N
     payload = encode(message(odd))
     assert json.loads(payload)["sketch"]["version"] == 1
     assert received(payload) == odd
+
+
+def test_a_regressors_error_sums_round_trip_and_are_rounded_to_five_digits(profile) -> None:
+    sketch = WindowSketch(
+        profile_id="p",
+        count=3,
+        inputs={"x": NumericCounts(counts=[0, 3, 0], count=3, mean=1.0, min=0.5, max=2.0)},
+        labelled=3,
+        regression=RegressionCounts(
+            count=3, error_sum=-0.123456789, abs_error_sum=1.23456789, squared_error_sum=0.0
+        ),
+    )
+    assert received(encode(message(sketch))) == sketch
+    rounded = quantize(sketch, profile)
+    assert rounded.regression is not None
+    assert (rounded.regression.error_sum, rounded.regression.abs_error_sum) == (-0.12346, 1.2346)
+    assert received(encode(message(rounded))) == rounded
