@@ -82,7 +82,8 @@ def _drift(sketch: dict[str, object]) -> bytes:
     return json.dumps(raw).encode()
 
 
-COMPACT = {"v": 2, "p": "p", "n": 3, "i": {"x": [[1, -2, 2], 0.5, 0.25, 0.0, 1.0]}}
+# Runs [1, -2, 2] packed: varints 2, 5, 4 (a count c is 2c, k empty bins 2k + 1).
+COMPACT = {"v": 2, "p": "p", "n": 3, "i": {"x": ["AgUE", 0.5, 0.25, 0.0, 1.0]}}
 # The same window as an older agent sends it.
 VERSION_1 = {
     "version": 1,
@@ -114,7 +115,15 @@ def test_drift_windows_in_either_sketch_form_are_accepted_as_the_same_sketch() -
 
 
 def test_a_compact_drift_window_whose_zero_runs_overflow_is_dead_lettered_with_the_reason() -> None:
-    sketch = {**COMPACT, "i": {"x": [[1, -10_000], 0.5, 0.25, 0.0, 1.0]}}
+    sketch = {**COMPACT, "i": {"x": ["AqGcAQ", 0.5, 0.25, 0.0, 1.0]}}  # [1, -10_000]
     decoded = decode(device_topic("d1", Channel.DRIFT), _drift(sketch), NOW)
     assert isinstance(decoded, Rejected)
     assert "runs expand to 10001 bins, more than the 10000 a feature has" in decoded.error
+
+
+def test_a_compact_drift_window_with_a_truncated_varint_is_dead_lettered_with_the_reason() -> None:
+    sketch = {**COMPACT, "i": {"x": ["AoA", 0.5, 0.25, 0.0, 1.0]}}  # 02 80: more was to follow
+    decoded = decode(device_topic("d1", Channel.DRIFT), _drift(sketch), NOW)
+    assert isinstance(decoded, Rejected)
+    assert "i.x.numeric.counts" in decoded.error
+    assert "the last varint is truncated" in decoded.error
