@@ -8,7 +8,8 @@ inferences buffered and closes the window when it is full or old enough.
 
 Invariants:
 - a closed window is queued as one `DriftMessage` through the agent's outbox (QoS 1),
-  so a broker outage or a reboot after the close loses nothing;
+  so a broker outage or a reboot after the close loses nothing; its floats are rounded
+  (`edgefleet.shared.drift.compact.quantize`) and it travels in the compact form;
 - one lock serialises the timer and retirements, so a window is closed once, by
   whichever comes first;
 - window times on the wire are wall-clock (UTC): the monitor's monotonic opening time
@@ -28,6 +29,7 @@ from edgefleet.agent.config import DriftConfig
 from edgefleet.agent.drift_monitor import DriftMonitor
 from edgefleet.agent.model_host import ActiveModel, ModelHost
 from edgefleet.shared.drift import ReferenceProfile, WindowSketch
+from edgefleet.shared.drift.compact import quantize
 from edgefleet.shared.messages import DeviceMessageBase, DriftMessage, ModelRef, utcnow
 from edgefleet.shared.topics import Channel
 
@@ -104,6 +106,9 @@ class DriftPublisher:
     def _publish(self, ref: ModelRef, monitor: DriftMonitor, sketch: WindowSketch | None) -> bool:
         if sketch is None or (sketch.count == 0 and sketch.labelled == 0):
             return False
+        # Rounded to what the fleet's statistics need before it is encoded: most of the
+        # compact form's saving (`edgefleet.shared.drift.compact`); counts stay exact.
+        sketch = quantize(sketch, monitor.profile)
         end = utcnow()
         opened = monitor.closed_window_opened_at
         age_s = 0.0 if opened is None else max(0.0, self._clock() - opened)

@@ -18,7 +18,17 @@ _CHANNEL_DOC: dict[Channel, tuple[str, int, bool, str]] = {
     # channel: (direction, qos, retained, description)
     Channel.STATE: ("publish", 1, True, "birth; the last will sets online=false"),
     Channel.TELEMETRY: ("publish", 1, False, "periodic health"),
-    Channel.DRIFT: ("publish", 1, False, "one drift window of mergeable sketches"),
+    Channel.DRIFT: (
+        "publish",
+        1,
+        False,
+        "one drift window of mergeable sketches; 'sketch' is compact (v 2: bin counts "
+        "packed as url-safe base64 of LEB128 varints, 2c for a count c and 2k+1 for k empty "
+        "bins, matrices as one such string with the varint 1 between rows; numeric features "
+        "as [runs, mean, m2, min, max, missing, infinite]; a SHA-256 profile_id as 'h', its "
+        "32 bytes in base64) from current agents, version 1 from older ones, both read by "
+        "the fleet",
+    ),
     Channel.EVENTS: ("publish", 1, False, "deployment progress"),
     Channel.DESIRED: ("subscribe", 1, True, "the signed desired state for this device"),
     Channel.STORED: (

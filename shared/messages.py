@@ -36,11 +36,13 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
     TypeAdapter,
     ValidationError,
     field_validator,
 )
 
+from edgefleet.shared.drift.compact import CompactSketch, parse_wire_sketch, sketch_to_wire
 from edgefleet.shared.drift.window import WindowSketch
 from edgefleet.shared.limits import MAX_INT64
 from edgefleet.shared.signing.director import DesiredBody, DirectorSignature
@@ -253,6 +255,16 @@ class EventMessage(DeviceMessageBase):
     detail: Detail = Field(default_factory=dict)
 
 
+# On the wire the sketch is compact (version 2, `edgefleet.shared.drift.compact`); agents
+# before it send version 1, which is still read. Either way the message holds the same
+# `WindowSketch`, so nothing past the decoder knows which form came in.
+WireSketch = Annotated[
+    WindowSketch | None,
+    BeforeValidator(parse_wire_sketch, json_schema_input_type=CompactSketch | WindowSketch | None),
+    PlainSerializer(sketch_to_wire, when_used="json"),
+]
+
+
 class DriftMessage(DeviceMessageBase):
     """One closed drift window: mergeable summaries of inputs and outputs."""
 
@@ -263,7 +275,11 @@ class DriftMessage(DeviceMessageBase):
     count: Count
     # Counts in the bins of the model package's reference profile (see shared.drift);
     # None only from agents that predate drift sketches.
-    sketch: WindowSketch | None = None
+    sketch: WireSketch = Field(
+        default=None,
+        description="the window: compact (v 2) from current agents, version 1 from older "
+        "ones; bin edges and categories are the profile's (profile_id)",
+    )
 
     @field_validator("sketch", mode="before")
     @classmethod

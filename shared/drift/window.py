@@ -6,8 +6,10 @@ counts — exactly — and on the moments up to floating-point rounding. The fle
 merge the windows of any set of devices over any time range and get the sketch of the
 union of their data.
 
-Wire form: plain JSON lists of ints keyed by feature name, a ``version`` and the
-``profile_id`` of the profile whose bins the counts are in.
+Version-1 form (this model's own JSON, what agents before the compact form send and what
+the fleet stores): plain JSON lists of ints keyed by feature name, a ``version`` and the
+``profile_id`` of the profile whose bins the counts are in. Agents now send the compact
+form of the same sketch (`edgefleet.shared.drift.compact`, version 2).
 
 Bounds (a window crosses the wire from devices the fleet does not trust): every float is
 finite; every count is 0..2**63-1; a feature has at most `MAX_BINS` bins, a window at

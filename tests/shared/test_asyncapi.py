@@ -60,3 +60,28 @@ def test_the_document_carries_the_wire_size_limits() -> None:
     alert = schemas["AlertMessage"]["properties"]
     assert alert["message"]["maxLength"] == 2000
     assert alert["evidence"]["maxProperties"] == 256
+
+
+def test_the_drift_sketch_is_documented_in_both_forms() -> None:
+    doc = asyncapi_document()
+    schemas = doc["components"]["schemas"]
+    sketch = schemas["DriftMessage"]["properties"]["sketch"]
+    forms = {ref["$ref"].rsplit("/", 1)[1] for ref in sketch["anyOf"] if "$ref" in ref}
+    assert forms == {"CompactSketch", "WindowSketch"}
+    compact = schemas["CompactSketch"]
+    assert compact["properties"]["v"]["const"] == 2
+    assert compact["required"] == ["v", "n", "i"]
+    assert compact["oneOf"] == [{"required": ["p"]}, {"required": ["h"]}]
+    assert compact["properties"]["h"]["pattern"] == "^[A-Za-z0-9_-]{43}$"
+    numeric = schemas["CompactNumeric"]
+    assert numeric["type"] == "array"
+    assert (numeric["minItems"], numeric["maxItems"]) == (5, 7)
+    runs = numeric["prefixItems"][0]
+    assert runs["type"] == "string"  # packed: base64 of varints
+    assert runs["pattern"] == "^[A-Za-z0-9_-]*$"
+    assert runs["maxLength"] == 66_667  # 10,000 bins of at most 5 bytes, in base64
+    assert "LEB128" in runs["description"]
+    matrix = schemas["CompactClassification"]["properties"]["m"]
+    assert matrix["type"] == "string"
+    assert "between rows" in matrix["description"]
+    assert "compact" in doc["channels"]["edgefleet/v1/devices/{device_id}/drift"]["description"]

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from edgefleet.shared.drift import ReferenceProfile, build_profile
+from edgefleet.shared.messages import DriftMessage, encode
 
 FEATURES = ["temperature", "pressure", "count"]
 
@@ -48,3 +49,12 @@ def profile(
 ) -> ReferenceProfile:
     x, outputs, labels = reference_data
     return build_profile(x, outputs, feature_names=FEATURES, labels=labels)
+
+
+def version1_payload(message: DriftMessage) -> bytes:
+    """``message`` as an agent before the compact form sent it: a version-1 sketch at full
+    precision (the sketch's own JSON), in the same envelope."""
+    envelope = encode(message.model_copy(update={"sketch": None}))
+    assert envelope.endswith(b'"sketch":null}')
+    sketch = b"null" if message.sketch is None else message.sketch.model_dump_json().encode()
+    return envelope[: -len(b"null}")] + sketch + b"}"

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 from edgefleet.agent.config import DriftConfig
 from edgefleet.shared.drift import evaluate
+from edgefleet.shared.drift.compact import quantize
 from edgefleet.simulators.models import SensorFeed
 from tests.agent.drift.conftest import Packages, drift_messages, profiled_config, wait_drift
 from tests.e2e.updates.support import Rig
@@ -34,6 +37,18 @@ def test_windows_close_by_count_and_their_counts_equal_the_inferences(
         assert w.model.sha256 == packages.profiled.sha256
         assert w.window_start <= w.window_end
     assert [w.seq for w in windows] == sorted(w.seq for w in windows)
+    # Compact on the wire, and rounded before it was sent (so rounding again changes nothing).
+    sent = [json.loads(r.payload)["sketch"] for r in sub.on("drift")]
+    assert all(s["v"] == 2 for s in sent)
+    # Bin counts packed into strings (base64 of varints), the profile named by its digest.
+    assert all(
+        isinstance(f[0] if isinstance(f, list) else f["k"], str)
+        for s in sent
+        for f in s["i"].values()
+    )
+    assert all(len(s["h"]) == 43 for s in sent)
+    profile = packages.profile(packages.profiled)
+    assert all(w.sketch is not None and quantize(w.sketch, profile) == w.sketch for w in windows)
 
 
 def test_window_closes_by_time_with_every_inference_of_a_batch(

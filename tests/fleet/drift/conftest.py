@@ -27,10 +27,11 @@ from edgefleet.fleet.service import FleetService
 from edgefleet.fleet.store.tables import DriftWindowRow
 from edgefleet.shared.drift import ReferenceProfile, WindowAccumulator, WindowSketch, build_profile
 from edgefleet.shared.messages import DriftMessage, ModelRef
-from edgefleet.shared.topics import Channel
+from edgefleet.shared.topics import Channel, device_topic
 from edgefleet.simulators.models import SensorFeed, TrainedModel
 from tests.fleet.factories import state
 from tests.fleet.publisher import device_message, publish, wait_until
+from tests.support.drift_reference import version1_payload
 from tests.support.mosquitto import MosquittoBroker
 
 MODEL = "wine"
@@ -125,8 +126,11 @@ class Fleet:
         message = state(device_id, self._next(device_id), ts=ts, tags=tags, hardware=hardware)
         publish(self.broker.port, [device_message(Channel.STATE, message, retain=True)])
 
-    def send(self, windows: list[Window]) -> None:
-        """Publish the windows as DriftMessages and wait until the ingester stored them."""
+    def send(self, windows: list[Window], *, version1: bool = False) -> None:
+        """Publish the windows as DriftMessages and wait until the ingester stored them.
+
+        ``version1``: in the sketch form of agents before the compact one.
+        """
         before = self.stored()
         messages = []
         for w in windows:
@@ -140,7 +144,11 @@ class Fleet:
                 count=w.sketch.count,
                 sketch=w.sketch,
             )
-            messages.append(device_message(Channel.DRIFT, drift))
+            if version1:
+                topic = device_topic(w.device_id, Channel.DRIFT)
+                messages.append((topic, version1_payload(drift), False))
+            else:
+                messages.append(device_message(Channel.DRIFT, drift))
         publish(self.broker.port, messages)
         wait_until(
             lambda: self.stored() == before + len(windows), timeout_s=15, what="drift windows"

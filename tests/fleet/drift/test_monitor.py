@@ -17,9 +17,12 @@ from sqlmodel import Session, select
 from edgefleet.fleet.drift.alerts import AlertKind
 from edgefleet.fleet.drift.monitor import DriftMonitorService
 from edgefleet.fleet.drift.notify import MqttAlertPublisher, Notifier, WebhookPayload
+from edgefleet.fleet.drift.rollup import SliceFilter
+from edgefleet.fleet.drift.store import load_windows
 from edgefleet.fleet.store.drift_tables import DriftAlert, Webhook, WebhookDelivery
 from edgefleet.fleet.webhooks.dispatcher import RetryPolicy
 from edgefleet.fleet.webhooks.policy import DestinationPolicy
+from edgefleet.shared.drift.compact import quantize
 from edgefleet.shared.messages import AlertMessage, utcnow
 from edgefleet.shared.topics import ALERTS_TOPIC
 from tests.fleet.drift.conftest import MODEL, VERSION, Fleet, Window, WineData
@@ -221,3 +224,34 @@ def test_the_background_thread_raises_alerts_on_its_own(fleet: Fleet, wine: Wine
             assert len(session.exec(select(DriftAlert)).all()) == 2
     finally:
         service.stop()
+
+
+def test_an_older_agents_version_1_windows_are_stored_and_judged_beside_compact_ones(
+    fleet: Fleet, wine: WineData
+) -> None:
+    fleet.register(wine.profile)
+    now = utcnow()
+    start = now - timedelta(minutes=10)
+    old = wine.unlabelled(250, shift=1.0, seed=2)  # full precision, as older agents send it
+    new = quantize(wine.unlabelled(250, shift=1.0, seed=3), wine.profile)
+    calm = quantize(wine.unlabelled(250, seed=1), wine.profile)
+    fleet.send([Window("old-agent", start, old)], version1=True)
+    fleet.send([Window("new-agent", start, new), Window("calm", start, calm)])
+    with Session(fleet.engine) as session:
+        records = load_windows(session, SliceFilter(model=MODEL))
+    assert {r.device_id: r.sketch for r in records} == {
+        "old-agent": old,
+        "new-agent": new,
+        "calm": calm,
+    }
+    raised = monitor(fleet, slices=("device", "fleet")).run_once(now)
+    assert kinds(raised) == [
+        ("device:new-agent", AlertKind.DATA_DRIFT),
+        ("device:new-agent", AlertKind.PREDICTION_DRIFT),
+        ("device:old-agent", AlertKind.DATA_DRIFT),
+        ("device:old-agent", AlertKind.PREDICTION_DRIFT),
+        ("fleet", AlertKind.DATA_DRIFT),
+        ("fleet", AlertKind.PREDICTION_DRIFT),
+    ]
+    fleet_alert = next(a for a in raised if a.slice_key == "fleet")
+    assert fleet_alert.evidence["count"] == 750

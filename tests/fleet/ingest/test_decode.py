@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from edgefleet.fleet.ingest.decode import Accepted, Ignored, Rejected, decode
-from edgefleet.shared.messages import encode
+from edgefleet.shared.messages import DriftMessage, encode
 from edgefleet.shared.topics import Channel, device_topic
 from tests.fleet.factories import event, state, telemetry
 
@@ -67,3 +67,63 @@ def test_invalid_messages_are_rejected_with_the_reason(
 def test_desired_state_published_by_the_fleet_is_ignored_not_dead_lettered() -> None:
     decoded = decode(device_topic("d1", Channel.DESIRED), b'{"anything": 1}', NOW)
     assert decoded == Ignored(device_topic("d1", Channel.DESIRED), Channel.DESIRED)
+
+
+def _drift(sketch: dict[str, object]) -> bytes:
+    raw = {
+        "schema": "edgefleet/v1/drift",
+        "device_id": "d1",
+        "seq": 5,
+        "window_start": NOW.isoformat(),
+        "window_end": NOW.isoformat(),
+        "count": 3,
+        "sketch": sketch,
+    }
+    return json.dumps(raw).encode()
+
+
+# Runs [1, -2, 2] packed: varints 2, 5, 4 (a count c is 2c, k empty bins 2k + 1).
+COMPACT = {"v": 2, "p": "p", "n": 3, "i": {"x": ["AgUE", 0.5, 0.25, 0.0, 1.0]}}
+# The same window as an older agent sends it.
+VERSION_1 = {
+    "version": 1,
+    "profile_id": "p",
+    "count": 3,
+    "inputs": {
+        "x": {
+            "kind": "numeric",
+            "counts": [1, 0, 0, 2],
+            "count": 3,
+            "mean": 0.5,
+            "m2": 0.25,
+            "min": 0.0,
+            "max": 1.0,
+        }
+    },
+}
+
+
+def test_drift_windows_in_either_sketch_form_are_accepted_as_the_same_sketch() -> None:
+    topic = device_topic("d1", Channel.DRIFT)
+    compact, version1 = decode(topic, _drift(COMPACT), NOW), decode(topic, _drift(VERSION_1), NOW)
+    assert isinstance(compact, Accepted)
+    assert isinstance(version1, Accepted)
+    assert isinstance(compact.message, DriftMessage)
+    assert isinstance(version1.message, DriftMessage)
+    assert compact.message.sketch is not None
+    assert compact.message.sketch == version1.message.sketch
+
+
+def test_a_compact_drift_window_whose_zero_runs_overflow_is_dead_lettered_with_the_reason() -> None:
+    sketch = {**COMPACT, "i": {"x": ["AqGcAQ", 0.5, 0.25, 0.0, 1.0]}}  # [1, -10_000]
+    decoded = decode(device_topic("d1", Channel.DRIFT), _drift(sketch), NOW)
+    assert isinstance(decoded, Rejected)
+    assert "runs expand to 10001 bins, more than the 10000 a feature has" in decoded.error
+
+
+def test_a_compact_drift_window_with_a_truncated_varint_is_dead_lettered_with_the_reason() -> None:
+    sketch = {**COMPACT, "i": {"x": ["AoA", 0.5, 0.25, 0.0, 1.0]}}  # 02 80: more was to follow
+    decoded = decode(device_topic("d1", Channel.DRIFT), _drift(sketch), NOW)
+    assert isinstance(decoded, Rejected)
+    assert "i.x.numeric.counts" in decoded.error
+    assert "the last varint is truncated" in decoded.error

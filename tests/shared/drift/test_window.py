@@ -187,8 +187,8 @@ def test_drift_message_carries_the_typed_sketch_round_trip(profile) -> None:
     assert isinstance(decoded, DriftMessage)
     assert decoded.sketch == sketch
     wire = json.loads(encode(message))
-    assert wire["sketch"]["version"] == 1
-    assert all(isinstance(c, int) for c in wire["sketch"]["inputs"]["temperature"]["counts"])
+    assert wire["sketch"]["v"] == 2  # the compact form (shared.drift.compact)
+    assert isinstance(wire["sketch"]["i"]["temperature"][0], str)  # packed runs
 
 
 def test_drift_message_from_an_older_agent_without_sketch_still_decodes() -> None:
