@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -32,16 +32,10 @@ from edgefleet.agent.link import DesiredHandler, Link
 from edgefleet.agent.metrics import InferenceMetrics
 from edgefleet.agent.model_host import ActiveModel, ModelHost
 from edgefleet.agent.outbox import Outbox
-from edgefleet.agent.renewal import Renewer
 from edgefleet.agent.store import ModelStore, StoreError
 from edgefleet.agent.systemd import SystemdNotifier
 from edgefleet.agent.telemetry import TelemetryCollector
 from edgefleet.agent.update.ports import RuntimeLoader, WorkGate
-from edgefleet.agent.update.wiring import (
-    STORE_DIR,
-    UpdateService,
-    activate_factory_model,
-)
 from edgefleet.shared import __version__
 from edgefleet.shared.drift import ReferenceProfile
 from edgefleet.shared.manifest import MANIFEST_FILE, ModelManifest
@@ -59,6 +53,13 @@ from edgefleet.shared.runtime import RuntimeLoadError, load_runtime
 from edgefleet.shared.runtime.base import Tensors
 from edgefleet.shared.signing.errors import DigestMismatch
 from edgefleet.shared.topics import Channel, device_topic
+
+if TYPE_CHECKING:
+    # Imported where used: the update path (TUF, securesystemslib, urllib3, the
+    # downloader) only with updates enabled, the renewer (cryptography) only with an
+    # identity; see tests/benchmarks/agent_footprint.py for what each costs.
+    from edgefleet.agent.renewal import Renewer
+    from edgefleet.agent.update.wiring import UpdateService
 
 log = logging.getLogger(__name__)
 
@@ -306,6 +307,8 @@ class Agent:
         def reconnect(_renewed: object) -> None:
             link.reconnect()
 
+        from edgefleet.agent.renewal import Renewer
+
         self._renewer = Renewer(
             credentials=credentials,
             fleet_url=fleet_url,
@@ -423,6 +426,8 @@ class Agent:
         return seq
 
     def _start_updates(self) -> UpdateService:
+        from edgefleet.agent.update.wiring import UpdateService
+
         updates = UpdateService(
             self.config,
             host=self.model_host,
@@ -479,6 +484,8 @@ class Agent:
         every start must. Raises `PackageError` or `DigestMismatch` for a bad package,
         `StoreError` if it does not verify once extracted, OSError.
         """
+        from edgefleet.agent.update.wiring import STORE_DIR, activate_factory_model
+
         store = self._store = ModelStore(self.config.data_dir / STORE_DIR)
         store.recover()
         return store, activate_factory_model(store, package, self.config)
