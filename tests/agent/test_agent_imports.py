@@ -5,8 +5,10 @@ console script does) in a subprocess, waits for its birth on a real Mosquitto, t
 the process for its ``sys.modules``. A TFLite device must never load onnxruntime; no
 device loads the model tooling (scikit-learn, skl2onnx, SciPy, onnx), the update path
 (python-tuf, securesystemslib, urllib3) without updates, cryptography without an
-identity, or another command's modules (SQLAlchemy, the fleet). Each of these costs MiB
-of RSS the device never uses (tests/benchmarks/agent_footprint.py).
+identity, or another command's modules (SQLAlchemy, the fleet); a device with updates
+enabled loads python-tuf and the director keys' cryptography with its first update, not
+at start. Each of these costs MiB of RSS an idle device does not use
+(tests/benchmarks/agent_footprint.py).
 """
 
 from __future__ import annotations
@@ -16,9 +18,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from edgefleet.fleet.repository import ImageRepository
+from edgefleet.shared.signing import keys
+from edgefleet.shared.signing.bundle import write_bundle
 from edgefleet.simulators.tflite_models.catalog import model_path
 from tests.support.agent import REPO, Subscriber, toml_config
 from tests.support.mosquitto import MosquittoBroker
@@ -40,15 +46,20 @@ sys.exit(main(["--log-level", "WARNING", "agent", "run", "--config", sys.argv[3]
 
 # Never imported by an agent at idle, whatever its config.
 NEVER = ("sklearn", "skl2onnx", "scipy", "onnx", "sqlalchemy", "alembic", "edgefleet.fleet")
-# Not imported without updates and without an identity.
+# Not imported at idle, updates enabled or not, without an identity.
 UPDATE_AND_IDENTITY = ("tuf", "securesystemslib", "urllib3", "cryptography")
 
 
 def idle_modules(
-    tmp_path: Path, broker: MosquittoBroker, device: str, model: Path, watch: list[Subscriber]
+    tmp_path: Path,
+    broker: MosquittoBroker,
+    device: str,
+    model: Path,
+    watch: list[Subscriber],
+    update: dict[str, Any] | None = None,
 ) -> set[str]:
     """Start an agent serving ``model``, wait for its birth, return its ``sys.modules``."""
-    config = toml_config(tmp_path / "agent.toml", broker, device, model=model)
+    config = toml_config(tmp_path / "agent.toml", broker, device, model=model, update=update)
     ask, out = tmp_path / "ask", tmp_path / "modules.json"
     watcher = Subscriber(broker.port, [f"edgefleet/v1/devices/{device}/state"])
     watch.append(watcher)
@@ -110,6 +121,30 @@ def test_an_onnx_device_without_updates_loads_no_update_path_nor_tooling(
         subscribers,
     )
     assert "onnxruntime" in modules
+    assert loaded(modules, NEVER) == []
+    assert loaded(modules, UPDATE_AND_IDENTITY) == []
+
+
+def test_an_updating_device_loads_tuf_and_the_director_keys_only_with_an_update(
+    tmp_path: Path,
+    shared_mosquitto: MosquittoBroker,
+    unique_id: str,
+    subscribers: list[Subscriber],
+) -> None:
+    signers = {name: keys.generate_signer() for name in keys.ALL_KEYS}
+    repo = ImageRepository.create(tmp_path / "repo", signers)
+    trust = tmp_path / "trust"
+    write_bundle(trust, repo.metadata_bytes("root", 1), [signers["director"].public_key])
+    update = {"enabled": True, "repository_url": "http://127.0.0.1:9/", "trust_dir": str(trust)}
+    modules = idle_modules(
+        tmp_path,
+        shared_mosquitto,
+        f"imports-update-{unique_id}",
+        model_path("wine_float.onnx"),
+        subscribers,
+        update,
+    )
+    assert "edgefleet.agent.update.runner" in modules  # updates are on
     assert loaded(modules, NEVER) == []
     assert loaded(modules, UPDATE_AND_IDENTITY) == []
 
