@@ -1,12 +1,14 @@
 """Agent footprint against a bare runtime process: RSS side by side, the ratio, the verdict.
 
 Usage: ``.venv/bin/python tests/benchmarks/agent_footprint.py [--duration-s 30]
-[--runtime onnx|tflite|both]``
+[--runtime onnx|tflite|both] [--updates]``
 
 Starts its own Mosquitto and, at the same time, two processes on it:
 
 - the agent: ``edgefleet agent run`` with the wine model (trained here, ONNX; or the
   committed ``wine_float.tflite`` for ``tflite``), telemetry every 10 s, the API on;
+  with ``--updates``, signed updates enabled too (a provisioning bundle made here, a
+  repository URL nothing listens on: an idle device never contacts it);
 - the bare side (``footprint_bare.py``): imports only the runtime (onnxruntime or
   LiteRT), numpy and paho-mqtt, loads the same file with the agent's default options,
   runs it once, connects paho to the same broker with a network loop, and idles.
@@ -108,7 +110,24 @@ class Result:
         return statistics.median(self.agent_rss) / statistics.median(self.bare_rss)
 
 
-def measure(runtime: str, work: Path, broker: MosquittoBroker, duration_s: float) -> Result:
+def update_section(work: Path) -> str:
+    """An ``[update]`` table on a fresh provisioning bundle (TUF root, director key)."""
+    from edgefleet.fleet.repository import ImageRepository
+    from edgefleet.shared.signing import keys
+    from edgefleet.shared.signing.bundle import write_bundle
+
+    signers = {name: keys.generate_signer() for name in keys.ALL_KEYS}
+    repo = ImageRepository.create(work / "repo", signers)
+    write_bundle(work / "trust", repo.metadata_bytes("root", 1), [signers["director"].public_key])
+    return (
+        f'[update]\nenabled = true\nrepository_url = "http://127.0.0.1:9/"\n'
+        f'trust_dir = "{work / "trust"}"\n'
+    )
+
+
+def measure(
+    runtime: str, work: Path, broker: MosquittoBroker, duration_s: float, *, updates: bool
+) -> Result:
     """Run the agent and the bare process side by side on ``broker``; sample both."""
     edgefleet = shutil.which("edgefleet") or str(Path(sys.executable).parent / "edgefleet")
     work.mkdir()
@@ -122,7 +141,7 @@ def measure(runtime: str, work: Path, broker: MosquittoBroker, duration_s: float
         f'device_id = "{device}"\ndata_dir = "{work / "data"}"\n'
         f'[broker]\nurl = "{broker.url}"\n'
         f'[model]\npath = "{model}"\nname = "wine"\nversion = "1"\n'
-        "[api]\nport = 0\n"
+        "[api]\nport = 0\n" + (update_section(work) if updates else "")
     )
     agent = subprocess.Popen(
         [edgefleet, "--log-level", "WARNING", "agent", "run", "--config", str(config)]
@@ -139,7 +158,7 @@ def measure(runtime: str, work: Path, broker: MosquittoBroker, duration_s: float
             raise SystemExit("the bare process did not get ready")
         agent_proc, bare_proc = psutil.Process(agent.pid), psutil.Process(bare.pid)
         agent_proc.cpu_percent(None)
-        result = Result(runtime, [], [], [], 0.0)
+        result = Result(runtime + (" + updates" if updates else ""), [], [], [], 0.0)
         started = time.monotonic()
         while time.monotonic() - started < duration_s:
             time.sleep(1.0)
@@ -182,6 +201,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--duration-s", type=float, default=30.0)
     parser.add_argument("--runtime", choices=["onnx", "tflite", "both"], default="both")
+    parser.add_argument("--updates", action="store_true", help="enable signed updates too")
     args = parser.parse_args()
     runtimes = ["onnx", "tflite"] if args.runtime == "both" else [args.runtime]
     print(f"load average: {' '.join(f'{x:.2f}' for x in psutil.getloadavg())}")
@@ -192,7 +212,9 @@ def main() -> int:
         broker.start()
         try:
             for runtime in runtimes:
-                result = measure(runtime, work / runtime, broker, args.duration_s)
+                result = measure(
+                    runtime, work / runtime, broker, args.duration_s, updates=args.updates
+                )
                 verdicts.append(report(result, args.duration_s))
         finally:
             broker.stop()
