@@ -21,8 +21,9 @@ Where the agent's memory went (measured 2026-12-04 on this machine, Python 3.11,
 ``/proc/self/smaps_rollup`` after each import, ``python -X importtime``, tracemalloc and
 the idle process's ``sys.modules`` and ``/proc/<pid>/smaps``; RSS in MiB):
 
-- before, in this benchmark's first run: agent 141.0 vs bare 76.2 with ONNX (1.85x),
-  120.6 vs 55.3 with TFLite (2.18x); the issue's 95 vs 66 ran on other wheels;
+- before (the previous code under this script, 30 s): agent 134.0 vs bare 70.2 with
+  ONNX (1.91x), 114.5 vs 50.0 with TFLite (2.29x); after: 88.8 vs 70.1 (1.27x) and 69.4
+  vs 50.1 (1.38x). The issue's 95 vs 66 ran on other wheels;
 - ``edgefleet agent run`` built the whole ``edgefleet`` parser, so every command's
   registrar module was imported: SQLAlchemy, SQLModel, Alembic, Mako, Pygments, the
   model tooling's modules: ~33 MiB. `edgefleet.shared.cli` now loads only the registrar
@@ -34,10 +35,11 @@ the idle process's ``sys.modules`` and ``/proc/<pid>/smaps``; RSS in MiB):
   `edgefleet.agent.renewal` and the cryptography half of `edgefleet.agent.credentials`
   only when the device has an identity, and securesystemslib (``shared.messages`` ->
   ``shared.signing.director`` / ``canonical``) only to sign or verify an envelope;
-- with updates enabled the update wiring, and with it TUF, securesystemslib and
-  cryptography, still loads at start (the director keys and the TUF client are read
-  there, so a broken provisioning bundle fails the start); a device with an identity
-  needs cryptography at start anyway, to sign its repository requests;
+- with updates enabled, the TUF client (python-tuf, urllib3) is made at the first
+  download and the director keys (securesystemslib, cryptography) are parsed at the
+  first desired state (`edgefleet.agent.update.wiring`); the keys file and the pinned
+  root are still read at start, so a broken bundle still fails it. A device with an
+  identity loads cryptography at start anyway, to sign its repository requests;
 - scikit-learn, skl2onnx, SciPy and onnx were never imported by the agent; a TFLite
   device never imports onnxruntime (tests/agent/test_agent_imports.py keeps both so);
 - the inference API (`edgefleet.agent.inference_api`) is the standard library's
