@@ -19,7 +19,6 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-import psutil
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from edgefleet.agent.config import AgentConfig
@@ -32,6 +31,7 @@ from edgefleet.agent.link import DesiredHandler, Link
 from edgefleet.agent.metrics import InferenceMetrics
 from edgefleet.agent.model_host import ActiveModel, ModelHost
 from edgefleet.agent.outbox import Outbox
+from edgefleet.agent.process_stats import memory_total_bytes
 from edgefleet.agent.store import ModelStore, StoreError
 from edgefleet.agent.systemd import SystemdNotifier
 from edgefleet.agent.telemetry import TelemetryCollector
@@ -94,7 +94,7 @@ def _platform_info() -> PlatformInfo:
         system=platform.system(),
         python=platform.python_version(),
         cpu_count=os.cpu_count() or 0,
-        memory_bytes=psutil.virtual_memory().total,
+        memory_bytes=memory_total_bytes(),
     )
 
 
