@@ -48,6 +48,16 @@ sys.exit(main(["--log-level", "WARNING", "agent", "run", "--config", sys.argv[3]
 NEVER = ("sklearn", "skl2onnx", "scipy", "onnx", "sqlalchemy", "alembic", "edgefleet.fleet")
 # Not imported at idle, updates enabled or not, without an identity.
 UPDATE_AND_IDENTITY = ("tuf", "securesystemslib", "urllib3", "cryptography")
+# Not imported on Linux, where /proc and os give the telemetry's figures
+# (edgefleet.agent.process_stats); elsewhere psutil still does.
+PROC_READABLE = ("psutil",) if sys.platform == "linux" else ()
+# The update machine, its acceptance rules and event models: only with updates enabled
+# (the config and the metrics need only edgefleet.agent.update.policy).
+UPDATE_MACHINE = (
+    "edgefleet.agent.update.machine",
+    "edgefleet.agent.update.acceptance",
+    "edgefleet.agent.update.types",
+)
 
 
 def idle_modules(
@@ -105,6 +115,7 @@ def test_a_tflite_device_never_imports_onnxruntime_nor_tooling(
     assert loaded(modules, ("onnxruntime",)) == []
     assert loaded(modules, NEVER) == []
     assert loaded(modules, UPDATE_AND_IDENTITY) == []
+    assert loaded(modules, PROC_READABLE) == []
 
 
 def test_an_onnx_device_without_updates_loads_no_update_path_nor_tooling(
@@ -123,6 +134,8 @@ def test_an_onnx_device_without_updates_loads_no_update_path_nor_tooling(
     assert "onnxruntime" in modules
     assert loaded(modules, NEVER) == []
     assert loaded(modules, UPDATE_AND_IDENTITY) == []
+    assert loaded(modules, PROC_READABLE) == []
+    assert loaded(modules, UPDATE_MACHINE) == []
 
 
 def test_an_updating_device_loads_tuf_and_the_director_keys_only_with_an_update(
@@ -149,7 +162,7 @@ def test_an_updating_device_loads_tuf_and_the_director_keys_only_with_an_update(
     assert loaded(modules, UPDATE_AND_IDENTITY) == []
 
 
-@pytest.mark.parametrize("packages", [NEVER, UPDATE_AND_IDENTITY])
+@pytest.mark.parametrize("packages", [NEVER, UPDATE_AND_IDENTITY, PROC_READABLE, UPDATE_MACHINE])
 def test_the_lists_name_importable_packages(packages: tuple[str, ...]) -> None:
     """A typo in a list would make the tests above pass vacuously."""
     import importlib.util
