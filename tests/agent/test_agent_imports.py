@@ -58,6 +58,13 @@ UPDATE_MACHINE = (
     "edgefleet.agent.update.acceptance",
     "edgefleet.agent.update.types",
 )
+# The fleet's drift statistics and verdicts and the tooling's profile builder: never on a
+# device at idle (edgefleet.shared.drift loads its submodules at first use).
+FLEET_DRIFT = (
+    "edgefleet.shared.drift.thresholds",
+    "edgefleet.shared.drift.stats",
+    "edgefleet.shared.drift.builder",
+)
 
 
 def idle_modules(
@@ -116,6 +123,7 @@ def test_a_tflite_device_never_imports_onnxruntime_nor_tooling(
     assert loaded(modules, NEVER) == []
     assert loaded(modules, UPDATE_AND_IDENTITY) == []
     assert loaded(modules, PROC_READABLE) == []
+    assert loaded(modules, FLEET_DRIFT) == []
 
 
 def test_an_onnx_device_without_updates_loads_no_update_path_nor_tooling(
@@ -135,6 +143,7 @@ def test_an_onnx_device_without_updates_loads_no_update_path_nor_tooling(
     assert loaded(modules, NEVER) == []
     assert loaded(modules, UPDATE_AND_IDENTITY) == []
     assert loaded(modules, PROC_READABLE) == []
+    assert loaded(modules, FLEET_DRIFT) == []
     assert loaded(modules, UPDATE_MACHINE) == []
 
 
@@ -162,7 +171,9 @@ def test_an_updating_device_loads_tuf_and_the_director_keys_only_with_an_update(
     assert loaded(modules, UPDATE_AND_IDENTITY) == []
 
 
-@pytest.mark.parametrize("packages", [NEVER, UPDATE_AND_IDENTITY, PROC_READABLE, UPDATE_MACHINE])
+@pytest.mark.parametrize(
+    "packages", [NEVER, UPDATE_AND_IDENTITY, PROC_READABLE, UPDATE_MACHINE, FLEET_DRIFT]
+)
 def test_the_lists_name_importable_packages(packages: tuple[str, ...]) -> None:
     """A typo in a list would make the tests above pass vacuously."""
     import importlib.util
