@@ -45,15 +45,42 @@ the idle process's ``sys.modules`` and ``/proc/<pid>/smaps``; RSS in MiB):
 - the inference API (`edgefleet.agent.inference_api`) is the standard library's
   ``http.server`` (~0.8 with ``socketserver`` and ``email``), not FastAPI: FastAPI +
   uvicorn would add ~14;
-- what is left, ~19 above the bare process for either runtime: pydantic and
-  pydantic-core ~9 (the shared library ~4.3 file-backed, the rest its modules and
-  schemas; ``defer_build`` on every model would save < 1), the agent's own modules ~5.7
-  (the whole ``shared.drift`` package ~1.9, the update state machine ~1.6, the message
-  models), psutil ~1.1, sqlite3 ~0.9 (the outbox), ``http.server`` ~0.8, the rest of the
-  standard library it imports and its threads. ``python -OO`` (no docstrings) would
+- round 2 (issue 15 follow-up), each measured on its own against the previous step with
+  10 s runs, ONNX (agent vs bare): start 86.7 vs 68.2 (1.27x);
+  - telemetry's CPU, RSS and the machine's memory from `os.times`, ``/proc/self/statm``
+    and `os.sysconf` (`edgefleet.agent.process_stats`), psutil only where ``/proc`` is
+    missing: 85.8 (-0.9; psutil alone ~1.5 in a fresh process);
+  - the config and the metrics import `edgefleet.agent.update.policy` (Phase,
+    UpdatePolicy), so the update machine, its acceptance rules and event models load only
+    with updates enabled: 84.9 (-0.9);
+  - `edgefleet.shared.drift` loads its submodules at first use: a device skips the
+    fleet's statistics/verdicts and the profile builder: 84.6 (-0.3);
+  - tried, not kept: glibc ``mallopt(M_ARENA_MAX, 2)`` before any thread and
+    ``malloc_trim(0)`` once connected (and after each model switch): 86.7 -> 86.6, i.e.
+    nothing. Almost all of the difference is Python objects in pymalloc arenas (modules,
+    code, pydantic schemas), which neither call returns; the agent's [heap] was +3.6 over
+    the bare process's and is mostly live. ``MALLOC_ARENA_MAX`` in the unit was left out
+    for the same reason (the effect after many updates was not measured);
+  - measured, not done: ``defer_build`` on every pydantic model at once (an upper bound,
+    set globally in a test run) saved 0.4 at idle: the models the idle agent never
+    validates are too few to matter;
+  - checked, nothing to take: the agent holds one ONNX session (the bare process too), no
+    warm-up or golden arrays after activation, and the drift monitor's buffers are
+    allocated on the first rows, not at idle (and the wine model has no profile here).
+- final (30 s, load ~7-10): ONNX 85.2 vs 68.8 (1.24x), TFLite 67.1 vs 50.1 (1.34x);
+  with ``--updates`` 87.3 vs 68.7 (1.27x) and 69.3 vs 50.1 (1.38x). What
+  is left, ~16.4 above the bare process, measured by importing each part into a process
+  that already holds numpy, onnxruntime and paho (RSS after gc and malloc_trim): pydantic
+  and pydantic-core with its first model built 10.5 (the shared library ~4.3 of it,
+  file-backed), sqlite3 0.9 (the outbox; libsqlite3 another ~1.2 once used),
+  ``http.server`` 1.1 (the API), tomllib 0.1, `edgefleet.shared.messages` 1.2 (with the
+  drift window and topics), `edgefleet.agent.config` 0.8, every other agent module 1.7;
+  these add up to the difference, so the agent's threads and live state (outbox,
+  metrics, the link's buffers) are within the noise. ``python -OO`` (no docstrings) would
   save ~3 but also drops asserts, so the service does not use it. The 1.15x target
-  would leave ~11 MiB for all of this, less than pydantic alone: it is not met, and it
-  cannot be while the agent validates its wire messages and config with pydantic.
+  leaves 10.3 for all of this (0.15 x 68.8) and pydantic alone takes 10.5: it is not met,
+  and cannot be while the agent validates its config and wire messages with pydantic;
+  without the agent's own modules entirely it would still be ~1.18x.
 """
 
 from __future__ import annotations
