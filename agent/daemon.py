@@ -25,8 +25,6 @@ from edgefleet.agent.config import AgentConfig
 from edgefleet.agent.credentials import DeviceCredentials, broker_with_identity, load_credentials
 from edgefleet.agent.drift_monitor import DriftMonitor
 from edgefleet.agent.drift_publisher import DriftPublisher
-from edgefleet.agent.exposition import AgentSample, families, render
-from edgefleet.agent.inference_api import InferenceApi
 from edgefleet.agent.link import DesiredHandler, Link
 from edgefleet.agent.metrics import InferenceMetrics
 from edgefleet.agent.model_host import ActiveModel, ModelHost
@@ -57,7 +55,9 @@ from edgefleet.shared.topics import Channel, device_topic
 if TYPE_CHECKING:
     # Imported where used: the update path (TUF, securesystemslib, urllib3, the
     # downloader) only with updates enabled, the renewer (cryptography) only with an
-    # identity; see tests/benchmarks/agent_footprint.py for what each costs.
+    # identity, the local API (http.server, the feedback store, the metrics exposition)
+    # only with [api] enabled; see tests/benchmarks/agent_footprint.py for what each costs.
+    from edgefleet.agent.inference_api import InferenceApi
     from edgefleet.agent.renewal import Renewer
     from edgefleet.agent.update.wiring import UpdateService
 
@@ -243,6 +243,8 @@ class Agent:
         else:
             self._load_initial_model()
         if config.api.enabled:
+            from edgefleet.agent.inference_api import InferenceApi
+
             self._api = InferenceApi(
                 self.model_host,
                 bind_host=config.api.host,
@@ -550,6 +552,8 @@ class Agent:
 
     def _metrics_text(self) -> bytes:
         """``GET /metrics``: this agent's counters, read now (see `edgefleet.agent.exposition`)."""
+        from edgefleet.agent.exposition import AgentSample, families, render  # with the API
+
         status = self.status
         inferences, errors = self.metrics.totals()
         last = self.metrics.last_interval

@@ -58,6 +58,13 @@ UPDATE_MACHINE = (
     "edgefleet.agent.update.acceptance",
     "edgefleet.agent.update.types",
 )
+# The local API's modules: only with [api] enabled.
+LOCAL_API = (
+    "http.server",
+    "edgefleet.agent.inference_api",
+    "edgefleet.agent.feedback",
+    "edgefleet.agent.exposition",
+)
 # The fleet's drift statistics and verdicts and the tooling's profile builder: never on a
 # device at idle (edgefleet.shared.drift loads its submodules at first use).
 FLEET_DRIFT = (
@@ -74,9 +81,12 @@ def idle_modules(
     model: Path,
     watch: list[Subscriber],
     update: dict[str, Any] | None = None,
+    api_enabled: bool = True,
 ) -> set[str]:
     """Start an agent serving ``model``, wait for its birth, return its ``sys.modules``."""
-    config = toml_config(tmp_path / "agent.toml", broker, device, model=model, update=update)
+    config = toml_config(
+        tmp_path / "agent.toml", broker, device, model=model, update=update, api_enabled=api_enabled
+    )
     ask, out = tmp_path / "ask", tmp_path / "modules.json"
     watcher = Subscriber(broker.port, [f"edgefleet/v1/devices/{device}/state"])
     watch.append(watcher)
@@ -172,7 +182,7 @@ def test_an_updating_device_loads_tuf_and_the_director_keys_only_with_an_update(
 
 
 @pytest.mark.parametrize(
-    "packages", [NEVER, UPDATE_AND_IDENTITY, PROC_READABLE, UPDATE_MACHINE, FLEET_DRIFT]
+    "packages", [NEVER, UPDATE_AND_IDENTITY, PROC_READABLE, UPDATE_MACHINE, FLEET_DRIFT, LOCAL_API]
 )
 def test_the_lists_name_importable_packages(packages: tuple[str, ...]) -> None:
     """A typo in a list would make the tests above pass vacuously."""

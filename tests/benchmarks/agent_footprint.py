@@ -55,6 +55,9 @@ the idle process's ``sys.modules`` and ``/proc/<pid>/smaps``; RSS in MiB):
     with updates enabled: 84.9 (-0.9);
   - `edgefleet.shared.drift` loads its submodules at first use: a device skips the
     fleet's statistics/verdicts and the profile builder: 84.6 (-0.3);
+  - a device with ``[api] enabled = false`` no longer imports ``http.server``,
+    `edgefleet.agent.inference_api`, the feedback store and the exposition: -0.7 for such
+    a device (measured by importing; this script runs the agent with the API on);
   - tried, not kept: glibc ``mallopt(M_ARENA_MAX, 2)`` before any thread and
     ``malloc_trim(0)`` once connected (and after each model switch): 86.7 -> 86.6, i.e.
     nothing. Almost all of the difference is Python objects in pymalloc arenas (modules,
