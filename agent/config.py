@@ -30,7 +30,7 @@ from pydantic import (
 )
 
 from edgefleet.agent.delivery import DeliveryPolicy
-from edgefleet.agent.update.machine import UpdatePolicy
+from edgefleet.agent.update.policy import UpdatePolicy
 from edgefleet.shared.messages import MAX_HARDWARE_CHARS, MAX_TAG_CHARS, MAX_TAGS
 from edgefleet.shared.runtime import RuntimeOptions
 from edgefleet.shared.topics import TopicError, validate_device_id

@@ -30,22 +30,24 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.x509.oid import NameOID
 from pydantic import SecretStr
 
 from edgefleet.agent.config import AgentConfig, BrokerConfig
-from edgefleet.agent.identity import (
+from edgefleet.agent.identity_files import (
     BROKER_PASSWORD_FILE,
     CA_FILE,
     CERT_FILE,
     KEY_FILE,
     IdentityError,
-    load_or_create_key,
 )
-from edgefleet.shared.device_auth import authorization
+
+if TYPE_CHECKING:
+    from cryptography import x509
+
+# cryptography (~10 MiB of RSS) is imported by `DeviceCredentials` only: a device without
+# an identity (`load_credentials` returns None) never loads it.
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +73,8 @@ class DeviceCredentials:
                 f"no device identity in {identity_dir} ({', '.join(missing)} missing):"
                 " run `edgefleet agent enroll` first"
             )
+        from edgefleet.agent.identity import load_or_create_key
+
         self._key = load_or_create_key(identity_dir)
         self._stat: tuple[int, int, int] | None = None
         self._certificate, self._der = self._read()
@@ -83,6 +87,8 @@ class DeviceCredentials:
 
     @property
     def device_id(self) -> str:
+        from cryptography.x509.oid import NameOID
+
         names = self.certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
         return str(names[0].value) if names else ""
 
@@ -96,10 +102,12 @@ class DeviceCredentials:
 
     def authorization(self, method: str, url: str) -> dict[str, str]:
         """The ``Authorization`` header of one signed request (a `RequestAuth`)."""
+        from edgefleet.shared.device_auth import authorization as signed_authorization
+
         self._refresh()
         with self._lock:
             der = self._der
-        return {"Authorization": authorization(self._key, der, method, url, self._clock())}
+        return {"Authorization": signed_authorization(self._key, der, method, url, self._clock())}
 
     def tls_context(self, extra_ca_file: Path | None = None) -> ssl.SSLContext:
         """A client context that verifies the fleet (`fleet_tls_context`) and presents
@@ -139,6 +147,9 @@ class DeviceCredentials:
                     logger.warning("%s", e)
 
     def _read(self) -> tuple[x509.Certificate, bytes]:
+        from cryptography import x509
+        from cryptography.hazmat.primitives.serialization import Encoding
+
         try:
             stat = _stat_of(self.cert_path)
             certificate = x509.load_pem_x509_certificate(self.cert_path.read_bytes())

@@ -17,31 +17,23 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psutil
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from edgefleet.agent.config import AgentConfig
 from edgefleet.agent.credentials import DeviceCredentials, broker_with_identity, load_credentials
 from edgefleet.agent.drift_monitor import DriftMonitor
 from edgefleet.agent.drift_publisher import DriftPublisher
-from edgefleet.agent.exposition import AgentSample, families, render
-from edgefleet.agent.inference_api import InferenceApi
 from edgefleet.agent.link import DesiredHandler, Link
 from edgefleet.agent.metrics import InferenceMetrics
 from edgefleet.agent.model_host import ActiveModel, ModelHost
 from edgefleet.agent.outbox import Outbox
-from edgefleet.agent.renewal import Renewer
+from edgefleet.agent.process_stats import memory_total_bytes
 from edgefleet.agent.store import ModelStore, StoreError
 from edgefleet.agent.systemd import SystemdNotifier
 from edgefleet.agent.telemetry import TelemetryCollector
 from edgefleet.agent.update.ports import RuntimeLoader, WorkGate
-from edgefleet.agent.update.wiring import (
-    STORE_DIR,
-    UpdateService,
-    activate_factory_model,
-)
 from edgefleet.shared import __version__
 from edgefleet.shared.drift import ReferenceProfile
 from edgefleet.shared.manifest import MANIFEST_FILE, ModelManifest
@@ -59,6 +51,15 @@ from edgefleet.shared.runtime import RuntimeLoadError, load_runtime
 from edgefleet.shared.runtime.base import Tensors
 from edgefleet.shared.signing.errors import DigestMismatch
 from edgefleet.shared.topics import Channel, device_topic
+
+if TYPE_CHECKING:
+    # Imported where used: the update path (TUF, securesystemslib, urllib3, the
+    # downloader) only with updates enabled, the renewer (cryptography) only with an
+    # identity, the local API (http.server, the feedback store, the metrics exposition)
+    # only with [api] enabled; see tests/benchmarks/agent_footprint.py for what each costs.
+    from edgefleet.agent.inference_api import InferenceApi
+    from edgefleet.agent.renewal import Renewer
+    from edgefleet.agent.update.wiring import UpdateService
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ def _platform_info() -> PlatformInfo:
         system=platform.system(),
         python=platform.python_version(),
         cpu_count=os.cpu_count() or 0,
-        memory_bytes=psutil.virtual_memory().total,
+        memory_bytes=memory_total_bytes(),
     )
 
 
@@ -242,6 +243,8 @@ class Agent:
         else:
             self._load_initial_model()
         if config.api.enabled:
+            from edgefleet.agent.inference_api import InferenceApi
+
             self._api = InferenceApi(
                 self.model_host,
                 bind_host=config.api.host,
@@ -305,6 +308,8 @@ class Agent:
 
         def reconnect(_renewed: object) -> None:
             link.reconnect()
+
+        from edgefleet.agent.renewal import Renewer
 
         self._renewer = Renewer(
             credentials=credentials,
@@ -423,6 +428,8 @@ class Agent:
         return seq
 
     def _start_updates(self) -> UpdateService:
+        from edgefleet.agent.update.wiring import UpdateService
+
         updates = UpdateService(
             self.config,
             host=self.model_host,
@@ -479,6 +486,8 @@ class Agent:
         every start must. Raises `PackageError` or `DigestMismatch` for a bad package,
         `StoreError` if it does not verify once extracted, OSError.
         """
+        from edgefleet.agent.update.wiring import STORE_DIR, activate_factory_model
+
         store = self._store = ModelStore(self.config.data_dir / STORE_DIR)
         store.recover()
         return store, activate_factory_model(store, package, self.config)
@@ -543,6 +552,8 @@ class Agent:
 
     def _metrics_text(self) -> bytes:
         """``GET /metrics``: this agent's counters, read now (see `edgefleet.agent.exposition`)."""
+        from edgefleet.agent.exposition import AgentSample, families, render  # with the API
+
         status = self.status
         inferences, errors = self.metrics.totals()
         last = self.metrics.last_interval

@@ -18,7 +18,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from edgefleet.agent.update.machine import Phase
+from edgefleet.agent.update.policy import Phase
 from edgefleet.shared.messages import LatencyPercentiles, ModelRef
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

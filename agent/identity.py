@@ -49,6 +49,13 @@ from cryptography.hazmat.primitives.serialization import (
 from cryptography.x509.oid import NameOID
 from pydantic import ValidationError
 
+from edgefleet.agent.identity_files import (
+    BROKER_PASSWORD_FILE,
+    CA_FILE,
+    CERT_FILE,
+    KEY_FILE,
+    IdentityError,
+)
 from edgefleet.shared.durable import atomic_write_bytes
 from edgefleet.shared.identity import (
     EnrollRequest,
@@ -60,17 +67,28 @@ from edgefleet.shared.topics import TopicError, validate_device_id
 
 logger = logging.getLogger(__name__)
 
-KEY_FILE = "device.key.pem"
-CERT_FILE = "device.cert.pem"
-CA_FILE = "ca.pem"
-BROKER_PASSWORD_FILE = "broker-password"  # noqa: S105  (a file name; password-mode brokers)
+# The file names and the error live in `edgefleet.agent.identity_files` (no cryptography
+# there, so a device without an identity never imports it); they are exported from here too.
+__all__ = [
+    "BROKER_PASSWORD_FILE",
+    "CA_FILE",
+    "CERT_FILE",
+    "DEFAULT_TIMEOUT_S",
+    "KEY_FILE",
+    "MAX_ANSWER_BYTES",
+    "MAX_CN_CHARS",
+    "Enrolled",
+    "IdentityError",
+    "build_csr",
+    "check_device_id",
+    "enroll",
+    "load_or_create_key",
+    "renew",
+]
+
 MAX_ANSWER_BYTES = 64 * 1024
 MAX_CN_CHARS = 64  # RFC 5280's bound of a certificate CN
 DEFAULT_TIMEOUT_S = 30.0
-
-
-class IdentityError(Exception):
-    """Enrollment failed; the message says what and why, in one line."""
 
 
 @dataclass(frozen=True)

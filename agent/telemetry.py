@@ -12,10 +12,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import psutil
-
 from edgefleet.agent.metrics import InferenceMetrics
 from edgefleet.agent.outbox import Outbox
+from edgefleet.agent.process_stats import CpuMeter, rss_bytes
 from edgefleet.shared.messages import ModelRef, TelemetryMessage
 
 log = logging.getLogger(__name__)
@@ -40,8 +39,7 @@ class TelemetryCollector:
         self._data_dir = data_dir
         self._active_model = active_model
         self._clock = clock
-        self._process = psutil.Process()
-        self._process.cpu_percent(None)  # the first call only sets the baseline
+        self._cpu = CpuMeter()  # its first reading covers the time since here
         self._started = clock()
         self._last = self._started
 
@@ -64,8 +62,8 @@ class TelemetryCollector:
             inferences_total=stats.inferences_total,
             errors_total=stats.errors_total,
             latency=stats.latency,
-            cpu_percent=self._process.cpu_percent(None),
-            rss_bytes=self._process.memory_info().rss,
+            cpu_percent=self._cpu.percent(),
+            rss_bytes=rss_bytes(),
             disk_free_bytes=disk_free,
             outbox_depth=self._outbox.depth,
             outbox_dropped_total=self._outbox.dropped_total,

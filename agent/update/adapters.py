@@ -23,10 +23,10 @@ import ssl
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgefleet.agent.download import DEFAULT_DEADLINE_S, DownloadAbort, RequestAuth, download
 from edgefleet.agent.model_host import ActiveModel, ModelHost
-from edgefleet.agent.trust import TargetInfo, TrustedRepository
 from edgefleet.agent.update.ports import EventPublisher, GoldenOutcome, RuntimeLoader
 from edgefleet.agent.update.types import Report, UpdateTarget
 from edgefleet.shared.hashing import digest_file
@@ -43,6 +43,11 @@ from edgefleet.shared.signing.errors import (
     TransportError,
     TufError,
 )
+
+if TYPE_CHECKING:
+    # Types only: `edgefleet.agent.trust` imports python-tuf and urllib3, which the agent
+    # loads with its first update (`edgefleet.agent.update.wiring`), not at start.
+    from edgefleet.agent.trust import TargetInfo, TrustedRepository
 
 log = logging.getLogger(__name__)
 

@@ -46,12 +46,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from datetime import datetime, timedelta
-from enum import StrEnum, auto
 from typing import Any
 
 from pydantic import Field
 
 from edgefleet.agent.update.acceptance import Accepted, Rejected, judge, judge_install
+from edgefleet.agent.update.policy import Frozen, Phase, UpdatePolicy
 from edgefleet.agent.update.types import (
     Activate,
     Activated,
@@ -68,7 +68,6 @@ from edgefleet.agent.update.types import (
     Effect,
     EnsureActive,
     Event,
-    Frozen,
     GoldenResult,
     InstalledModel,
     ProbationSample,
@@ -90,38 +89,8 @@ from edgefleet.agent.update.types import (
 from edgefleet.shared.messages import EventKind
 from edgefleet.shared.replace import replace
 
-
-class Phase(StrEnum):
-    IDLE = auto()
-    DOWNLOADING = auto()
-    VERIFYING = auto()
-    STAGED = auto()
-    ACTIVATING = auto()
-    PROBATION = auto()
-    COMMITTED = auto()
-    ROLLED_BACK = auto()
-    FAILED = auto()
-
-
 AT_REST = frozenset({Phase.IDLE, Phase.COMMITTED, Phase.ROLLED_BACK, Phase.FAILED})
 ABORTABLE = frozenset({Phase.DOWNLOADING, Phase.VERIFYING, Phase.STAGED})
-
-
-class UpdatePolicy(Frozen):
-    """Limits of the machine that come from the agent's config, not from the model."""
-
-    max_download_attempts: int = Field(default=5, ge=1)
-    retry_base_s: float = Field(default=2.0, ge=0)
-    retry_max_s: float = Field(default=300.0, ge=0)
-    retry_jitter: float = Field(
-        default=0.5, ge=0, le=1, description="share of a retry delay that is random"
-    )
-    max_activation_attempts: int = Field(default=3, ge=1)
-    max_probation_restarts: int = Field(default=2, ge=0)
-    golden_timeout_s: float = Field(
-        default=120.0, ge=0, description="after the probation window, wait this long for golden"
-    )
-    max_latency_samples: int = Field(default=1000, ge=1)
 
 
 DEFAULT_POLICY = UpdatePolicy()

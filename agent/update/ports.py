@@ -14,11 +14,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from edgefleet.agent.update.types import Report, UpdateTarget
 from edgefleet.shared.messages import EventKind, ModelRef
 from edgefleet.shared.runtime import ModelRuntime, RuntimeOptions
+
+if TYPE_CHECKING:  # the event models load with the update machine, not on every device
+    from edgefleet.agent.update.types import Report, UpdateTarget
 
 
 class Downloader(Protocol):

@@ -30,7 +30,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgefleet.agent.update.machine import AT_REST, Phase
+from edgefleet.agent.update.machine import AT_REST
+from edgefleet.agent.update.policy import Phase
 from edgefleet.agent.update.wiring import STATE_FILE
 
 # A phase name longer than this is no phase of ours; it is shortened in the reason.

@@ -40,7 +40,8 @@ from pydantic import ValidationError
 
 from edgefleet.agent.store import ModelStore, StoreError
 from edgefleet.agent.update.acceptance import Accepted, judge
-from edgefleet.agent.update.machine import DEFAULT_POLICY, Phase, UpdatePolicy, UpdateState, step
+from edgefleet.agent.update.machine import DEFAULT_POLICY, UpdateState, step
+from edgefleet.agent.update.policy import Phase, UpdatePolicy
 from edgefleet.agent.update.ports import (
     Downloader,
     EventSink,

@@ -1,10 +1,14 @@
 """The signed-update path of one agent: desired states in, a verified model serving out.
 
 `UpdateService` owns the model store, the TUF client and the `UpdateRunner` with its real
-ports (`edgefleet.agent.update.adapters`). The agent gives it the raw payloads of its
-``desired`` topic (`on_desired`, called on the MQTT link thread: it opens the envelope,
-which is fast, and only queues the result) and each inference's outcome
-(`record_inference`).
+ports (`edgefleet.agent.update.adapters`). The TUF client is made at the first download
+and the director keys are parsed at the first desired state, so python-tuf, urllib3,
+securesystemslib and cryptography (~13 MiB of RSS together) load with an update, not
+when the agent starts (tests/agent/test_agent_imports.py).
+
+The agent gives it the raw payloads of its ``desired`` topic (`on_desired`, called on
+the MQTT link thread: it opens the envelope, which is fast, and only queues the result)
+and each inference's outcome (`record_inference`).
 
 Layout under the agent's ``data_dir``::
 
@@ -31,16 +35,17 @@ import hashlib
 import logging
 import shutil
 import ssl
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgefleet.agent.config import AgentConfig
 from edgefleet.agent.credentials import DeviceCredentials, fleet_tls_context
 from edgefleet.agent.download import RequestAuth
 from edgefleet.agent.model_host import ModelHost
 from edgefleet.agent.store import ModelStore, StoreError
-from edgefleet.agent.trust import HeaderFetcher, TrustedRepository
 from edgefleet.agent.update.adapters import (
     ArtifactVerifier,
     GoldenRunner,
@@ -62,10 +67,14 @@ from edgefleet.shared.runtime import RuntimeLoadError, load_runtime
 from edgefleet.shared.signing.bundle import (
     DIRECTOR_KEYS_FILE,
     TRUSTED_ROOT_FILE,
-    load_director_keys,
+    director_keys,
+    read_director_keys,
 )
 from edgefleet.shared.signing.director import DesiredBody, claimed_seq, open_desired
-from edgefleet.shared.signing.errors import DigestMismatch, UpdateRejected
+from edgefleet.shared.signing.errors import DigestMismatch, KeyFileError, TufError, UpdateRejected
+
+if TYPE_CHECKING:
+    from edgefleet.shared.signing.tufapi import SSlibKey
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +107,9 @@ class UpdateService:
         device's identity in use) every repository request is signed with the device key
         and ``update.device_token`` is not sent; without, the token is, if configured.
 
-        Raises `KeyFileError` if the director keys cannot be read, `TufError` if the
-        pinned root cannot, `OSError` if the data directory is not writable, ValueError
+        Raises `KeyFileError` if the director keys file cannot be read (a key in it that
+        does not parse is found at the first desired state, which it rejects), `TufError`
+        if the pinned root cannot, `OSError` if the data directory is not writable, ValueError
         if the config does not enable updates completely, `IdentityError` if a CA file
         for the repository's TLS cannot be read.
         """
@@ -108,14 +118,19 @@ class UpdateService:
             raise ValueError("update.trust_dir and update.repository_url must be set")
         self._device_id = config.device_id
         data = config.data_dir
-        self._director_keys = load_director_keys(settings.trust_dir / DIRECTOR_KEYS_FILE)
+        # The director keys file and the pinned root are checked here, so a broken
+        # provisioning bundle fails the start; the keys are parsed and the TUF client is
+        # made at the first desired state and the first download (see `_DeferredTuf`).
+        self._keys_path = settings.trust_dir / DIRECTOR_KEYS_FILE
+        self._key_dicts = read_director_keys(self._keys_path)
+        self._keys_lock = threading.Lock()
+        self._director_keys: dict[str, SSlibKey] | None = None
+        root_path = settings.trust_dir / TRUSTED_ROOT_FILE
+        try:
+            root_path.read_bytes()
+        except OSError as e:
+            raise TufError(f"cannot read the pinned TUF root {root_path}: {e}") from e
         headers, auth, context = _repository_credentials(config, credentials)
-        repository = TrustedRepository(
-            data / TUF_DIR,
-            settings.trust_dir / TRUSTED_ROOT_FILE,
-            settings.repository_url,
-            HeaderFetcher(headers, auth=auth, ssl_context=context),
-        )
         self.store = ModelStore(data / STORE_DIR)
         self.store.recover()
         state_path = data / STATE_FILE
@@ -124,21 +139,34 @@ class UpdateService:
         options = config.model.runtime
         self._activator = RuntimeActivator(host, options, loader=runtime_loader)
         self._host = host
-        downloader = TufDownloader(
-            repository,
-            max_download_bytes=settings.max_download_bytes,
-            headers=headers,
-            auth=auth,
-            ssl_context=context,
-            timeout_s=settings.download_timeout_s,
-            deadline_s=settings.download_deadline_s,
-        )
+
+        def tuf_ports() -> tuple[TufDownloader, ArtifactVerifier]:
+            from edgefleet.agent.trust import HeaderFetcher, TrustedRepository
+
+            repository = TrustedRepository(
+                data / TUF_DIR,
+                root_path,
+                settings.repository_url or "",
+                HeaderFetcher(headers, auth=auth, ssl_context=context),
+            )
+            downloader = TufDownloader(
+                repository,
+                max_download_bytes=settings.max_download_bytes,
+                headers=headers,
+                auth=auth,
+                ssl_context=context,
+                timeout_s=settings.download_timeout_s,
+                deadline_s=settings.download_deadline_s,
+            )
+            return downloader, ArtifactVerifier(repository)
+
+        tuf = _DeferredTuf(tuf_ports)
         self.runner = UpdateRunner(
             state_path=state_path,
             store=self.store,
             downloads_dir=data / DOWNLOADS_DIR,
-            downloader=downloader,
-            verifier=ArtifactVerifier(repository),
+            downloader=tuf,
+            verifier=tuf,
             extractor=PackageUnpacker(),
             activator=self._activator,
             golden=GoldenRunner(host, options, loader=runtime_loader),
@@ -147,7 +175,7 @@ class UpdateService:
             clock=clock,
             tick_s=settings.tick_s,
             work_gate=work_gate,
-            cancel_download=downloader.cancel,
+            cancel_download=tuf.cancel,
         )
 
     @property
@@ -178,6 +206,15 @@ class UpdateService:
         """Feed one inference to probation; costs an attribute read outside probation."""
         self.runner.record_inference(ok, latency_ms)
 
+    def _trusted_keys(self) -> dict[str, SSlibKey]:
+        """The director keys, parsed at the first desired state (this imports
+        securesystemslib and cryptography). Raises `KeyFileError` for a key that does not
+        parse: every desired state is then rejected, saying so."""
+        with self._keys_lock:
+            if self._director_keys is None:
+                self._director_keys = director_keys(self._keys_path, self._key_dicts)
+            return self._director_keys
+
     def on_desired(self, payload: bytes) -> None:
         """Open a payload of the ``desired`` topic and queue it (safe on the link thread).
 
@@ -187,9 +224,9 @@ class UpdateService:
         envelope_sha256 = hashlib.sha256(payload).hexdigest()
         try:
             body = open_desired(
-                payload, trusted_director_keys=self._director_keys, device_id=self._device_id
+                payload, trusted_director_keys=self._trusted_keys(), device_id=self._device_id
             )
-        except UpdateRejected as e:
+        except (UpdateRejected, KeyFileError) as e:
             log.debug("desired state did not open: %s", e)
             rejected = DesiredRejected(
                 reason=str(e), desired_seq=claimed_seq(payload), envelope_sha256=envelope_sha256
@@ -204,6 +241,42 @@ class UpdateService:
                 envelope_sha256=envelope_sha256,
             )
         )
+
+
+class _DeferredTuf:
+    """The runner's downloader and verifier, made at their first use.
+
+    ``make`` builds the TUF client and the two adapters on it; python-tuf and urllib3 are
+    imported then, with the first update (or the resume of an interrupted one), not when
+    the agent starts. A failure to build them (`TufError`: the pinned root became
+    unreadable) fails that update as a bad download or verify would. Thread-safe.
+    """
+
+    def __init__(self, make: Callable[[], tuple[TufDownloader, ArtifactVerifier]]) -> None:
+        self._make = make
+        self._lock = threading.Lock()
+        self._made: tuple[TufDownloader, ArtifactVerifier] | None = None
+
+    def _ports(self) -> tuple[TufDownloader, ArtifactVerifier]:
+        with self._lock:
+            if self._made is None:
+                self._made = self._make()
+            return self._made
+
+    def download(self, target: UpdateTarget, dest: Path, progress: Callable[[int], None]) -> None:
+        """`TufDownloader.download`; raises what it raises."""
+        self._ports()[0].download(target, dest, progress)
+
+    def cancel(self, reason: str) -> None:
+        """`TufDownloader.cancel`; before the first download there is none to cancel."""
+        with self._lock:
+            made = self._made
+        if made is not None:
+            made[0].cancel(reason)
+
+    def verify(self, target: UpdateTarget, artifact: Path) -> None:
+        """`ArtifactVerifier.verify`; raises what it raises."""
+        self._ports()[1].verify(target, artifact)
 
 
 def _repository_credentials(

@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Any, Final
 
 from edgefleet.shared.durable import atomic_write_bytes
 from edgefleet.shared.signing.errors import KeyFileError
-from edgefleet.shared.signing.tufapi import SSlibKey
+
+if TYPE_CHECKING:
+    # securesystemslib's signer module imports cryptography (~10 MiB of RSS): an agent
+    # loads it with its first desired state (`read_director_keys` checks the file at start).
+    from edgefleet.shared.signing.tufapi import SSlibKey
 
 TRUSTED_ROOT_FILE: Final = "trusted_root.json"
 DIRECTOR_KEYS_FILE: Final = "director_pub.json"
@@ -40,6 +44,14 @@ def load_director_keys(path: Path) -> dict[str, SSlibKey]:
 
     Raises `KeyFileError` if it is missing, of another schema, or holds no key.
     """
+    return director_keys(path, read_director_keys(path))
+
+
+def read_director_keys(path: Path) -> dict[str, Any]:
+    """The ``keys`` of a director public keys file, unparsed: ``{keyid: key dict}``.
+
+    Raises `KeyFileError` if it is missing, of another schema, or holds no key.
+    """
     try:
         doc = json.loads(path.read_bytes())
     except FileNotFoundError as e:
@@ -49,10 +61,19 @@ def load_director_keys(path: Path) -> dict[str, SSlibKey]:
     if not isinstance(doc, dict) or doc.get("schema") != DIRECTOR_KEYS_SCHEMA:
         found = doc.get("schema") if isinstance(doc, dict) else type(doc).__name__
         raise KeyFileError(f"{path}: expected schema {DIRECTOR_KEYS_SCHEMA!r}, found {found!r}")
-    try:
-        keys = {keyid: SSlibKey.from_dict(keyid, dict(kd)) for keyid, kd in doc["keys"].items()}
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise KeyFileError(f"{path}: invalid director key: {e}") from e
+    keys = doc.get("keys")
+    if not isinstance(keys, dict):
+        raise KeyFileError(f"{path}: invalid director key: 'keys' is not an object")
     if not keys:
         raise KeyFileError(f"{path} lists no director key")
     return keys
+
+
+def director_keys(path: Path, keys: dict[str, Any]) -> dict[str, SSlibKey]:
+    """The keys `read_director_keys` read from ``path``, parsed; raises `KeyFileError`."""
+    from edgefleet.shared.signing.tufapi import SSlibKey
+
+    try:
+        return {keyid: SSlibKey.from_dict(keyid, dict(kd)) for keyid, kd in keys.items()}
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise KeyFileError(f"{path}: invalid director key: {e}") from e

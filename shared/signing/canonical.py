@@ -9,9 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from securesystemslib.exceptions import FormatError
-from securesystemslib.formats import encode_canonical
-
 from edgefleet.shared.signing.errors import Malformed
 
 
@@ -20,6 +17,11 @@ def canonical_bytes(document: Any) -> bytes:
 
     Raises `Malformed` for a value canonical JSON cannot hold (a float, a non-str key...).
     """
+    # Imported here: `edgefleet.shared.messages` imports this module (through the
+    # director envelope), and an agent at idle signs and verifies nothing.
+    from securesystemslib.exceptions import FormatError
+    from securesystemslib.formats import encode_canonical
+
     try:
         text = encode_canonical(document)
     except FormatError as e:

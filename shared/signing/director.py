@@ -37,10 +37,9 @@ import json
 import logging
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
-from securesystemslib.exceptions import UnverifiedSignatureError, VerificationError
 
 from edgefleet.shared.limits import MAX_INT64
 from edgefleet.shared.signing.canonical import canonical_bytes
@@ -52,8 +51,13 @@ from edgefleet.shared.signing.errors import (
     UnknownKey,
     WrongDevice,
 )
-from edgefleet.shared.signing.tufapi import Signature, Signer, SSlibKey
 from edgefleet.shared.topics import DEVICE_ID_PATTERN
+
+if TYPE_CHECKING:
+    # securesystemslib (and through it cryptography, ~11 MiB of RSS) is imported only to
+    # verify an envelope: `edgefleet.shared.messages` imports this module, so every
+    # agent and simulator would otherwise hold it from start.
+    from edgefleet.shared.signing.tufapi import Signer, SSlibKey
 
 logger = logging.getLogger(__name__)
 
@@ -301,6 +305,10 @@ def _verify_signatures(
         raise UnknownKey(
             f"desired state is signed by unknown key(s) {found}; trusted director keys: {expected}"
         )
+    from securesystemslib.exceptions import UnverifiedSignatureError, VerificationError
+
+    from edgefleet.shared.signing.tufapi import Signature
+
     failures = []
     for sig in known:
         try:

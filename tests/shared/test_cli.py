@@ -1,10 +1,16 @@
-"""The ``edgefleet`` dispatcher: expected failures end in one line, never a traceback."""
+"""The ``edgefleet`` dispatcher: expected failures end in one line, never a traceback; a
+named subcommand loads only its own registrar."""
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+from edgefleet.shared.cli import build_parser
 
 
 def _edgefleet(*args: str) -> subprocess.CompletedProcess[str]:
@@ -33,3 +39,28 @@ def test_a_command_error_under_python_dash_m_is_one_line(tmp_path: Path) -> None
     assert result.returncode == 2, result
     assert "Traceback" not in result.stderr
     assert "config file not found" in result.stderr
+
+
+def _commands(parser: argparse.ArgumentParser) -> set[str]:
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return set(sub.choices)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["agent", "run"],
+        ["--log-level", "WARNING", "agent", "run"],
+        ["--log-format=json", "agent", "check-config"],
+        ["--log-format", "json", "--log-level", "DEBUG", "agent"],
+    ],
+)
+def test_a_named_subcommand_loads_only_its_own_registrar(argv: list[str]) -> None:
+    # The other registrars import SQLAlchemy, Alembic and the model tooling (~33 MiB the
+    # agent never uses); the option values before the command are not taken for it.
+    assert _commands(build_parser(argv)) == {"agent"}
+
+
+@pytest.mark.parametrize("argv", [None, [], ["--help"], ["no-such-command"], ["--", "agent"]])
+def test_without_a_known_subcommand_every_registrar_is_loaded(argv: list[str] | None) -> None:
+    assert {"agent", "fleet", "model", "keys", "ctl"} <= _commands(build_parser(argv))

@@ -137,16 +137,18 @@ def toml_config(
     model: Path | None,
     model_version: str = "1.0.0",
     api_port: int = 0,
+    api_enabled: bool = True,
     data_dir: Path | None = None,
     update: dict[str, Any] | None = None,
     **top: Any,
 ) -> Path:
     """Write a TOML config for an agent process and return its path.
 
-    Fast reconnects, the API on ``api_port`` (0: a free one), ``model`` as the factory
-    model (name ``wine``), state in ``data_dir`` (default: ``data-<device_id>`` beside the
-    file); ``update`` becomes the ``[update]`` table (a nested ``policy`` dict its
-    ``[update.policy]``), updates off when it is None; ``top`` adds top-level keys.
+    Fast reconnects, the API on ``api_port`` (0: a free one; no API if not ``api_enabled``),
+    ``model`` as the factory model (name ``wine``), state in ``data_dir`` (default:
+    ``data-<device_id>`` beside the file); ``update`` becomes the ``[update]`` table (a
+    nested ``policy`` dict its ``[update.policy]``), updates off when it is None; ``top``
+    adds top-level keys.
     """
     document: dict[str, Any] = {
         "device_id": device_id,
@@ -160,7 +162,7 @@ def toml_config(
             "reconnect_max_s": 0.3,
             "keepalive_s": 5,
         },
-        "api": {"port": api_port},
+        "api": {"port": api_port, "enabled": api_enabled},
     }
     if model is not None:
         document["model"] = {"path": str(model), "name": "wine", "version": model_version}
