@@ -1,8 +1,9 @@
 """Persist a batch of decoded messages: one transaction, one bulk insert per table.
 
-The hot inserts (telemetry, events, drift, the device upsert) are multi-row statements
-on the driver (`edgefleet.fleet.ingest.bulk`), storing exactly what the ORM would; state updates
-and dead letters are rare and stay SQLAlchemy Core statements.
+The hot inserts (telemetry, events, drift, the device upsert) run on the driver
+(`edgefleet.fleet.ingest.bulk`: multi-row statements on SQLite, ``COPY`` through a staging
+table on PostgreSQL), storing exactly what the ORM would; state updates and dead letters
+are rare and stay SQLAlchemy Core statements.
 
 Invariants:
 - a (device_id, seq) already stored is skipped (ON CONFLICT DO NOTHING), and counted as
@@ -43,7 +44,7 @@ from sqlalchemy import Connection, Engine, Table, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
-from edgefleet.fleet.ingest.bulk import BulkStatement, quoted
+from edgefleet.fleet.ingest.bulk import BulkStatement, CopyInsert, quoted
 from edgefleet.fleet.ingest.dead_letters import DeadLetterLimits, dead_letter_row, expire, trim
 from edgefleet.fleet.ingest.decode import Accepted, Rejected
 from edgefleet.fleet.ingest.rows import (
@@ -149,12 +150,11 @@ class BatchWriter:
             Channel.EVENTS: (_EVENTS, EVENT_COLUMNS),
             Channel.DRIFT: (_DRIFT, DRIFT_COLUMNS),
         }
-        self._inserts: dict[Channel, BulkStatement] = {
-            Channel.TELEMETRY: BulkStatement(
-                _TELEMETRY, TELEMETRY_COLUMNS, dialect, suffix=new_only
-            ),
-            Channel.EVENTS: BulkStatement(_EVENTS, EVENT_COLUMNS, dialect, suffix=new_only),
-            Channel.DRIFT: BulkStatement(_DRIFT, DRIFT_COLUMNS, dialect, suffix=new_only),
+        # PostgreSQL takes the rows by COPY, SQLite in multi-row VALUES (see `bulk`).
+        bulk = CopyInsert if dialect.name == "postgresql" else BulkStatement
+        self._inserts: dict[Channel, BulkStatement | CopyInsert] = {
+            channel: bulk(table, columns, dialect, suffix=new_only)
+            for channel, (table, columns) in self._tables.items()
         }
         # One upsert registers a new device and moves last_seen forward, never back.
         last_seen = quoted(_DEVICE, "last_seen", dialect)
