@@ -97,6 +97,11 @@ class Ingester:
     def connected(self) -> bool:
         return self._connected.is_set()
 
+    @property
+    def writer_pid(self) -> int | None:
+        """The writer process's pid; None while batches are written in this process."""
+        return self._process.pid if self._process is not None else None
+
     def wait_connected(self, timeout_s: float) -> bool:
         """True once subscribed to the broker, False if ``timeout_s`` passed first."""
         return self._connected.wait(timeout_s)

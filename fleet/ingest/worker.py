@@ -94,6 +94,11 @@ class WriterProcess:
             self.stop(timeout_s=1.0)
             raise WorkerLostError(f"the ingest writer process said {kind!r} at start")
 
+    @property
+    def pid(self) -> int | None:
+        """The process's id while it runs."""
+        return self._process.pid if self._process is not None else None
+
     def identities_changed(self) -> None:
         """An identity changed: the process reads the table afresh for its next batch."""
         self._identities_changed.set()
