@@ -153,8 +153,9 @@ def quoted(table: Table, column: str, dialect: Dialect) -> str:
 
 class CopyInsert:
     """PostgreSQL: rows go in with ``COPY`` into a temporary staging table of this
-    connection, then into ``table`` in one ``INSERT ... SELECT`` that ends with ``suffix``
-    (an ON CONFLICT clause, which ``COPY`` itself cannot have).
+    connection, then into ``table`` in one ``INSERT ... SELECT`` (in ``order_by`` order,
+    if given, with ``constants`` for the columns every row shares) that ends with
+    ``suffix`` (an ON CONFLICT clause, which ``COPY`` itself cannot have).
 
     Why: a multi-row ``VALUES`` statement of a whole batch is longer than psycopg's query
     cache takes, so psycopg re-parsed its thousands of placeholders in Python on every
@@ -169,15 +170,34 @@ class CopyInsert:
     """
 
     def __init__(
-        self, table: Table, columns: Sequence[str], dialect: Dialect, *, suffix: str = ""
+        self,
+        table: Table,
+        columns: Sequence[str],
+        dialect: Dialect,
+        *,
+        constants: Mapping[str, Any] | None = None,
+        suffix: str = "",
+        order_by: str | None = None,
     ) -> None:
         if dialect.name != "postgresql":
             raise ValueError(f"COPY is PostgreSQL's, not {dialect.name}'s")
         converters = [column_converter(table.c[name], dialect) for name in columns]
         self._converters = tuple((i, convert) for i, convert in enumerate(converters) if convert)
+        constants = dict(constants or {})
+        self._constants: tuple[Any, ...] = ()
+        for name, value in constants.items():
+            convert = column_converter(table.c[name], dialect)
+            self._constants += (convert(value) if convert else value,)
         preparer = dialect.identifier_preparer
         target = preparer.format_table(table)
         names = ", ".join(preparer.quote(name) for name in columns)
+        # Constants are the same for every row: bound once in the moving statement, cast
+        # to their column's type (a bare parameter in a SELECT list would be text).
+        casts = "".join(
+            f", CAST(%s AS {table.c[name].type.compile(dialect=dialect)})" for name in constants
+        )
+        targets = ", ".join(preparer.quote(name) for name in (*columns, *constants))
+        order = f" ORDER BY {preparer.quote(order_by)}" if order_by else ""
         stage = preparer.quote(f"edgefleet_stage_{table.name}")
         # Identifiers come from the table's metadata, quoted by the dialect; values are
         # streamed by COPY, never put in the SQL.
@@ -188,7 +208,7 @@ class CopyInsert:
         self.copy_sql = f"COPY {stage} ({names}) FROM STDIN"
         self.move_sql = (
             f"WITH staged AS (DELETE FROM {stage} RETURNING {names})"  # noqa: S608
-            f" INSERT INTO {target} ({names}) SELECT {names} FROM staged {suffix}"
+            f" INSERT INTO {target} ({targets}) SELECT {names}{casts} FROM staged{order} {suffix}"
         )
 
     def run(self, conn: Connection, rows: Sequence[tuple[Any, ...]]) -> int:
@@ -219,5 +239,5 @@ class CopyInsert:
             # The same exception classes as a statement through SQLAlchemy, so the writer
             # tells a lost database from a refused row the same way on both paths.
             raise DBAPIError.instance(self.copy_sql, None, e, error_class) from e
-        result = conn.exec_driver_sql(self.move_sql)
+        result = conn.exec_driver_sql(self.move_sql, self._constants)
         return int(result.rowcount)

@@ -158,15 +158,26 @@ class BatchWriter:
         }
         # One upsert registers a new device and moves last_seen forward, never back.
         last_seen = quoted(_DEVICE, "last_seen", dialect)
-        self._touch = BulkStatement(
-            _DEVICE,
-            ("device_id", "first_seen", "last_seen"),
-            dialect,
-            constants=_NEW_DEVICE,
-            suffix=(
-                "ON CONFLICT (device_id) DO UPDATE SET last_seen = excluded.last_seen "
-                f"WHERE {last_seen} IS NULL OR {last_seen} < excluded.last_seen"
-            ),
+        touch_suffix = (
+            "ON CONFLICT (device_id) DO UPDATE SET last_seen = excluded.last_seen "
+            f"WHERE {last_seen} IS NULL OR {last_seen} < excluded.last_seen"
+        )
+        touched = ("device_id", "first_seen", "last_seen")
+        # Rows in device-id order either way (see the invariants): sorted here for SQLite,
+        # ordered by the moving statement after COPY on PostgreSQL.
+        self._touch: BulkStatement | CopyInsert = (
+            CopyInsert(
+                _DEVICE,
+                touched,
+                dialect,
+                constants=_NEW_DEVICE,
+                suffix=touch_suffix,
+                order_by="device_id",
+            )
+            if dialect.name == "postgresql"
+            else BulkStatement(
+                _DEVICE, touched, dialect, constants=_NEW_DEVICE, suffix=touch_suffix
+            )
         )
 
     def write(self, batch: Sequence[Item]) -> WriteResult:

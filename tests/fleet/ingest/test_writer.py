@@ -309,6 +309,16 @@ def test_each_channel_stores_a_seq_once_within_and_across_batches(engine: Engine
             "1.0.0",
         )
         assert window.received_at == NOW
+    # Devices seen only through these channels are registered with the defaults.
+    d2 = device(engine, "d2")
+    assert (d2.online, d2.agent_version, d2.tags, d2.platform, d2.runtimes) == (
+        False,
+        "",
+        [],
+        {},
+        [],
+    )
+    assert (d2.first_seen, d2.last_seen) == (NOW, NOW)
 
 
 def test_postgresql_takes_the_rows_by_copy_and_counts_a_later_batch_alone(
