@@ -95,7 +95,7 @@ class FleetSettings(BaseSettings):
         " let in (required: only for a replica that devices alone use)",
     )
 
-    ingest_batch_size: int = Field(default=500, ge=1, le=50_000)
+    ingest_batch_size: int = Field(default=2000, ge=1, le=50_000)
     ingest_flush_interval_s: float = Field(default=0.2, gt=0)
     ingest_queue_size: int = Field(default=20_000, ge=1)
     ingest_writer_process: bool = Field(

@@ -15,6 +15,7 @@ API filters SQLite's text timestamps by comparing strings.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -164,9 +165,9 @@ class CopyInsert:
     size. Values are converted by the same bind processors as `BulkStatement`, so what is
     stored is what the ORM would store.
 
-    The staging table holds only the listed columns, has no constraints, is emptied by
-    the statement that moves its rows (and at every commit), and disappears with a rolled
-    back transaction or the connection; each run creates it if it is missing.
+    The staging table holds only the listed columns, has no constraints, is emptied at
+    every commit, and is made once per connection (again after a rollback, see
+    `forget_staging`, which the writer registers for its engine).
     """
 
     def __init__(
@@ -207,9 +208,11 @@ class CopyInsert:
         )
         self.copy_sql = f"COPY {stage} ({names}) FROM STDIN"
         self.move_sql = (
-            f"WITH staged AS (DELETE FROM {stage} RETURNING {names})"  # noqa: S608
-            f" INSERT INTO {target} ({targets}) SELECT {names}{casts} FROM staged{order} {suffix}"
+            f"INSERT INTO {target} ({targets})"  # noqa: S608
+            f" SELECT {names}{casts} FROM {stage}{order} {suffix}"
         )
+        self.clear_sql = f"DELETE FROM {stage}"  # noqa: S608
+        self._stage = stage
 
     def run(self, conn: Connection, rows: Sequence[tuple[Any, ...]]) -> int:
         """Insert ``rows`` in ``conn``'s transaction; how many rows were inserted.
@@ -220,7 +223,7 @@ class CopyInsert:
         """
         if not rows:
             return 0
-        conn.exec_driver_sql(self.create_sql)
+        self._prepare(conn)
         driver = conn.connection.driver_connection
         error_class = conn.dialect.loaded_dbapi.Error
         converters = self._converters
@@ -241,3 +244,33 @@ class CopyInsert:
             raise DBAPIError.instance(self.copy_sql, None, e, error_class) from e
         result = conn.exec_driver_sql(self.move_sql, self._constants)
         return int(result.rowcount)
+
+    def _prepare(self, conn: Connection) -> None:
+        """Make sure the staging table exists and is empty in this transaction.
+
+        Creating it every batch cost more than the COPY (a catalog lookup and a notice),
+        so the DBAPI connection remembers it (`forget_staging` after a rollback, which
+        may have undone the CREATE). Commits empty it; a second run in one transaction
+        deletes what the first one staged.
+        """
+        info = conn.connection.info
+        made: set[str] = info.setdefault(_STAGED_KEY, set())
+        if self._stage not in made:
+            conn.exec_driver_sql(self.create_sql)
+            made.add(self._stage)
+        used: dict[str, Any] = info.setdefault(_USED_KEY, {})
+        transaction = conn.get_transaction()
+        if used.get(self._stage) is transaction:
+            conn.exec_driver_sql(self.clear_sql)
+        used[self._stage] = transaction
+
+
+_STAGED_KEY = "edgefleet_staging_tables"  # in a DBAPI connection's info: tables it made
+_USED_KEY = "edgefleet_staging_used"  # staging table -> the transaction that last filled it
+
+
+def forget_staging(conn: Connection) -> None:
+    """For SQLAlchemy's ``rollback`` event: the staging tables may be gone (a CREATE in the
+    rolled back transaction), so they are made again before their next use."""
+    with contextlib.suppress(Exception):  # an invalidated connection takes them with it
+        conn.connection.info.pop(_STAGED_KEY, None)

@@ -40,11 +40,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, or_, select, tuple_, update
+from sqlalchemy import Connection, Engine, Table, event, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
-from edgefleet.fleet.ingest.bulk import BulkStatement, CopyInsert, quoted
+from edgefleet.fleet.ingest.bulk import BulkStatement, CopyInsert, forget_staging, quoted
 from edgefleet.fleet.ingest.dead_letters import DeadLetterLimits, dead_letter_row, expire, trim
 from edgefleet.fleet.ingest.decode import Accepted, Rejected
 from edgefleet.fleet.ingest.rows import (
@@ -150,6 +150,8 @@ class BatchWriter:
             Channel.EVENTS: (_EVENTS, EVENT_COLUMNS),
             Channel.DRIFT: (_DRIFT, DRIFT_COLUMNS),
         }
+        if dialect.name == "postgresql" and not event.contains(engine, "rollback", forget_staging):
+            event.listen(engine, "rollback", forget_staging)
         # PostgreSQL takes the rows by COPY, SQLite in multi-row VALUES (see `bulk`).
         bulk = CopyInsert if dialect.name == "postgresql" else BulkStatement
         self._inserts: dict[Channel, BulkStatement | CopyInsert] = {
