@@ -39,8 +39,6 @@ Raw = tuple[str, bytes | Oversized, bool, datetime]
 class Outcome:
     """What one `BatchProcessor.run` did, for the metrics and the acknowledgements."""
 
-    received: int = 0  # device messages (fleet-to-device traffic is `ignored`)
-    ignored: int = 0
     result: WriteResult | None = None  # None: nothing written (empty, or given up at stop)
     batch_seconds: float | None = None  # the write that succeeded
     lags: list[tuple[str, float]] = field(default_factory=list)  # (channel, seconds)
@@ -50,8 +48,10 @@ class Outcome:
 class BatchProcessor:
     """Decodes, checks and writes batches for one ingester; see the module docstring.
 
-    ``on_retry`` is called at every database retry (the ingester counts them as they
-    happen, not when the batch lands); ``give_up_at`` says the monotonic time after
+    ``on_retry`` is called at every database retry and ``on_decoded(received, ignored)``
+    once a batch is decoded, before it is written (the ingester counts them as they
+    happen, not when the batch lands; ``ignored`` is fleet-to-device traffic);
+    ``give_up_at`` says the monotonic time after
     which a failing batch is abandoned (None: never, until the ingester stops).
     """
 
@@ -61,6 +61,7 @@ class BatchProcessor:
         engine: Engine,
         *,
         on_retry: Callable[[], None],
+        on_decoded: Callable[[int, int], None],
         give_up_at: Callable[[], float | None],
     ) -> None:
         self._settings = settings
@@ -75,6 +76,7 @@ class BatchProcessor:
             else None
         )
         self._on_retry = on_retry
+        self._on_decoded = on_decoded
         self._give_up_at = give_up_at
         self._next_sweep = 0.0  # monotonic time of the next dead-letter retention sweep
 
@@ -87,8 +89,8 @@ class BatchProcessor:
         """Decode and store ``raws`` (may be empty: only the retention sweep is due)."""
         outcome = Outcome()
         if raws:
-            batch, outcome.ignored = self._decode(raws)
-            outcome.received = len(raws) - outcome.ignored
+            batch, ignored = self._decode(raws)
+            self._on_decoded(len(raws) - ignored, ignored)
             if batch:
                 self._write_with_retry(batch, outcome)
         outcome.expired = self._sweep_dead_letters()

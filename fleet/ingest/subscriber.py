@@ -114,7 +114,12 @@ class Ingester:
             return
         recipe = engine_recipe(self._engine)
         if self._settings.ingest_writer_process and recipe is not None:
-            process = WriterProcess(self._settings, recipe, on_retry=self._metrics.db_retries.inc)
+            process = WriterProcess(
+                self._settings,
+                recipe,
+                on_retry=self._metrics.db_retries.inc,
+                on_decoded=self._count_decoded,
+            )
             try:
                 process.start()
             except WorkerLostError as e:
@@ -126,6 +131,7 @@ class Ingester:
             self._settings,
             self._engine,
             on_retry=self._metrics.db_retries.inc,
+            on_decoded=self._count_decoded,
             give_up_at=lambda: self._give_up_at,
         )
 
@@ -255,13 +261,13 @@ class Ingester:
         assert self._processor is not None  # start_writer made one or the other
         return self._processor.run(raws)
 
+    def _count_decoded(self, received: int, ignored: int) -> None:
+        self._metrics.received.inc(received)
+        self._metrics.ignored.inc(ignored)
+
     def _apply(self, outcome: Outcome) -> None:
         """Count what a batch did and queue its acknowledgements (after its commit)."""
         metrics = self._metrics
-        if outcome.received:
-            metrics.received.inc(outcome.received)
-        if outcome.ignored:
-            metrics.ignored.inc(outcome.ignored)
         if outcome.expired:
             metrics.dead_letters_dropped.labels("retention").inc(outcome.expired)
         if outcome.result is None:

@@ -8,7 +8,9 @@ runs on the other core, and the ingester's process only hands raw payloads over.
 
 Protocol on one duplex pipe, one batch at a time (the ingester's writer thread is its
 only user): the ingester sends ``("batch", raws)``; the process answers with any number
-of ``("retry", None)`` (a database retry, counted as it happens) and ``("log", record)``
+of ``("decoded", (received, ignored))`` (before the write, which waits for the ingester's
+``("counted", None)``), ``("retry", None)`` (a
+database retry, counted as it happens) and ``("log", record)``
 (its log records, handled by the ingester's loggers, so the fleet's log format and
 levels apply), then ``("done", outcome)``. ``("stop", None)`` ends it. The process
 never acknowledges anything itself: the ingester publishes the stored acknowledgements
@@ -47,14 +49,21 @@ class WorkerLostError(Exception):
 class WriterProcess:
     """One writer process; `start` it, `run` batches, `stop` it. One caller thread (the
     ingester's writer thread), besides `identities_changed` and `give_up_at`, which any
-    thread may call. ``on_retry`` is called at each database retry of the process."""
+    thread may call. ``on_retry`` and ``on_decoded`` are `BatchProcessor`'s, called in
+    the caller's thread as the process reports them."""
 
     def __init__(
-        self, settings: FleetSettings, recipe: EngineRecipe, *, on_retry: Callable[[], None]
+        self,
+        settings: FleetSettings,
+        recipe: EngineRecipe,
+        *,
+        on_retry: Callable[[], None],
+        on_decoded: Callable[[int, int], None],
     ) -> None:
         self._settings = settings
         self._recipe = recipe
         self._on_retry = on_retry
+        self._on_decoded = on_decoded
         # spawn, not fork: the ingester's process has threads (paho, the API) whose locks
         # a forked child would inherit held.
         self._context = multiprocessing.get_context("spawn")
@@ -120,7 +129,10 @@ class WriterProcess:
                 if kind == "done":
                     assert isinstance(body, Outcome)
                     return body
-                if kind == "retry":
+                if kind == "decoded":
+                    self._on_decoded(*body)
+                    conn.send(("counted", None))
+                elif kind == "retry":
                     self._on_retry()
                 elif kind == "log":
                     _handle(body)
@@ -193,8 +205,18 @@ def serve(conn: Connection, start: WorkerStart) -> None:
         value = give_up_at.value
         return value if value > 0 else None
 
+    def decoded(received: int, ignored: int) -> None:
+        # Wait until the ingester has counted them: then its received counter is ahead of
+        # the commit that follows, as with a writer in its own thread.
+        conn.send(("decoded", (received, ignored)))
+        conn.recv()
+
     processor = BatchProcessor(
-        start.settings, engine, on_retry=lambda: conn.send(("retry", None)), give_up_at=deadline
+        start.settings,
+        engine,
+        on_retry=lambda: conn.send(("retry", None)),
+        on_decoded=decoded,
+        give_up_at=deadline,
     )
     conn.send(("ready", None))
     try:
