@@ -39,7 +39,9 @@ Raw = tuple[str, bytes | Oversized, bool, datetime]
 class Outcome:
     """What one `BatchProcessor.run` did, for the metrics and the acknowledgements."""
 
-    result: WriteResult | None = None  # None: nothing written (empty, or given up at stop)
+    # None: nothing written (empty, or given up at stop); its counts went to on_written,
+    # its stored keys may be acknowledged now, after the commit.
+    result: WriteResult | None = None
     batch_seconds: float | None = None  # the write that succeeded
     lags: list[tuple[str, float]] = field(default_factory=list)  # (channel, seconds)
     expired: int = 0  # dead letters deleted by the retention sweep
@@ -51,6 +53,8 @@ class BatchProcessor:
     ``on_retry`` is called at every database retry and ``on_decoded(received, ignored)``
     once a batch is decoded, before it is written (the ingester counts them as they
     happen, not when the batch lands; ``ignored`` is fleet-to-device traffic);
+    ``on_written(result)`` before each commit, with what it stores (see
+    `BatchWriter.write`: the counts are ahead of what readers can see);
     ``give_up_at`` says the monotonic time after
     which a failing batch is abandoned (None: never, until the ingester stops).
     """
@@ -62,6 +66,7 @@ class BatchProcessor:
         *,
         on_retry: Callable[[], None],
         on_decoded: Callable[[int, int], None],
+        on_written: Callable[[WriteResult], None],
         give_up_at: Callable[[], float | None],
     ) -> None:
         self._settings = settings
@@ -77,6 +82,7 @@ class BatchProcessor:
         )
         self._on_retry = on_retry
         self._on_decoded = on_decoded
+        self._on_written = on_written
         self._give_up_at = give_up_at
         self._next_sweep = 0.0  # monotonic time of the next dead-letter retention sweep
 
@@ -177,7 +183,7 @@ class BatchProcessor:
         while True:
             started = time.perf_counter()
             try:
-                result = self._writer.write(batch)
+                result = self._writer.write(batch, before_commit=self._on_written)
             except TransientStoreError as e:
                 self._on_retry()
                 give_up_at = self._give_up_at()

@@ -71,6 +71,7 @@ class Ingester:
         # database only this process can reach), or if that process cannot start.
         self._processor: BatchProcessor | None = None
         self._process: WriterProcess | None = None
+        self._process_refused = False  # lost twice on one batch: the thread from then on
         self._stored = StoredAcks()
         self._next_stored = 0.0  # monotonic time the next stored acknowledgements may go
         self._metrics = metrics
@@ -113,18 +114,22 @@ class Ingester:
         if self._processor is not None or self._process is not None:
             return
         recipe = engine_recipe(self._engine)
-        if self._settings.ingest_writer_process and recipe is not None:
+        wanted = self._settings.ingest_writer_process and not self._process_refused
+        if wanted and recipe is not None:
             process = WriterProcess(
                 self._settings,
                 recipe,
                 on_retry=self._metrics.db_retries.inc,
                 on_decoded=self._count_decoded,
+                on_written=self._metrics.record,
             )
             try:
                 process.start()
             except WorkerLostError as e:
                 logger.error("ingest writer process unavailable, writing in a thread: %s", e)
             else:
+                if self._give_up_at is not None:  # a replacement during `stop`
+                    process.give_up_at(self._give_up_at)
                 self._process = process
                 return
         self._processor = BatchProcessor(
@@ -132,6 +137,7 @@ class Ingester:
             self._engine,
             on_retry=self._metrics.db_retries.inc,
             on_decoded=self._count_decoded,
+            on_written=self._metrics.record,
             give_up_at=lambda: self._give_up_at,
         )
 
@@ -248,15 +254,22 @@ class Ingester:
         # those devices send it again and the next replica finds duplicates.
 
     def _run_batch(self, raws: list[Raw]) -> Outcome:
+        lost = 0
         while self._process is not None:
             try:
                 return self._process.run(raws)
             except WorkerLostError as e:
                 # Nothing of the batch was acknowledged: a new process stores it again
-                # (what the lost one committed is found as duplicates).
-                logger.error("ingest writer process lost, starting another: %s", e)
+                # (what the lost one committed is found as duplicates). A batch that
+                # takes two processes down goes to the thread, as does all that follows.
+                lost += 1
                 self._process.stop(timeout_s=1.0)
                 self._process = None
+                if lost >= 2:
+                    logger.error("ingest writer process lost twice, writing in a thread: %s", e)
+                    self._process_refused = True
+                else:
+                    logger.error("ingest writer process lost, starting another: %s", e)
                 self.start_writer()
         assert self._processor is not None  # start_writer made one or the other
         return self._processor.run(raws)
@@ -274,7 +287,6 @@ class Ingester:
             return
         if outcome.batch_seconds is not None:
             metrics.batch_seconds.observe(outcome.batch_seconds)
-        metrics.record(outcome.result)
         metrics.observe_lags(outcome.lags)
         self._stored.add(outcome.result.stored)
 

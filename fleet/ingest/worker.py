@@ -9,7 +9,8 @@ runs on the other core, and the ingester's process only hands raw payloads over.
 Protocol on one duplex pipe, one batch at a time (the ingester's writer thread is its
 only user): the ingester sends ``("batch", raws)``; the process answers with any number
 of ``("decoded", (received, ignored))`` (before the write, which waits for the ingester's
-``("counted", None)``), ``("retry", None)`` (a
+``("counted", None)``), ``("written", result)`` (before each commit, likewise
+answered), ``("retry", None)`` (a
 database retry, counted as it happens) and ``("log", record)``
 (its log records, handled by the ingester's loggers, so the fleet's log format and
 levels apply), then ``("done", outcome)``. ``("stop", None)`` ends it. The process
@@ -34,6 +35,7 @@ from multiprocessing.sharedctypes import Synchronized
 from typing import Any
 
 from edgefleet.fleet.ingest.batches import BatchProcessor, Outcome, Raw
+from edgefleet.fleet.ingest.writer import WriteResult
 from edgefleet.fleet.settings import FleetSettings
 from edgefleet.fleet.store.engine import EngineRecipe
 
@@ -49,7 +51,8 @@ class WorkerLostError(Exception):
 class WriterProcess:
     """One writer process; `start` it, `run` batches, `stop` it. One caller thread (the
     ingester's writer thread), besides `identities_changed` and `give_up_at`, which any
-    thread may call. ``on_retry`` and ``on_decoded`` are `BatchProcessor`'s, called in
+    thread may call. ``on_retry``, ``on_decoded`` and ``on_written`` are
+    `BatchProcessor`'s, called in
     the caller's thread as the process reports them."""
 
     def __init__(
@@ -59,11 +62,13 @@ class WriterProcess:
         *,
         on_retry: Callable[[], None],
         on_decoded: Callable[[int, int], None],
+        on_written: Callable[[WriteResult], None],
     ) -> None:
         self._settings = settings
         self._recipe = recipe
         self._on_retry = on_retry
         self._on_decoded = on_decoded
+        self._on_written = on_written
         # spawn, not fork: the ingester's process has threads (paho, the API) whose locks
         # a forked child would inherit held.
         self._context = multiprocessing.get_context("spawn")
@@ -131,6 +136,9 @@ class WriterProcess:
                     return body
                 if kind == "decoded":
                     self._on_decoded(*body)
+                    conn.send(("counted", None))
+                elif kind == "written":
+                    self._on_written(body)
                     conn.send(("counted", None))
                 elif kind == "retry":
                     self._on_retry()
@@ -211,9 +219,15 @@ def serve(conn: Connection, start: WorkerStart) -> None:
         conn.send(("decoded", (received, ignored)))
         conn.recv()
 
+    def written(result: WriteResult) -> None:
+        # Counted by the ingester before the commit, as `decoded` before the write.
+        conn.send(("written", result))
+        conn.recv()
+
     processor = BatchProcessor(
         start.settings,
         engine,
+        on_written=written,
         on_retry=lambda: conn.send(("retry", None)),
         on_decoded=decoded,
         give_up_at=deadline,

@@ -138,6 +138,7 @@ class BatchWriter:
         check_desired_seqs: bool = False,
     ) -> None:
         self._engine = engine
+        self._before_commit: Callable[[WriteResult], None] | None = None
         self._check_desired_seqs = check_desired_seqs
         self._limits = limits or DeadLetterLimits()
         dialect = engine.dialect
@@ -182,13 +183,21 @@ class BatchWriter:
             )
         )
 
-    def write(self, batch: Sequence[Item]) -> WriteResult:
-        """Store ``batch`` in one transaction; raises `TransientStoreError` to be retried."""
+    def write(
+        self, batch: Sequence[Item], before_commit: Callable[[WriteResult], None] | None = None
+    ) -> WriteResult:
+        """Store ``batch`` in one transaction; raises `TransientStoreError` to be retried.
+
+        ``before_commit`` gets what each transaction did just before it commits (so that
+        counts are ahead of what readers of the database can see; a commit that then
+        fails, which is retried, has its batch counted again).
+        """
         if not batch:
             return WriteResult()
+        self._before_commit = before_commit
         try:
             with self._engine.begin() as conn:
-                return self._write(conn, batch)
+                return self._counted(self._write(conn, batch))
         except (OperationalError, InterfaceError) as e:
             raise TransientStoreError(f"database unavailable: {e}") from e
         except DBAPIError as e:
@@ -199,6 +208,11 @@ class BatchWriter:
         except _REFUSED as e:
             logger.warning("database refused a batch of %d, storing one by one: %s", len(batch), e)
             return self._write_one_by_one(batch)
+
+    def _counted(self, result: WriteResult) -> WriteResult:
+        if self._before_commit is not None:
+            self._before_commit(result)
+        return result
 
     def expire_dead_letters(self, now: datetime) -> int:
         """Delete dead letters older than the retention; how many. Raises
@@ -214,7 +228,7 @@ class BatchWriter:
         for item in batch:
             try:
                 with self._engine.begin() as conn:
-                    result.add(self._write(conn, [item]))
+                    result.add(self._counted(self._write(conn, [item])))
             except (OperationalError, InterfaceError) as e:
                 raise TransientStoreError(f"database unavailable: {e}") from e
             except DBAPIError as e:
@@ -231,7 +245,7 @@ class BatchWriter:
         reason = error.__cause__ or error
         refused = _as_rejected(item, f"database refused the message: {reason}")
         with self._engine.begin() as conn:
-            result.add(self._write(conn, [refused]))
+            result.add(self._counted(self._write(conn, [refused])))
 
     def _write(self, conn: Connection, batch: Sequence[Item]) -> WriteResult:
         result = WriteResult()
