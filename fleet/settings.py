@@ -95,9 +95,15 @@ class FleetSettings(BaseSettings):
         " let in (required: only for a replica that devices alone use)",
     )
 
-    ingest_batch_size: int = Field(default=500, ge=1, le=50_000)
+    ingest_batch_size: int = Field(default=2000, ge=1, le=50_000)
     ingest_flush_interval_s: float = Field(default=0.2, gt=0)
     ingest_queue_size: int = Field(default=20_000, ge=1)
+    ingest_writer_process: bool = Field(
+        default=True,
+        description="decode and write ingested batches in a process of their own, beside"
+        " the MQTT client's (off: in a thread, sharing its GIL; an in-memory SQLite"
+        " database always uses the thread)",
+    )
     ingest_retry_max_s: float = Field(default=30.0, gt=0, description="cap of DB retry backoff")
     ingest_stored_interval_s: float = Field(
         default=0.5,

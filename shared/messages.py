@@ -391,6 +391,16 @@ CHANNEL_MODELS: dict[Channel, type[WireModel]] = {
 }
 
 
+_DEVICE_CHANNEL_MODELS: dict[
+    Channel, type[StateMessage | TelemetryMessage | EventMessage | DriftMessage]
+] = {
+    Channel.STATE: StateMessage,
+    Channel.TELEMETRY: TelemetryMessage,
+    Channel.EVENTS: EventMessage,
+    Channel.DRIFT: DriftMessage,
+}
+
+
 def encode(message: WireModel) -> bytes:
     """Serialise a message to the JSON bytes published on MQTT."""
     return message.model_dump_json(by_alias=True, exclude_none=False).encode()
@@ -404,6 +414,18 @@ def decode_device_message(
     Raises `MessageError` naming what is wrong: not JSON, schema of another kind,
     a field out of range, or a device id that differs from the topic's.
     """
+    # The topic's own model first: a quarter cheaper than the discriminated union, which
+    # the ingester pays per message. Only a payload that names its schema is taken
+    # (the models default it); anything else gets the union's verdict and error.
+    model = _DEVICE_CHANNEL_MODELS.get(channel)
+    if model is not None:
+        try:
+            direct = model.model_validate_json(payload)
+        except ValidationError:
+            pass
+        else:
+            if "schema_" in direct.model_fields_set and direct.device_id == device_id:
+                return direct
     try:
         message = _DEVICE_MESSAGE.validate_json(payload)
     except ValidationError as e:

@@ -15,12 +15,14 @@ API filters SQLite's text timestamps by comparing strings.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Column, Connection, Table
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DBAPIError
 
 from edgefleet.fleet.store.types import UTCDateTime
 
@@ -148,3 +150,127 @@ def quoted(table: Table, column: str, dialect: Dialect) -> str:
     """``table.column`` quoted for ``dialect`` (for hand-written clauses)."""
     preparer = dialect.identifier_preparer
     return f"{preparer.format_table(table)}.{preparer.quote(column)}"
+
+
+class CopyInsert:
+    """PostgreSQL: rows go in with ``COPY`` into a temporary staging table of this
+    connection, then into ``table`` in one ``INSERT ... SELECT`` (in ``order_by`` order,
+    if given, with ``constants`` for the columns every row shares) that ends with
+    ``suffix`` (an ON CONFLICT clause, which ``COPY`` itself cannot have).
+
+    Why: a multi-row ``VALUES`` statement of a whole batch is longer than psycopg's query
+    cache takes, so psycopg re-parsed its thousands of placeholders in Python on every
+    batch (profiled: most of the PostgreSQL writer's time). ``COPY`` sends the rows as one
+    stream that psycopg's C extension formats, in three round trips a batch whatever its
+    size. Values are converted by the same bind processors as `BulkStatement`, so what is
+    stored is what the ORM would store.
+
+    The staging table holds only the listed columns, has no constraints, is emptied at
+    every commit, and is made once per connection (again after a rollback, see
+    `forget_staging`, which the writer registers for its engine).
+    """
+
+    def __init__(
+        self,
+        table: Table,
+        columns: Sequence[str],
+        dialect: Dialect,
+        *,
+        constants: Mapping[str, Any] | None = None,
+        suffix: str = "",
+        order_by: str | None = None,
+    ) -> None:
+        if dialect.name != "postgresql":
+            raise ValueError(f"COPY is PostgreSQL's, not {dialect.name}'s")
+        converters = [column_converter(table.c[name], dialect) for name in columns]
+        self._converters = tuple((i, convert) for i, convert in enumerate(converters) if convert)
+        constants = dict(constants or {})
+        self._constants: tuple[Any, ...] = ()
+        for name, value in constants.items():
+            convert = column_converter(table.c[name], dialect)
+            self._constants += (convert(value) if convert else value,)
+        preparer = dialect.identifier_preparer
+        target = preparer.format_table(table)
+        names = ", ".join(preparer.quote(name) for name in columns)
+        # Constants are the same for every row: bound once in the moving statement, cast
+        # to their column's type (a bare parameter in a SELECT list would be text).
+        casts = "".join(
+            f", CAST(%s AS {table.c[name].type.compile(dialect=dialect)})" for name in constants
+        )
+        targets = ", ".join(preparer.quote(name) for name in (*columns, *constants))
+        order = f" ORDER BY {preparer.quote(order_by)}" if order_by else ""
+        stage = preparer.quote(f"edgefleet_stage_{table.name}")
+        # Identifiers come from the table's metadata, quoted by the dialect; values are
+        # streamed by COPY, never put in the SQL.
+        self.create_sql = (
+            f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS"  # noqa: S608
+            f" AS SELECT {names} FROM {target} WITH NO DATA"
+        )
+        self.copy_sql = f"COPY {stage} ({names}) FROM STDIN"
+        self.move_sql = (
+            f"INSERT INTO {target} ({targets})"  # noqa: S608
+            f" SELECT {names}{casts} FROM {stage}{order} {suffix}"
+        )
+        self.clear_sql = f"DELETE FROM {stage}"  # noqa: S608
+        self._stage = stage
+
+    def run(self, conn: Connection, rows: Sequence[tuple[Any, ...]]) -> int:
+        """Insert ``rows`` in ``conn``'s transaction; how many rows were inserted.
+
+        Raises SQLAlchemy's wrappers of driver errors (`sqlalchemy.exc.DBAPIError` and
+        its subclasses, also for an error inside ``COPY``), or `TypeError` /
+        `ValueError` for a value the driver cannot format.
+        """
+        if not rows:
+            return 0
+        self._prepare(conn)
+        driver = conn.connection.driver_connection
+        error_class = conn.dialect.loaded_dbapi.Error
+        converters = self._converters
+        try:
+            with driver.cursor() as cursor, cursor.copy(self.copy_sql) as copy:  # type: ignore[union-attr]
+                write_row = copy.write_row
+                for row in rows:
+                    if converters:
+                        values = list(row)
+                        for i, convert in converters:
+                            values[i] = convert(values[i])
+                        write_row(values)
+                    else:
+                        write_row(row)
+        except error_class as e:
+            # The same exception classes as a statement through SQLAlchemy, so the writer
+            # tells a lost database from a refused row the same way on both paths.
+            raise DBAPIError.instance(self.copy_sql, None, e, error_class) from e
+        result = conn.exec_driver_sql(self.move_sql, self._constants)
+        return int(result.rowcount)
+
+    def _prepare(self, conn: Connection) -> None:
+        """Make sure the staging table exists and is empty in this transaction.
+
+        Creating it every batch cost more than the COPY (a catalog lookup and a notice),
+        so the DBAPI connection remembers it (`forget_staging` after a rollback, which
+        may have undone the CREATE). Commits empty it; a second run in one transaction
+        deletes what the first one staged.
+        """
+        info = conn.connection.info
+        made: set[str] = info.setdefault(_STAGED_KEY, set())
+        if self._stage not in made:
+            conn.exec_driver_sql(self.create_sql)
+            made.add(self._stage)
+        used: dict[str, Any] = info.setdefault(_USED_KEY, {})
+        transaction = conn.get_transaction()
+        if used.get(self._stage) is transaction:
+            conn.exec_driver_sql(self.clear_sql)
+        used[self._stage] = transaction
+
+
+_STAGED_KEY = "edgefleet_staging_tables"  # in a DBAPI connection's info: tables it made
+_USED_KEY = "edgefleet_staging_used"  # staging table -> the transaction that last filled it
+
+
+def forget_staging(conn: Connection) -> None:
+    """For SQLAlchemy's ``rollback`` event: the staging tables may be gone (a CREATE in the
+    rolled back transaction), so they are made again before their next use."""
+    with contextlib.suppress(Exception):  # an invalidated connection takes them with it
+        conn.connection.info.pop(_STAGED_KEY, None)

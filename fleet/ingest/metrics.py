@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from edgefleet.fleet.ingest.decode import Accepted, Rejected
 from edgefleet.fleet.ingest.writer import WriteResult
 from edgefleet.shared.topics import Channel
 
@@ -103,13 +101,12 @@ class IngestMetrics:
         self.dead_lettered.inc(result.dead_lettered)
         self.dead_letters_dropped.labels("cap").inc(result.dead_letters_dropped)
 
-    def record_lag(self, batch: Iterable[Accepted | Rejected], committed_at: datetime) -> None:
-        """Observe each live message's lag: ``committed_at`` minus its ``ts`` (a device
-        clock ahead of the fleet's counts as 0)."""
-        for item in batch:
-            if isinstance(item, Accepted) and not item.retained:
-                lag_s = (committed_at - item.message.ts).total_seconds()
-                self.lag_seconds.labels(item.channel.value).observe(max(0.0, lag_s))
+    def observe_lags(self, lags: Iterable[tuple[str, float]]) -> None:
+        """Observe each live message's (channel, lag) of a committed batch (see
+        `edgefleet.fleet.ingest.batches.lags`)."""
+        histogram = self.lag_seconds
+        for channel, lag_s in lags:
+            histogram.labels(channel).observe(lag_s)
 
     def value(self, name: str, **labels: str) -> float:
         """A sample's current value, 0 if never set (name with its _total suffix)."""

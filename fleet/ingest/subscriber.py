@@ -1,17 +1,20 @@
-"""The MQTT side of ingest: subscribe, queue, and a writer thread that persists batches.
+"""The MQTT side of ingest: subscribe, queue, and a writer that persists batches.
 
 Threads: paho's network thread only timestamps each message and appends it to a bounded
 `BatchHandoff` (a full one blocks it, which pushes back on the broker instead of growing
 memory); one writer thread takes a batch at a time (``ingest_batch_size`` messages or
-``ingest_flush_interval_s`` after the oldest, whichever comes first), decodes it and
-writes it. The two threads share the GIL, so the network thread is kept to the least
-work that cannot wait, and everything else is done per batch. A payload beyond
-``ingest_max_payload_bytes`` is cut to its first bytes (with its size and sha256) on the
-network thread, so the hand-off holds at most ``ingest_queue_size`` bounded items. The
-writer thread also applies the dead letters' retention every
-``dead_letter_sweep_interval_s``. A batch the database
-cannot take is retried with capped exponential backoff and is not dropped; only at
-`stop` does the writer give up, after ``stop_timeout_s``, and it logs what it lost.
+``ingest_flush_interval_s`` after the oldest, whichever comes first) and has it decoded
+and written (`edgefleet.fleet.ingest.batches`) by the writer process
+(`edgefleet.fleet.ingest.worker`, ``ingest_writer_process``), so that decoding and
+writing do not take the GIL from paho's thread, or in this thread when there is no such
+process (an in-memory database, the setting off, a process that cannot start). A
+payload beyond ``ingest_max_payload_bytes`` is cut to its first bytes (with its size and
+sha256) on the network thread, so the hand-off holds at most ``ingest_queue_size``
+bounded items. The writer also applies the dead letters' retention every
+``dead_letter_sweep_interval_s``. A batch the database cannot take is retried with
+capped exponential backoff and is not dropped; only at `stop` does the writer give up,
+after ``stop_timeout_s``, and it logs what it lost. A writer process that dies is
+replaced and its batch sent again (it was not acknowledged).
 
 End-to-end delivery: after each committed batch the writer thread records the seqs it
 stored (`edgefleet.fleet.ingest.stored`), and every ``ingest_stored_interval_s`` publishes
@@ -23,7 +26,6 @@ committed is never acknowledged, so its devices send it again.
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 import uuid
@@ -35,30 +37,20 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
 
-from edgefleet.fleet.identity.snapshot import Identities, IdentityCache
-from edgefleet.fleet.ingest.dead_letters import DeadLetterLimits
-from edgefleet.fleet.ingest.decode import Accepted, Ignored, Oversized, Rejected, decode
+from edgefleet.fleet.ingest.batches import BatchProcessor, Outcome, Raw
+from edgefleet.fleet.ingest.decode import Oversized
 from edgefleet.fleet.ingest.handoff import BatchHandoff, ClosedError
 from edgefleet.fleet.ingest.metrics import IngestMetrics
 from edgefleet.fleet.ingest.stored import StoredAcks
-from edgefleet.fleet.ingest.writer import BatchWriter, TransientStoreError
+from edgefleet.fleet.ingest.worker import WorkerLostError, WriterProcess
 from edgefleet.fleet.mqtt_client import make_client
 from edgefleet.fleet.settings import FleetSettings
-from edgefleet.shared.messages import encode, utcnow
-from edgefleet.shared.topics import (
-    Channel,
-    TopicError,
-    device_filter,
-    device_topic,
-    parse_topic,
-    shared_filter,
-)
+from edgefleet.fleet.store.engine import engine_recipe
+from edgefleet.shared.messages import encode
+from edgefleet.shared.topics import Channel, device_filter, device_topic, shared_filter
 
 logger = logging.getLogger(__name__)
-
-Raw = tuple[str, bytes | Oversized, bool, datetime]
 SESSION_EXPIRY_S = 24 * 3600  # MQTT 5 persistent session: how long the broker keeps it
 
 
@@ -74,17 +66,12 @@ class Ingester:
         client_id: str | None = None,
     ) -> None:
         self._settings = settings
-        self._writer = BatchWriter(
-            engine,
-            dead_letter_limits(settings),
-            check_desired_seqs=settings.require_device_identity,
-        )
-        self._identities = (
-            IdentityCache(engine, settings.device_identity_cache_s)
-            if settings.require_device_identity
-            else None
-        )
-        self._next_sweep = 0.0  # monotonic time of the next dead-letter retention sweep
+        self._engine = engine
+        # In-thread writer: without a writer process (ingest_writer_process off, or a
+        # database only this process can reach), or if that process cannot start.
+        self._processor: BatchProcessor | None = None
+        self._process: WriterProcess | None = None
+        self._process_refused = False  # lost twice on one batch: the thread from then on
         self._stored = StoredAcks()
         self._next_stored = 0.0  # monotonic time the next stored acknowledgements may go
         self._metrics = metrics
@@ -111,12 +98,52 @@ class Ingester:
     def connected(self) -> bool:
         return self._connected.is_set()
 
+    @property
+    def writer_pid(self) -> int | None:
+        """The writer process's pid; None while batches are written in this process."""
+        return self._process.pid if self._process is not None else None
+
     def wait_connected(self, timeout_s: float) -> bool:
         """True once subscribed to the broker, False if ``timeout_s`` passed first."""
         return self._connected.wait(timeout_s)
 
+    def start_writer(self) -> None:
+        """Start the writer process (or the in-thread writer) if not yet started; `start`
+        does it too. Starting a process takes a second or two (it imports the fleet's
+        modules), which is why it can be done ahead of connecting."""
+        if self._processor is not None or self._process is not None:
+            return
+        recipe = engine_recipe(self._engine)
+        wanted = self._settings.ingest_writer_process and not self._process_refused
+        if wanted and recipe is not None:
+            process = WriterProcess(
+                self._settings,
+                recipe,
+                on_retry=self._metrics.db_retries.inc,
+                on_decoded=self._count_decoded,
+                on_written=self._metrics.record,
+            )
+            try:
+                process.start()
+            except WorkerLostError as e:
+                logger.error("ingest writer process unavailable, writing in a thread: %s", e)
+            else:
+                if self._give_up_at is not None:  # a replacement during `stop`
+                    process.give_up_at(self._give_up_at)
+                self._process = process
+                return
+        self._processor = BatchProcessor(
+            self._settings,
+            self._engine,
+            on_retry=self._metrics.db_retries.inc,
+            on_decoded=self._count_decoded,
+            on_written=self._metrics.record,
+            give_up_at=lambda: self._give_up_at,
+        )
+
     def start(self) -> None:
-        """Start the writer thread and connect in the background (the broker may be down)."""
+        """Start the writer and connect in the background (the broker may be down)."""
+        self.start_writer()
         self._thread = threading.Thread(target=self._run_writer, name="fleet-ingest-writer")
         self._thread.start()
         s = self._settings
@@ -143,9 +170,15 @@ class Ingester:
         self._metrics.connected.set(0)
         if self._thread is not None:
             self._give_up_at = time.monotonic() + stop_timeout_s
+            if self._process is not None:
+                self._process.give_up_at(self._give_up_at)
             self._handoff.close()
             self._thread.join()
             self._thread = None
+        if self._process is not None:
+            self._process.stop()
+            self._process = None
+        self._processor = None
 
     def _make_client(self) -> mqtt.Client:
         client = make_client(
@@ -214,14 +247,48 @@ class Ingester:
     def _run_writer(self) -> None:
         idle_s = min(1.0, self._settings.ingest_stored_interval_s)
         while (raws := self._handoff.take(idle_timeout_s=idle_s)) is not None:
-            if raws:
-                batch = self._decode(raws)
-                if batch:
-                    self._write_with_retry(batch)
+            # An empty batch still runs: the dead letters' retention sweep is due by time.
+            self._apply(self._run_batch(raws))
             self._publish_stored()
-            self._sweep_dead_letters()
         # What the last batches stored at `stop` is not acknowledged (the client is gone):
         # those devices send it again and the next replica finds duplicates.
+
+    def _run_batch(self, raws: list[Raw]) -> Outcome:
+        lost = 0
+        while self._process is not None:
+            try:
+                return self._process.run(raws)
+            except WorkerLostError as e:
+                # Nothing of the batch was acknowledged: a new process stores it again
+                # (what the lost one committed is found as duplicates). A batch that
+                # takes two processes down goes to the thread, as does all that follows.
+                lost += 1
+                self._process.stop(timeout_s=1.0)
+                self._process = None
+                if lost >= 2:
+                    logger.error("ingest writer process lost twice, writing in a thread: %s", e)
+                    self._process_refused = True
+                else:
+                    logger.error("ingest writer process lost, starting another: %s", e)
+                self.start_writer()
+        assert self._processor is not None  # start_writer made one or the other
+        return self._processor.run(raws)
+
+    def _count_decoded(self, received: int, ignored: int) -> None:
+        self._metrics.received.inc(received)
+        self._metrics.ignored.inc(ignored)
+
+    def _apply(self, outcome: Outcome) -> None:
+        """Count what a batch did and queue its acknowledgements (after its commit)."""
+        metrics = self._metrics
+        if outcome.expired:
+            metrics.dead_letters_dropped.labels("retention").inc(outcome.expired)
+        if outcome.result is None:
+            return
+        if outcome.batch_seconds is not None:
+            metrics.batch_seconds.observe(outcome.batch_seconds)
+        metrics.observe_lags(outcome.lags)
+        self._stored.add(outcome.result.stored)
 
     def _publish_stored(self) -> None:
         """Tell devices what was committed since the last publish, once an interval."""
@@ -233,122 +300,9 @@ class Ingester:
             topic = device_topic(message.device_id, Channel.STORED)
             self._client.publish(topic, encode(message), qos=1, retain=True)
 
-    def _sweep_dead_letters(self) -> None:
-        now = time.monotonic()
-        if now < self._next_sweep:
-            return
-        self._next_sweep = now + self._settings.dead_letter_sweep_interval_s
-        try:
-            expired = self._writer.expire_dead_letters(datetime.now(UTC))
-        except TransientStoreError as e:
-            logger.warning("dead-letter retention postponed: %s", e)
-            return
-        if expired:
-            self._metrics.dead_letters_dropped.labels("retention").inc(expired)
-            logger.info("deleted %d dead letters past their retention", expired)
-
-    def _decode(self, raws: list[Raw]) -> list[Accepted | Rejected]:
-        batch: list[Accepted | Rejected] = []
-        ignored = 0
-        max_ahead_s = self._settings.ingest_seq_max_ahead_s
-        # Every message of the batch arrived before this instant.
-        arrived_by = self._identities.now() if self._identities is not None else 0.0
-        identities = self._identity_snapshot()
-        for topic, payload, retained, received_at in raws:
-            decoded = decode(
-                topic, payload, received_at, retained=retained, seq_max_ahead_s=max_ahead_s
-            )
-            if isinstance(decoded, Ignored):
-                ignored += 1
-                continue
-            if identities is not None and isinstance(decoded, Accepted):
-                refusal = identities.refusal(decoded.message.device_id)
-                # A copy older than the message may predate the device's enrollment at
-                # another replica, and a dead letter is acknowledged (the device drops
-                # the message): refuse only on identities read after it arrived. At most
-                # one reread a batch, and only for a refusal.
-                if (
-                    refusal is not None
-                    and identities.read_at < arrived_by
-                    and (reread := self._identity_snapshot(read_after=arrived_by))
-                ):
-                    identities = reread
-                    refusal = identities.refusal(decoded.message.device_id)
-                if refusal is not None:
-                    # The raw payload as received: decode took it, so it is bytes.
-                    raw = payload if isinstance(payload, bytes) else payload.prefix
-                    error = f"{decoded.channel.value}: {refusal} (require_device_identity)"
-                    decoded = Rejected(topic, raw, received_at, error)
-            if isinstance(decoded, Rejected):
-                logger.warning(
-                    "dead-lettering a message on %s: %s",
-                    decoded.topic,
-                    decoded.error,
-                    extra={"device_id": _claimed_device(decoded.topic), "topic": decoded.topic},
-                )
-            batch.append(decoded)
-        # Fleet-to-device topics (desired states, the `stored` acknowledgements every
-        # replica publishes) come back on the wildcard subscription: not device traffic.
-        self._metrics.received.inc(len(raws) - ignored)
-        self._metrics.ignored.inc(ignored)
-        return batch
-
     def identities_changed(self) -> None:
         """An identity changed in this process: read the table afresh for the next batch."""
-        if self._identities is not None:
-            self._identities.invalidate()
-
-    def _identity_snapshot(self, *, read_after: float | None = None) -> Identities | None:
-        """The active device ids (read after ``read_after``, if given), or None if the fleet
-        does not require identities; retried like a batch while the database is away (the
-        batch waits, nothing is let through)."""
-        if self._identities is None:
-            return None
-        backoff_s = 0.05
-        while True:
-            try:
-                return self._identities.snapshot(read_after=read_after)
-            except SQLAlchemyError as e:
-                self._metrics.db_retries.inc()
-                logger.warning("cannot read device identities, retrying in %.2fs: %s", backoff_s, e)
-                time.sleep(backoff_s * random.uniform(0.5, 1.0))
-                backoff_s = min(backoff_s * 2, self._settings.ingest_retry_max_s)
-
-    def _write_with_retry(self, batch: list[Accepted | Rejected]) -> None:
-        backoff_s = 0.05
-        while True:
-            started = time.perf_counter()
-            try:
-                result = self._writer.write(batch)
-            except TransientStoreError as e:
-                self._metrics.db_retries.inc()
-                if self._give_up_at is not None and time.monotonic() > self._give_up_at:
-                    logger.error("stopping with %d messages not stored: %s", len(batch), e)
-                    return
-                logger.warning("retrying a batch of %d in %.2fs: %s", len(batch), backoff_s, e)
-                time.sleep(backoff_s * random.uniform(0.5, 1.0))
-                backoff_s = min(backoff_s * 2, self._settings.ingest_retry_max_s)
-                continue
-            self._metrics.batch_seconds.observe(time.perf_counter() - started)
-            self._metrics.record(result)
-            self._metrics.record_lag(batch, utcnow())
-            self._stored.add(result.stored)
-            return
-
-
-def dead_letter_limits(settings: FleetSettings) -> DeadLetterLimits:
-    """The dead-letter bounds the settings ask for."""
-    return DeadLetterLimits(
-        prefix_bytes=settings.dead_letter_payload_prefix_bytes,
-        max_rows=settings.dead_letter_max_rows,
-        max_bytes=settings.dead_letter_max_bytes,
-        retention_s=settings.dead_letter_retention_s,
-    )
-
-
-def _claimed_device(topic: str) -> str | None:
-    """The device id a topic names (for a log line's ``device_id``), None outside the scheme."""
-    try:
-        return parse_topic(topic).device_id
-    except TopicError:
-        return None
+        if self._process is not None:
+            self._process.identities_changed()
+        if self._processor is not None:
+            self._processor.identities_changed()

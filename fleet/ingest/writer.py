@@ -1,8 +1,9 @@
 """Persist a batch of decoded messages: one transaction, one bulk insert per table.
 
-The hot inserts (telemetry, events, drift, the device upsert) are multi-row statements
-on the driver (`edgefleet.fleet.ingest.bulk`), storing exactly what the ORM would; state updates
-and dead letters are rare and stay SQLAlchemy Core statements.
+The hot inserts (telemetry, events, drift, the device upsert) run on the driver
+(`edgefleet.fleet.ingest.bulk`: multi-row statements on SQLite, ``COPY`` through a staging
+table on PostgreSQL), storing exactly what the ORM would; state updates and dead letters
+are rare and stay SQLAlchemy Core statements.
 
 Invariants:
 - a (device_id, seq) already stored is skipped (ON CONFLICT DO NOTHING), and counted as
@@ -39,11 +40,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, or_, select, tuple_, update
+from sqlalchemy import Connection, Engine, Table, event, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
-from edgefleet.fleet.ingest.bulk import BulkStatement, quoted
+from edgefleet.fleet.ingest.bulk import BulkStatement, CopyInsert, forget_staging, quoted
 from edgefleet.fleet.ingest.dead_letters import DeadLetterLimits, dead_letter_row, expire, trim
 from edgefleet.fleet.ingest.decode import Accepted, Rejected
 from edgefleet.fleet.ingest.rows import (
@@ -137,6 +138,7 @@ class BatchWriter:
         check_desired_seqs: bool = False,
     ) -> None:
         self._engine = engine
+        self._before_commit: Callable[[WriteResult], None] | None = None
         self._check_desired_seqs = check_desired_seqs
         self._limits = limits or DeadLetterLimits()
         dialect = engine.dialect
@@ -149,33 +151,53 @@ class BatchWriter:
             Channel.EVENTS: (_EVENTS, EVENT_COLUMNS),
             Channel.DRIFT: (_DRIFT, DRIFT_COLUMNS),
         }
-        self._inserts: dict[Channel, BulkStatement] = {
-            Channel.TELEMETRY: BulkStatement(
-                _TELEMETRY, TELEMETRY_COLUMNS, dialect, suffix=new_only
-            ),
-            Channel.EVENTS: BulkStatement(_EVENTS, EVENT_COLUMNS, dialect, suffix=new_only),
-            Channel.DRIFT: BulkStatement(_DRIFT, DRIFT_COLUMNS, dialect, suffix=new_only),
+        if dialect.name == "postgresql" and not event.contains(engine, "rollback", forget_staging):
+            event.listen(engine, "rollback", forget_staging)
+        # PostgreSQL takes the rows by COPY, SQLite in multi-row VALUES (see `bulk`).
+        bulk = CopyInsert if dialect.name == "postgresql" else BulkStatement
+        self._inserts: dict[Channel, BulkStatement | CopyInsert] = {
+            channel: bulk(table, columns, dialect, suffix=new_only)
+            for channel, (table, columns) in self._tables.items()
         }
         # One upsert registers a new device and moves last_seen forward, never back.
         last_seen = quoted(_DEVICE, "last_seen", dialect)
-        self._touch = BulkStatement(
-            _DEVICE,
-            ("device_id", "first_seen", "last_seen"),
-            dialect,
-            constants=_NEW_DEVICE,
-            suffix=(
-                "ON CONFLICT (device_id) DO UPDATE SET last_seen = excluded.last_seen "
-                f"WHERE {last_seen} IS NULL OR {last_seen} < excluded.last_seen"
-            ),
+        touch_suffix = (
+            "ON CONFLICT (device_id) DO UPDATE SET last_seen = excluded.last_seen "
+            f"WHERE {last_seen} IS NULL OR {last_seen} < excluded.last_seen"
+        )
+        touched = ("device_id", "first_seen", "last_seen")
+        # Rows in device-id order either way (see the invariants): sorted here for SQLite,
+        # ordered by the moving statement after COPY on PostgreSQL.
+        self._touch: BulkStatement | CopyInsert = (
+            CopyInsert(
+                _DEVICE,
+                touched,
+                dialect,
+                constants=_NEW_DEVICE,
+                suffix=touch_suffix,
+                order_by="device_id",
+            )
+            if dialect.name == "postgresql"
+            else BulkStatement(
+                _DEVICE, touched, dialect, constants=_NEW_DEVICE, suffix=touch_suffix
+            )
         )
 
-    def write(self, batch: Sequence[Item]) -> WriteResult:
-        """Store ``batch`` in one transaction; raises `TransientStoreError` to be retried."""
+    def write(
+        self, batch: Sequence[Item], before_commit: Callable[[WriteResult], None] | None = None
+    ) -> WriteResult:
+        """Store ``batch`` in one transaction; raises `TransientStoreError` to be retried.
+
+        ``before_commit`` gets what each transaction did just before it commits (so that
+        counts are ahead of what readers of the database can see; a commit that then
+        fails, which is retried, has its batch counted again).
+        """
         if not batch:
             return WriteResult()
+        self._before_commit = before_commit
         try:
             with self._engine.begin() as conn:
-                return self._write(conn, batch)
+                return self._counted(self._write(conn, batch))
         except (OperationalError, InterfaceError) as e:
             raise TransientStoreError(f"database unavailable: {e}") from e
         except DBAPIError as e:
@@ -186,6 +208,11 @@ class BatchWriter:
         except _REFUSED as e:
             logger.warning("database refused a batch of %d, storing one by one: %s", len(batch), e)
             return self._write_one_by_one(batch)
+
+    def _counted(self, result: WriteResult) -> WriteResult:
+        if self._before_commit is not None:
+            self._before_commit(result)
+        return result
 
     def expire_dead_letters(self, now: datetime) -> int:
         """Delete dead letters older than the retention; how many. Raises
@@ -201,7 +228,7 @@ class BatchWriter:
         for item in batch:
             try:
                 with self._engine.begin() as conn:
-                    result.add(self._write(conn, [item]))
+                    result.add(self._counted(self._write(conn, [item])))
             except (OperationalError, InterfaceError) as e:
                 raise TransientStoreError(f"database unavailable: {e}") from e
             except DBAPIError as e:
@@ -218,7 +245,7 @@ class BatchWriter:
         reason = error.__cause__ or error
         refused = _as_rejected(item, f"database refused the message: {reason}")
         with self._engine.begin() as conn:
-            result.add(self._write(conn, [refused]))
+            result.add(self._counted(self._write(conn, [refused])))
 
     def _write(self, conn: Connection, batch: Sequence[Item]) -> WriteResult:
         result = WriteResult()

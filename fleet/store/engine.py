@@ -7,6 +7,7 @@ writes, and so two processes on one file wait for each other instead of failing.
 from __future__ import annotations
 
 import sqlite3
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,42 @@ def make_engine(
     Raises `ValueError` for an unsupported backend (see `normalise_url`).
     """
     url = normalise_url(url)
+    engine = _make_engine(url, sqlite_busy_timeout_ms, **kwargs)
+    _RECIPES[engine] = EngineRecipe(url, sqlite_busy_timeout_ms, dict(kwargs))
+    return engine
+
+
+class EngineRecipe:
+    """How `make_engine` made an engine, to make its like in another process (picklable)."""
+
+    def __init__(self, url: str, sqlite_busy_timeout_ms: int, kwargs: dict[str, Any]) -> None:
+        self.url = url
+        self.sqlite_busy_timeout_ms = sqlite_busy_timeout_ms
+        self.kwargs = kwargs
+
+    def make(self) -> Engine:
+        """A new engine on the same database with the same options."""
+        return make_engine(
+            self.url, sqlite_busy_timeout_ms=self.sqlite_busy_timeout_ms, **self.kwargs
+        )
+
+
+_RECIPES: weakref.WeakKeyDictionary[Engine, EngineRecipe] = weakref.WeakKeyDictionary()
+
+
+def engine_recipe(engine: Engine) -> EngineRecipe | None:
+    """How to make ``engine``'s like in another process; None if another process cannot
+    reach its database (in-memory SQLite) or it was not made by `make_engine`."""
+    recipe = _RECIPES.get(engine)
+    if recipe is None:
+        return None
+    database = make_url(recipe.url).database
+    if make_url(recipe.url).get_backend_name() == "sqlite" and database in (None, "", ":memory:"):
+        return None
+    return recipe
+
+
+def _make_engine(url: str, sqlite_busy_timeout_ms: int, **kwargs: Any) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":

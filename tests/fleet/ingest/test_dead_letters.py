@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Engine, insert, inspect, select, text
 from sqlmodel import Session
 
+from edgefleet.fleet.ingest.batches import dead_letter_limits
 from edgefleet.fleet.ingest.dead_letters import (
     MAX_ERROR_CHARS,
     MAX_TOPIC_CHARS,
@@ -17,7 +18,6 @@ from edgefleet.fleet.ingest.dead_letters import (
     dead_letter_row,
 )
 from edgefleet.fleet.ingest.decode import Oversized, Rejected, decode
-from edgefleet.fleet.ingest.subscriber import dead_letter_limits
 from edgefleet.fleet.ingest.writer import BatchWriter
 from edgefleet.fleet.settings import FleetSettings
 from edgefleet.fleet.store import DeadLetter, make_engine

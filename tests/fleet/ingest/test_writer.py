@@ -19,12 +19,13 @@ from edgefleet.fleet.ingest.writer import BatchWriter, TransientStoreError
 from edgefleet.fleet.store import (
     DeadLetter,
     Device,
+    DriftWindowRow,
     EventRow,
     TelemetryRow,
     create_all,
     make_engine,
 )
-from edgefleet.shared.messages import encode
+from edgefleet.shared.messages import DriftMessage, ModelRef, encode
 from edgefleet.shared.topics import Channel, device_topic
 from tests.fleet.factories import T0, event, state, telemetry
 
@@ -269,3 +270,71 @@ def test_a_batch_stored_one_by_one_reports_every_item(engine: Engine) -> None:
     )
     # The refused row is a dead letter now, but its seq does not fit the wire: not acked.
     assert sorted(result.stored) == [("d1", 1), ("d1", 2)]
+
+
+def drift(device_id: str, seq: int) -> DriftMessage:
+    return DriftMessage(
+        device_id=device_id,
+        seq=seq,
+        ts=T0,
+        model=ModelRef(name="wine", version="1.0.0"),
+        window_start=T0 - timedelta(minutes=5),
+        window_end=T0,
+        count=200,
+    )
+
+
+def test_each_channel_stores_a_seq_once_within_and_across_batches(engine: Engine) -> None:
+    # Through the bulk path of each backend (multi-row VALUES on SQLite, COPY through a
+    # staging table on PostgreSQL): a redelivery in the same batch and one in the next.
+    make = {Channel.TELEMETRY: telemetry, Channel.EVENTS: event, Channel.DRIFT: drift}
+    writer = BatchWriter(engine)
+    first = [item(c, m(f"d{d}", seq)) for c, m in make.items() for d in (1, 2) for seq in (1, 2)]
+    result = writer.write(first + first[::3])
+    assert +result.persisted == {c: 4 for c in make}
+    assert +result.duplicates == {Channel.TELEMETRY: 2, Channel.EVENTS: 1, Channel.DRIFT: 1}
+    second = [item(c, m("d1", seq)) for c, m in make.items() for seq in (2, 3)]
+    result = writer.write(second)
+    assert +result.persisted == {c: 1 for c in make}
+    assert +result.duplicates == {c: 1 for c in make}
+    assert not +result.conflicts
+    for table in (TelemetryRow, EventRow, DriftWindowRow):
+        assert count(engine, table) == 5
+    with Session(engine) as s:
+        window = s.get(DriftWindowRow, ("d1", 3))
+        assert window is not None
+        assert (window.window_start, window.count, window.model_version) == (
+            T0 - timedelta(minutes=5),
+            200,
+            "1.0.0",
+        )
+        assert window.received_at == NOW
+    # Devices seen only through these channels are registered with the defaults.
+    d2 = device(engine, "d2")
+    assert (d2.online, d2.agent_version, d2.tags, d2.platform, d2.runtimes) == (
+        False,
+        "",
+        [],
+        {},
+        [],
+    )
+    assert (d2.first_seen, d2.last_seen) == (NOW, NOW)
+
+
+def test_postgresql_takes_the_rows_by_copy_and_counts_a_later_batch_alone(
+    engine: Engine,
+) -> None:
+    if engine.dialect.name != "postgresql":
+        pytest.skip("COPY is PostgreSQL's")
+    writer = BatchWriter(engine)
+    writer.write([item(Channel.TELEMETRY, telemetry("d1", seq)) for seq in range(10)])
+    # A staging row left over from the first batch would be counted again here.
+    result = writer.write([item(Channel.TELEMETRY, telemetry("d1", seq)) for seq in (10, 11)])
+    assert +result.persisted == {Channel.TELEMETRY: 2}
+    with engine.connect() as conn:
+        staged = conn.exec_driver_sql(
+            "SELECT count(*) FROM pg_class WHERE relname = 'edgefleet_stage_telemetry'"
+            " AND relpersistence = 't'"
+        ).scalar()
+    assert staged == 1  # the writer's connection made the staging table: the COPY path ran
+    assert count(engine, TelemetryRow) == 12
