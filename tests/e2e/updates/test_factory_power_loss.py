@@ -38,7 +38,10 @@ pytestmark = pytest.mark.slow
 # of a second, so random kills land inside the install and not only around it.
 PAD_BYTES = 48 * 1024 * 1024
 KILLS = 6
-MAX_KILL_DELAY_S = 1.5
+# Kills spread over this multiple of a measured first install: most land inside it, the
+# last ones around its end (the install's length depends on the machine and its load, so
+# fixed delays let every kill miss it on a fast, quiet one).
+KILL_SPAN = 1.5
 
 
 @pytest.fixture(params=[False, True], ids=["updates-off", "updates-on"])
@@ -106,13 +109,47 @@ def test_first_start_killed_at_random_instants_ends_with_the_factory_model_servi
     store_root = tmp_path / "agent" / "data" / STORE_DIR
     log = (tmp_path / "agent.log").open("ab")
 
-    def spawn() -> subprocess.Popen[bytes]:
+    def spawn(agent_config: Path = config) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
-            [sys.executable, "-m", "edgefleet.agent", "run", "--config", str(config)],
+            [sys.executable, "-m", "edgefleet.agent", "run", "--config", str(agent_config)],
             cwd=REPO,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+
+    def wait_for_store(process: subprocess.Popen[bytes], root: Path) -> None:
+        # Count from the moment the agent starts on its store (interpreter start-up
+        # and imports take longer than the install itself on a busy machine).
+        deadline = time.monotonic() + 60
+        while not root.is_dir():
+            assert process.poll() is None, f"the agent exited: {process.returncode}"
+            assert time.monotonic() < deadline, "the agent never created its store"
+            time.sleep(0.005)
+
+    # How long a first install takes here, on another device's data dir.
+    (tmp_path / "calibration").mkdir()
+    calibration = toml_config(
+        tmp_path / "calibration" / "agent.toml",
+        mosquitto,
+        f"{device}-cal",
+        model=factory.path,
+        model_version=factory.version,
+        api_port=free_port(),
+        data_dir=tmp_path / "calibration" / "data",
+        update=rig.update_config() if rig else {"enabled": False},
+    )
+    calibration_root = tmp_path / "calibration" / "data" / STORE_DIR
+    timing = spawn(calibration)
+    try:
+        wait_for_store(timing, calibration_root)
+        started = time.monotonic()
+        while ModelStore(calibration_root).active() is None:  # live: read, do not recover
+            assert time.monotonic() - started < 60, "the calibration install never finished"
+            time.sleep(0.002)
+        install_s = time.monotonic() - started
+    finally:
+        timing.send_signal(signal.SIGKILL)
+        timing.wait(10)
 
     process: subprocess.Popen[bytes] | None = None
     before_activation = 0
@@ -120,16 +157,10 @@ def test_first_start_killed_at_random_instants_ends_with_the_factory_model_servi
     try:
         for kill in range(KILLS):
             process = spawn()
-            # Count from the moment the agent starts on its store (interpreter start-up
-            # and imports take longer than the install itself on a busy machine).
-            deadline = time.monotonic() + 60
-            while not store_root.is_dir():
-                assert process.poll() is None, f"the agent exited: {process.returncode}"
-                assert time.monotonic() < deadline, "the agent never created its store"
-                time.sleep(0.005)
+            wait_for_store(process, store_root)
             # Short delays first, longer ones later: early kills hit the install, late
             # ones may find the factory model active already.
-            time.sleep(MAX_KILL_DELAY_S * (kill + rng.random()) / KILLS)
+            time.sleep(KILL_SPAN * install_s * (kill + rng.random()) / KILLS)
             process.send_signal(signal.SIGKILL)
             process.wait(10)
             active = check_store(store_root)
@@ -152,5 +183,8 @@ def test_first_start_killed_at_random_instants_ends_with_the_factory_model_servi
             process.wait(10)
         births.close()
         log.close()
-    print(f"{before_activation} of {KILLS} kills landed before the factory model was active")
+    print(
+        f"{before_activation} of {KILLS} kills landed before the factory model was active "
+        f"(a first install took {install_s:.3f} s)"
+    )
     assert before_activation >= 1, "no kill landed inside the install"
