@@ -12,6 +12,7 @@ be granted and stored, so the test can fail.
 from __future__ import annotations
 
 import ssl
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -96,9 +97,19 @@ class Closed:
         )
 
     def connected(self, identity_dir: Path, *, client_id: str | None = None) -> MqttTestClient:
-        client = self.device(identity_dir, client_id=client_id)
-        assert client.connect(), f"{identity_dir.name} could not connect:\n{self.broker.log()}"
-        return client
+        """A connected device client. With passwords the broker knows a device only once
+        the fleet's keeper has rewritten the password file and reloaded it, a moment
+        after the enrollment answered, so a refusal is retried for a few seconds."""
+        deadline = time.monotonic() + 15
+        while True:
+            client = self.device(identity_dir, client_id=client_id)
+            if client.connect():
+                return client
+            client.close()
+            assert time.monotonic() < deadline, (
+                f"{identity_dir.name} could not connect:\n{self.broker.log()}"
+            )
+            time.sleep(0.2)
 
     def fleet_client(self) -> MqttTestClient:
         """A connected client with the fleet's own broker credential, on its listener."""
