@@ -432,7 +432,7 @@ class Agent:
             credentials=self._credentials,
         )
         self._updates = updates
-        self.metrics.observer = updates.record_inference
+        updates.feed_probation(self.metrics)
         try:
             updates.load_active()
         except Exception as e:  # StoreError, Malformed, RuntimeLoadError: resume repairs it

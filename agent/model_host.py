@@ -244,6 +244,16 @@ def _request_path(
     # One input of known rank and a variable batch size: the fast path (see the module
     # invariants). A fixed batch size is checked here: TFLite would resize to any.
     name, dtype, ndarray = single.name, np.dtype(single.dtype), np.ndarray
+    predict_array: Callable[[Any], Tensors] | None = getattr(model.runtime, "predict_array", None)
+    if predict_array is not None:
+        return _array_path(
+            single,
+            predict_array,
+            checked=checked,
+            metrics=metrics,
+            observe_array=observe_array,
+            ref=ref,
+        )
 
     def run(
         inputs: Mapping[str, Any], request_ids: Sequence[str] | None
@@ -264,6 +274,52 @@ def _request_path(
         record_ns(now() - started)
         if observe_array is not None:
             observe_array(value, outputs, request_ids)
+        return ref, outputs
+
+    return run
+
+
+def _array_path(
+    single: TensorSpec,
+    predict_array: Callable[[Any], Tensors],
+    *,
+    checked: RequestPath,
+    metrics: InferenceMetrics,
+    observe_array: ArrayObserver | None,
+    ref: ModelRef,
+) -> RequestPath:
+    """The fast path on a runtime's ``predict_array`` (see the module invariants).
+
+    The latency goes into the metrics' ring here (`InferenceMetrics.latency_slots`)
+    rather than through `InferenceMetrics.record_ns`: at batch 1 on a TFLite tabular
+    model every call saved is a few percent of the run.
+    """
+    record_error, now, ndarray = metrics.record_error, _now_ns, np.ndarray
+    ring, tickets, size = metrics.latency_slots()
+    name, dtype, specs = single.name, np.dtype(single.dtype), [single]
+
+    def run(
+        inputs: Mapping[str, Any], request_ids: Sequence[str] | None
+    ) -> tuple[ModelRef, Tensors]:
+        value = inputs.get(name)
+        if value.__class__ is not ndarray or value.dtype is not dtype or len(inputs) != 1:
+            return checked(inputs, request_ids)
+        started = now()
+        try:
+            outputs = predict_array(value)
+        except InferenceError:
+            fault = _input_fault(specs, inputs)
+            if fault is not None:
+                raise fault from None
+            record_error()
+            raise
+        elapsed = now() - started
+        ring[next(tickets) % size] = elapsed
+        if observe_array is not None:
+            observe_array(value, outputs, request_ids)
+        observer = metrics.observer
+        if observer is not None:
+            observer(True, elapsed * 1e-6)
         return ref, outputs
 
     return run
