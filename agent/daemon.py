@@ -250,6 +250,7 @@ class Agent:
                 health=self._health,
                 metrics=self._metrics_text,
                 name=f"edgefleet-api-{self.device_id}",
+                unix_socket=config.api.unix_socket,
             )
         self._link = Link(
             config=broker,
