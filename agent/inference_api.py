@@ -79,6 +79,15 @@ from edgefleet.agent.feedback import (
 from edgefleet.agent.model_host import InputError, ModelHost, NoModelLoadedError
 from edgefleet.shared.runtime import InferenceError
 
+_orjson_loads: Callable[[bytes], Any] | None
+try:
+    from orjson import loads as _orjson_loads
+except ImportError:  # pragma: no cover - orjson is in the agent extra, but optional
+    _orjson_loads = None
+
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_LONG_DIGITS = b"0" * 19
+
 log = logging.getLogger(__name__)
 
 JSON = "application/json"
@@ -102,6 +111,20 @@ def _jsonable(value: Any) -> Any:
 
 
 def _load_json(body: bytes) -> Any:
+    """The body's JSON document; raises `ApiError` (400 bad_json) when it is not JSON.
+
+    orjson first when installed: it reads numbers several times faster (a 32x32x3 image
+    is 3,072 of them: ~100 us instead of ~650 here). It accepts a strict subset of what
+    `json.loads` accepts (RFC 8259 UTF-8 only: no NaN or Infinity, no lone surrogates,
+    integers of at most 64 bits, 1,024 levels at most) and reads it to the same values,
+    so whatever it refuses goes to `json.loads`, whose answer or error stands: the API
+    accepts and refuses exactly what it did without orjson. One exception: orjson reads
+    an integer beyond 64 bits as a float (`json.loads`: an int, which the model host
+    then refuses), so a body with a run of 19 or more digits skips orjson.
+    """
+    if _orjson_loads is not None and _LONG_DIGITS not in body.translate(_DIGITS_AS_ZERO):
+        with contextlib.suppress(ValueError):
+            return _orjson_loads(body)
     try:
         return json.loads(body)
     # RecursionError: the decoder recurses once per level of nesting.

@@ -234,3 +234,36 @@ def test_the_agent_serves_its_api_on_the_configured_unix_socket(
     finally:
         agent.stop(1.0)
     assert not path.exists()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"inputs": {"input": [[1.5, -0.0, 1e-05, 1e+20, 3]]}, "request_id": "x"}',
+        b'{"a": NaN, "b": [Infinity, -Infinity]}',
+        b'{"big": 100000000000000000000000}',
+        b'{"inputs": {"input": [[1208925819614629174706176, 2.5]]}}',
+        b'{"long": 0.12345678901234567890123, "i": 9223372036854775807}',
+        b'{"s": "\\ud800"}',
+        '{"s": "\u00e9"}'.encode("utf-16"),
+        b'\xef\xbb\xbf{"bom": 1}',
+        b'{"dup": 1, "dup": 2}',
+        b"[" * 2000 + b"]" * 2000,
+        b"{not json",
+        b'{"a": 1} trailing',
+        b"\xff\xfe\x00{",
+    ],
+)
+def test_json_bodies_read_as_the_standard_library_reads_them(body: bytes) -> None:
+    """orjson first, json.loads for what it refuses: the same document or the same 400."""
+    from edgefleet.agent.inference_api import ApiError, _load_json
+
+    try:
+        expected: Any = repr(json.loads(body))
+    except (ValueError, RecursionError):
+        expected = ApiError
+    try:
+        got: Any = repr(_load_json(body))
+    except ApiError:
+        got = ApiError
+    assert got == expected
