@@ -12,6 +12,9 @@ socket (``[api] unix_socket``). Side by side in the same run:
 - ``api tcp`` / ``api unix``: a keep-alive `http.client` connection in a separate
   client process (as a local app would be: no GIL shared with the agent) posting the
   row as JSON; per request: send, read the whole answer;
+- ``raw api ...`` / ``raw floor ...``: the same two servers from a bare socket sending
+  a prebuilt request and reading the answer by its Content-Length: what a lean client
+  sees, and the floor less what `http.client` itself costs;
 - ``floor tcp`` / ``floor unix``: the same client against the same server stack
   (`InferenceApi`, its handler and fast head, the same threads) whose predict route
   returns a fixed document (a real answer, so the same size) without reading the JSON
@@ -23,7 +26,8 @@ The client runs ``--rounds`` rounds; in each, ``--requests`` requests to every t
 a rotating order, after a warm-up. Figures are p50 and p99 over all requests.
 ``added`` = api p50 - in-process p50 (target: <= 100 us, on TCP and on the Unix
 socket); ``ours`` = api p50 - floor p50 - in-process p50: what the agent's handler
-adds beyond the transport (JSON in and out, input conversion, the call). The load
+adds beyond the transport (JSON in and out, input conversion, the call); ``http.client``
+= floor p50 - raw floor p50, the client library's share of the floor. The load
 average is printed at the start and the end.
 """
 
@@ -38,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +58,16 @@ from edgefleet.simulators.tflite_models.small_cnn import build_small_cnn, digit_
 
 TARGET_US = 100.0
 WARMUP = 50
-TARGETS = ("api tcp", "api unix", "floor tcp", "floor unix")
+TARGETS = (
+    "api tcp",
+    "api unix",
+    "floor tcp",
+    "floor unix",
+    "raw api tcp",
+    "raw api unix",
+    "raw floor tcp",
+    "raw floor unix",
+)
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -67,42 +81,82 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock.connect(self._path)
 
 
+class _RawClient:
+    """A prebuilt request on a bare socket, the answer read by its Content-Length.
+
+    No client library: what the floor costs without `http.client`'s own parsing.
+    """
+
+    def __init__(self, kind: str, where: Any, body: bytes) -> None:
+        if kind == "tcp":
+            self.sock = socket.create_connection(("127.0.0.1", where), timeout=10)
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        else:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(10)
+            self.sock.connect(where)
+        self.request = (
+            b"POST /v1/predict HTTP/1.1\r\nHost: localhost\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+        ) + body
+
+    def once(self) -> None:
+        self.sock.sendall(self.request)
+        data = b""
+        while (end := data.find(b"\r\n\r\n")) < 0:
+            data += self.sock.recv(65536)
+        if not data.startswith(b"HTTP/1.1 200 "):
+            raise RuntimeError(data[:80].decode("latin-1"))
+        at = data.index(b"Content-Length: ") + 16
+        length = int(data[at : data.index(b"\r\n", at)])
+        while len(data) < end + 4 + length:
+            data += self.sock.recv(65536)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 def client(spec: dict[str, Any]) -> dict[str, list[int]]:
     """The client process: round trips (ns) per target, rotating order each round."""
     body = spec["body"].encode()
     headers = {"Content-Type": "application/json"}
-    connections: dict[str, http.client.HTTPConnection] = {}
+    calls: dict[str, Callable[[], None]] = {}
+    closers: list[Callable[[], None]] = []
     for name, (kind, where) in spec["targets"].items():
-        connections[name] = (
+        if name.startswith("raw"):
+            raw = _RawClient(kind.removeprefix("raw "), where, body)
+            calls[name], _ = raw.once, closers.append(raw.close)
+            continue
+        conn = (
             http.client.HTTPConnection("127.0.0.1", where, timeout=10)
             if kind == "tcp"
             else _UnixConnection(where)
         )
+
+        def once(conn: http.client.HTTPConnection = conn) -> None:
+            conn.request("POST", "/v1/predict", body=body, headers=headers)
+            response = conn.getresponse()
+            response.read()
+            if response.status != 200:
+                raise RuntimeError(f"status {response.status}")
+
+        calls[name], _ = once, closers.append(conn.close)
     clock = time.perf_counter_ns
-
-    def once(conn: http.client.HTTPConnection) -> int:
-        start = clock()
-        conn.request("POST", "/v1/predict", body=body, headers=headers)
-        response = conn.getresponse()
-        response.read()
-        elapsed = clock() - start
-        if response.status != 200:
-            raise RuntimeError(f"status {response.status}")
-        return elapsed
-
-    for conn in connections.values():
+    for call in calls.values():
         for _ in range(WARMUP):
-            once(conn)
-    times: dict[str, list[int]] = {name: [] for name in connections}
-    names = list(connections)
+            call()
+    times: dict[str, list[int]] = {name: [] for name in calls}
+    names = list(calls)
     for round_ in range(spec["rounds"]):
         shift = round_ % len(names)
         for name in names[shift:] + names[:shift]:
-            conn, out = connections[name], times[name]
+            call, out = calls[name], times[name]
             for _ in range(spec["requests"]):
-                out.append(once(conn))
-    for conn in connections.values():
-        conn.close()
+                start = clock()
+                call()
+                out.append(clock() - start)
+    for close in closers:
+        close()
     return times
 
 
@@ -157,6 +211,10 @@ def measure(
                     "api unix": ("unix", str(sock)),
                     "floor tcp": ("tcp", floor.port),
                     "floor unix": ("unix", str(floor.unix_socket)),
+                    "raw api tcp": ("raw tcp", agent.api_port),
+                    "raw api unix": ("raw unix", str(sock)),
+                    "raw floor tcp": ("raw tcp", floor.port),
+                    "raw floor unix": ("raw unix", str(floor.unix_socket)),
                 },
             }
             calls = args.rounds * args.requests
@@ -182,10 +240,15 @@ def measure(
         added = api_p50 - local_p50
         ours = added - floor_p50
         verdict = "MET" if added <= TARGET_US else "NOT MET"
+        client_us = floor_p50 - figures[f"raw floor {transport}"][0]
+        raw_added = figures[f"raw api {transport}"][0] - local_p50
         verdicts.append(
-            f"{label:<12}{transport:<5} api {api_p50:7.1f} us vs in-process {local_p50:6.1f} us:"
-            f" added {added:6.1f} us ({api_p50 / local_p50:5.1f}x); floor {floor_p50:6.1f} us,"
-            f" ours {ours:6.1f} us; target added <= {TARGET_US:.0f} us: {verdict}"
+            f"{label:<10}{transport:<5} api {api_p50:6.1f} us vs in-process {local_p50:5.1f} us:"
+            f" added {added:6.1f} us ({api_p50 / local_p50:4.1f}x) = floor {floor_p50:6.1f}"
+            f" (of it http.client {client_us:5.1f}) + ours {ours:6.1f};"
+            f" target added <= {TARGET_US:.0f} us: {verdict}"
+            f"\n{'':<15}from a bare-socket client (no http.client): added {raw_added:6.1f} us"
+            f" (raw floor {figures[f'raw floor {transport}'][0]:5.1f})"
         )
     return verdicts
 
