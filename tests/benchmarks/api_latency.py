@@ -21,6 +21,9 @@ socket (``[api] unix_socket``). Side by side in the same run:
   or inferring: what HTTP, the sockets and the client cost on their own.
 
 The agent's own API serves both ``api`` targets (its config sets ``api.unix_socket``).
+With ``--baseline FILE`` (an older ``agent/inference_api.py``, e.g. from
+``git show 4c2cdb5:agent/inference_api.py``), that module's API serves the same model host
+on TCP too (``old api tcp``), measured in the same rounds: before and after side by side.
 
 The client runs ``--rounds`` rounds; in each, ``--requests`` requests to every target in
 a rotating order, after a warm-up. Figures are p50 and p99 over all requests.
@@ -35,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import importlib.util
 import json
 import os
 import socket
@@ -201,6 +205,10 @@ def measure(
             routes={"/v1/predict": lambda host, raw: fixed},
         )
         floor.start()
+        old = None
+        if args.baseline is not None:
+            old = _baseline_api(args.baseline, agent)
+            old.start()
         try:
             spec = {
                 "body": body,
@@ -217,6 +225,8 @@ def measure(
                     "raw floor unix": ("raw unix", str(floor.unix_socket)),
                 },
             }
+            if old is not None:
+                spec["targets"]["old api tcp"] = ("tcp", old.port)  # type: ignore[index]
             calls = args.rounds * args.requests
             local = in_process(agent, x, calls // 2)
             result = subprocess.run(
@@ -229,8 +239,11 @@ def measure(
             local += in_process(agent, x, calls - calls // 2)
         finally:
             floor.stop()
+            if old is not None:
+                old.stop()
     times: dict[str, list[int]] = json.loads(result.stdout)
-    figures = {"in-process": percentiles(local)} | {t: percentiles(times[t]) for t in TARGETS}
+    shown = (*TARGETS, "old api tcp") if "old api tcp" in times else TARGETS
+    figures = {"in-process": percentiles(local)} | {t: percentiles(times[t]) for t in shown}
     for name, (p50, p99) in figures.items():
         print(f"{label:<12}{name:<12}{p50:>10.1f}{p99:>10.1f}")
     verdicts = []
@@ -250,7 +263,30 @@ def measure(
             f"\n{'':<15}from a bare-socket client (no http.client): added {raw_added:6.1f} us"
             f" (raw floor {figures[f'raw floor {transport}'][0]:5.1f})"
         )
+    if "old api tcp" in figures:
+        old_p50 = figures["old api tcp"][0]
+        verdicts.append(
+            f"{label:<10}tcp   before this change (--baseline): api {old_p50:6.1f} us, added"
+            f" {old_p50 - local_p50:6.1f} us; now {figures['api tcp'][0] / old_p50:.2f}x that"
+        )
     return verdicts
+
+
+def _baseline_api(path: Path, agent: Agent) -> Any:
+    """The API of an older ``inference_api.py`` (e.g. ``git show REV:agent/inference_api.py``)
+    serving the same model host on another port, for a side-by-side before/after."""
+    spec = importlib.util.spec_from_file_location("baseline_inference_api", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.InferenceApi(
+        agent.model_host,
+        bind_host="127.0.0.1",
+        port=0,
+        max_body_bytes=4 * 1024 * 1024,
+        health=lambda: {},
+    )
 
 
 def main() -> None:
@@ -258,6 +294,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--requests", type=int, default=300, help="per target and round")
     parser.add_argument("--only", nargs="*", help="wine, small_cnn (default: both)")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="an older agent/inference_api.py to serve beside this one (TCP), for before/after",
+    )
     parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.client:
