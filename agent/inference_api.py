@@ -319,6 +319,8 @@ def _handler_class(
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive: local apps call in tight loops
         server_version = "edgefleet-agent"
+        # `version_string()`, formatted once.
+        server_header = f"{server_version} {BaseHTTPRequestHandler.sys_version}"
         # Headers and body go out in two writes; without this, Nagle's algorithm and the
         # client's delayed ACK add ~40 ms to every keep-alive request.
         disable_nagle_algorithm = True
@@ -449,7 +451,7 @@ def _handler_class(
                 self.log_request(status.value)
             head = (
                 f"{self.protocol_version} {status.value} {status.phrase}\r\n"
-                f"Server: {self.version_string()}\r\nDate: {_DATE.now()}\r\n"
+                f"Server: {self.server_header}\r\nDate: {_DATE.now()}\r\n"
                 f"Content-Type: {content_type}\r\nContent-Length: {len(payload)}\r\n"
                 f"{'Connection: close' + chr(13) + chr(10) if self.close_connection else ''}\r\n"
             ).encode("latin-1")
