@@ -20,6 +20,10 @@ Invariants:
   counted as a model error. Anything else (lists, other dtypes, other names, several
   inputs, a fixed batch size) takes the checked path (`check_inputs`) with its
   conversions and messages.
+- On that fast path, a runtime that has ``predict_array`` (both of ours) gets the array
+  itself, no dict (see the runtimes' invariants), and the latency goes straight into
+  the metrics' ring (`InferenceMetrics.latency_slots`); ``metrics.observer`` is read on
+  every call, since the update service sets it only while a model is on probation.
 - On a swap the old model's drift monitor is handed to ``on_retired`` (which closes and
   publishes its window) after the new one serves. A request that read the old record
   just before the swap may still append to the retired monitor; those few rows are
