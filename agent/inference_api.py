@@ -79,11 +79,23 @@ from edgefleet.agent.feedback import (
 from edgefleet.agent.model_host import InputError, ModelHost, NoModelLoadedError
 from edgefleet.shared.runtime import InferenceError
 
-_orjson_loads: Callable[[bytes], Any] | None
-try:
-    from orjson import loads as _orjson_loads
-except ImportError:  # pragma: no cover - orjson is in the agent extra, but optional
-    _orjson_loads = None
+# orjson's loads once imported (None: not installed); empty before the first body.
+_ORJSON: list[Callable[[bytes], Any] | None] = []
+
+
+def _orjson_loads() -> Callable[[bytes], Any] | None:
+    """orjson's ``loads``, imported at the first request body rather than at start:
+    it adds ~4 MB of RSS that an agent whose API serves nothing need not pay. A race
+    imports it twice, harmlessly."""
+    if not _ORJSON:
+        loads: Callable[[bytes], Any] | None
+        try:
+            from orjson import loads
+        except ImportError:  # pragma: no cover - orjson is in the agent extra, but optional
+            loads = None
+        _ORJSON.append(loads)
+    return _ORJSON[0]
+
 
 _DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
 _LONG_DIGITS = b"0" * 19
@@ -122,9 +134,10 @@ def _load_json(body: bytes) -> Any:
     an integer beyond 64 bits as a float (`json.loads`: an int, which the model host
     then refuses), so a body with a run of 19 or more digits skips orjson.
     """
-    if _orjson_loads is not None and _LONG_DIGITS not in body.translate(_DIGITS_AS_ZERO):
+    fast = _orjson_loads()
+    if fast is not None and _LONG_DIGITS not in body.translate(_DIGITS_AS_ZERO):
         with contextlib.suppress(ValueError):
-            return _orjson_loads(body)
+            return fast(body)
     try:
         return json.loads(body)
     # RecursionError: the decoder recurses once per level of nesting.
