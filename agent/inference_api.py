@@ -6,6 +6,19 @@ The request id is generated when the client sends none. A batch of N > 1 rows al
 returns ``"request_ids"``: one per row, ``"<request_id>/<row>"``, which is what feedback
 for a single row names.
 
+A body sent as ``Content-Type: application/x-npy`` (any case, parameters ignored) to
+``POST /v1/predict`` is one NumPy ``.npy`` array (`numpy.lib.format`, read with
+``allow_pickle=False``): the model's single input, batch axis first, so a caller with an
+image or tensor pays no JSON numbers. The request id is the optional ``X-Request-Id``
+header (at most ``MAX_REQUEST_ID_CHARS``); the answer is the same JSON, and the request
+goes through the same `ModelHost.infer` (metrics, drift, request ids for feedback,
+model switches) as its JSON twin. 400 ``bad_npy``: the body is not exactly one .npy
+array (truncated, bytes after it, a bad header, an object dtype, version 3.0); 400
+``bad_inputs``:
+a wrong shape or dtype (the same conversion rules as JSON lists) or a model with
+several inputs; the body bound (413) is ``max_body_bytes`` as for JSON. Any other
+Content-Type (or none) is JSON, as before.
+
 ``POST /v1/feedback`` joins late labels to those predictions by request id; its body and
 answers are described in `edgefleet.agent.feedback`.
 
@@ -32,7 +45,8 @@ model, most of it the standard library's HTTP machinery):
   the connection's read buffer, and is exactly ``POST /v1/predict`` or
   ``/v1/feedback`` over HTTP/1.1 with one plain ``Content-Length``, no
   ``Transfer-Encoding`` or ``Expect``, no folded or malformed header line and at most
-  ``Connection: close|keep-alive`` (`parse_fast_head`), is parsed here with a few byte
+  ``Connection: close|keep-alive`` (`parse_fast_head`; it also reads one
+  ``Content-Type`` and one ``X-Request-Id``), is parsed here with a few byte
   splits. Anything else, however slightly unusual, is left unread and goes to
   `BaseHTTPRequestHandler` as before (its email-based header parser cost ~40 us a
   request), so every error answer and bound of the slow path is unchanged. The fast
@@ -48,6 +62,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import io
 import json
 import logging
 import os
@@ -103,6 +118,7 @@ _LONG_DIGITS = b"0" * 19
 log = logging.getLogger(__name__)
 
 JSON = "application/json"
+NPY = "application/x-npy"
 
 
 class ApiError(Exception):
@@ -163,7 +179,11 @@ def predict(host: ModelHost, body: bytes) -> dict[str, Any]:
         )
     inputs = request["inputs"]
     first = next(iter(inputs.values()), None)
-    rows = len(first) if isinstance(first, list) else 1
+    return _run(host, inputs, request_id, len(first) if isinstance(first, list) else 1)
+
+
+def _run(host: ModelHost, inputs: dict[str, Any], request_id: str, rows: int) -> dict[str, Any]:
+    """Infer ``inputs`` and the answer's document; raises `ApiError` as `predict`."""
     row_ids = [request_id] if rows == 1 else [f"{request_id}/{row}" for row in range(rows)]
     started = time.perf_counter()
     try:
@@ -183,6 +203,85 @@ def predict(host: ModelHost, body: bytes) -> dict[str, Any]:
     if rows > 1:
         answer["request_ids"] = row_ids
     return answer
+
+
+def predict_npy(host: ModelHost, body: bytes, request_id: str | None) -> dict[str, Any]:
+    """Answer one ``application/x-npy`` predict body: a single .npy array, the model's one
+    input (batch axis first). ``request_id`` is the ``X-Request-Id`` header (made up when
+    absent). Raises `ApiError`: 400 bad_npy for a body that is not exactly one .npy
+    array without objects (truncated, trailing bytes, object dtype, bad header), 400
+    bad_request for a too long request id, 400 bad_inputs for a model with several
+    inputs or an array of the wrong shape or dtype (the same rules as JSON lists), and
+    the statuses of `predict`.
+    """
+    if request_id is not None and len(request_id) > MAX_REQUEST_ID_CHARS:
+        raise ApiError(
+            HTTPStatus.BAD_REQUEST,
+            "bad_request",
+            f"X-Request-Id must be at most {MAX_REQUEST_ID_CHARS} characters",
+        )
+    array = _load_npy(body)
+    active = host.active
+    if active is None:
+        raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, "no_model", "no model is loaded yet")
+    specs = active.runtime.inputs
+    if len(specs) != 1:
+        raise ApiError(
+            HTTPStatus.BAD_REQUEST,
+            "bad_inputs",
+            f"an {NPY} body is the model's one input; this model takes "
+            f"{sorted(s.name for s in specs)}: send JSON",
+        )
+    rows = array.shape[0] if array.ndim else 1
+    return _run(host, {specs[0].name: array}, request_id or uuid.uuid4().hex, rows)
+
+
+def _load_npy(body: bytes) -> np.ndarray[Any, Any]:
+    """The one .npy array ``body`` is (read-only, on the body's bytes: no copy); raises
+    `ApiError` (400 bad_npy) for anything else.
+
+    The header is read and checked before any array exists: `numpy.lib.format.read_array`
+    would allocate whatever shape a 100-byte header claims. Versions 1.0 and 2.0 only
+    (3.0 differs in allowing non-latin-1 field names, i.e. structured dtypes).
+    """
+    # numpy.lib.format is a submodule numpy imports anyway: no start-up cost.
+    from numpy.lib import format as npy_format
+
+    stream = io.BytesIO(body)
+    try:
+        version = npy_format.read_magic(stream)
+        if version == (1, 0):
+            shape, fortran, dtype = npy_format.read_array_header_1_0(stream)
+        elif version == (2, 0):
+            shape, fortran, dtype = npy_format.read_array_header_2_0(stream)
+        else:
+            raise ValueError(f"format version {version[0]}.{version[1]} is not read here")
+    # ValueError (magic, header, EOF) and SyntaxError (a header that is not a literal).
+    except (ValueError, SyntaxError) as e:
+        raise ApiError(
+            HTTPStatus.BAD_REQUEST, "bad_npy", f"the body is not a .npy array: {e}"
+        ) from e
+    if dtype.hasobject:
+        raise ApiError(
+            HTTPStatus.BAD_REQUEST, "bad_npy", "object arrays (pickles) are not accepted"
+        )
+    count = 1
+    for dim in shape:
+        count *= dim
+    offset, expected = stream.tell(), count * dtype.itemsize
+    if len(body) - offset != expected:
+        raise ApiError(
+            HTTPStatus.BAD_REQUEST,
+            "bad_npy",
+            f"the header says {expected} bytes of {dtype} data, the body has {len(body) - offset}",
+        )
+    try:
+        flat = np.frombuffer(body, dtype=dtype, count=count, offset=offset)
+    except ValueError as e:  # e.g. a zero-size item dtype
+        raise ApiError(
+            HTTPStatus.BAD_REQUEST, "bad_npy", f"the body is not a .npy array: {e}"
+        ) from e
+    return flat.reshape(shape, order="F" if fortran else "C")
 
 
 def feedback(host: ModelHost, body: bytes) -> dict[str, Any]:
@@ -222,6 +321,16 @@ def _describe(error: ValidationError) -> str:
 
 Route = Callable[[ModelHost, bytes], dict[str, Any]]
 _POST_ROUTES: dict[str, Route] = {"/v1/predict": predict, "/v1/feedback": feedback}
+# Routes that also take an application/x-npy body (and the X-Request-Id header).
+NpyRoute = Callable[[ModelHost, bytes, str | None], dict[str, Any]]
+_NPY_ROUTES: dict[str, NpyRoute] = {"/v1/predict": predict_npy}
+
+
+def is_npy(content_type: str | None) -> bool:
+    """Whether a Content-Type names an .npy body (media type only, any case)."""
+    return content_type is not None and content_type.partition(";")[0].strip(" \t").lower() == NPY
+
+
 REQUEST_TIMEOUT_S = 60.0
 MAX_QUOTE_CHARS = 200
 # The base class refuses more header lines than this (431); the fast head leaves them to it.
@@ -236,6 +345,8 @@ class FastHead:
     content_length: int
     close: bool  # the client sent Connection: close
     size: int  # bytes of the head, blank line included
+    content_type: str | None = None
+    request_id: str | None = None  # the X-Request-Id header
 
 
 def parse_fast_head(data: bytes, paths: frozenset[bytes]) -> FastHead | None:
@@ -261,13 +372,18 @@ def parse_fast_head(data: bytes, paths: frozenset[bytes]) -> FastHead | None:
     framing = _fast_headers(lines[1:])
     if framing is None:
         return None
-    return FastHead(parts[1].decode("ascii"), framing[0], framing[1], end + 4)
+    length, close, content_type, request_id = framing
+    return FastHead(parts[1].decode("ascii"), length, close, end + 4, content_type, request_id)
 
 
-def _fast_headers(lines: list[bytes]) -> tuple[int, bool] | None:
-    """(Content-Length, Connection: close) of plain header lines; None as in `parse_fast_head`."""
+def _fast_headers(lines: list[bytes]) -> tuple[int, bool, str | None, str | None] | None:
+    """(Content-Length, Connection: close, Content-Type, X-Request-Id) of plain header
+    lines; None as in `parse_fast_head` (and for a repeated Content-Type or X-Request-Id,
+    which the standard parser answers by its first value)."""
     length: int | None = None
     close: bool | None = None
+    content_type: str | None = None
+    request_id: str | None = None
     for line in lines:
         name, colon, value = line.partition(b":")
         key = name.lower()
@@ -289,7 +405,20 @@ def _fast_headers(lines: list[bytes]) -> tuple[int, bool] | None:
         elif key in (b"transfer-encoding", b"expect"):
             length = None
             break
-    return None if length is None else (length, bool(close))
+        elif key in (b"content-type", b"x-request-id"):
+            # Decoded and stripped as the standard parser does (latin-1).
+            text = value.strip(b" \t").decode("latin-1")
+            if key == b"content-type":
+                if content_type is not None:
+                    length = None
+                    break
+                content_type = text
+            else:
+                if request_id is not None:
+                    length = None
+                    break
+                request_id = text
+    return None if length is None else (length, bool(close), content_type, request_id)
 
 
 class _HttpDate:
@@ -327,6 +456,8 @@ def _handler_class(
 ) -> type[BaseHTTPRequestHandler]:
     """The request handler; ``routes`` replaces the POST routes (benchmarks only)."""
     post_routes = _POST_ROUTES if routes is None else routes
+    # With replaced routes (the floor benchmark), an .npy body goes to them too.
+    npy_routes = _NPY_ROUTES if routes is None else {}
     fast_paths = frozenset(path.encode("ascii") for path in post_routes)
 
     class Handler(BaseHTTPRequestHandler):
@@ -382,7 +513,12 @@ def _handler_class(
                 return self.rfile.read(length)
 
             try:
-                self._post(post_routes[head.path], body)
+                npy_route = npy_routes.get(head.path) if is_npy(head.content_type) else None
+                if npy_route is None:
+                    self._post(post_routes[head.path], body)
+                else:
+                    request_id = head.request_id
+                    self._post(lambda host, raw: npy_route(host, raw, request_id), body)
             except TimeoutError as e:
                 self.log_error("Request timed out: %r", e)
                 self.close_connection = True
@@ -392,6 +528,11 @@ def _handler_class(
             if route is None:
                 self.close_connection = True
                 self._error(ApiError(HTTPStatus.NOT_FOUND, "not_found", f"no {_clip(self.path)}"))
+                return
+            npy_route = npy_routes.get(self.path.split("?")[0])
+            if npy_route is not None and is_npy(self.headers.get("Content-Type")):
+                request_id = self.headers.get("X-Request-Id")
+                self._post(lambda host, raw: npy_route(host, raw, request_id), self._body)
                 return
             self._post(route, self._body)
 

@@ -94,10 +94,31 @@ def test_plain_heads_are_taken(data: bytes, expected: tuple[int, bool]) -> None:
     assert parsed.size == len(data)
 
 
+def test_the_fast_head_reads_content_type_and_request_id_as_the_standard_parser() -> None:
+    data = head(
+        "POST /v1/predict HTTP/1.1",
+        "content-type:  Application/X-NPY ",
+        "Content-Length: 3",
+        "X-Request-ID: r\xe9-1\t",
+    )
+    parsed = parse_fast_head(data, PATHS)
+    assert parsed is not None
+    assert (parsed.content_type, parsed.request_id) == ("Application/X-NPY", "r\xe9-1")
+    plain = parse_fast_head(head("POST /v1/predict HTTP/1.1", "Content-Length: 3"), PATHS)
+    assert plain is not None
+    assert (plain.content_type, plain.request_id) == (None, None)
+
+
 @pytest.mark.parametrize(
     "data",
     [
         head("POST /v1/predict HTTP/1.1", "Content-Length: 5")[:-2],  # not whole yet
+        head(
+            "POST /v1/predict HTTP/1.1", "Content-Length: 5", "Content-Type: a", "Content-Type: b"
+        ),
+        head(
+            "POST /v1/predict HTTP/1.1", "Content-Length: 5", "X-Request-Id: a", "x-request-id: b"
+        ),
         head("GET /v1/predict HTTP/1.1", "Content-Length: 5"),
         head("POST /v1/predict?x=1 HTTP/1.1", "Content-Length: 5"),
         head("POST /v1/other HTTP/1.1", "Content-Length: 5"),
