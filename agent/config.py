@@ -107,6 +107,11 @@ class ApiConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8470, ge=0, le=65535, description="0 = any free port")
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    unix_socket: Path | None = Field(
+        default=None,
+        description="also serve the API on this Unix socket (mode 0660; a stale socket"
+        " file there is replaced); none = TCP only",
+    )
 
 
 class OutboxConfig(_Section):

@@ -14,7 +14,7 @@ import platform
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -48,7 +48,6 @@ from edgefleet.shared.messages import (
 )
 from edgefleet.shared.package.format import PACKAGE_SUFFIX, PackageError
 from edgefleet.shared.runtime import RuntimeLoadError, load_runtime
-from edgefleet.shared.runtime.base import Tensors
 from edgefleet.shared.signing.errors import DigestMismatch
 from edgefleet.shared.topics import Channel, device_topic
 
@@ -130,6 +129,12 @@ class Agent:
         self.model_host = ModelHost(
             self.metrics, drift=self._drift_monitor_for, on_retired=self.drift.retired
         )
+        # `ModelHost.infer` itself, not a method that calls it: one call less per
+        # inference. It runs the active model; see there for what it raises.
+        # ``request_ids`` (one per row) let `record_label` join late labels. The drift
+        # monitor keeps the input arrays until its timer folds them: do not write into
+        # them after the call.
+        self.infer = self.model_host.infer
         self._on_desired = on_desired
         self._updates: UpdateService | None = None
         self._store: ModelStore | None = None  # without updates: the factory package's
@@ -253,6 +258,7 @@ class Agent:
                 health=self._health,
                 metrics=self._metrics_text,
                 name=f"edgefleet-api-{self.device_id}",
+                unix_socket=config.api.unix_socket,
             )
         self._link = Link(
             config=broker,
@@ -363,17 +369,6 @@ class Agent:
         link_alive = self._link is not None and self._link.alive
         return link_alive and all(t is not None and t.is_alive() for t in threads)
 
-    def infer(
-        self, inputs: Mapping[str, Any], request_ids: Sequence[str] | None = None
-    ) -> tuple[ModelRef, Tensors]:
-        """Run the active model; see `ModelHost.infer` for what it raises.
-
-        ``request_ids`` (one per row) let `record_label` join late labels. The drift
-        monitor keeps the input arrays until its timer folds them: do not write into
-        them after the call.
-        """
-        return self.model_host.infer(inputs, request_ids)
-
     def record_label(self, request_id: str, label: object) -> bool:
         """Join a late label to an earlier prediction; False when it cannot be joined.
 
@@ -439,7 +434,7 @@ class Agent:
             credentials=self._credentials,
         )
         self._updates = updates
-        self.metrics.observer = updates.record_inference
+        updates.feed_probation(self.metrics)
         try:
             updates.load_active()
         except Exception as e:  # StoreError, Malformed, RuntimeLoadError: resume repairs it

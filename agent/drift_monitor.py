@@ -176,10 +176,12 @@ class DriftMonitor:
         ) -> None:
             if monitor._opened_at is None:
                 monitor._opened_at = clock()  # unlocked, as in `observe`
-            if request_ids is None:
+            # The common case first: one request id in a tuple or list.
+            kind = request_ids.__class__
+            if (kind is tuple or kind is list) and len(request_ids) == 1:  # type: ignore[arg-type]
+                request_id = request_ids[0]  # type: ignore[index]
+            elif request_ids is None:
                 request_id = None
-            elif request_ids.__class__ in _ID_SEQUENCES and len(request_ids) == 1:
-                request_id = request_ids[0]
             else:
                 observe_batch({name: array}, outputs, request_ids)
                 return

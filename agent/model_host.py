@@ -20,6 +20,10 @@ Invariants:
   counted as a model error. Anything else (lists, other dtypes, other names, several
   inputs, a fixed batch size) takes the checked path (`check_inputs`) with its
   conversions and messages.
+- On that fast path, a runtime that has ``predict_array`` (both of ours) gets the array
+  itself, no dict (see the runtimes' invariants), and the latency goes straight into
+  the metrics' ring (`InferenceMetrics.latency_slots`); ``metrics.observer`` is read on
+  every call, since the update service sets it only while a model is on probation.
 - On a swap the old model's drift monitor is handed to ``on_retired`` (which closes and
   publishes its window) after the new one serves. A request that read the old record
   just before the swap may still append to the retired monitor; those few rows are
@@ -244,6 +248,16 @@ def _request_path(
     # One input of known rank and a variable batch size: the fast path (see the module
     # invariants). A fixed batch size is checked here: TFLite would resize to any.
     name, dtype, ndarray = single.name, np.dtype(single.dtype), np.ndarray
+    predict_array: Callable[[Any], Tensors] | None = getattr(model.runtime, "predict_array", None)
+    if predict_array is not None:
+        return _array_path(
+            single,
+            predict_array,
+            checked=checked,
+            metrics=metrics,
+            observe_array=observe_array,
+            ref=ref,
+        )
 
     def run(
         inputs: Mapping[str, Any], request_ids: Sequence[str] | None
@@ -264,6 +278,52 @@ def _request_path(
         record_ns(now() - started)
         if observe_array is not None:
             observe_array(value, outputs, request_ids)
+        return ref, outputs
+
+    return run
+
+
+def _array_path(
+    single: TensorSpec,
+    predict_array: Callable[[Any], Tensors],
+    *,
+    checked: RequestPath,
+    metrics: InferenceMetrics,
+    observe_array: ArrayObserver | None,
+    ref: ModelRef,
+) -> RequestPath:
+    """The fast path on a runtime's ``predict_array`` (see the module invariants).
+
+    The latency goes into the metrics' ring here (`InferenceMetrics.latency_slots`)
+    rather than through `InferenceMetrics.record_ns`: at batch 1 on a TFLite tabular
+    model every call saved is a few percent of the run.
+    """
+    record_error, now, ndarray = metrics.record_error, _now_ns, np.ndarray
+    ring, tickets, size = metrics.latency_slots()
+    name, dtype, specs = single.name, np.dtype(single.dtype), [single]
+
+    def run(
+        inputs: Mapping[str, Any], request_ids: Sequence[str] | None
+    ) -> tuple[ModelRef, Tensors]:
+        value = inputs.get(name)
+        if value.__class__ is not ndarray or value.dtype is not dtype or len(inputs) != 1:
+            return checked(inputs, request_ids)
+        started = now()
+        try:
+            outputs = predict_array(value)
+        except InferenceError:
+            fault = _input_fault(specs, inputs)
+            if fault is not None:
+                raise fault from None
+            record_error()
+            raise
+        elapsed = now() - started
+        ring[next(tickets) % size] = elapsed
+        if observe_array is not None:
+            observe_array(value, outputs, request_ids)
+        observer = metrics.observer
+        if observer is not None:
+            observer(True, elapsed * 1e-6)
         return ref, outputs
 
     return run

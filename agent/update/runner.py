@@ -155,6 +155,10 @@ class UpdateRunner:
         self._thread: threading.Thread | None = None
         downloads_dir.mkdir(parents=True, exist_ok=True)
         self._state = self._load_state()
+        # Told whether the machine is in probation, when that changes (and when set, by
+        # `watch_probation`): the inference path then feeds `record_inference` only
+        # while samples are wanted, rather than paying a call on every inference.
+        self._probation_watcher: Callable[[bool], None] | None = None
         self._queue.put(Resumed())
 
     @property
@@ -171,6 +175,11 @@ class UpdateRunner:
             seq = event.target.desired_seq
             log.info("desired seq %s supersedes the download in progress; cancelling it", seq)
             self._cancel_download(f"superseded by desired seq {seq}")
+
+    def watch_probation(self, watcher: Callable[[bool], None]) -> None:
+        """Call ``watcher(in_probation)`` now and from the worker whenever it changes."""
+        self._probation_watcher = watcher
+        watcher(self._state.phase is Phase.PROBATION)
 
     def record_inference(self, ok: bool, latency_ms: float) -> None:
         """Called by the inference path after each inference; cheap outside probation."""
@@ -220,6 +229,10 @@ class UpdateRunner:
         self._state = new
         if new.phase is not before.phase:
             log.info("update %s -> %s on %s", before.phase, new.phase, event.kind)
+            watcher = self._probation_watcher
+            probation = new.phase is Phase.PROBATION
+            if watcher is not None and probation != (before.phase is Phase.PROBATION):
+                watcher(probation)
         try:
             for effect in effects:
                 self._perform(effect)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import http.client
+import io
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -154,3 +155,146 @@ def test_health_and_unknown_paths(api: InferenceApi) -> None:
     assert status == 404
     assert document["error"]["code"] == "not_found"
     assert call(api, "POST", "/v2/predict", b"{}")[0] == 404
+
+
+# --- application/x-npy bodies ---------------------------------------------------------
+
+NPY = {"Content-Type": "application/x-npy"}
+
+
+def npy(array: Any) -> bytes:
+    stream = io.BytesIO()
+    np.save(stream, array, allow_pickle=True)
+    return stream.getvalue()
+
+
+def test_an_npy_body_answers_as_its_json_twin(
+    api: InferenceApi, host: ModelHost, wine_model: TrainedModel
+) -> None:
+    rows = np.ascontiguousarray(wine_model.x_test[:4], dtype=np.float32)
+    status, binary = call(api, "POST", "/v1/predict", npy(rows), **NPY, **{"X-Request-Id": "bin-7"})
+    assert status == 200, binary
+    status, twin = predict(api, {"inputs": {"input": rows.tolist()}, "request_id": "bin-7"})
+    assert status == 200
+    assert binary["request_id"] == "bin-7"
+    assert binary["request_ids"] == [f"bin-7/{row}" for row in range(4)]
+    assert binary["model"] == twin["model"] == {"name": "wine", "version": "1.2.0"}
+    assert binary["outputs"] == twin["outputs"]
+    assert binary["latency_ms"] > 0
+    assert host.metrics.interval().inferences == 2
+
+
+def test_an_npy_body_follows_the_json_dtype_rules_and_makes_up_a_request_id(
+    api: InferenceApi, wine_model: TrainedModel
+) -> None:
+    # float64 (and big-endian) converts to the model's float32, as JSON numbers do.
+    row = wine_model.x_test[:1].astype(">f8")
+    status, answer = call(
+        api, "POST", "/v1/predict", npy(row), **{"Content-Type": "Application/X-NPY; v=1"}
+    )
+    assert status == 200, answer
+    assert len(answer["request_id"]) == 32
+    assert "request_ids" not in answer
+    fortran = np.asfortranarray(wine_model.x_test[:3].astype(np.float32))
+    status, answer = call(api, "POST", "/v1/predict", npy(fortran), **NPY)
+    assert status == 200, answer
+    assert len(answer["outputs"]["label"]) == 3
+
+
+def npy_claiming(shape: tuple[int, ...]) -> bytes:
+    """A float32 .npy header that claims ``shape``, without its data."""
+    stream = io.BytesIO()
+    header = {"descr": "<f4", "fortran_order": False, "shape": shape}
+    np.lib.format.write_array_header_1_0(stream, header)
+    return stream.getvalue()
+
+
+GOOD_ROW = npy(np.ones((1, 13), dtype=np.float32))
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "code", "fragment"),
+    [
+        (npy(np.array([[1.0] * 13], dtype=object)), {}, "bad_npy", "object arrays"),
+        (GOOD_ROW[:-4], {}, "bad_npy", "says 52 bytes of float32 data, the body has 48"),
+        (GOOD_ROW[:20], {}, "bad_npy", "not a .npy array"),
+        (GOOD_ROW + b"\0\0\0\0", {}, "bad_npy", "the body has 56"),
+        # A header claiming a huge array is refused before anything is allocated.
+        (npy_claiming((10**10, 13)) + GOOD_ROW[-52:], {}, "bad_npy", "says 520000000000 bytes"),
+        (GOOD_ROW.replace(b"\x01\x00", b"\x03\x00", 1), {}, "bad_npy", "version 3.0"),
+        (b'{"inputs": {"input": [[1.0]]}}', {}, "bad_npy", "not a .npy array"),
+        (b"", {}, "bad_npy", "not a .npy array"),
+        (npy(np.ones((1, 12), np.float32)), {}, "bad_inputs", "shape ['N', 13], found [1, 12]"),
+        (npy(np.ones(13, np.float32)), {}, "bad_inputs", "shape ['N', 13], found [13]"),
+        (npy(np.ones((1, 13), np.complex64)), {}, "bad_inputs", "must be float32"),
+        (npy(np.array([["a"] * 13])), {}, "bad_inputs", "must be float32"),
+        (GOOD_ROW, {"X-Request-Id": "r" * 300}, "bad_request", "X-Request-Id"),
+    ],
+)
+def test_bad_npy_bodies_get_400_and_count_no_inference(
+    api: InferenceApi,
+    host: ModelHost,
+    body: bytes,
+    headers: dict[str, str],
+    code: str,
+    fragment: str,
+) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", api.port, timeout=5)
+    try:
+        conn.request("POST", "/v1/predict", body=body, headers=NPY | headers)
+        response = conn.getresponse()
+        status, document = response.status, json.loads(response.read())
+        assert status == 400, document
+        assert document["error"]["code"] == code
+        assert fragment in document["error"]["message"]
+        interval = host.metrics.interval()
+        assert (interval.inferences, interval.errors) == (0, 0)
+        # The same keep-alive connection serves the next request: the body was all read.
+        conn.request("POST", "/v1/predict", body=GOOD_ROW, headers=NPY)
+        response = conn.getresponse()
+        assert (response.status, response.getheader("Connection")) == (200, None)
+        response.read()
+    finally:
+        conn.close()
+
+
+def test_an_oversized_npy_body_gets_413(api: InferenceApi) -> None:
+    body = npy(np.ones((100, 13), np.float32))
+    assert len(body) > MAX_BODY
+    status, document = call(api, "POST", "/v1/predict", body, **NPY)
+    assert status == 413
+    assert document["error"]["code"] == "too_large"
+    assert str(MAX_BODY) in document["error"]["message"]
+    assert call(api, "POST", "/v1/predict", GOOD_ROW, **NPY)[0] == 200
+
+
+def test_the_standard_parser_takes_npy_bodies_as_the_fast_head_does(
+    api: InferenceApi, wine_model: TrainedModel
+) -> None:
+    # A query string leaves the request to BaseHTTPRequestHandler (not the fast head).
+    row = np.ascontiguousarray(wine_model.x_test[:1], dtype=np.float32)
+    for path in ("/v1/predict?slow=1", "/v1/predict"):
+        status, answer = call(api, "POST", path, npy(row), **NPY, **{"X-Request-Id": "s-1"})
+        assert (status, answer["request_id"]) == (200, "s-1"), (path, answer)
+        status, error = call(api, "POST", path, npy(np.ones((1, 2), np.float32)), **NPY)
+        assert (status, error["error"]["code"]) == (400, "bad_inputs"), path
+
+
+def test_an_npy_body_without_a_model_gets_503() -> None:
+    host = ModelHost(InferenceMetrics())
+    api = serve(host)
+    try:
+        status, document = call(api, "POST", "/v1/predict", GOOD_ROW, **NPY)
+        assert (status, document["error"]["code"]) == (503, "no_model")
+    finally:
+        api.stop()
+
+
+def test_npy_requests_follow_a_model_switch(
+    api: InferenceApi, host: ModelHost, wine_model: TrainedModel
+) -> None:
+    assert call(api, "POST", "/v1/predict", GOOD_ROW, **NPY)[1]["model"]["version"] == "1.2.0"
+    new = ActiveModel(load_runtime(wine_model.path), ModelRef(name="wine", version="1.3.0"))
+    assert host.swap(new) is not None
+    status, answer = call(api, "POST", "/v1/predict", GOOD_ROW, **NPY)
+    assert (status, answer["model"]) == (200, {"name": "wine", "version": "1.3.0"})

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import http.client
+import io
+import json
+import re
 from typing import Any
 
 import numpy as np
@@ -88,6 +92,70 @@ def test_batch_predictions_get_one_request_id_per_row_for_feedback(
         port, "/v1/feedback", {"request_id": answer["request_ids"][2], "label": 0}
     )
     assert (status, again["error"]["code"]) == (404, "unknown_request_id")
+
+
+def post_npy(port: int, array: Any, request_id: str | None = None) -> tuple[int, dict[str, Any]]:
+    stream = io.BytesIO()
+    np.save(stream, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
+    headers = {"Content-Type": "application/x-npy"}
+    if request_id is not None:
+        headers["X-Request-Id"] = request_id
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("POST", "/v1/predict", body=stream.getvalue(), headers=headers)
+        response = conn.getresponse()
+        document: dict[str, Any] = json.loads(response.read())
+        return response.status, document
+    finally:
+        conn.close()
+
+
+def inferences_total(port: int) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    found = re.search(r"^edgefleet_agent_inferences_total (\d+)", text, re.MULTILINE)
+    assert found is not None, text
+    return int(found.group(1))
+
+
+def test_npy_predictions_are_counted_monitored_and_joined_by_request_id(
+    tmp_path, mosquitto, packages: Packages, start_agent, drift_of, unique_id, wine_model
+) -> None:
+    device = f"npy-{unique_id}"
+    sub = drift_of(device)
+    agent = start_agent(profiled_config(tmp_path, mosquitto, device, packages.profiled))
+    port = agent.api_port
+    assert port is not None
+    before = inferences_total(port)
+    rows = wine_model.x_test[:12]
+    request_ids, predicted = [], []
+    for i, row in enumerate(rows[:9]):
+        status, answer = post_npy(port, row[None, :], f"npy-{unique_id}-{i}" if i % 2 else None)
+        assert status == 200, answer
+        request_ids.append(answer["request_id"])
+        predicted.append(answer["outputs"]["label"][0])
+    status, answer = post_npy(port, rows[9:], f"npy-{unique_id}-batch")
+    assert status == 200, answer
+    request_ids += answer["request_ids"]
+    predicted += answer["outputs"]["label"]
+    assert request_ids[1] == f"npy-{unique_id}-1"
+    assert request_ids[9:] == [f"npy-{unique_id}-batch/{row}" for row in range(3)]
+    assert inferences_total(port) - before == 10  # nine single rows, one batch of three
+    truth = [int(y) for y in wine_model.y_test[:12]]
+    items = [{"request_id": r, "label": y} for r, y in zip(request_ids, truth, strict=True)]
+    status, joined = post_json(port, "/v1/feedback", {"items": items})
+    assert (status, joined["joined"], joined["unknown"]) == (200, 12, 0)
+    agent.stop(5.0)
+    [window] = wait_drift(sub, device, len(truth))
+    assert window.count == len(truth)
+    assert window.sketch is not None
+    assert window.sketch.labelled == len(truth)
+    report = evaluate(packages.profile(packages.profiled), window.sketch)
+    assert report.metrics["accuracy"] == pytest.approx(accuracy_score(truth, predicted))
 
 
 @pytest.mark.parametrize(

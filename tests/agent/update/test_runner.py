@@ -311,3 +311,29 @@ def test_download_progress_is_not_written_to_the_state_file(
     assert on_disk.downloaded_bytes == 0
     drive(runner)
     assert runner.state.phase is Phase.COMMITTED
+
+
+def test_inferences_reach_probation_through_the_metrics_only_while_it_runs(
+    tmp_path: Path, packages: list[Package]
+) -> None:
+    """The watcher (what `UpdateService.feed_probation` installs) opens and closes the feed."""
+    from edgefleet.agent.metrics import InferenceMetrics
+
+    runner = make_runner(tmp_path, Ports(packages))
+    metrics = InferenceMetrics()
+    heard: list[bool] = []
+
+    def watch(probation: bool) -> None:
+        heard.append(probation)
+        metrics.observer = runner.record_inference if probation else None
+
+    runner.watch_probation(watch)
+    runner.submit(packages[0].offer(1))
+    for _ in range(20):
+        for _ in range(5):
+            metrics.record_ns(3_000_000)  # an inference: only probation's observer passes it on
+        if runner.run_pending() == 0:
+            break
+    assert runner.state.phase is Phase.COMMITTED
+    assert heard == [False, True, False]
+    assert metrics.observer is None

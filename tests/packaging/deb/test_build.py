@@ -203,4 +203,4 @@ def test_a_target_without_wheels_fails_naming_the_missing_requirement(
     message = str(refused.value)
     named = re.match(NO_WHEEL, message)
     assert named is not None, message
-    assert named[1] in {"numpy", "onnxruntime", "cryptography", "pydantic-core", "psutil"}
+    assert named[1] in {"numpy", "onnxruntime", "cryptography", "pydantic-core", "psutil", "orjson"}

@@ -123,3 +123,33 @@ def test_tflite_checks_a_new_shape_before_resizing_to_it(file: str, wine_data: S
     again = runtime.predict({"input": rows[:1]})["probabilities"]
     np.testing.assert_array_equal(both[:1], first)
     np.testing.assert_array_equal(again, first)
+
+
+@pytest.mark.parametrize("file", [*FILES, "digits_cnn_int8.tflite", "digits_cnn_float.onnx"])
+def test_predict_array_answers_and_fails_as_predict_does(
+    file: str, wine_data: Split, digits_data: Split
+) -> None:
+    """The model host's one-input path: same outputs, same errors, at any batch size."""
+    runtime = load_runtime(model_path(file))
+    predict_array = getattr(runtime, "predict_array", None)
+    assert predict_array is not None
+    data = digits_data if file.startswith("digits") else wine_data
+    rows = np.ascontiguousarray(data.x_test[:3], dtype=np.float32)
+    for batch in (1, 3, 1, 2):
+        expected = runtime.predict({"input": rows[:batch]})
+        got = predict_array(rows[:batch])
+        assert got.keys() == expected.keys()
+        for name in got:
+            np.testing.assert_array_equal(got[name], expected[name])
+    tail = rows.shape[1:]
+    for bad in ((1, *tail[:-1], tail[-1] + 1), (2, *tail, 1), tail):
+        with pytest.raises(InferenceError):
+            predict_array(np.zeros(bad, dtype=np.float32))
+    # After the failures, the model still answers the last good shape and a new one.
+    np.testing.assert_array_equal(
+        predict_array(rows[:2])["probabilities"],
+        runtime.predict({"input": rows[:2]})["probabilities"],
+    )
+    runtime.close()
+    with pytest.raises(InferenceError, match="closed"):
+        predict_array(rows[:1])
