@@ -196,6 +196,8 @@ class EmulatorLoop:
         conn.client.subscribe(
             [(device.topic(Channel.DESIRED), 1), (device.topic(Channel.STORED), 1)]
         )
+        # As the agent's link: after the birth, the outbox from its oldest message.
+        self._carry_out(conn, device.replay(time.time()))
 
     def _on_disconnect(self, conn: _Conn) -> None:
         conn.connected = False
@@ -210,7 +212,8 @@ class EmulatorLoop:
         device = conn.device
         if message.topic == device.topic(Channel.DESIRED):
             self._carry_out(conn, device.on_desired(bytes(message.payload), _now()))
-        # ``stored`` acknowledgements: the emulator keeps no outbox to trim.
+        elif message.topic == device.topic(Channel.STORED):
+            self._carry_out(conn, device.on_stored(bytes(message.payload), time.time()))
 
     # --- effects ------------------------------------------------------------------------
 

@@ -21,9 +21,12 @@ What is the agent's own code here, not a copy of it:
 What it skips (and says so in the README's "Scale" paragraph): the TUF metadata walk
 (the agent's `edgefleet.agent.trust.TrustedRepository` checks that the release key signed
 the same name, hash and length the director did; the emulator checks the downloaded
-artifact against the director's signed hash and length only), the outbox (messages live
-in paho's memory until PUBACK; nothing survives a restart and the fleet's ``stored``
-acknowledgements are received but not acted on), unpacking, loading and running the
+artifact against the director's signed hash and length only), the outbox's durability
+(events and telemetry wait in memory, not in SQLite, until the fleet's ``stored``
+acknowledgement covers their seq, and are sent again by the agent's own rules,
+`edgefleet.agent.delivery.Awaiting`: on every connect, and when the fleet skipped or
+never acknowledged them; nothing survives a restart of the emulator), unpacking,
+loading and running the
 model (activation and the golden samples always succeed; probation sees no inference,
 so it commits on its golden samples once the budget's ``duration_s`` passed) and drift.
 """
@@ -36,6 +39,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from edgefleet.agent.delivery import Awaiting, DeliveryPolicy
 from edgefleet.agent.outbox import clock_floor_seq
 from edgefleet.agent.update.adapters import OutboxEventSink
 from edgefleet.agent.update.machine import AT_REST, UpdatePolicy, UpdateState, step
@@ -71,12 +75,15 @@ from edgefleet.shared.messages import (
     DeviceMessageBase,
     EventKind,
     EventMessage,
+    MessageError,
     ModelRef,
     PlatformInfo,
     StateMessage,
     TelemetryMessage,
+    decode_stored,
     encode,
 )
+from edgefleet.shared.seqranges import covers, merge
 from edgefleet.shared.signing.director import claimed_seq, open_desired
 from edgefleet.shared.signing.errors import UpdateRejected
 from edgefleet.shared.signing.tufapi import SSlibKey
@@ -178,6 +185,12 @@ class EmulatedDevice:
         self._state_stale = False
         self._topics = {c: device_topic(spec.device_id, c) for c in Channel}
         self.events_sent: dict[EventKind, int] = {}
+        # The outbox: events and telemetry by seq (oldest first) until the fleet says it
+        # stored them; `Awaiting` says when to send them again (the agent's rules).
+        self._delivery = DeliveryPolicy(mode="fleet")
+        self._outbox: dict[int, Publish] = {}
+        self._awaiting = Awaiting(self._delivery)
+        self._now_s = now_s
 
     # --- seqs and messages --------------------------------------------------------------
 
@@ -214,6 +227,7 @@ class EmulatedDevice:
         < the next connection's birth. Both are retained."""
         birth_seq = self.allocate_seq()
         will_seq = self.allocate_seq()
+        self._awaiting = Awaiting(self._delivery)  # per connection, as the agent's link
         topic = self.topic(Channel.STATE)
         will = Publish(topic, encode(self._state(will_seq, False, "will")), retain=True)
         birth = Publish(topic, encode(self._state(birth_seq, True, None)), retain=True)
@@ -226,6 +240,7 @@ class EmulatedDevice:
 
     def telemetry(self, now_s: float) -> Publish:
         """One telemetry report for the interval since the previous one."""
+        self._now_s = now_s
         interval_s = max(0.0, now_s - self._last_telemetry_s)
         self._last_telemetry_s = now_s
         message = TelemetryMessage(
@@ -247,7 +262,37 @@ class EmulatedDevice:
         return self._publish(Channel.TELEMETRY, message)
 
     def _publish(self, channel: Channel, message: DeviceMessageBase) -> Publish:
-        return Publish(self.topic(channel), encode(message))
+        """``message`` as a publish, kept in the outbox until the fleet stored it."""
+        publish = Publish(self.topic(channel), encode(message))
+        self._outbox[message.seq] = publish
+        self._awaiting.sent(message.seq, self._now_s)
+        return publish
+
+    @property
+    def outbox_depth(self) -> int:
+        """Messages sent and not yet acknowledged by the fleet."""
+        return len(self._outbox)
+
+    def replay(self, now_s: float) -> list[Action]:
+        """Every message of the outbox again, oldest first: on a new connection (after
+        its birth), and when `Awaiting` says the fleet missed some."""
+        for seq in self._outbox:
+            self._awaiting.sent(seq, now_s)
+        return list(self._outbox.values())
+
+    def on_stored(self, payload: bytes, now_s: float) -> list[Action]:
+        """The fleet's acknowledgement of stored seqs: forget those; maybe send again
+        what it skipped (`Awaiting.stored`). A malformed one is ignored."""
+        try:
+            message = decode_stored(self.device_id, payload)
+        except MessageError:
+            return []
+        ranges = merge(message.seqs)
+        for seq in [seq for seq in self._outbox if covers(ranges, seq)]:
+            del self._outbox[seq]
+        if self._awaiting.stored(ranges, now_s):
+            return self.replay(now_s)
+        return []
 
     # The EventPublisher port of the agent's update path (`OutboxEventSink` calls it).
     def publish_event(
@@ -323,6 +368,9 @@ class EmulatedDevice:
     def tick(self, now_s: float) -> list[Action]:
         """Time passes: telemetry when due, and the machine's deadlines while it works."""
         actions: list[Action] = []
+        self._now_s = now_s
+        if self._awaiting.timed_out(now_s):
+            actions.extend(self.replay(now_s))
         if now_s >= self._telemetry_due_s:
             actions.append(self.telemetry(now_s))
             # Due times advance by the interval, not from now, so the phase holds.
@@ -343,6 +391,7 @@ class EmulatedDevice:
     def _run(self, first: Event, now: datetime) -> list[Action]:
         """Step the agent's machine until the effects ask for nothing more at once."""
         actions: list[Action] = []
+        self._now_s = max(self._now_s, now.timestamp())
         queue: deque[Event] = deque([first])
         while queue:
             self.update, effects = step(self.update, queue.popleft(), now, policy=self._policy)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -239,7 +240,7 @@ def run_size(args: argparse.Namespace, base: Path, packages: Packages, count: in
             time.sleep(0.5)
         total_s = time.monotonic() - created_at
         if spy is not None:
-            spy.terminate()
+            spy.send_signal(signal.SIGINT)  # py-spy writes its profile on an interrupt
             spy.wait(30)
         result.rollout_cpu_s = meter.used()
         result.rollout_rss_mib = meter.peak_rss / 2**20

@@ -13,6 +13,7 @@ from edgefleet.shared.messages import (
     EventMessage,
     ModelRef,
     StateMessage,
+    StoredMessage,
     TelemetryMessage,
 )
 from edgefleet.shared.signing import keys
@@ -200,3 +201,33 @@ def test_an_artifact_unlike_the_signed_one_is_rejected(director: CryptoSigner) -
     assert [e.kind for e in events(after)][-1] == EventKind.REJECTED
     assert device.active == FACTORY
     assert not device.busy
+
+
+def stored(device_id: str, *ranges: tuple[int, int]) -> bytes:
+    return StoredMessage(device_id=device_id, seqs=list(ranges)).model_dump_json().encode()
+
+
+def test_the_outbox_keeps_what_the_fleet_has_not_stored_and_sends_it_again(
+    director: CryptoSigner,
+) -> None:
+    device = make(director)
+    device.session()
+    actions = device.on_desired(desired(director), NOW)
+    event_seqs = seqs(actions)
+    telemetry = device.tick(NOW_S + 3.0)
+    assert device.outbox_depth == len(event_seqs) + 1
+    # The fleet stored the telemetry, not the event: only the event stays.
+    telemetry_seq = seqs(telemetry)[0]
+    assert device.on_stored(stored("emu-00001", (telemetry_seq, telemetry_seq)), NOW_S + 4) == []
+    assert device.outbox_depth == len(event_seqs)
+    # A reconnect replays it after the birth; an acknowledgement for another device is
+    # ignored.
+    device.session()
+    assert seqs(device.replay(NOW_S + 5)) == event_seqs
+    assert device.on_stored(stored("emu-00002", (0, 2**62)), NOW_S + 6) == []
+    assert device.outbox_depth == len(event_seqs)
+    # Unacknowledged past the agent's timeout (30 s): sent again on a tick.
+    again = [a for a in device.tick(NOW_S + 40.0) if seqs([a])[0] in event_seqs]
+    assert seqs(again) == event_seqs
+    device.on_stored(stored("emu-00001", (event_seqs[0], event_seqs[-1])), NOW_S + 41)
+    assert device.outbox_depth == 1  # the telemetry of that tick
