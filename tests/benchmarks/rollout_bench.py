@@ -163,6 +163,8 @@ def _serve_fleet(
         "EDGEFLEET_FLEET_DATA_DIR": str(base / "fleet"),
         "EDGEFLEET_FLEET_KEYS_DIR": str(lab_dir),
         "EDGEFLEET_FLEET_LAB_MODE": "true",
+        # A fresh database: the service refuses an empty one unless asked to migrate it.
+        "EDGEFLEET_FLEET_MIGRATE_AT_START": "true",
         "EDGEFLEET_FLEET_ADMIN_TOKEN": TOKEN,
         "EDGEFLEET_FLEET_REPOSITORY_DEVICE_TOKEN": DEVICE_TOKEN,
         "EDGEFLEET_FLEET_ROLLOUT_TICK_INTERVAL_S": "0.5",

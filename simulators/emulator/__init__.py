@@ -1,0 +1,1 @@
+"""A protocol-level device emulator: thousands of MQTT devices from a few processes."""
