@@ -42,7 +42,8 @@ from typing import Any
 from edgefleet.agent.delivery import Awaiting, DeliveryPolicy
 from edgefleet.agent.outbox import clock_floor_seq
 from edgefleet.agent.update.adapters import OutboxEventSink
-from edgefleet.agent.update.machine import AT_REST, UpdatePolicy, UpdateState, step
+from edgefleet.agent.update.machine import AT_REST, UpdateState, step
+from edgefleet.agent.update.policy import UpdatePolicy
 from edgefleet.agent.update.types import (
     Activate,
     Activated,
