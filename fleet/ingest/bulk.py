@@ -16,7 +16,7 @@ API filters SQLite's text timestamps by comparing strings.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -57,6 +57,37 @@ MAX_ROWS_PER_STATEMENT = 1000
 _SQL_TEXTS_KEPT = 16  # row counts whose SQL is kept; a backlog repeats one or two
 
 
+class RowConverter:
+    """Rows of ``columns`` values made driver-ready by their columns' converters, and the
+    ``constants`` (the same for every row) converted once; both bulk paths use it."""
+
+    def __init__(
+        self,
+        table: Table,
+        columns: Sequence[str],
+        dialect: Dialect,
+        constants: Mapping[str, Any] | None = None,
+    ) -> None:
+        converters = [column_converter(table.c[name], dialect) for name in columns]
+        self._converters = tuple((i, convert) for i, convert in enumerate(converters) if convert)
+        self.constants: tuple[Any, ...] = tuple(
+            convert(value) if (convert := column_converter(table.c[name], dialect)) else value
+            for name, value in (constants or {}).items()
+        )
+
+    def rows(self, rows: Sequence[tuple[Any, ...]]) -> Iterator[Sequence[Any]]:
+        """Each of ``rows`` with its values converted (as given when none needs it)."""
+        converters = self._converters
+        if not converters:
+            yield from rows
+            return
+        for row in rows:
+            values = list(row)
+            for i, convert in converters:
+                values[i] = convert(values[i])
+            yield values
+
+
 class BulkStatement:
     """A multi-row INSERT over some of a table's columns.
 
@@ -82,14 +113,7 @@ class BulkStatement:
     ) -> None:
         constants = dict(constants or {})
         names = [*columns, *constants]
-        converters = [column_converter(table.c[name], dialect) for name in names]
-        self._converters = tuple(
-            (i, convert) for i, convert in enumerate(converters[: len(columns)]) if convert
-        )
-        self._constants = tuple(
-            convert(value) if convert else value
-            for value, convert in zip(constants.values(), converters[len(columns) :], strict=True)
-        )
+        self._convert = RowConverter(table, columns, dialect, constants)
         quote = dialect.identifier_preparer.quote
         marker = "?" if dialect.paramstyle == "qmark" else "%s"
         # Identifiers come from the table's metadata, quoted by the dialect; values are bound.
@@ -114,17 +138,11 @@ class BulkStatement:
 
     def parameters(self, rows: Sequence[tuple[Any, ...]]) -> list[Any]:
         """The driver parameters for ``rows`` (values of ``columns``, in order), flat."""
-        converters, constants = self._converters, self._constants
+        constants = self._convert.constants
         flat: list[Any] = []
         extend = flat.extend
-        for row in rows:
-            if converters:
-                values = list(row)
-                for i, convert in converters:
-                    values[i] = convert(values[i])
-                extend(values)
-            else:
-                extend(row)
+        for row in self._convert.rows(rows):
+            extend(row)
             extend(constants)
         return flat
 
@@ -182,13 +200,8 @@ class CopyInsert:
     ) -> None:
         if dialect.name != "postgresql":
             raise ValueError(f"COPY is PostgreSQL's, not {dialect.name}'s")
-        converters = [column_converter(table.c[name], dialect) for name in columns]
-        self._converters = tuple((i, convert) for i, convert in enumerate(converters) if convert)
         constants = dict(constants or {})
-        self._constants: tuple[Any, ...] = ()
-        for name, value in constants.items():
-            convert = column_converter(table.c[name], dialect)
-            self._constants += (convert(value) if convert else value,)
+        self._convert = RowConverter(table, columns, dialect, constants)
         preparer = dialect.identifier_preparer
         target = preparer.format_table(table)
         names = ", ".join(preparer.quote(name) for name in columns)
@@ -226,23 +239,16 @@ class CopyInsert:
         self._prepare(conn)
         driver = conn.connection.driver_connection
         error_class = conn.dialect.loaded_dbapi.Error
-        converters = self._converters
         try:
             with driver.cursor() as cursor, cursor.copy(self.copy_sql) as copy:  # type: ignore[union-attr]
                 write_row = copy.write_row
-                for row in rows:
-                    if converters:
-                        values = list(row)
-                        for i, convert in converters:
-                            values[i] = convert(values[i])
-                        write_row(values)
-                    else:
-                        write_row(row)
+                for row in self._convert.rows(rows):
+                    write_row(row)
         except error_class as e:
             # The same exception classes as a statement through SQLAlchemy, so the writer
             # tells a lost database from a refused row the same way on both paths.
             raise DBAPIError.instance(self.copy_sql, None, e, error_class) from e
-        result = conn.exec_driver_sql(self.move_sql, self._constants)
+        result = conn.exec_driver_sql(self.move_sql, self._convert.constants)
         return int(result.rowcount)
 
     def _prepare(self, conn: Connection) -> None:
